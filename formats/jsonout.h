@@ -1,0 +1,41 @@
+/* JSON output in Python json.dump style over a jansson tree.
+ *
+ * jansson keeps integer vs real, 64-bit integers and key order; this
+ * emitter adds Python's layout: `indent` spaces per level (0 = compact
+ * "{"a": 1, "b": 2}" with ", " and ": "; -1 = most compact "," ":"),
+ * sort_keys, ensure_ascii (\uXXXX escapes, surrogate pairs), empty
+ * containers as [] / {}, and reals as Python repr prints them (shortest
+ * round-trip: 1e-05, 0.3, 8.0, 1e+16, NaN, Infinity). Thread-safe. */
+#ifndef FZ_FORMATS_JSONOUT_H
+#define FZ_FORMATS_JSONOUT_H
+
+#include <jansson.h>
+#include <stdbool.h>
+
+#include "util/buf.h"
+
+typedef struct {
+    int indent;            /* spaces per level; 0 = one line with ", "; -1 = "," ":" */
+    bool sort_keys;
+    bool ensure_ascii;
+    bool trailing_newline;
+} fz_json_style;
+
+/* HF save_pretrained style (config.json, tokenizer_config.json...): indent 2,
+ * sorted keys, trailing newline; ensure_ascii as given. */
+#define FZ_JSON_HF(ascii) ((fz_json_style){2, true, (ascii), true})
+/* Python json.dump(indent=n) with insertion order, no trailing newline. */
+#define FZ_JSON_PY(n) ((fz_json_style){(n), false, true, false})
+
+/* Append the serialisation of v to *out. 0, FZ_ENOMEM or FZ_EINVAL. */
+int fz_json_emit(const json_t *v, const fz_json_style *style, fz_buf *out);
+
+/* Format a double as Python's repr(float) does. buf holds >= 32 bytes. */
+void fz_json_format_real(double d, char *buf);
+
+/* Parse a JSON document from memory with integer/real distinction and key
+ * order kept, rejecting duplicate keys. NULL on error with the detail set
+ * (FZ_EFORMAT naming `path`, line and column). Caller json_decref()s. */
+json_t *fz_json_parse(const char *text, size_t len, const char *path);
+
+#endif

@@ -1,0 +1,110 @@
+#include "util/buf.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/error.h"
+
+int fz_buf_reserve(fz_buf *b, size_t extra)
+{
+    if (b->cap - b->len >= extra)
+        return 0;
+    size_t need = b->len + extra;
+    if (need < b->len)
+        return fz_error_set(FZ_ENOMEM, "buffer size overflow");
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < need) {
+        if (cap > SIZE_MAX / 2) {
+            cap = need;
+            break;
+        }
+        cap *= 2;
+    }
+    uint8_t *p = realloc(b->data, cap);
+    if (!p)
+        return fz_error_set(FZ_ENOMEM, "out of memory (%zu bytes)", cap);
+    b->data = p;
+    b->cap = cap;
+    return 0;
+}
+
+int fz_buf_append(fz_buf *b, const void *p, size_t n)
+{
+    int rc = fz_buf_reserve(b, n + 1);
+    if (rc)
+        return rc;
+    if (n)
+        memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = 0; /* always NUL-terminated for convenience, not counted */
+    return 0;
+}
+
+int fz_buf_puts(fz_buf *b, const char *s)
+{
+    return fz_buf_append(b, s, strlen(s));
+}
+
+int fz_buf_putc(fz_buf *b, char c)
+{
+    return fz_buf_append(b, &c, 1);
+}
+
+int fz_buf_printf(fz_buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return fz_error_set(FZ_EINVAL, "bad format string");
+    int rc = fz_buf_reserve(b, (size_t)n + 1);
+    if (rc)
+        return rc;
+    va_start(ap, fmt);
+    vsnprintf((char *)b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+    return 0;
+}
+
+int fz_buf_put_u16le(fz_buf *b, uint16_t v)
+{
+    uint8_t x[2] = {(uint8_t)v, (uint8_t)(v >> 8)};
+    return fz_buf_append(b, x, 2);
+}
+
+int fz_buf_put_u32le(fz_buf *b, uint32_t v)
+{
+    uint8_t x[4];
+    for (int i = 0; i < 4; i++)
+        x[i] = (uint8_t)(v >> (8 * i));
+    return fz_buf_append(b, x, 4);
+}
+
+int fz_buf_put_u64le(fz_buf *b, uint64_t v)
+{
+    uint8_t x[8];
+    for (int i = 0; i < 8; i++)
+        x[i] = (uint8_t)(v >> (8 * i));
+    return fz_buf_append(b, x, 8);
+}
+
+uint8_t *fz_buf_steal(fz_buf *b, size_t *len)
+{
+    uint8_t *p = b->data;
+    if (len)
+        *len = b->len;
+    b->data = NULL;
+    b->len = b->cap = 0;
+    return p;
+}
+
+void fz_buf_free(fz_buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}

@@ -216,7 +216,15 @@ static int emit_string(const char *str, size_t len, bool ascii, fz_buf *out)
     return rc ? rc : fz_buf_putc(out, '"');
 }
 
-static int newline(const fz_json_style *st, int depth, fz_buf *out)
+/* fz_json_style plus the float flavour. */
+typedef struct {
+    int indent;
+    bool sort_keys;
+    bool ensure_ascii;
+    bool rust_floats;
+} emit_style;
+
+static int newline(const emit_style *st, int depth, fz_buf *out)
 {
     int rc = fz_buf_putc(out, '\n');
     for (int i = 0; rc == 0 && i < depth * st->indent; i++)
@@ -224,7 +232,7 @@ static int newline(const fz_json_style *st, int depth, fz_buf *out)
     return rc;
 }
 
-static int item_sep(const fz_json_style *st, int depth, fz_buf *out)
+static int item_sep(const emit_style *st, int depth, fz_buf *out)
 {
     if (st->indent > 0) {
         int rc = fz_buf_putc(out, ',');
@@ -238,9 +246,9 @@ static int cmp_keys(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-static int emit_value(const json_t *v, const fz_json_style *st, int depth, fz_buf *out);
+static int emit_value(const json_t *v, const emit_style *st, int depth, fz_buf *out);
 
-static int emit_object(const json_t *v, const fz_json_style *st, int depth, fz_buf *out)
+static int emit_object(const json_t *v, const emit_style *st, int depth, fz_buf *out)
 {
     size_t n = json_object_size(v);
     if (n == 0)
@@ -275,7 +283,7 @@ static int emit_object(const json_t *v, const fz_json_style *st, int depth, fz_b
     return rc;
 }
 
-static int emit_array(const json_t *v, const fz_json_style *st, int depth, fz_buf *out)
+static int emit_array(const json_t *v, const emit_style *st, int depth, fz_buf *out)
 {
     size_t n = json_array_size(v);
     if (n == 0)
@@ -294,7 +302,7 @@ static int emit_array(const json_t *v, const fz_json_style *st, int depth, fz_bu
     return rc ? rc : fz_buf_putc(out, ']');
 }
 
-static int emit_value(const json_t *v, const fz_json_style *st, int depth, fz_buf *out)
+static int emit_value(const json_t *v, const emit_style *st, int depth, fz_buf *out)
 {
     char num[40];
     if (!v)
@@ -321,9 +329,20 @@ static int emit_value(const json_t *v, const fz_json_style *st, int depth, fz_bu
 int fz_json_emit(const json_t *v, const fz_json_style *style, fz_buf *out)
 {
     size_t mark = out->len;
-    int rc = emit_value(v, style, 0, out);
+    emit_style st = {style->indent, style->sort_keys, style->ensure_ascii, false};
+    int rc = emit_value(v, &st, 0, out);
     if (rc == 0 && style->trailing_newline)
         rc = fz_buf_putc(out, '\n');
+    if (rc)
+        out->len = mark;
+    return rc;
+}
+
+int fz_json_emit_tokenizers(const json_t *v, fz_buf *out)
+{
+    size_t mark = out->len;
+    emit_style st = {2, false, false, true};
+    int rc = emit_value(v, &st, 0, out);
     if (rc)
         out->len = mark;
     return rc;

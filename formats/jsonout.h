@@ -19,27 +19,29 @@ typedef struct {
     bool sort_keys;
     bool ensure_ascii;
     bool trailing_newline;
-    /* Reals as Rust's serde_json/ryu prints them (the `tokenizers` library's
-     * tokenizer.json): fixed notation for decimal exponents -5..15, else
-     * "1e-7" / "1.5e+16"; NaN/Infinity are written as null. Default false. */
-    bool rust_floats;
 } fz_json_style;
 
 /* HF save_pretrained style (config.json, tokenizer_config.json...): indent 2,
  * sorted keys, trailing newline; ensure_ascii as given. */
-#define FZ_JSON_HF(ascii) ((fz_json_style){2, true, (ascii), true, false})
+#define FZ_JSON_HF(ascii) ((fz_json_style){2, true, (ascii), true})
 /* Python json.dump(indent=n) with insertion order, no trailing newline. */
-#define FZ_JSON_PY(n) ((fz_json_style){(n), false, true, false, false})
-/* The tokenizers library's Tokenizer.save(pretty=True): indent 2, insertion
- * order, raw UTF-8, serde_json floats, no trailing newline. */
-#define FZ_JSON_TOKENIZERS ((fz_json_style){2, false, false, false, true})
+#define FZ_JSON_PY(n) ((fz_json_style){(n), false, true, false})
+
 
 /* Append the serialisation of v to *out. 0, FZ_ENOMEM or FZ_EINVAL. */
 int fz_json_emit(const json_t *v, const fz_json_style *style, fz_buf *out);
 
+/* Append v as the tokenizers library's Tokenizer.save(pretty=True) writes
+ * tokenizer.json (serde_json): indent 2, insertion order, raw UTF-8, no
+ * trailing newline, reals as fz_json_format_real_rust (non-finite: null).
+ * 0 or FZ_ENOMEM. */
+int fz_json_emit_tokenizers(const json_t *v, fz_buf *out);
+
 /* Format a double as Python's repr(float) does. buf holds >= 32 bytes. */
 void fz_json_format_real(double d, char *buf);
-/* Format a finite double as serde_json (ryu) does. buf holds >= 32 bytes. */
+/* Format a double as serde_json (ryu) does: fixed notation for decimal
+ * exponents -5..15, else "1e-7" / "1.5e+16"; non-finite as null. buf holds
+ * >= 32 bytes. */
 void fz_json_format_real_rust(double d, char *buf);
 
 /* Parse a JSON document (object or array) from memory with integer/real

@@ -284,7 +284,7 @@ static int emit_tokenizer_json(const fz_tok *t, const fz_blob *src, fz_meta_out 
             goto done;
     if (json_object_set(doc, "added_tokens", sorted))
         goto done;
-    rc = fz_json_emit(doc, &FZ_JSON_TOKENIZERS, &out->tokenizer_json);
+    rc = fz_json_emit_tokenizers(doc, &out->tokenizer_json);
 done:
     if (rc == FZ_ENOMEM)
         fz_error_set(rc, "out of memory building tokenizer.json");

@@ -1,0 +1,595 @@
+/* Building a view: options -> source discovery -> metadata transforms ->
+ * tensor recipes -> node tree. Only metadata is read here (config and
+ * tokenizer files, zip directories, pickles, safetensors headers); no
+ * tensor data. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "formats/jsonout.h"
+#include "formats/safetensors.h"
+#include "formats/torchbin.h"
+#include "fz_config.h"
+#include "util/error.h"
+#include "util/io.h"
+#include "util/log.h"
+#include "view/internal.h"
+#include "view/shards.h"
+#include "view/tree.h"
+
+#define FZ_MAX_META_FILE (512u << 20)
+
+int fz_view_open_source_file(fz_view *v, const char *path, uint32_t *idx)
+{
+    for (uint32_t i = 0; i < v->nfiles; i++)
+        if (strcmp(v->files[i].path, path) == 0) {
+            *idx = i;
+            return 0;
+        }
+    fz_srcfile *f = realloc(v->files, (v->nfiles + 1) * sizeof *f);
+    if (!f)
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    v->files = f;
+    fz_srcfile *s = &v->files[v->nfiles];
+    memset(s, 0, sizeof *s);
+    s->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (s->fd < 0)
+        return fz_error_set(errno == ENOENT ? FZ_ENOTFOUND : FZ_EIO, "%s: cannot open: %s", path,
+                            strerror(errno));
+    struct stat st;
+    if (fstat(s->fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(s->fd);
+        return fz_error_set(FZ_EINVAL, "%s: not a regular file", path);
+    }
+    if (!(s->path = strdup(path))) {
+        close(s->fd);
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    }
+    s->size = (uint64_t)st.st_size;
+    s->dev = st.st_dev;
+    s->ino = st.st_ino;
+    s->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+    *idx = v->nfiles++;
+    return 0;
+}
+
+static char *path_join(const char *a, const char *b)
+{
+    if (b[0] == '/' || strcmp(a, ".") == 0)
+        return strdup(b);
+    size_t n = strlen(a) + strlen(b) + 2;
+    char *p = malloc(n);
+    if (p)
+        snprintf(p, n, "%s/%s", a, b);
+    return p;
+}
+
+/* Read SRC/<name> into a blob; absent files give an empty blob unless required. */
+static int read_blob(const char *dir, const char *name, bool required, fz_blob *b, char **keep)
+{
+    char *path = path_join(dir, name);
+    char *data = NULL;
+    size_t len = 0;
+    memset(b, 0, sizeof *b);
+    if (!path)
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    int rc = fz_read_file(path, FZ_MAX_META_FILE, &data, &len);
+    if (rc == FZ_ENOTFOUND && !required) {
+        fz_error_clear();
+        free(path);
+        return 0;
+    }
+    if (rc) {
+        free(path);
+        return rc;
+    }
+    b->data = data;
+    b->len = len;
+    b->path = path;
+    keep[0] = data;
+    keep[1] = path;
+    return 0;
+}
+
+static int validate_opts(const fz_view_opts *o)
+{
+    if (o->device && strcmp(o->device, "cpu") != 0)
+        return fz_error_set(FZ_EUSAGE, "--device %s: fzfs computes on the CPU only; use --device "
+                            "cpu", o->device);
+    if (o->dtype && strcmp(o->dtype, "bfloat16") && strcmp(o->dtype, "float16") &&
+        strcmp(o->dtype, "float32"))
+        return fz_error_set(FZ_EUSAGE, "--dtype must be one of bfloat16, float16, float32, got "
+                            "'%s'", o->dtype);
+    if (o->quantize)
+        return fz_error_set(FZ_EUSAGE, "--quantize %s: quantization is not yet supported",
+                            o->quantize);
+    if (o->root_copy && o->keep_optimizer)
+        return fz_error_set(FZ_EINVAL, "--root-copy and --keep-optimizer are mutually exclusive");
+    return 0;
+}
+
+/* Resolve --generation-config PATH|NAME to a file (FORMATS.md §7). */
+static int find_preset(const char *value, char **out)
+{
+    struct stat st;
+    if (stat(value, &st) == 0 && S_ISREG(st.st_mode))
+        return (*out = strdup(value)) ? 0 : fz_error_set(FZ_ENOMEM, "out of memory");
+    if (strchr(value, '/'))
+        return fz_error_set(FZ_ENOTFOUND, "Generation config file not found: %s", value);
+    const char *home = getenv("HOME");
+    const char *bundled = getenv("FZFS_EXAMPLES_DIR");
+    const char *dirs[4];
+    char d0[4096] = "", d1[4096] = "", d2[4096], d3[4096];
+    int n = 0;
+    if (home && *home) {
+        snprintf(d0, sizeof d0, "%s/.config/fzfs/generation_config", home);
+        snprintf(d1, sizeof d1, "%s/.config/forgather/generation_config", home);
+        dirs[n++] = d0;
+        dirs[n++] = d1;
+    }
+    snprintf(d2, sizeof d2, "%s/generation_config", bundled ? bundled : FZ_SOURCE_EXAMPLES_DIR);
+    dirs[n++] = d2;
+    snprintf(d3, sizeof d3, "%s/generation_config", FZ_EXAMPLES_DIR);
+    dirs[n++] = d3;
+    size_t vl = strlen(value);
+    bool has_ext = vl > 5 && strcmp(value + vl - 5, ".json") == 0;
+    fz_buf looked = FZ_BUF_INIT;
+    for (int i = 0; i < n; i++) {
+        char p[8192];
+        snprintf(p, sizeof p, "%s/%s%s", dirs[i], value, has_ext ? "" : ".json");
+        if (stat(p, &st) == 0 && S_ISREG(st.st_mode)) {
+            fz_buf_free(&looked);
+            return (*out = strdup(p)) ? 0 : fz_error_set(FZ_ENOMEM, "out of memory");
+        }
+        fz_buf_printf(&looked, "%s%s", i ? ", " : "", dirs[i]);
+    }
+    int rc = fz_error_set(FZ_ENOTFOUND, "Generation config preset '%s' not found. Looked in: %s",
+                          value, looked.data ? (char *)looked.data : "");
+    fz_buf_free(&looked);
+    return rc;
+}
+
+/* Names by which the input embedding and output head are known. */
+static const char *const embed_names[] = {
+    "model.embed_tokens.weight", "causal_lm.input_encoder.embedding.weight",
+    "transformer.wte.weight", "model.decoder.embed_tokens.weight", "gpt_neox.embed_in.weight",
+    "transformer.word_embeddings.weight", "model.tok_embeddings.weight", "tok_embeddings.weight",
+    "embed_tokens.weight", "word_embeddings.weight", NULL};
+static const char *const head_names[] = {"lm_head.weight", "embed_out.weight", "output.weight",
+                                         "lm_head.linear.weight", NULL};
+
+static const fz_tensor *find_tensor(fz_view *v, const char *name, uint32_t *file)
+{
+    for (uint32_t f = 0; f < v->src.nfiles; f++)
+        for (size_t i = 0; i < v->tensors[f].n; i++)
+            if (strcmp(v->tensors[f].v[i].name, name) == 0) {
+                if (file)
+                    *file = f;
+                return &v->tensors[f].v[i];
+            }
+    return NULL;
+}
+
+static bool same_view(const fz_tensor *a, const fz_tensor *b)
+{
+    if (a->storage_id != b->storage_id || a->storage_offset != b->storage_offset ||
+        a->ndim != b->ndim || a->dtype != b->dtype)
+        return false;
+    for (int i = 0; i < a->ndim; i++)
+        if (a->shape[i] != b->shape[i] || a->stride[i] != b->stride[i])
+            return false;
+    return true;
+}
+
+/* Find the embedding, head and head bias, and whether embedding and head are
+ * tied, from names (or --embedding-tensors) and the config. */
+static int find_roles(fz_view *v, const json_t *config, int *tie_out)
+{
+    const fz_view_opts *o = &v->opts;
+    json_int_t cfg_vocab = json_integer_value(json_object_get(config, "vocab_size"));
+    const json_t *cfg_tie = json_object_get(config, "tie_word_embeddings");
+    if (o->embedding_tensors) {
+        char *list = strdup(o->embedding_tensors), *save = NULL;
+        if (!list)
+            return fz_error_set(FZ_ENOMEM, "out of memory");
+        int k = 0;
+        for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save), k++) {
+            while (*t == ' ')
+                t++;
+            const fz_tensor *x = find_tensor(v, t, NULL);
+            if (!x) {
+                int rc = fz_error_set(FZ_ENOTFOUND, "--embedding-tensors: no tensor named '%s' in "
+                                      "%s", t, v->src.ckpt);
+                free(list);
+                return rc;
+            }
+            char **slot = k == 0 ? &v->embed_name : x->ndim == 1 ? &v->head_bias_name
+                                                                  : &v->head_name;
+            free(*slot);
+            *slot = strdup(t);
+        }
+        free(list);
+    } else {
+        for (int i = 0; embed_names[i] && !v->embed_name; i++)
+            if (find_tensor(v, embed_names[i], NULL))
+                v->embed_name = strdup(embed_names[i]);
+        for (int i = 0; head_names[i] && !v->head_name; i++)
+            if (find_tensor(v, head_names[i], NULL))
+                v->head_name = strdup(head_names[i]);
+        /* Fall back to shape: a [vocab, hidden] matrix whose name says embedding. */
+        for (uint32_t f = 0; f < v->src.nfiles && !v->embed_name && cfg_vocab > 0; f++)
+            for (size_t i = 0; i < v->tensors[f].n && !v->embed_name; i++) {
+                const fz_tensor *t = &v->tensors[f].v[i];
+                if (t->ndim == 2 && t->shape[0] == (uint64_t)cfg_vocab &&
+                    (strstr(t->name, "embed") || strstr(t->name, "wte")))
+                    v->embed_name = strdup(t->name);
+            }
+        if (v->head_name) {
+            char bias[1024];
+            snprintf(bias, sizeof bias, "%.*sbias", (int)(strlen(v->head_name) - 6),
+                     v->head_name);
+            if (find_tensor(v, bias, NULL))
+                v->head_bias_name = strdup(bias);
+        }
+    }
+    uint32_t fe = 0, fh = 0;
+    const fz_tensor *e = v->embed_name ? find_tensor(v, v->embed_name, &fe) : NULL;
+    const fz_tensor *h = v->head_name ? find_tensor(v, v->head_name, &fh) : NULL;
+    int tie;
+    if (e && h)
+        tie = (fe == fh && same_view(e, h)) || json_is_true(cfg_tie);
+    else if (e)
+        tie = json_is_boolean(cfg_tie) ? json_is_true(cfg_tie) : 1;
+    else
+        tie = json_is_true(cfg_tie);
+    v->tied = e && (!h || (fe == fh && same_view(e, h)) || (tie && !h));
+    *tie_out = tie;
+    return 0;
+}
+
+static int read_weights(fz_view *v)
+{
+    v->tensors = calloc(v->src.nfiles, sizeof *v->tensors);
+    if (!v->tensors)
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    for (uint32_t i = 0; i < v->src.nfiles; i++) {
+        char *path = path_join(v->src.ckpt, v->src.files[i]);
+        uint32_t idx;
+        if (!path)
+            return fz_error_set(FZ_ENOMEM, "out of memory");
+        int rc = fz_view_open_source_file(v, path, &idx);
+        free(path);
+        if (rc)
+            return rc;
+        /* Weight files are opened first, so file index == weight file index. */
+        fz_srcfile *f = &v->files[idx];
+        size_t nl = strlen(f->path);
+        if (nl > 12 && strcmp(f->path + nl - 12, ".safetensors") == 0)
+            rc = fz_st_read(f->fd, f->path, f->size, &v->tensors[i]);
+        else
+            rc = fz_torchbin_read(f->fd, f->path, &v->tensors[i]);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static int build_meta(fz_view *v, json_t **config_out)
+{
+    int rc = 0;
+    const fz_view_opts *o = &v->opts;
+    const char *root = v->src.root;
+    char *keep[18] = {0};
+    fz_meta_in in;
+    memset(&in, 0, sizeof in);
+    char *preset_path = NULL;
+    if ((rc = read_blob(root, "config.json", true, &in.config, keep + 0)) ||
+        (rc = read_blob(root, "tokenizer.json", true, &in.tokenizer, keep + 2)) ||
+        (rc = read_blob(root, "tokenizer_config.json", false, &in.tokenizer_config, keep + 4)) ||
+        (rc = read_blob(root, "special_tokens_map.json", false, &in.special_tokens_map,
+                        keep + 6)) ||
+        (rc = read_blob(root, "chat_template.jinja", false, &in.chat_template_file, keep + 8)))
+        goto done;
+    const char *gen = o->generation_config ? o->generation_config : "carry";
+    if (strcmp(gen, "carry") == 0) {
+        in.gen_mode = FZ_GEN_CARRY;
+        if ((rc = read_blob(root, "generation_config.json", false, &in.generation_config,
+                            keep + 10)))
+            goto done;
+    } else if (strcmp(gen, "none") == 0) {
+        in.gen_mode = FZ_GEN_NONE;
+    } else {
+        in.gen_mode = FZ_GEN_PRESET;
+        if ((rc = find_preset(gen, &preset_path)) ||
+            (rc = read_blob(".", preset_path, true, &in.preset, keep + 12)))
+            goto done;
+    }
+    if (o->chat_template_path) {
+        rc = read_blob(".", o->chat_template_path, true, &in.chat_template, keep + 14);
+        if (rc == FZ_ENOTFOUND)
+            rc = fz_error_set(FZ_ENOTFOUND, "Chat template not found: %s", o->chat_template_path);
+        if (rc)
+            goto done;
+    }
+    if (o->add_tokens) {
+        rc = read_blob(".", o->add_tokens, true, &in.add_tokens_yaml, keep + 16);
+        if (rc == FZ_ENOTFOUND)
+            rc = fz_error_set(FZ_ENOTFOUND, "Add-tokens file not found: %s", o->add_tokens);
+        if (rc)
+            goto done;
+    }
+    in.skip_default_tokens = o->skip_default_tokens;
+    in.no_auto_stop_tokens = o->no_auto_stop_tokens;
+    in.stop_tokens = o->stop_tokens;
+    in.dtype = o->dtype;
+
+    json_t *config = fz_json_parse(in.config.data, in.config.len, in.config.path);
+    if (!config) {
+        rc = FZ_EFORMAT;
+        goto done;
+    }
+    if (!json_is_object(config)) {
+        json_decref(config);
+        rc = fz_error_set(FZ_EFORMAT, "%s: not a JSON object", in.config.path);
+        goto done;
+    }
+    rc = find_roles(v, config, &in.tie_word_embeddings);
+    if (rc == 0)
+        rc = fz_meta_build(&in, &v->meta);
+    if (rc)
+        json_decref(config);
+    else
+        *config_out = config;
+done:
+    for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++)
+        free(keep[i]);
+    free(preset_path);
+    return rc;
+}
+
+/* Rules for a resized tensor with `src_rows` rows, from the token plan. */
+static int rules_for(const fz_view *v, uint64_t src_rows, fz_row_rule **out, size_t *n)
+{
+    const fz_meta_out *m = &v->meta;
+    fz_row_rule *r = calloc(m->n_inits ? m->n_inits : 1, sizeof *r);
+    if (!r)
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    size_t k = 0;
+    for (size_t i = 0; i < m->n_inits; i++) {
+        const fz_row_init *in = &m->inits[i];
+        if (in->row >= m->new_vocab)
+            continue;
+        if (in->kind == FZ_INIT_MEAN) {
+            if (in->row < src_rows)
+                continue; /* mean on an existing row: finalize leaves it as is */
+            r[k++] = (fz_row_rule){in->row, FZ_ROW_MEAN, 0};
+        } else if (in->kind == FZ_INIT_ZERO) {
+            r[k++] = (fz_row_rule){in->row, FZ_ROW_ZERO, 0};
+        } else {
+            if (in->copy_from >= src_rows) {
+                free(r);
+                return fz_error_set(FZ_EINVAL, "init copy:%llu for token id %llu: the source row "
+                                    "must be an existing token id (< %llu)",
+                                    (unsigned long long)in->copy_from,
+                                    (unsigned long long)in->row, (unsigned long long)src_rows);
+            }
+            r[k++] = (fz_row_rule){in->row, FZ_ROW_SOURCE, in->copy_from};
+        }
+    }
+    *out = r;
+    *n = k;
+    return 0;
+}
+
+static const char *role_of(const fz_view *v, const char *name)
+{
+    if (v->embed_name && strcmp(name, v->embed_name) == 0)
+        return "embedding";
+    if (v->head_name && strcmp(name, v->head_name) == 0)
+        return "head";
+    if (v->head_bias_name && strcmp(name, v->head_bias_name) == 0)
+        return "head bias";
+    return NULL;
+}
+
+/* One recipe per distinct source tensor view; aliases share it. */
+static int build_recipes(fz_view *v)
+{
+    size_t total = 0;
+    for (uint32_t f = 0; f < v->src.nfiles; f++)
+        total += v->tensors[f].n;
+    v->recipes = calloc(total ? total : 1, sizeof *v->recipes);
+    v->outs = calloc(total ? total : 1, sizeof *v->outs);
+    if (!v->recipes || !v->outs)
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    fz_dtype want = FZ_DT_COUNT;
+    if (v->opts.dtype && fz_dtype_from_torch_name(v->opts.dtype, &want) != 0)
+        return fz_error_set(FZ_EUSAGE, "--dtype %s: unknown dtype", v->opts.dtype);
+    for (uint32_t f = 0; f < v->src.nfiles; f++) {
+        fz_tensor_list *l = &v->tensors[f];
+        uint32_t first_recipe = v->nrecipes;
+        for (size_t i = 0; i < l->n; i++) {
+            const fz_tensor *t = &l->v[i];
+            fz_outtensor *o = &v->outs[v->nouts];
+            o->name = strdup(t->name);
+            if (!o->name)
+                return fz_error_set(FZ_ENOMEM, "out of memory");
+            o->shard = f;
+            o->role = role_of(v, t->name);
+            v->nouts++;
+            /* An alias of an earlier tensor of this file shares its recipe. */
+            bool found = false;
+            for (uint32_t r = first_recipe; r < v->nrecipes && !found; r++)
+                if (same_view(&v->recipes[r].src, t)) {
+                    o->recipe = r;
+                    o->alias = true;
+                    found = true;
+                    if (!o->role)
+                        for (uint32_t k = 0; k + 1 < v->nouts; k++)
+                            if (v->outs[k].recipe == r && v->outs[k].role && !o->role)
+                                o->role = v->outs[k].role;
+                }
+            if (found)
+                continue;
+            fz_dtype out = t->dtype;
+            if (want != FZ_DT_COUNT &&
+                (t->dtype == FZ_DT_F32 || t->dtype == FZ_DT_F16 || t->dtype == FZ_DT_BF16 ||
+                 t->dtype == FZ_DT_F64))
+                out = want;
+            uint64_t rows = t->ndim ? t->shape[0] : 1;
+            fz_row_rule *rules = NULL;
+            size_t nrules = 0;
+            if (o->role && v->meta.n_added > 0 && t->ndim >= 1) {
+                int rc = rules_for(v, rows, &rules, &nrules);
+                if (rc)
+                    return rc;
+                rows = v->meta.new_vocab;
+            }
+            fz_recipe *rc_ = &v->recipes[v->nrecipes];
+            int rc = fz_recipe_init(rc_, v->files[f].fd, v->files[f].path, t, out, rows, rules,
+                                    nrules);
+            free(rules);
+            v->nrecipes++;
+            if (rc)
+                return rc;
+            o->recipe = v->nrecipes - 1;
+        }
+    }
+    return 0;
+}
+
+static int dup_opts(fz_view *v, const fz_view_opts *o)
+{
+    v->opts = *o;
+    const char **s[] = {&v->opts.src,         &v->opts.checkpoint,
+                        &v->opts.add_tokens,  &v->opts.chat_template_path,
+                        &v->opts.stop_tokens, &v->opts.generation_config,
+                        &v->opts.dtype,       &v->opts.device,
+                        &v->opts.quantize,    &v->opts.embedding_tensors};
+    for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
+        if (*s[i] && !(*s[i] = strdup(*s[i])))
+            return fz_error_set(FZ_ENOMEM, "out of memory");
+    return 0;
+}
+
+int fz_view_build(fz_view **out, const fz_view_opts *o)
+{
+    int rc;
+    json_t *config = NULL;
+    fz_view *v = calloc(1, sizeof *v);
+    if (!v)
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    pthread_mutex_init(&v->crc_lock, NULL);
+    if ((rc = dup_opts(v, o)) || (rc = validate_opts(&v->opts)))
+        goto done;
+    if ((rc = fz_source_find(&v->src, o->src, o->checkpoint)))
+        goto done;
+    if (o->keep_optimizer) {
+        char *p = path_join(v->src.ckpt, "optimizer_state.pt");
+        struct stat st;
+        bool ok = p && stat(p, &st) == 0 && S_ISREG(st.st_mode);
+        if (!ok)
+            rc = fz_error_set(FZ_ENOTFOUND, "--keep-optimizer: optimizer_state.pt not found in %s",
+                              v->src.ckpt);
+        free(p);
+        if (rc)
+            goto done;
+    }
+    if ((rc = read_weights(v)) || (rc = build_meta(v, &config)) || (rc = build_recipes(v)))
+        goto done;
+    rc = fz_view_build_tree(v);
+done:
+    json_decref(config);
+    if (rc) {
+        fz_view_free(v);
+        return rc;
+    }
+    *out = v;
+    return 0;
+}
+
+void fz_view_free(fz_view *v)
+{
+    if (!v)
+        return;
+    for (uint32_t i = 0; i < v->nnodes; i++) {
+        fz_node *n = &v->nodes[i];
+        free(n->name);
+        free(n->path);
+        free(n->children);
+        free(n->target);
+        free(n->segs);
+    }
+    free(v->nodes);
+    for (uint32_t i = 0; i < v->nlits; i++)
+        free(v->lits[i]);
+    free(v->lits);
+    for (uint32_t i = 0; i < v->nzips; i++) {
+        fz_zipw_free(&v->zips[i].L);
+        free(v->zips[i].crc);
+        free(v->zips[i].crc_known);
+    }
+    free(v->zips);
+    for (uint32_t i = 0; i < v->nrecipes; i++)
+        fz_recipe_free(&v->recipes[i]);
+    free(v->recipes);
+    for (uint32_t i = 0; i < v->nouts; i++)
+        free(v->outs[i].name);
+    free(v->outs);
+    for (uint32_t i = 0; i < v->nshards; i++)
+        free(v->shard_names[i]);
+    free(v->shard_names);
+    if (v->tensors)
+        for (uint32_t f = 0; f < v->src.nfiles; f++)
+            fz_tensor_list_free(&v->tensors[f]);
+    free(v->tensors);
+    for (uint32_t i = 0; i < v->nfiles; i++) {
+        close(v->files[i].fd);
+        free(v->files[i].path);
+    }
+    free(v->files);
+    fz_meta_out_free(&v->meta);
+    fz_source_free(&v->src);
+    free(v->embed_name);
+    free(v->head_name);
+    free(v->head_bias_name);
+    free(v->dest_ckpt_dir);
+    const char *s[] = {v->opts.src,         v->opts.checkpoint, v->opts.add_tokens,
+                       v->opts.chat_template_path, v->opts.stop_tokens,
+                       v->opts.generation_config,  v->opts.dtype,   v->opts.device,
+                       v->opts.quantize,           v->opts.embedding_tensors};
+    for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
+        free((char *)s[i]);
+    pthread_mutex_destroy(&v->crc_lock);
+    free(v);
+}
+
+uint32_t fz_view_node_count(const fz_view *v)
+{
+    return v->nnodes;
+}
+
+const fz_node *fz_view_node(const fz_view *v, uint32_t i)
+{
+    return i < v->nnodes ? &v->nodes[i] : NULL;
+}
+
+uint32_t fz_view_lookup(const fz_view *v, const char *path)
+{
+    for (uint32_t i = 0; i < v->nnodes; i++)
+        if (strcmp(v->nodes[i].path, path) == 0)
+            return i;
+    return UINT32_MAX;
+}
+
+uint64_t fz_view_total_bytes(const fz_view *v)
+{
+    uint64_t t = 0;
+    for (uint32_t i = 0; i < v->nnodes; i++)
+        if (v->nodes[i].kind == FZ_NODE_FILE)
+            t += v->nodes[i].size;
+    return t;
+}

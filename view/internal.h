@@ -1,0 +1,75 @@
+/* Private to view/: the view's tables. See view.h for the contract. */
+#ifndef FZ_VIEW_INTERNAL_H
+#define FZ_VIEW_INTERNAL_H
+
+#include <pthread.h>
+#include <sys/types.h>
+
+#include "formats/tensor.h"
+#include "formats/zip.h"
+#include "transform/meta.h"
+#include "transform/recipe.h"
+#include "view/source.h"
+#include "view/view.h"
+
+/* A source file held open for the life of the view. */
+typedef struct {
+    char *path;
+    int fd;
+    uint64_t size;
+    dev_t dev;
+    ino_t ino;
+    int64_t mtime_ns;
+} fz_srcfile;
+
+/* A torch zip being served: its layout and the memo of record CRCs. */
+typedef struct {
+    fz_zipw_layout L;
+    uint32_t node;
+    uint32_t *crc;
+    bool *crc_known;
+} fz_zipview;
+
+/* One tensor of the output, for the plan and the index. */
+typedef struct {
+    char *name;        /* output name */
+    uint32_t recipe;   /* recipe index */
+    uint32_t shard;    /* output shard index */
+    bool alias;        /* shares the record/data of an earlier entry of the same shard */
+    const char *role;  /* "embedding", "head", "head bias" or NULL */
+} fz_outtensor;
+
+struct fz_view {
+    fz_view_opts opts;
+    fz_source src;
+    fz_meta_out meta;
+    bool tied;             /* embedding and head are one matrix */
+    char *embed_name, *head_name, *head_bias_name;
+    char *dest_ckpt_dir;   /* "checkpoints/checkpoint-N" */
+
+    fz_srcfile *files;
+    uint32_t nfiles;
+    fz_tensor_list *tensors; /* per weight file (files[0..src.nfiles-1]) */
+
+    fz_recipe *recipes;
+    uint32_t nrecipes;
+    fz_outtensor *outs;
+    uint32_t nouts;
+    char **shard_names;
+    uint32_t nshards;
+
+    fz_node *nodes;
+    uint32_t nnodes, capnodes;
+
+    fz_zipview *zips;
+    uint32_t nzips;
+    pthread_mutex_t crc_lock;
+
+    uint8_t **lits; /* literal buffers owned by the view */
+    uint32_t nlits, caplits;
+};
+
+/* view/build.c helpers used by the other view files. */
+int fz_view_open_source_file(fz_view *v, const char *path, uint32_t *idx);
+
+#endif

@@ -1,0 +1,168 @@
+/* `fzfs plan` and `--dry-run`: what the view holds and why. */
+#include <string.h>
+
+#include "formats/jsonout.h"
+#include "util/error.h"
+#include "view/internal.h"
+
+static const char *op_of(const fz_view *v, const fz_recipe *r)
+{
+    (void)v;
+    if (fz_recipe_is_span(r, NULL))
+        return "copy";
+    if (r->resize)
+        return r->cast ? "resize+cast" : "resize";
+    if (r->cast)
+        return r->gather ? "gather+cast" : "cast";
+    return "gather";
+}
+
+static const char *seg_kind(const fz_node *n)
+{
+    bool lit = false, span = false, comp = false;
+    for (uint32_t i = 0; i < n->nsegs; i++) {
+        lit |= n->segs[i].kind == FZ_SEG_LITERAL || n->segs[i].kind == FZ_SEG_DEFERRED;
+        span |= n->segs[i].kind == FZ_SEG_SPAN;
+        comp |= n->segs[i].kind == FZ_SEG_COMPUTED;
+    }
+    if (comp)
+        return "computed";
+    if (span && lit)
+        return "generated+copied";
+    if (span)
+        return "copied";
+    return "generated";
+}
+
+static void shape_str(const fz_recipe *r, char *buf, size_t len)
+{
+    size_t o = (size_t)snprintf(buf, len, "[");
+    for (int i = 0; i < r->ndim && o < len; i++)
+        o += (size_t)snprintf(buf + o, len - o, "%s%llu", i ? ", " : "",
+                              (unsigned long long)r->shape[i]);
+    if (o < len)
+        snprintf(buf + o, len - o, "]");
+}
+
+int fz_view_plan_text(const fz_view *v, FILE *f)
+{
+    const fz_meta_out *m = &v->meta;
+    fprintf(f, "Source:      %s\n", v->src.root);
+    fprintf(f, "Checkpoint:  %s%s\n", v->src.ckpt, v->src.ckpt_is_root ? " (source root)" : "");
+    fprintf(f, "  why:       %s\n", v->src.why);
+    fprintf(f, "Weights:     %u file(s)%s%s\n", v->src.nfiles, v->src.index_name ? " via " : "",
+            v->src.index_name ? v->src.index_name : "");
+    fprintf(f, "Layout:      %s, %s\n", v->opts.root_copy ? "--root-copy (weights at root)"
+                                                           : v->dest_ckpt_dir,
+            v->opts.safetensors ? "safetensors" : "pytorch .bin");
+    fprintf(f, "Tokens:      %llu added; vocab %llu -> %llu\n", (unsigned long long)m->n_added,
+            (unsigned long long)m->old_vocab, (unsigned long long)m->new_vocab);
+    for (size_t i = 0; i < m->n_added_tokens; i++)
+        fprintf(f, "  + %-24s id %llu\n", m->added_tokens[i], (unsigned long long)m->added_ids[i]);
+    fprintf(f, "Embedding:   %s%s\n", v->embed_name ? v->embed_name : "(not found)",
+            v->tied ? " (tied with the output head)" : "");
+    fprintf(f, "Head:        %s%s%s\n", v->head_name ? v->head_name : "(not in weights)",
+            v->head_bias_name ? ", bias " : "", v->head_bias_name ? v->head_bias_name : "");
+    fprintf(f, "Stop ids:    [");
+    for (size_t i = 0; i < m->n_stop_ids; i++)
+        fprintf(f, "%s%lld", i ? ", " : "", (long long)m->stop_ids[i]);
+    fprintf(f, "]\n");
+    fprintf(f, "Generation:  %s\n", m->has_generation_config
+                                        ? (v->opts.generation_config ? v->opts.generation_config
+                                                                     : "carry")
+                                        : "none (no generation_config.json)");
+    fprintf(f, "Optimizer:   %s\n", v->opts.keep_optimizer ? "carried" : "dropped");
+    fprintf(f, "\nTensors:\n");
+    for (uint32_t i = 0; i < v->nouts; i++) {
+        const fz_outtensor *o = &v->outs[i];
+        const fz_recipe *r = &v->recipes[o->recipe];
+        char shape[128];
+        shape_str(r, shape, sizeof shape);
+        fprintf(f, "  %-52s %-9s %-16s %-12s%s%s%s\n", o->name, fz_dtype_torch_name(r->out_dtype),
+                shape, o->alias ? "alias" : op_of(v, r), o->role ? " (" : "",
+                o->role ? o->role : "", o->role ? ")" : "");
+    }
+    fprintf(f, "\nFiles:\n");
+    for (uint32_t i = 1; i < v->nnodes; i++) {
+        const fz_node *n = &v->nodes[i];
+        if (n->kind == FZ_NODE_DIR)
+            fprintf(f, "  %s/\n", n->path);
+        else if (n->kind == FZ_NODE_SYMLINK)
+            fprintf(f, "  %s -> %s\n", n->path, n->target);
+        else
+            fprintf(f, "  %-60s %12llu  %s\n", n->path, (unsigned long long)n->size, seg_kind(n));
+    }
+    return 0;
+}
+
+int fz_view_plan_json(const fz_view *v, fz_buf *out)
+{
+    const fz_meta_out *m = &v->meta;
+    json_t *root = json_object();
+    json_object_set_new(root, "source", json_string(v->src.root));
+    json_t *ck = json_object();
+    json_object_set_new(ck, "path", json_string(v->src.ckpt));
+    json_object_set_new(ck, "step", v->src.step >= 0 ? json_integer(v->src.step) : json_null());
+    json_object_set_new(ck, "is_root", json_boolean(v->src.ckpt_is_root));
+    json_object_set_new(ck, "why", json_string(v->src.why));
+    json_object_set_new(root, "checkpoint", ck);
+    json_object_set_new(root, "format", json_string(v->opts.safetensors ? "safetensors" : "bin"));
+    json_object_set_new(root, "root_copy", json_boolean(v->opts.root_copy));
+    json_object_set_new(root, "dest_checkpoint",
+                        v->dest_ckpt_dir ? json_string(v->dest_ckpt_dir) : json_null());
+    json_t *tok = json_object();
+    json_object_set_new(tok, "old_vocab", json_integer((json_int_t)m->old_vocab));
+    json_object_set_new(tok, "new_vocab", json_integer((json_int_t)m->new_vocab));
+    json_object_set_new(tok, "added", json_integer((json_int_t)m->n_added));
+    json_t *added = json_array();
+    for (size_t i = 0; i < m->n_added_tokens; i++)
+        json_array_append_new(added, json_pack("{s:s, s:I}", "token", m->added_tokens[i], "id",
+                                               (json_int_t)m->added_ids[i]));
+    json_object_set_new(tok, "tokens", added);
+    json_t *stops = json_array();
+    for (size_t i = 0; i < m->n_stop_ids; i++)
+        json_array_append_new(stops, json_integer(m->stop_ids[i]));
+    json_object_set_new(tok, "stop_ids", stops);
+    json_object_set_new(root, "tokens", tok);
+    json_object_set_new(root, "embedding", v->embed_name ? json_string(v->embed_name) : json_null());
+    json_object_set_new(root, "head", v->head_name ? json_string(v->head_name) : json_null());
+    json_object_set_new(root, "tied", json_boolean(v->tied));
+    json_t *tensors = json_array();
+    for (uint32_t i = 0; i < v->nouts; i++) {
+        const fz_outtensor *o = &v->outs[i];
+        const fz_recipe *r = &v->recipes[o->recipe];
+        json_t *t = json_object(), *shape = json_array();
+        for (int d = 0; d < r->ndim; d++)
+            json_array_append_new(shape, json_integer((json_int_t)r->shape[d]));
+        json_object_set_new(t, "name", json_string(o->name));
+        json_object_set_new(t, "shard", json_string(v->shard_names[o->shard]));
+        json_object_set_new(t, "source_dtype", json_string(fz_dtype_torch_name(r->src.dtype)));
+        json_object_set_new(t, "dtype", json_string(fz_dtype_torch_name(r->out_dtype)));
+        json_object_set_new(t, "shape", shape);
+        json_object_set_new(t, "op", json_string(o->alias ? "alias" : op_of(v, r)));
+        json_object_set_new(t, "role", o->role ? json_string(o->role) : json_null());
+        json_array_append_new(tensors, t);
+    }
+    json_object_set_new(root, "tensors", tensors);
+    json_t *files = json_array();
+    for (uint32_t i = 1; i < v->nnodes; i++) {
+        const fz_node *n = &v->nodes[i];
+        json_t *e = json_object();
+        json_object_set_new(e, "path", json_string(n->path));
+        json_object_set_new(e, "type", json_string(n->kind == FZ_NODE_DIR       ? "dir"
+                                                   : n->kind == FZ_NODE_SYMLINK ? "symlink"
+                                                                                : "file"));
+        if (n->kind == FZ_NODE_FILE) {
+            json_object_set_new(e, "size", json_integer((json_int_t)n->size));
+            json_object_set_new(e, "content", json_string(seg_kind(n)));
+        }
+        if (n->kind == FZ_NODE_SYMLINK)
+            json_object_set_new(e, "target", json_string(n->target));
+        json_array_append_new(files, e);
+    }
+    json_object_set_new(root, "files", files);
+    fz_json_style style = {2, false, true, true};
+    int rc = fz_json_emit(root, &style, out);
+    json_decref(root);
+    return rc;
+}

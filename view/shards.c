@@ -1,0 +1,447 @@
+/* The node tree of a view. Weight shards mirror the source weight files one
+ * to one, tensors in source order; names, index and manifest follow
+ * finalize (FORMATS.md §3, §4, §8). Every size is known here, before any
+ * tensor byte is computed. */
+#include <dirent.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <zlib.h>
+
+#include "formats/jsonout.h"
+#include "formats/safetensors.h"
+#include "formats/torchbin.h"
+#include "util/error.h"
+#include "view/shards.h"
+#include "view/tree.h"
+
+static int steal_literal(fz_view *v, uint32_t dir, const char *name, fz_buf *b)
+{
+    size_t len;
+    uint8_t *data = fz_buf_steal(b, &len);
+    if (!data && !(data = calloc(1, 1)))
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    return fz_tree_literal(v, dir, name, data, len);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Model source files: the top-level SRC *.py files (, not hidden, regular files after
+ * following symlinks) and .package_files_copied, copied through as spans. */
+static int add_sources(fz_view *v, uint32_t root)
+{
+    int rc = 0;
+    DIR *d = opendir(v->src.root);
+    if (!d)
+        return fz_error_set(FZ_EIO, "%s: cannot read directory", v->src.root);
+    char **names = NULL;
+    size_t n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        bool py = e->d_name[0] != '.' && l > 3 && strcmp(e->d_name + l - 3, ".py") == 0;
+        if (!py && strcmp(e->d_name, ".package_files_copied") != 0)
+            continue;
+        char **nn = realloc(names, (n + 1) * sizeof *nn);
+        if (!nn || !(nn[n] = strdup(e->d_name))) {
+            names = nn ? nn : names;
+            rc = fz_error_set(FZ_ENOMEM, "out of memory");
+            break;
+        }
+        names = nn;
+        n++;
+    }
+    closedir(d);
+    if (n)
+        qsort(names, n, sizeof *names, cmp_str);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        size_t pl = strlen(v->src.root) + strlen(names[i]) + 2;
+        char *p = malloc(pl);
+        struct stat st;
+        if (!p) {
+            rc = fz_error_set(FZ_ENOMEM, "out of memory");
+            break;
+        }
+        snprintf(p, pl, "%s/%s", v->src.root, names[i]);
+        if (stat(p, &st) == 0 && S_ISREG(st.st_mode))
+            rc = fz_tree_span_file(v, root, names[i], p);
+        free(p);
+    }
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    return rc;
+}
+
+/* The data segment of a recipe: a span when no op applies, else computed. */
+static fz_seg tensor_seg(const fz_view *v, uint32_t recipe, uint32_t shard, int32_t zrec)
+{
+    const fz_recipe *r = &v->recipes[recipe];
+    fz_seg s = {.len = r->nbytes, .zrec = zrec};
+    uint64_t off;
+    if (fz_recipe_is_span(r, &off)) {
+        s.kind = FZ_SEG_SPAN;
+        s.u.span.fd = r->fd;
+        s.u.span.off = off;
+        s.u.span.src = shard;
+    } else {
+        s.kind = FZ_SEG_COMPUTED;
+        s.u.recipe = recipe;
+    }
+    return s;
+}
+
+/* Whether out tensor i is written in a safetensors shard: a tied head is
+ * dropped (the embedding carries it, as save_pretrained does). */
+static bool st_emits(const fz_view *v, uint32_t i)
+{
+    const fz_outtensor *o = &v->outs[i];
+    return !(o->alias && v->tied && o->role && strcmp(o->role, "embedding") != 0);
+}
+
+static int add_bin_shard(fz_view *v, uint32_t dir, uint32_t shard, const char *name)
+{
+    int rc = 0;
+    uint32_t *rec_of = calloc(v->nrecipes ? v->nrecipes : 1, sizeof *rec_of);
+    uint32_t *recipe_of_rec = calloc(v->nrecipes ? v->nrecipes : 1, sizeof *recipe_of_rec);
+    uint64_t *rec_bytes = calloc(v->nrecipes ? v->nrecipes : 1, sizeof *rec_bytes);
+    fz_torchbin_entry *ent = calloc(v->nouts ? v->nouts : 1, sizeof *ent);
+    fz_seg *segs = NULL;
+    fz_buf pkl = FZ_BUF_INIT;
+    char stem[256];
+    size_t K = 0, ne = 0;
+    if (!rec_of || !recipe_of_rec || !rec_bytes || !ent) {
+        rc = fz_error_set(FZ_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (uint32_t r = 0; r < v->nrecipes; r++)
+        rec_of[r] = UINT32_MAX;
+    for (uint32_t i = 0; i < v->nouts; i++) {
+        const fz_outtensor *o = &v->outs[i];
+        if (o->shard != shard)
+            continue;
+        const fz_recipe *r = &v->recipes[o->recipe];
+        if (rec_of[o->recipe] == UINT32_MAX) {
+            rec_of[o->recipe] = (uint32_t)K;
+            recipe_of_rec[K] = o->recipe;
+            rec_bytes[K] = r->nbytes;
+            K++;
+        }
+        ent[ne++] = (fz_torchbin_entry){o->name, r->out_dtype, r->ndim, r->shape,
+                                        rec_of[o->recipe]};
+    }
+    if ((rc = fz_torchbin_pickle(ent, ne, rec_bytes, K, &pkl)))
+        goto done;
+    snprintf(stem, sizeof stem, "%.*s", (int)(strlen(name) - 4), name);
+    fz_zipview *zv = realloc(v->zips, (v->nzips + 1) * sizeof *zv);
+    if (!zv) {
+        rc = fz_error_set(FZ_ENOMEM, "out of memory");
+        goto done;
+    }
+    v->zips = zv;
+    zv = &v->zips[v->nzips];
+    memset(zv, 0, sizeof *zv);
+    if ((rc = fz_torchbin_layout(&zv->L, stem, pkl.len, rec_bytes, K)))
+        goto done;
+    uint32_t zi = v->nzips++;
+    size_t nrec = zv->L.n;
+    zv->crc = calloc(nrec, sizeof *zv->crc);
+    zv->crc_known = calloc(nrec, sizeof *zv->crc_known);
+    segs = calloc(2 * nrec + 1, sizeof *segs);
+    if (!zv->crc || !zv->crc_known || !segs) {
+        rc = fz_error_set(FZ_ENOMEM, "out of memory");
+        goto done;
+    }
+    uint8_t *pkl_data = fz_buf_steal(&pkl, NULL);
+    if ((rc = fz_tree_keep(v, pkl_data)))
+        goto done;
+    static const uint8_t byteorder[] = "little", version[] = "3\n";
+    uint32_t ns = 0;
+    uint64_t pos = 0;
+    for (size_t i = 0; i < nrec; i++) {
+        const fz_zipw_rec *zr = &zv->L.rec[i];
+        if (zr->header_off != pos) {
+            rc = fz_error_set(FZ_EINVAL, "%s: internal error: zip layout has a gap", name);
+            goto done;
+        }
+        segs[ns++] = (fz_seg){.kind = FZ_SEG_DEFERRED, .len = zr->header_len, .zrec = -1,
+                              .u.def = {zi, (int32_t)i}};
+        fz_seg d = {.kind = FZ_SEG_LITERAL, .len = zr->size, .zrec = (int32_t)i};
+        if (i == 0)
+            d.u.lit = pkl_data;
+        else if (i == 1)
+            d.u.lit = byteorder;
+        else if (i == nrec - 1)
+            d.u.lit = version;
+        else
+            d = tensor_seg(v, recipe_of_rec[i - 2], shard, (int32_t)i);
+        if (d.kind == FZ_SEG_LITERAL) {
+            zv->crc[i] = (uint32_t)crc32(0L, d.u.lit, (uInt)d.len);
+            zv->crc_known[i] = true;
+        }
+        if (d.len)
+            segs[ns++] = d;
+        pos = zr->data_off + zr->size;
+    }
+    if (zv->L.cd_off != pos) {
+        rc = fz_error_set(FZ_EINVAL, "%s: internal error: zip layout has a gap", name);
+        goto done;
+    }
+    segs[ns++] = (fz_seg){.kind = FZ_SEG_DEFERRED, .len = zv->L.cd_len, .zrec = -1,
+                          .u.def = {zi, -1}};
+    uint32_t node;
+    if ((rc = fz_tree_file(v, dir, name, segs, ns, &node)))
+        goto done;
+    v->nodes[node].zip = zi + 1;
+    zv->node = node;
+done:
+    free(rec_of);
+    free(recipe_of_rec);
+    free(rec_bytes);
+    free(ent);
+    free(segs);
+    fz_buf_free(&pkl);
+    return rc;
+}
+
+static int add_st_shard(fz_view *v, uint32_t dir, uint32_t shard, const char *name)
+{
+    int rc = 0;
+    fz_st_entry *ent = calloc(v->nouts ? v->nouts : 1, sizeof *ent);
+    uint32_t *recipe = calloc(v->nouts ? v->nouts : 1, sizeof *recipe);
+    size_t *order = calloc(v->nouts ? v->nouts : 1, sizeof *order);
+    uint64_t *offset = calloc(v->nouts ? v->nouts : 1, sizeof *offset);
+    fz_seg *segs = calloc(v->nouts + 1, sizeof *segs);
+    fz_buf hdr = FZ_BUF_INIT;
+    size_t n = 0;
+    if (!ent || !recipe || !order || !offset || !segs) {
+        rc = fz_error_set(FZ_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (uint32_t i = 0; i < v->nouts; i++) {
+        const fz_outtensor *o = &v->outs[i];
+        if (o->shard != shard || !st_emits(v, i))
+            continue;
+        const fz_recipe *r = &v->recipes[o->recipe];
+        ent[n] = (fz_st_entry){o->name, r->out_dtype, r->ndim, r->shape};
+        recipe[n++] = o->recipe;
+    }
+    if ((rc = fz_st_layout(ent, n, &hdr, order, offset)))
+        goto done;
+    uint64_t pos = hdr.len;
+    size_t hlen;
+    uint8_t *h = fz_buf_steal(&hdr, &hlen);
+    if ((rc = fz_tree_keep(v, h)))
+        goto done;
+    uint32_t ns = 0;
+    segs[ns++] = (fz_seg){.kind = FZ_SEG_LITERAL, .len = hlen, .zrec = -1, .u.lit = h};
+    for (size_t j = 0; j < n; j++) {
+        size_t i = order[j];
+        if (offset[i] != pos) {
+            rc = fz_error_set(FZ_EINVAL, "%s: internal error: safetensors layout has a gap", name);
+            goto done;
+        }
+        fz_seg s = tensor_seg(v, recipe[i], shard, -1);
+        if (s.len)
+            segs[ns++] = s;
+        pos += s.len;
+    }
+    rc = fz_tree_file(v, dir, name, segs, ns, NULL);
+done:
+    free(ent);
+    free(recipe);
+    free(order);
+    free(offset);
+    free(segs);
+    fz_buf_free(&hdr);
+    return rc;
+}
+
+/* The shard index, as finalize's make_shard_index writes it (indent 4). */
+static int index_json(fz_view *v, fz_buf *out)
+{
+    bool st = v->opts.safetensors;
+    json_t *root = json_object(), *meta = json_object(), *wm = json_object();
+    json_t *sharing = json_array();
+    uint64_t total = 0;
+    int rc = 0;
+    if (!root || !meta || !wm || !sharing) {
+        rc = fz_error_set(FZ_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (uint32_t i = 0; i < v->nouts; i++) {
+        const fz_outtensor *o = &v->outs[i];
+        if (st && !st_emits(v, i))
+            continue;
+        total += v->recipes[o->recipe].nbytes;
+        json_object_set_new(wm, o->name, json_string(v->shard_names[o->shard]));
+    }
+    if (!st) {
+        /* param_sharing: groups of names over one record. */
+        for (uint32_t i = 0; i < v->nouts; i++) {
+            if (v->outs[i].alias)
+                continue;
+            json_t *g = json_array();
+            json_array_append_new(g, json_string(v->outs[i].name));
+            for (uint32_t k = i + 1; k < v->nouts; k++)
+                if (v->outs[k].alias && v->outs[k].recipe == v->outs[i].recipe &&
+                    v->outs[k].shard == v->outs[i].shard)
+                    json_array_append_new(g, json_string(v->outs[k].name));
+            if (json_array_size(g) > 1)
+                json_array_append_new(sharing, g);
+            else
+                json_decref(g);
+        }
+    }
+    json_object_set_new(meta, "total_size", json_integer((json_int_t)total));
+    if (json_array_size(sharing))
+        json_object_set(meta, "param_sharing", sharing);
+    json_object_set(root, "metadata", meta);
+    json_object_set(root, "weight_map", wm);
+    fz_json_style style = FZ_JSON_PY(4);
+    rc = fz_json_emit(root, &style, out);
+done:
+    json_decref(root);
+    json_decref(meta);
+    json_decref(wm);
+    json_decref(sharing);
+    return rc;
+}
+
+static json_t *component(const char *key, uint64_t size)
+{
+    json_t *c = json_object();
+    json_object_set_new(c, "key", json_string(key));
+    json_object_set_new(c, "sharing_pattern", json_string("replicated"));
+    json_object_set_new(c, "ranks", json_pack("[i]", 0));
+    json_object_set_new(c, "replicated_across", json_pack("[i]", 0));
+    json_object_set_new(c, "group_name", json_null());
+    json_object_set_new(c, "size_bytes", json_integer((json_int_t)size));
+    json_object_set_new(c, "checksum", json_null());
+    json_object_set_new(c, "metadata", json_object());
+    return c;
+}
+
+/* checkpoint_manifest.json in finalize's schema (FORMATS.md §8). */
+static int manifest_json(fz_view *v, uint32_t ckdir, uint64_t optimizer_size, fz_buf *out)
+{
+    uint64_t model = 0;
+    const fz_node *d = &v->nodes[ckdir];
+    for (uint32_t i = 0; i < d->nchildren; i++) {
+        const fz_node *c = &v->nodes[d->children[i]];
+        if (c->kind == FZ_NODE_FILE && strcmp(c->name, "optimizer_state.pt") != 0)
+            model += c->size;
+    }
+    json_t *m = json_object(), *comps = json_object(), *meta = json_object();
+    json_object_set_new(m, "checkpoint_path", json_string(v->dest_ckpt_dir));
+    json_object_set_new(m, "world_size", json_integer(1));
+    json_object_set_new(m, "timestamp",
+                        v->src.timestamp ? json_string(v->src.timestamp) : json_null());
+    json_object_set_new(comps, "model", component("model", model));
+    if (v->opts.keep_optimizer)
+        json_object_set_new(comps, "optimizer", component("optimizer", optimizer_size));
+    json_object_set_new(m, "components", comps);
+    json_object_set_new(m, "training_args_hash", json_null());
+    json_object_set_new(m, "forgather_version", json_null());
+    json_object_set_new(m, "pytorch_version", v->src.pytorch_version
+                                                  ? json_string(v->src.pytorch_version)
+                                                  : json_null());
+    json_object_set_new(meta, "finalized", json_true());
+    json_object_set_new(m, "metadata", meta);
+    fz_json_style style = FZ_JSON_PY(2);
+    int rc = fz_json_emit(m, &style, out);
+    json_decref(m);
+    return rc;
+}
+
+int fz_view_build_tree(fz_view *v)
+{
+    int rc;
+    uint32_t root, wdir;
+    fz_meta_out *m = &v->meta;
+    bool st = v->opts.safetensors;
+    fz_buf b = FZ_BUF_INIT;
+    if ((rc = fz_tree_dir(v, UINT32_MAX, "", &root)))
+        return rc;
+    if ((rc = steal_literal(v, root, "config.json", &m->config_json)) ||
+        (rc = steal_literal(v, root, "tokenizer.json", &m->tokenizer_json)) ||
+        (rc = steal_literal(v, root, "tokenizer_config.json", &m->tokenizer_config_json)) ||
+        (rc = steal_literal(v, root, "special_tokens_map.json", &m->special_tokens_map_json)))
+        return rc;
+    if (m->has_chat_template &&
+        (rc = steal_literal(v, root, "chat_template.jinja", &m->chat_template_jinja)))
+        return rc;
+    if (m->has_generation_config &&
+        (rc = steal_literal(v, root, "generation_config.json", &m->generation_config_json)))
+        return rc;
+    if ((rc = add_sources(v, root)))
+        return rc;
+
+    char ck[64];
+    snprintf(ck, sizeof ck, "checkpoint-%lld", (long long)(v->src.step >= 0 ? v->src.step : 0));
+    if (v->opts.root_copy) {
+        wdir = root;
+    } else {
+        uint32_t cks;
+        if ((rc = fz_tree_dir(v, root, "checkpoints", &cks)) ||
+            (rc = fz_tree_dir(v, cks, ck, &wdir)))
+            return rc;
+        size_t l = strlen(ck) + 13;
+        if (!(v->dest_ckpt_dir = malloc(l)))
+            return fz_error_set(FZ_ENOMEM, "out of memory");
+        snprintf(v->dest_ckpt_dir, l, "checkpoints/%s", ck);
+    }
+    v->nshards = v->src.nfiles;
+    v->shard_names = calloc(v->nshards ? v->nshards : 1, sizeof *v->shard_names);
+    if (!v->shard_names)
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    for (uint32_t s = 0; s < v->nshards; s++) {
+        char name[64];
+        snprintf(name, sizeof name, st ? "model-%05u-of-%05u.safetensors"
+                                        : "pytorch_model-%05u-of-%05u.bin",
+                 s + 1, v->nshards);
+        if (!(v->shard_names[s] = strdup(name)))
+            return fz_error_set(FZ_ENOMEM, "out of memory");
+        rc = st ? add_st_shard(v, wdir, s, name) : add_bin_shard(v, wdir, s, name);
+        if (rc)
+            return rc;
+    }
+    const char *index_name = st ? "model.safetensors.index.json" : "pytorch_model.bin.index.json";
+    if ((rc = index_json(v, &b)) || (rc = steal_literal(v, wdir, index_name, &b)))
+        goto done;
+    if (!v->opts.root_copy) {
+        uint64_t opt_size = 0;
+        if (v->opts.keep_optimizer) {
+            size_t l = strlen(v->src.ckpt) + 20;
+            char *p = malloc(l);
+            if (!p)
+                return fz_error_set(FZ_ENOMEM, "out of memory");
+            snprintf(p, l, "%s/optimizer_state.pt", v->src.ckpt);
+            rc = fz_tree_span_file(v, wdir, "optimizer_state.pt", p);
+            free(p);
+            if (rc)
+                goto done;
+            opt_size = v->nodes[v->nnodes - 1].size;
+        }
+        if ((rc = manifest_json(v, wdir, opt_size, &b)) ||
+            (rc = steal_literal(v, wdir, "checkpoint_manifest.json", &b)))
+            goto done;
+        /* Root symlinks for from_pretrained: the index and every shard. */
+        char target[512];
+        snprintf(target, sizeof target, "%s/%s", v->dest_ckpt_dir, index_name);
+        if ((rc = fz_tree_symlink(v, root, index_name, target)))
+            goto done;
+        for (uint32_t s = 0; s < v->nshards; s++) {
+            snprintf(target, sizeof target, "%s/%s", v->dest_ckpt_dir, v->shard_names[s]);
+            if ((rc = fz_tree_symlink(v, root, v->shard_names[s], target)))
+                goto done;
+        }
+    }
+    fz_tree_finish(v);
+done:
+    fz_buf_free(&b);
+    return rc;
+}

@@ -1,0 +1,106 @@
+/* The view: the finalized tree of a training run, as nodes whose bytes are
+ * literal, spans of source files, or computed by tensor recipes. Built once
+ * from SRC and the options (nothing but metadata is read), immutable
+ * afterwards except for memo tables; both `fzfs mount` and `fzfs
+ * materialize` read every byte through fz_view_read.
+ *
+ * Thread-safety: after fz_view_build returns, every function here may be
+ * called from any number of threads. The CRC memo and the recipes' mean
+ * memos each have their own lock; no lock is held while a chunk computes. */
+#ifndef FZ_VIEW_VIEW_H
+#define FZ_VIEW_VIEW_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "util/buf.h"
+
+/* Every view option: finalize's, same names and meaning (DESIGN.md). */
+typedef struct {
+    const char *src;
+    const char *checkpoint;          /* -c */
+    const char *add_tokens;          /* --add-tokens YAML */
+    bool skip_default_tokens;
+    const char *chat_template_path;  /* -t */
+    bool no_auto_stop_tokens;
+    const char *stop_tokens;         /* --stop-tokens */
+    const char *generation_config;   /* carry (default) | none | PATH | NAME */
+    bool keep_optimizer;
+    bool root_copy;
+    bool safetensors;
+    const char *dtype;               /* bfloat16 | float16 | float32 | NULL */
+    const char *device;              /* only "cpu" */
+    const char *quantize;            /* not yet supported */
+    const char *embedding_tensors;   /* "NAME[,NAME...]": override the embedding/head guess */
+} fz_view_opts;
+
+typedef struct fz_view fz_view;
+
+typedef enum { FZ_NODE_DIR, FZ_NODE_FILE, FZ_NODE_SYMLINK } fz_node_kind;
+
+typedef enum {
+    FZ_SEG_LITERAL,  /* bytes generated at build time */
+    FZ_SEG_SPAN,     /* bytes of a source file */
+    FZ_SEG_COMPUTED, /* bytes of a tensor recipe */
+    FZ_SEG_DEFERRED, /* zip header / central directory: needs record CRCs */
+} fz_seg_kind;
+
+typedef struct {
+    fz_seg_kind kind;
+    uint64_t off; /* offset in the file */
+    uint64_t len;
+    int32_t zrec; /* zip record whose data this segment is, or -1 */
+    union {
+        const uint8_t *lit;                          /* LITERAL: owned by the view */
+        struct { int fd; uint64_t off; uint32_t src; } span; /* SPAN: src = source file index */
+        uint32_t recipe;                             /* COMPUTED: index of the recipe */
+        struct { uint32_t zip; int32_t rec; } def;   /* DEFERRED: rec -1 = central directory */
+    } u;
+} fz_seg;
+
+typedef struct {
+    char *name;          /* basename ("" for the root) */
+    char *path;          /* relative path from the root ("" for the root) */
+    fz_node_kind kind;
+    uint32_t parent;
+    uint32_t *children;  /* DIR: sorted by name */
+    uint32_t nchildren;
+    char *target;        /* SYMLINK: relative target */
+    uint64_t size;       /* FILE: exact size */
+    fz_seg *segs;        /* FILE: ordered, contiguous, covering [0, size) */
+    uint32_t nsegs;
+    uint32_t zip;        /* FILE that is a torch zip: index + 1 of its layout, else 0 */
+} fz_node;
+
+/* Build the view of o->src. Errors (message names the file and problem):
+ * FZ_ENOTFOUND (SRC, checkpoint, -t file, preset, optimizer_state.pt
+ * missing), FZ_EUSAGE (bad option combination or value), FZ_EFORMAT /
+ * FZ_EDENIED / FZ_ERANGE (malformed inputs), FZ_EINVAL, FZ_EIO, FZ_ENOMEM.
+ * On success the caller owns *out (fz_view_free). */
+int fz_view_build(fz_view **out, const fz_view_opts *o);
+void fz_view_free(fz_view *v);
+
+/* Node table: index 0 is the root. Stable for the life of the view. */
+uint32_t fz_view_node_count(const fz_view *v);
+const fz_node *fz_view_node(const fz_view *v, uint32_t i);
+/* Look up a relative path ("checkpoints/checkpoint-3/x.bin"); UINT32_MAX if absent. */
+uint32_t fz_view_lookup(const fz_view *v, const char *path);
+
+/* Read file bytes [off, off+len) of node i into buf. The range must lie
+ * within the file. Errors: FZ_EIO (a source read failed), FZ_ENOMEM, FZ_EINVAL. */
+int fz_view_read(fz_view *v, uint32_t node, uint64_t off, uint64_t len, void *buf);
+
+/* Record the CRC-32 of zip record `rec` of layout `zip` (from fz_node.zip - 1),
+ * computed by a caller that already read the record's bytes through
+ * fz_view_read (materialize does, so headers need no second pass). */
+void fz_view_note_crc(fz_view *v, uint32_t zip, int32_t rec, uint32_t crc);
+
+/* Human-readable plan (what the view contains and why) / JSON plan. */
+int fz_view_plan_text(const fz_view *v, FILE *f);
+int fz_view_plan_json(const fz_view *v, fz_buf *out);
+
+/* Total bytes of all files (for progress). */
+uint64_t fz_view_total_bytes(const fz_view *v);
+
+#endif

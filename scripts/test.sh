@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine: install dependencies,
+# build (plain and ASan/UBSan), run the cmocka unit tests in both builds, then the
+# pytest integration tests with real torch / transformers / safetensors / tokenizers.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+bash scripts/install-deps.sh
+bash scripts/build.sh
+FZFS_BUILD_DIR="$here/build-asan" bash scripts/build.sh -Db_sanitize=address,undefined -Db_lundef=false
+
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+echo "== unit tests (release build)"
+meson test -C build --print-errorlogs
+echo "== unit tests (ASan + UBSan build)"
+meson test -C build-asan --print-errorlogs
+
+echo "== integration tests"
+export FZFS_BIN="$here/build/fzfs"
+export FZFS_ASAN_BIN="$here/build-asan/fzfs"
+"$here/.venv/bin/python" -m pytest -q -p no:cacheprovider tests/integration "$@"

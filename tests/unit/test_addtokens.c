@@ -1,0 +1,220 @@
+/* transform/addtokens.c through fz_meta_build: finalize's add-tokens
+ * semantics (reference/forgather-finalize.md §3.2) on real tokenizers. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "meta_fixture.h"
+#include "util/error.h"
+#include "util/log.h"
+
+static void build(fixture *f, const char *yaml, fz_meta_out *out)
+{
+    if (yaml)
+        f->in.add_tokens_yaml = fx_text(yaml, "add.yaml");
+    int rc = fz_meta_build(&f->in, out);
+    if (rc)
+        fprintf(stderr, "fz_meta_build: %s\n", fz_error_msg());
+    assert_int_equal(rc, 0);
+}
+
+static void assert_added(const fz_meta_out *o, size_t i, const char *tok, uint64_t id)
+{
+    assert_true(i < o->n_added_tokens);
+    assert_string_equal(o->added_tokens[i], tok);
+    assert_int_equal(o->added_ids[i], id);
+}
+
+static void test_chatml(void **state)
+{
+    (void)state;
+    fixture f;
+    fz_meta_out o;
+    fx_load(&f, "tok_pad");
+    f.in.add_tokens_yaml = fx_file(&f, "../../../examples/add_tokens", "chatml.yaml");
+    build(&f, NULL, &o);
+    /* eos <|EOS|> -> new <|im_end|> (copy of row 2), <|im_start|> mean, pad kept */
+    assert_int_equal(o.old_vocab, 300);
+    assert_int_equal(o.n_added, 2);
+    assert_int_equal(o.new_vocab, 302);
+    assert_added(&o, 0, "<|im_end|>", 300);
+    assert_added(&o, 1, "<|im_start|>", 301);
+    assert_int_equal(o.n_inits, 1);
+    assert_int_equal(o.inits[0].row, 300);
+    assert_int_equal(o.inits[0].kind, FZ_INIT_COPY);
+    assert_int_equal(o.inits[0].copy_from, 2);
+    /* carried eos list [2, 5] first, then the new EOS */
+    assert_int_equal(o.n_stop_ids, 3);
+    assert_int_equal(o.stop_ids[0], 2);
+    assert_int_equal(o.stop_ids[1], 5);
+    assert_int_equal(o.stop_ids[2], 300);
+    assert_false(o.tokenizer_json_unchanged);
+    fz_meta_out_free(&o);
+    fx_free(&f);
+}
+
+static void test_default_pad(void **state)
+{
+    (void)state;
+    fixture f;
+    fz_meta_out o;
+    fx_load(&f, "tok_nopad");
+    build(&f, NULL, &o);
+    assert_int_equal(o.n_added, 1);
+    assert_added(&o, 0, "[PAD]", 300);
+    assert_int_equal(o.n_inits, 1);
+    assert_int_equal(o.inits[0].row, 300);
+    assert_int_equal(o.inits[0].kind, FZ_INIT_ZERO);
+    fz_meta_out_free(&o);
+    fx_free(&f);
+
+    /* the tokenizer has a pad: nothing new, tokenizer.json byte-identical */
+    fx_load(&f, "tok_pad");
+    build(&f, NULL, &o);
+    assert_int_equal(o.n_added, 0);
+    assert_int_equal(o.new_vocab, o.old_vocab);
+    assert_int_equal(o.n_inits, 0);
+    assert_true(o.tokenizer_json_unchanged);
+    assert_int_equal(o.tokenizer_json.len, f.in.tokenizer.len);
+    assert_memory_equal(o.tokenizer_json.data, f.in.tokenizer.data, f.in.tokenizer.len);
+    fz_meta_out_free(&o);
+    fx_free(&f);
+
+    /* --skip-default-tokens */
+    fx_load(&f, "tok_nopad");
+    f.in.skip_default_tokens = true;
+    build(&f, NULL, &o);
+    assert_int_equal(o.n_added, 0);
+    fz_meta_out_free(&o);
+    fx_free(&f);
+}
+
+static void test_if_missing_false_reassigns(void **state)
+{
+    (void)state;
+    fixture f;
+    fz_meta_out o;
+    fx_load(&f, "tok_pad");
+    build(&f, "pad_token: {token: \"<|pad|>\", init: zero}\n", &o);
+    /* reassigned to a new string: the YAML init is ignored, the row copies the old pad */
+    assert_int_equal(o.n_added, 1);
+    assert_added(&o, 0, "<|pad|>", 300);
+    assert_int_equal(o.n_inits, 1);
+    assert_int_equal(o.inits[0].kind, FZ_INIT_COPY);
+    assert_int_equal(o.inits[0].copy_from, 1);
+    fz_meta_out_free(&o);
+    fx_free(&f);
+}
+
+static void test_reassign_existing(void **state)
+{
+    (void)state;
+    fixture f;
+    fz_meta_out o;
+    fx_load(&f, "tok_pad");
+    /* pad -> <|UNK|> (existing id 3): the init applies to row 3, but only
+     * when the vocabulary grows (here by one regular token) */
+    build(&f, "pad_token: {token: \"<|UNK|>\", init: zero}\nregular_tokens: [brandnewword]\n", &o);
+    assert_int_equal(o.n_added, 1);
+    assert_added(&o, 0, "brandnewword", 300);
+    assert_int_equal(o.n_inits, 1);
+    assert_int_equal(o.inits[0].row, 3);
+    assert_int_equal(o.inits[0].kind, FZ_INIT_ZERO);
+    fz_meta_out_free(&o);
+    fx_free(&f);
+
+    fx_load(&f, "tok_pad");
+    build(&f, "pad_token: {token: \"<|UNK|>\", init: zero}\n", &o);
+    assert_int_equal(o.n_added, 0);
+    assert_int_equal(o.n_inits, 0); /* no resize: inits are not applied */
+    assert_non_null(strstr(fx_str(&o.tokenizer_config_json), "\"pad_token\": \"<|UNK|>\""));
+    fz_meta_out_free(&o);
+    fx_free(&f);
+}
+
+static void test_lists_and_order(void **state)
+{
+    (void)state;
+    fixture f;
+    fz_meta_out o;
+    fx_load(&f, "tok_nopad");
+    /* roles take ids in the fixed order bos, eos, pad, unk whatever the file
+     * order, then special_tokens, then regular_tokens; existing strings and
+     * duplicates consume no id */
+    build(&f,
+          "regular_tokens: [\"xyzzy\", \"<|a|>\", \"xyzzy\", \"Ġthe\"]\n"
+          "special_tokens: [\"<|a|>\", \"<|b|>\", \"<|a|>\"]\n"
+          "pad_token: \"<p>\"\n"
+          "bos_token: {token: \"<b>\", init: \"copy:7\"}\n",
+          &o);
+    assert_int_equal(o.n_added, 5);
+    assert_added(&o, 0, "<b>", 300);
+    assert_added(&o, 1, "<p>", 301);
+    assert_added(&o, 2, "<|a|>", 302);
+    assert_added(&o, 3, "<|b|>", 303);
+    assert_added(&o, 4, "xyzzy", 304);
+    assert_int_equal(o.new_vocab, 305);
+    /* bos reassigned -> copy of old bos (0), YAML copy:7 ignored; pad new -> zero */
+    assert_int_equal(o.n_inits, 2);
+    assert_int_equal(o.inits[0].row, 300);
+    assert_int_equal(o.inits[0].kind, FZ_INIT_COPY);
+    assert_int_equal(o.inits[0].copy_from, 0);
+    assert_int_equal(o.inits[1].row, 301);
+    assert_int_equal(o.inits[1].kind, FZ_INIT_ZERO);
+    fz_meta_out_free(&o);
+    fx_free(&f);
+
+    /* a new role with an explicit copy init */
+    fx_load(&f, "tok_nopad");
+    build(&f, "pad_token: {token: \"<p>\", init: \"copy:7\"}\n", &o);
+    assert_int_equal(o.n_inits, 1);
+    assert_int_equal(o.inits[0].kind, FZ_INIT_COPY);
+    assert_int_equal(o.inits[0].copy_from, 7);
+    fz_meta_out_free(&o);
+    fx_free(&f);
+}
+
+static void expect_error(const char *yaml, int code, const char *needle)
+{
+    fixture f;
+    fz_meta_out o;
+    fx_load(&f, "tok_pad");
+    f.in.add_tokens_yaml = fx_text(yaml, "my.yaml");
+    assert_int_equal(fz_meta_build(&f.in, &o), code);
+    if (!strstr(fz_error_msg(), needle))
+        fprintf(stderr, "message: %s\n", fz_error_msg());
+    assert_non_null(strstr(fz_error_msg(), needle));
+    assert_null(o.config_json.data);
+    fx_free(&f);
+}
+
+static void test_errors(void **state)
+{
+    (void)state;
+    expect_error("sep_token: x\n", FZ_EINVAL, "my.yaml: sep_token: unknown key");
+    expect_error("pad_token: {token: x, init: gaussian}\n", FZ_EINVAL, "my.yaml: pad_token.init: bad init 'gaussian'");
+    expect_error("pad_token: {token: x, init: \"copy:abc\"}\n", FZ_EINVAL, "bad init 'copy:abc'");
+    expect_error("pad_token: {token: x, colour: red}\n", FZ_EINVAL, "my.yaml: pad_token.colour: unknown key");
+    expect_error("pad_token: {init: zero}\n", FZ_EINVAL, "my.yaml: pad_token: missing 'token'");
+    expect_error("pad_token: {token: x, if_missing: maybe}\n", FZ_EINVAL, "pad_token.if_missing: must be true or false");
+    expect_error("special_tokens: \"<x>\"\n", FZ_EINVAL, "my.yaml: special_tokens: must be a list");
+    expect_error("special_tokens: [\"<x>\", 12]\n", FZ_EINVAL, "my.yaml: special_tokens[1]: must be a string");
+    expect_error("eos_token: [a]\n", FZ_EINVAL, "my.yaml: eos_token: must be a string or a mapping");
+    expect_error("eos_token: \"a\n", FZ_EFORMAT, "my.yaml: invalid YAML at line");
+    expect_error("- a\n", FZ_EINVAL, "must be a mapping");
+    expect_error("regular_tokens: [zz1]\npad_token: {token: \"<|UNK|>\", init: \"copy:5000\"}\n", FZ_EINVAL,
+                 "init copy:5000: not an existing token id");
+}
+
+int main(void)
+{
+    fz_log_set_level(FZ_LOG_ERROR);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_chatml),          cmocka_unit_test(test_default_pad),
+        cmocka_unit_test(test_if_missing_false_reassigns), cmocka_unit_test(test_reassign_existing),
+        cmocka_unit_test(test_lists_and_order), cmocka_unit_test(test_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,148 @@
+/* transform/tokenizer.c: the tokenizer files fz_meta_build writes. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "meta_fixture.h"
+#include "util/error.h"
+#include "util/log.h"
+
+static void test_chatml_files(void **state)
+{
+    (void)state;
+    fixture f;
+    fz_meta_out o;
+    fx_load(&f, "tok_pad");
+    f.in.add_tokens_yaml = fx_text("eos_token: \"<|im_end|>\"\nspecial_tokens: [\"<|im_start|>\"]\n"
+                                   "regular_tokens: [\"caf\xc3\xa9word\"]\n", "a.yaml");
+    f.in.chat_template = fx_text("{{ messages }}", "t.jinja");
+    assert_int_equal(fz_meta_build(&f.in, &o), 0);
+
+    /* tokenizer.json: tokenizers style (raw UTF-8, no trailing newline), all 7 fields */
+    const char *tj = fx_str(&o.tokenizer_json);
+    assert_non_null(strstr(tj, "    {\n      \"id\": 300,\n      \"content\": \"<|im_end|>\",\n      \"single_word\": false,\n"
+                               "      \"lstrip\": false,\n      \"rstrip\": false,\n      \"normalized\": false,\n"
+                               "      \"special\": true\n    },"));
+    assert_non_null(strstr(tj, "\"id\": 302,\n      \"content\": \"caf\xc3\xa9word\",\n      \"single_word\": false,\n"
+                               "      \"lstrip\": false,\n      \"rstrip\": false,\n      \"normalized\": true,\n"
+                               "      \"special\": false"));
+    assert_int_not_equal(tj[strlen(tj) - 1], '\n');
+    /* everything else as in the source: the source minus its added_tokens tail is a prefix-free match */
+    assert_memory_equal(o.tokenizer_json.data, f.in.tokenizer.data, 20);
+
+    json_t *tc = fx_json(&o.tokenizer_config_json);
+    assert_string_equal(json_string_value(json_object_get(tc, "eos_token")), "<|im_end|>");
+    assert_string_equal(json_string_value(json_object_get(tc, "pad_token")), "<|PAD|>");
+    json_t *ast = json_object_get(tc, "additional_special_tokens");
+    assert_int_equal(json_array_size(ast), 1);
+    assert_string_equal(json_string_value(json_array_get(ast, 0)), "<|im_start|>");
+    json_t *dec = json_object_get(tc, "added_tokens_decoder");
+    assert_int_equal(json_object_size(dec), 7);
+    assert_true(json_is_true(json_object_get(json_object_get(dec, "302"), "normalized")));
+    assert_string_equal(json_string_value(json_object_get(tc, "chat_template")), "{{ messages }}");
+    json_decref(tc);
+    const char *tcs = fx_str(&o.tokenizer_config_json);
+    assert_int_equal(tcs[strlen(tcs) - 1], '\n');
+    assert_non_null(strstr(tcs, "caf\xc3\xa9word")); /* ensure_ascii=False */
+
+    json_t *stm = fx_json(&o.special_tokens_map_json);
+    assert_string_equal(json_string_value(json_object_get(stm, "eos_token")), "<|im_end|>");
+    assert_string_equal(json_string_value(json_object_get(stm, "bos_token")), "<|BOS|>");
+    assert_string_equal(json_string_value(json_array_get(json_object_get(stm, "additional_special_tokens"), 0)),
+                        "<|im_start|>");
+    json_decref(stm);
+
+    assert_true(o.has_chat_template);
+    assert_string_equal(fx_str(&o.chat_template_jinja), "{{ messages }}");
+    fz_meta_out_free(&o);
+    fx_free(&f);
+}
+
+static void test_template_precedence(void **state)
+{
+    (void)state;
+    fixture f;
+    fz_meta_out o;
+    /* SRC/chat_template.jinja wins over the inline key; -t wins over both */
+    const char *tc = "{\"chat_template\": \"inline\", \"eos_token\": \"<|EOS|>\"}";
+    fx_load(&f, "tok_pad");
+    f.in.tokenizer_config = fx_text(tc, "tokenizer_config.json");
+    assert_int_equal(fz_meta_build(&f.in, &o), 0);
+    assert_string_equal(fx_str(&o.chat_template_jinja), "inline");
+    fz_meta_out_free(&o);
+    f.in.chat_template_file = fx_text("file", "chat_template.jinja");
+    assert_int_equal(fz_meta_build(&f.in, &o), 0);
+    assert_string_equal(fx_str(&o.chat_template_jinja), "file");
+    assert_non_null(strstr(fx_str(&o.tokenizer_config_json), "\"chat_template\": \"file\""));
+    fz_meta_out_free(&o);
+    f.in.chat_template = fx_text("option", "t.jinja");
+    assert_int_equal(fz_meta_build(&f.in, &o), 0);
+    assert_string_equal(fx_str(&o.chat_template_jinja), "option");
+    fz_meta_out_free(&o);
+    /* list form: the "default" entry */
+    f.in.chat_template = (fz_blob){0};
+    f.in.chat_template_file = (fz_blob){0};
+    f.in.tokenizer_config = fx_text("{\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"T\"}, "
+                                    "{\"name\": \"default\", \"template\": \"D\"}]}", "tokenizer_config.json");
+    assert_int_equal(fz_meta_build(&f.in, &o), 0);
+    assert_string_equal(fx_str(&o.chat_template_jinja), "D");
+    fz_meta_out_free(&o);
+    /* none */
+    fx_free(&f);
+    fx_load(&f, "tok_pad");
+    assert_int_equal(fz_meta_build(&f.in, &o), 0);
+    assert_false(o.has_chat_template);
+    assert_null(strstr(fx_str(&o.tokenizer_config_json), "chat_template"));
+    fz_meta_out_free(&o);
+    /* invalid UTF-8 template */
+    f.in.chat_template = (fz_blob){"\xff\xfe", 2, "bad.jinja"};
+    assert_int_equal(fz_meta_build(&f.in, &o), FZ_EINVAL);
+    assert_non_null(strstr(fz_error_msg(), "bad.jinja"));
+    fx_free(&f);
+}
+
+static void test_unigram_and_missing(void **state)
+{
+    (void)state;
+    fixture f;
+    fz_meta_out o;
+    fx_load(&f, "tok_nopad");
+    /* a Unigram tokenizer with no added tokens and no tokenizer_config */
+    f.in.tokenizer = fx_text("{\"version\": \"1.0\", \"added_tokens\": [], \"model\": {\"type\": \"Unigram\", "
+                             "\"unk_id\": 0, \"vocab\": [[\"<unk>\", 0.0], [\"a\", -1e-07], [\"b\", -0.00001]]}}",
+                             "tokenizer.json");
+    f.in.tokenizer_config = (fz_blob){0};
+    assert_int_equal(fz_meta_build(&f.in, &o), 0);
+    assert_int_equal(o.old_vocab, 3);
+    assert_int_equal(o.n_added, 1);
+    assert_int_equal(o.added_ids[0], 3);
+    const char *tj = fx_str(&o.tokenizer_json);
+    assert_non_null(strstr(tj, "-1e-7"));
+    assert_non_null(strstr(tj, "-0.00001"));
+    json_t *tc = fx_json(&o.tokenizer_config_json);
+    assert_string_equal(json_string_value(json_object_get(tc, "pad_token")), "[PAD]");
+    assert_string_equal(json_string_value(json_object_get(tc, "tokenizer_class")), "PreTrainedTokenizerFast");
+    json_decref(tc);
+    fz_meta_out_free(&o);
+    f.in.tokenizer = (fz_blob){0};
+    f.in.tokenizer.path = "SRC/tokenizer.json";
+    assert_int_equal(fz_meta_build(&f.in, &o), FZ_ENOTFOUND);
+    assert_non_null(strstr(fz_error_msg(), "SRC/tokenizer.json"));
+    f.in.tokenizer = fx_text("{\"model\": ", "SRC/tokenizer.json");
+    assert_int_equal(fz_meta_build(&f.in, &o), FZ_EFORMAT);
+    assert_non_null(strstr(fz_error_msg(), "SRC/tokenizer.json: invalid JSON at line 1"));
+    fx_free(&f);
+}
+
+int main(void)
+{
+    fz_log_set_level(FZ_LOG_ERROR);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_chatml_files),
+        cmocka_unit_test(test_template_precedence),
+        cmocka_unit_test(test_unigram_and_missing),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

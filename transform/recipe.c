@@ -304,8 +304,9 @@ static int produce_elems(fz_recipe *r, uint64_t e0, uint64_t e1, uint8_t *out, u
             n = e1 - e;
         fz_row_kind kind = FZ_ROW_SOURCE;
         uint64_t sr = row;
+        const fz_row_rule *rule = NULL;
         if (r->resize) {
-            const fz_row_rule *rule = find_rule(r, row);
+            rule = find_rule(r, row);
             if (rule) {
                 kind = rule->kind;
                 sr = rule->src_row;
@@ -329,7 +330,7 @@ static int produce_elems(fz_recipe *r, uint64_t e0, uint64_t e1, uint8_t *out, u
             } else {
                 /* Merge consecutive plain source rows of a contiguous source into one run. */
                 uint64_t m = n;
-                if (!r->gather && c == 0) {
+                if (!r->gather && c == 0 && !rule) {
                     uint64_t nr = row + 1;
                     while (e + m + rl <= e1 && nr < src_rows && !find_rule(r, nr)) {
                         m += rl;

@@ -5,7 +5,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 
 debs="build-essential pkg-config meson ninja-build libfuse3-dev fuse3 libjansson-dev
-      libyaml-dev liblmdb-dev lmdb-utils libcmocka-dev zlib1g-dev unzip python3 python3-venv"
+      libyaml-dev liblmdb-dev lmdb-utils libcmocka-dev zlib1g-dev libxxhash-dev unzip time
+      python3 python3-venv"
 missing=""
 for p in $debs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"

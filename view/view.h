@@ -96,6 +96,12 @@ int fz_view_read(fz_view *v, uint32_t node, uint64_t off, uint64_t len, void *bu
  * fz_view_read (materialize does, so headers need no second pass). */
 void fz_view_note_crc(fz_view *v, uint32_t zip, int32_t rec, uint32_t crc);
 
+struct fz_cache;
+/* Serve computed chunks (and zip record CRCs and mean reductions) through
+ * cache `c` (borrowed, may be NULL to disable); newly computed values are
+ * kept only when `store`. Call before the first fz_view_read. */
+void fz_view_set_cache(fz_view *v, struct fz_cache *c, bool store);
+
 /* Human-readable plan (what the view contains and why) / JSON plan. */
 int fz_view_plan_text(const fz_view *v, FILE *f);
 int fz_view_plan_json(const fz_view *v, fz_buf *out);

@@ -75,12 +75,17 @@ typedef struct {
     uint64_t old_vocab;        /* len(tokenizer) before */
     uint64_t new_vocab;        /* len(tokenizer) after; == embedding rows when n_added > 0 */
     uint64_t n_added;          /* genuinely new vocabulary entries; 0 = no resize */
-    fz_row_init *inits;        /* explicit per-row inits (zero/copy/mean); rows >= old_vocab
-                                  not listed get FZ_INIT_MEAN. Sorted by row, unique. */
+    fz_row_init *inits;        /* explicit per-row inits (zero/copy); rows >= old_vocab
+                                  not listed get FZ_INIT_MEAN. Sorted by row, unique.
+                                  Empty when n_added == 0. May name existing rows (< old_vocab):
+                                  a role reassigned to an existing token with init zero/copy.
+                                  copy_from is always < old_vocab and reads the row's value
+                                  from before any init of this plan. Never FZ_INIT_MEAN. */
     size_t n_inits;
     int64_t *stop_ids;         /* generation_config eos list, in order (may be empty) */
     size_t n_stop_ids;
-    char **added_tokens;       /* new token strings with their ids, for plan output */
+    char **added_tokens;       /* new token strings with their ids, for plan output
+                                  (genuinely new ones only, in id order) */
     uint64_t *added_ids;
     size_t n_added_tokens;
 } fz_meta_out;

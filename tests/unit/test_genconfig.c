@@ -113,6 +113,8 @@ static void test_refusals(void **state)
     refused("{\"temperature\": 0.5, \"do_sample\": false}", "`temperature` is 0.5");
     refused("{\"top_k\": 4, \"do_sample\": false}", "`top_k` is 4");
     refused("{\"min_p\": 0.1, \"do_sample\": false}", "`min_p`");
+    /* the bundled contrastive preset (finalize's) is refused by transformers 5.x too */
+    refused("{\"penalty_alpha\": 0.6, \"top_k\": 4, \"do_sample\": false}", "`top_k` is 4");
     refused("{\"max_tokens\": 0}", "`max_new_tokens` must be greater than 0");
     refused("{\"early_stopping\": \"sometimes\", \"num_beams\": 2}", "`early_stopping` must be a boolean");
     refused("{\"early_stopping\": true}", "`num_beams` is 1 but `early_stopping`");

@@ -21,7 +21,8 @@ typedef struct {
 } fz_st_entry;
 
 /* Lay out a safetensors file for `n` tensors: tensors ordered as the
- * reference writer orders them (dtype size descending, then name), header
+ * reference writer orders them (its dtype enum order reversed: I64, F64, F32,
+ * I32, BF16, F16, ... then name), header
  * {"__metadata__":{"format":"pt"}, ...} padded with spaces to a multiple of
  * 8. Appends the 8-byte length + header to *hdr; fills order[j] = index of
  * the j-th tensor in the file and offset[i] = absolute file offset of tensor

@@ -12,7 +12,7 @@ uint16_t fz_f32_to_bf16(float f);
 uint16_t fz_f32_to_f16(float f);
 float fz_bf16_to_f32(uint16_t h);
 float fz_f16_to_f32(uint16_t h);
-/* Clamp to +-448 then round to nearest even (NaN -> 0x7F). */
+/* Clamp to +-448 then round to nearest even (NaN -> 0x7F; torch keeps the sign). */
 uint8_t fz_f32_to_f8e4m3(float f);
 float fz_f8e4m3_to_f32(uint8_t b);
 

@@ -258,14 +258,20 @@ def test_bin_storage_record_too_short(fzfs, runs, tmp_path):
 
 
 def test_bin_central_directory_offset_out_of_range(fzfs, runs, tmp_path):
+    """torch writes zip64 end records; readers take the central directory offset from the
+    zip64 record when present, so both copies of the offset are corrupted."""
     src = clone(runs, "llama-tied-bin", tmp_path)
     shard = latest_shard(src, 1)
     with open(shard, "r+b") as f:
-        data = f.read()
+        data = bytearray(f.read())
         eocd = data.rfind(b"PK\x05\x06")
         assert eocd > 0
-        f.seek(eocd + 16)  # offset of start of central directory
-        f.write(struct.pack("<I", len(data) * 4))
+        struct.pack_into("<I", data, eocd + 16, len(data) * 4)
+        z64 = data.rfind(b"PK\x06\x06")
+        if z64 >= 0:
+            struct.pack_into("<Q", data, z64 + 48, len(data) * 4)
+        f.seek(0)
+        f.write(data)
     parent, dest = out_dir(tmp_path)
     p = fzfs.run("materialize", src, dest)
     assert_refused(p, parent, dest, ["pytorch_model-00001-of-00002.bin"])

@@ -26,7 +26,7 @@ def test_help_and_version(fzfs):
     ("llama-tied-bin", [], ["checkpoint-1500"]),
     ("llama-untied-st", [], ["checkpoint-500", "model.embed_tokens.weight", "lm_head.weight", "[PAD]"]),
     ("custom-code", ["--safetensors"], ["checkpoint-200", "causal_lm.input_encoder.embedding.weight"]),
-    ("flat-hf", ["--generation-config", "precise"], ["model.safetensors"]),
+    ("flat-hf", ["--generation-config", "precise"], ["checkpoint-0"]),
     ("nopad-tied-bin", ["--add-tokens", "{EX}/add_tokens/chatml.yaml"], ["<|im_end|>", "<|im_start|>"]),
 ], ids=["tied", "untied-pad", "custom", "flat", "chatml"])
 def test_plan_json(fzfs, runs, inputs, run, opts, must_mention):

@@ -33,32 +33,62 @@ typedef struct {
 /* Hash `len` bytes of canonical recipe text into the hi/lo of a key. */
 void fz_cache_key_for(fz_cache_key *k, const void *text, uint64_t len, uint64_t chunk);
 
-/* Open (creating if needed) the cache in `dir` with map size `map_size`
- * bytes (0 = 16 GiB). Errors: FZ_EIO (with the LMDB message), FZ_ENOMEM. */
+/* Open (creating if needed, with parents) the cache in `dir` with map size
+ * `map_size` bytes (0 = the existing environment's size, 16 GiB for a new
+ * one; the data file is sparse). Several processes
+ * may open the same directory at once (LMDB locks it); one process must
+ * not open it twice. On success the caller owns *out (fz_cache_close).
+ * Errors: FZ_EIO (with the LMDB message or errno), FZ_EEXIST (already open
+ * in this process), FZ_EINVAL (bad path), FZ_ENOMEM. */
 int fz_cache_open(fz_cache **out, const char *dir, uint64_t map_size);
 /* Flush pending writes, mdb_env_sync, close. NULL is accepted. */
 void fz_cache_close(fz_cache *c);
-/* Default directory: $XDG_CACHE_HOME/fzfs or ~/.cache/fzfs (caller frees). */
+/* Default directory: $XDG_CACHE_HOME/fzfs or ~/.cache/fzfs (caller frees;
+ * NULL when out of memory or no home directory is known). Not created. */
 char *fz_cache_default_dir(void);
 
 /* Produce the chunk for `key` into out (len bytes): from the cache when a
  * verified value exists, else by calling fill(arg, out, len) once (other
  * threads asking for the same key wait for it) and, when `store`, keeping
- * the result. Errors: whatever fill returns; cache I/O problems are logged
- * and fall back to computing, never failing the read. */
+ * the result. When this returns, out holds the bytes; the store itself
+ * completes asynchronously (fz_cache_flush waits for it). A stored value
+ * whose length differs from `len` counts as corrupt. c == NULL just calls
+ * fill. fill must not fetch `key` itself (it may fetch other keys).
+ * Errors: whatever fill returns; cache I/O problems are logged and fall
+ * back to computing, never failing the read. */
 typedef int (*fz_cache_fill_fn)(void *arg, uint8_t *out, uint64_t len);
 int fz_cache_fetch(fz_cache *c, const fz_cache_key *key, uint64_t len, uint8_t *out,
                    fz_cache_fill_fn fill, void *arg, bool store);
+
+/* The same for bytes [off, off+n) of the len-byte chunk only: a hit copies
+ * just those bytes out of the (fully verified) value; a miss fills the
+ * whole chunk into a temporary buffer. Errors: FZ_EINVAL (range outside
+ * the chunk), FZ_ENOMEM, or whatever fill returns. */
+int fz_cache_fetch_range(fz_cache *c, const fz_cache_key *key, uint64_t len, uint64_t off,
+                         uint64_t n, uint8_t *out, fz_cache_fill_fn fill, void *arg, bool store);
 
 typedef struct {
     uint64_t entries, bytes, map_size, used_bytes;
     uint64_t hits, misses, fills, corrupt, evictions;
 } fz_cache_stats;
 
+/* Wait until every value queued by earlier fetches of this process is
+ * committed (or dropped, e.g. when it cannot fit the map). Returns 0. */
+int fz_cache_flush(fz_cache *c);
+
+/* Flushes, then reports: entries and bytes (payload bytes of all values),
+ * map_size, used_bytes (pages of live data), and the counters summed over
+ * every process that used the environment since the last clear: hits
+ * (served without a fill: LMDB, the write queue or another thread's
+ * fill), misses (not in LMDB), fills (fill calls), corrupt (values that
+ * failed verification), evictions (values deleted to make room).
+ * Errors: FZ_EIO. */
 int fz_cache_get_stats(fz_cache *c, fz_cache_stats *out);
-/* Check every value's checksum; delete bad ones; *bad = how many. */
+/* Check every value's header and checksum; delete bad ones (counted as
+ * corrupt); *checked = values read, *bad = how many were deleted.
+ * Errors: FZ_EIO, FZ_ENOMEM. */
 int fz_cache_verify(fz_cache *c, uint64_t *checked, uint64_t *bad);
-/* Delete every entry (counters reset). */
+/* Delete every entry (counters reset). Errors: FZ_EIO. */
 int fz_cache_clear(fz_cache *c);
 
 #endif

@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <sys/types.h>
 
+#include "cache/cache.h"
 #include "formats/tensor.h"
 #include "formats/zip.h"
 #include "transform/meta.h"
@@ -67,6 +68,13 @@ struct fz_view {
 
     uint8_t **lits; /* literal buffers owned by the view */
     uint32_t nlits, caplits;
+
+    /* The chunk cache (view/read.c, fz_view_set_cache): borrowed, NULL =
+     * compute directly. recipe_keys[i] is recipe i's identity (hi/lo; chunk
+     * = UINT64_MAX when not cacheable); the array is kept in lits. */
+    struct fz_cache *cache;
+    bool cache_store;
+    fz_cache_key *recipe_keys;
 };
 
 /* view/build.c helpers used by the other view files. */

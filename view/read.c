@@ -2,32 +2,215 @@
  * segments are copied, spans are pread from the held source file, computed
  * segments run their tensor recipe, deferred segments (zip headers) are
  * generated from the record CRCs, computing any CRC not yet known by reading
- * the record's bytes through fz_view_read itself. */
+ * the record's bytes through fz_view_read itself.
+ *
+ * With a cache (fz_view_set_cache), a computed segment is produced in
+ * chunks of FZ_VIEW_CHUNK output bytes aligned to the tensor's start (the
+ * last chunk shorter), each fetched through the cache under the key
+ * (recipe identity, chunk index); a record CRC is a 4-byte entry keyed by
+ * the description of the record's data. The bytes are the same either way:
+ * the cache only remembers what fz_recipe_produce returned. */
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
 
+#include "fz_config.h"
+#include "util/buf.h"
 #include "util/error.h"
 #include "util/io.h"
+#include "util/log.h"
 #include "view/internal.h"
+#include "view/tree.h"
 
 #define FZ_CRC_STEP (4u << 20)
+/* Output bytes per cached chunk. Changing it changes every key's meaning,
+ * so it is part of FZ_VIEW_CACHE_FORMAT. */
+#define FZ_VIEW_CHUNK (4ull << 20)
+/* Prefix of every key text: bump the number when the bytes a recipe
+ * produces change meaning; the fzfs version is included so a release that
+ * fixes a kernel never serves an older release's bytes. */
+#define FZ_VIEW_CACHE_FORMAT "fzfs-cache-1 chunk=4MiB fzfs=" FZ_VERSION "\n"
 
 static int read_range(fz_view *v, uint32_t node, uint64_t off, uint64_t len, uint8_t *buf);
 
-static int record_crc(fz_view *v, uint32_t zi, size_t rec, uint32_t *out)
+/* ---- cache keys ---- */
+
+/* The source file held open as fd (NULL if none: then nothing is cached). */
+static const fz_srcfile *file_of_fd(const fz_view *v, int fd)
+{
+    for (uint32_t i = 0; i < v->nfiles; i++)
+        if (v->files[i].fd == fd)
+            return &v->files[i];
+    return NULL;
+}
+
+static int put_identity(fz_buf *t, const fz_srcfile *f)
+{
+    return fz_buf_printf(t, "dev=%llu ino=%llu size=%llu mtime_ns=%lld",
+                         (unsigned long long)f->dev, (unsigned long long)f->ino,
+                         (unsigned long long)f->size, (long long)f->mtime_ns);
+}
+
+/* recipe_keys[i] = hash of (format, recipe text, source identity). */
+static int make_recipe_keys(fz_view *v)
+{
+    int rc = 0;
+    fz_buf t = FZ_BUF_INIT;
+    fz_cache_key *keys = calloc(v->nrecipes ? v->nrecipes : 1, sizeof *keys);
+    if (!keys)
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    for (uint32_t i = 0; i < v->nrecipes && rc == 0; i++) {
+        const fz_recipe *r = &v->recipes[i];
+        const fz_srcfile *f = file_of_fd(v, r->fd);
+        uint64_t span_off;
+        keys[i].chunk = UINT64_MAX;
+        if (!f || fz_recipe_is_span(r, &span_off))
+            continue;
+        t.len = 0;
+        if (!(rc = fz_buf_puts(&t, FZ_VIEW_CACHE_FORMAT "recipe ")) &&
+            !(rc = fz_recipe_describe(r, &t)) && !(rc = fz_buf_puts(&t, "\nsource ")) &&
+            !(rc = put_identity(&t, f)))
+            fz_cache_key_for(&keys[i], t.data, t.len, 0);
+    }
+    fz_buf_free(&t);
+    if (rc) {
+        free(keys);
+        return rc;
+    }
+    if ((rc = fz_tree_keep(v, (uint8_t *)keys)))
+        return rc;
+    v->recipe_keys = keys;
+    return 0;
+}
+
+/* Index of the first segment of n that ends after off. */
+static uint32_t first_seg(const fz_node *n, uint64_t off)
+{
+    uint32_t lo = 0, hi = n->nsegs;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (n->segs[mid].off + n->segs[mid].len <= off)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Key of the CRC of record rec of zip zi: a description of where each of
+ * its data bytes comes from. -1 when some part cannot be described. */
+static int record_key(const fz_view *v, uint32_t zi, size_t rec, fz_cache_key *key)
+{
+    const fz_zipview *z = &v->zips[zi];
+    const fz_zipw_rec *r = &z->L.rec[rec];
+    const fz_node *n = &v->nodes[z->node];
+    const fz_cache_key *rk = v->recipe_keys;
+    fz_buf t = FZ_BUF_INIT;
+    uint64_t off = r->data_off, end = r->data_off + r->size;
+    int rc = fz_buf_printf(&t, FZ_VIEW_CACHE_FORMAT "zip-record-crc32 size=%llu\n",
+                           (unsigned long long)r->size);
+    for (uint32_t i = first_seg(n, off); rc == 0 && i < n->nsegs && off < end; i++) {
+        const fz_seg *s = &n->segs[i];
+        uint64_t so = off - s->off;
+        uint64_t k = s->len - so < end - off ? s->len - so : end - off;
+        const fz_srcfile *f;
+        fz_cache_key h;
+        switch (s->kind) {
+        case FZ_SEG_LITERAL:
+            fz_cache_key_for(&h, s->u.lit + so, k, 0);
+            rc = fz_buf_printf(&t, "literal %016llx%016llx\n", (unsigned long long)h.hi,
+                               (unsigned long long)h.lo);
+            break;
+        case FZ_SEG_SPAN:
+            if (!(f = file_of_fd(v, s->u.span.fd))) {
+                rc = -1;
+                break;
+            }
+            if (!(rc = fz_buf_puts(&t, "span ")) && !(rc = put_identity(&t, f)))
+                rc = fz_buf_printf(&t, " off=%llu len=%llu\n",
+                                   (unsigned long long)(s->u.span.off + so),
+                                   (unsigned long long)k);
+            break;
+        case FZ_SEG_COMPUTED:
+            if (!rk || rk[s->u.recipe].chunk == UINT64_MAX) {
+                rc = -1;
+                break;
+            }
+            rc = fz_buf_printf(&t, "recipe %016llx%016llx off=%llu len=%llu\n",
+                               (unsigned long long)rk[s->u.recipe].hi,
+                               (unsigned long long)rk[s->u.recipe].lo, (unsigned long long)so,
+                               (unsigned long long)k);
+            break;
+        case FZ_SEG_DEFERRED:
+            rc = -1;
+            break;
+        }
+        off += k;
+    }
+    if (rc == 0 && off == end)
+        fz_cache_key_for(key, t.data, t.len, 0);
+    else
+        rc = -1;
+    fz_buf_free(&t);
+    return rc;
+}
+
+void fz_view_set_cache(fz_view *v, struct fz_cache *c, bool store)
+{
+    if (c && !v->recipe_keys && make_recipe_keys(v) != 0) {
+        fz_log(FZ_LOG_WARNING, "computing without the cache: %s", fz_error_msg());
+        c = NULL;
+    }
+    v->cache = c;
+    v->cache_store = c && store;
+}
+
+/* ---- computed segments ---- */
+
+typedef struct {
+    fz_recipe *r;
+    uint64_t off;
+} fz_chunk_fill;
+
+static int fill_chunk(void *arg, uint8_t *out, uint64_t len)
+{
+    fz_chunk_fill *f = arg;
+    return fz_recipe_produce(f->r, f->off, len, out);
+}
+
+/* Bytes [off, off+len) of recipe ri's output. */
+static int read_computed(fz_view *v, uint32_t ri, uint64_t off, uint64_t len, uint8_t *out)
+{
+    fz_recipe *r = &v->recipes[ri];
+    fz_cache *c = v->cache;
+    if (!c || !v->recipe_keys || v->recipe_keys[ri].chunk == UINT64_MAX)
+        return fz_recipe_produce(r, off, len, out);
+    while (len > 0) {
+        uint64_t ci = off / FZ_VIEW_CHUNK, start = ci * FZ_VIEW_CHUNK;
+        uint64_t clen = r->nbytes - start < FZ_VIEW_CHUNK ? r->nbytes - start : FZ_VIEW_CHUNK;
+        uint64_t in = off - start;
+        uint64_t n = clen - in < len ? clen - in : len;
+        fz_cache_key key = v->recipe_keys[ri];
+        fz_chunk_fill f = {r, start};
+        key.chunk = ci;
+        int rc = fz_cache_fetch_range(c, &key, clen, in, n, out, fill_chunk, &f, v->cache_store);
+        if (rc)
+            return rc;
+        off += n;
+        out += n;
+        len -= n;
+    }
+    return 0;
+}
+
+/* ---- zip record CRCs ---- */
+
+/* The CRC-32 of record `rec` of zip `zi`, computed by reading its bytes
+ * through the view (so computed tensors may come from the cache). */
+static int compute_record_crc(fz_view *v, uint32_t zi, size_t rec, uint32_t *out)
 {
     fz_zipview *z = &v->zips[zi];
-    pthread_mutex_lock(&v->crc_lock);
-    bool known = z->crc_known[rec];
-    uint32_t crc = z->crc[rec];
-    pthread_mutex_unlock(&v->crc_lock);
-    if (known) {
-        *out = crc;
-        return 0;
-    }
-    /* Not yet known: read the record through the view. Two threads may both
-     * compute it; the result is the same, so the race is harmless. */
     const fz_zipw_rec *r = &z->L.rec[rec];
     uint64_t step = r->size < FZ_CRC_STEP ? r->size : FZ_CRC_STEP;
     uint8_t *buf = malloc(step ? step : 1);
@@ -44,8 +227,69 @@ static int record_crc(fz_view *v, uint32_t zi, size_t rec, uint32_t *out)
         c = crc32(c, buf, (uInt)n);
     }
     free(buf);
-    fz_view_note_crc(v, zi, (int32_t)rec, (uint32_t)c);
     *out = (uint32_t)c;
+    return 0;
+}
+
+typedef struct {
+    fz_view *v;
+    uint32_t zi;
+    size_t rec;
+} fz_crc_fill;
+
+static int fill_crc(void *arg, uint8_t *out, uint64_t len)
+{
+    fz_crc_fill *f = arg;
+    uint32_t crc;
+    if (len != 4)
+        return fz_error_set(FZ_EINVAL, "internal error: CRC entry of %" PRIu64 " bytes", len);
+    int rc = compute_record_crc(f->v, f->zi, f->rec, &crc);
+    for (int i = 0; rc == 0 && i < 4; i++)
+        out[i] = (uint8_t)(crc >> (8 * i));
+    return rc;
+}
+
+static int record_crc(fz_view *v, uint32_t zi, size_t rec, uint32_t *out)
+{
+    fz_zipview *z = &v->zips[zi];
+    pthread_mutex_lock(&v->crc_lock);
+    bool known = z->crc_known[rec];
+    uint32_t crc = z->crc[rec];
+    pthread_mutex_unlock(&v->crc_lock);
+    if (known) {
+        *out = crc;
+        return 0;
+    }
+    /* Not yet known: from the cache, else read the record through the
+     * view. Two threads may both compute it (the cache makes them share
+     * one computation); the result is the same, so the race is harmless. */
+    fz_cache_key key;
+    int rc;
+    if (v->cache && record_key(v, zi, rec, &key) == 0) {
+        uint8_t b[4];
+        fz_crc_fill f = {v, zi, rec};
+        rc = fz_cache_fetch(v->cache, &key, 4, b, fill_crc, &f, v->cache_store);
+        crc = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+    } else {
+        rc = compute_record_crc(v, zi, rec, &crc);
+    }
+    if (rc)
+        return rc;
+    pthread_mutex_lock(&v->crc_lock);
+    z->crc[rec] = crc;
+    z->crc_known[rec] = true;
+    pthread_mutex_unlock(&v->crc_lock);
+    *out = crc;
+    return 0;
+}
+
+static int fill_known(void *arg, uint8_t *out, uint64_t len)
+{
+    uint32_t crc = *(const uint32_t *)arg;
+    if (len != 4)
+        return fz_error_set(FZ_EINVAL, "internal error: CRC entry of %" PRIu64 " bytes", len);
+    for (int i = 0; i < 4; i++)
+        out[i] = (uint8_t)(crc >> (8 * i));
     return 0;
 }
 
@@ -54,9 +298,16 @@ void fz_view_note_crc(fz_view *v, uint32_t zip, int32_t rec, uint32_t crc)
     if (zip >= v->nzips || rec < 0 || (size_t)rec >= v->zips[zip].L.n)
         return;
     pthread_mutex_lock(&v->crc_lock);
+    bool known = v->zips[zip].crc_known[rec];
     v->zips[zip].crc[rec] = crc;
     v->zips[zip].crc_known[rec] = true;
     pthread_mutex_unlock(&v->crc_lock);
+    /* A filling reader (materialize --fill-cache) keeps the CRC for a later
+     * mount; CRCs known at build time (literal records) are not stored. */
+    fz_cache_key key;
+    uint8_t b[4];
+    if (!known && v->cache && v->cache_store && record_key(v, zip, (size_t)rec, &key) == 0)
+        fz_cache_fetch(v->cache, &key, 4, b, fill_known, &crc, true);
 }
 
 /* Bytes of a deferred segment, generated whole and sliced. */
@@ -92,16 +343,7 @@ static int read_deferred(fz_view *v, const fz_seg *s, uint64_t off, uint64_t len
 static int read_range(fz_view *v, uint32_t node, uint64_t off, uint64_t len, uint8_t *buf)
 {
     const fz_node *n = &v->nodes[node];
-    /* Binary search the first segment that ends after off. */
-    uint32_t lo = 0, hi = n->nsegs;
-    while (lo < hi) {
-        uint32_t mid = (lo + hi) / 2;
-        if (n->segs[mid].off + n->segs[mid].len <= off)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    for (uint32_t i = lo; i < n->nsegs && len > 0; i++) {
+    for (uint32_t i = first_seg(n, off); i < n->nsegs && len > 0; i++) {
         const fz_seg *s = &n->segs[i];
         uint64_t so = off - s->off;
         uint64_t k = s->len - so < len ? s->len - so : len;
@@ -115,7 +357,7 @@ static int read_range(fz_view *v, uint32_t node, uint64_t off, uint64_t len, uin
                                v->files[s->u.span.src].path);
             break;
         case FZ_SEG_COMPUTED:
-            rc = fz_recipe_produce(&v->recipes[s->u.recipe], so, k, buf);
+            rc = read_computed(v, s->u.recipe, so, k, buf);
             break;
         case FZ_SEG_DEFERRED:
             rc = read_deferred(v, s, so, k, buf);

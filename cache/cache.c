@@ -1,0 +1,746 @@
+/* The chunk cache: opening the LMDB environment, keys and value headers,
+ * fetch with single flight, and the maintenance calls (stats, verify,
+ * clear). The writer thread, batching and eviction are in store.c. */
+#include "cache/cache.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "cache/cache_int.h"
+#include "util/error.h"
+#include "util/log.h"
+
+#define FZ_CACHE_DEFAULT_MAP (16ull << 30)
+#define FZ_CACHE_MAXREADERS 1022
+#define FZ_CACHE_VERIFY_STEP 64
+
+/* ---- keys and value headers ---- */
+
+void fz_cache_key_for(fz_cache_key *k, const void *text, uint64_t len, uint64_t chunk)
+{
+    XXH128_hash_t h = XXH3_128bits(text, (size_t)len);
+    k->hi = h.high64;
+    k->lo = h.low64;
+    k->chunk = chunk;
+}
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+static uint64_t get_be64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static void put_le64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+static uint64_t get_le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+void fz_cache_key_encode(const fz_cache_key *k, uint8_t out[FZ_CACHE_KEYLEN])
+{
+    put_be64(out, k->hi);
+    put_be64(out + 8, k->lo);
+    put_be64(out + 16, k->chunk);
+}
+
+void fz_cache_key_decode(const uint8_t in[FZ_CACHE_KEYLEN], fz_cache_key *k)
+{
+    k->hi = get_be64(in);
+    k->lo = get_be64(in + 8);
+    k->chunk = get_be64(in + 16);
+}
+
+static bool key_eq(const fz_cache_key *a, const fz_cache_key *b)
+{
+    return a->hi == b->hi && a->lo == b->lo && a->chunk == b->chunk;
+}
+
+void fz_cache_header(uint8_t *hdr, const fz_cache_key *key, const uint8_t *bytes, uint64_t len)
+{
+    uint32_t magic = FZ_CACHE_MAGIC;
+    for (int i = 0; i < 4; i++)
+        hdr[i] = (uint8_t)(magic >> (8 * i));
+    hdr[4] = FZ_CACHE_VALUE_VERSION & 0xff;
+    hdr[5] = FZ_CACHE_VALUE_VERSION >> 8;
+    hdr[6] = FZ_CACHE_HDR & 0xff;
+    hdr[7] = FZ_CACHE_HDR >> 8;
+    put_le64(hdr + 8, len);
+    put_le64(hdr + 16, XXH3_64bits(bytes, (size_t)len));
+    put_le64(hdr + 24, key->hi);
+    put_le64(hdr + 32, key->lo);
+    put_le64(hdr + 40, key->chunk);
+}
+
+bool fz_cache_value_ok(const uint8_t *val, uint64_t vlen, const fz_cache_key *key, uint64_t *len)
+{
+    if (vlen < FZ_CACHE_HDR)
+        return false;
+    uint32_t magic = (uint32_t)val[0] | (uint32_t)val[1] << 8 | (uint32_t)val[2] << 16 |
+                     (uint32_t)val[3] << 24;
+    unsigned version = val[4] | (unsigned)val[5] << 8;
+    unsigned hlen = val[6] | (unsigned)val[7] << 8;
+    uint64_t n = get_le64(val + 8);
+    fz_cache_key echo = {get_le64(val + 24), get_le64(val + 32), get_le64(val + 40)};
+    if (magic != FZ_CACHE_MAGIC || version != FZ_CACHE_VALUE_VERSION || hlen != FZ_CACHE_HDR ||
+        n != vlen - FZ_CACHE_HDR || !key_eq(&echo, key))
+        return false;
+    if (XXH3_64bits(val + FZ_CACHE_HDR, (size_t)n) != get_le64(val + 16))
+        return false;
+    *len = n;
+    return true;
+}
+
+/* ---- the environment ---- */
+
+char *fz_cache_default_dir(void)
+{
+    const char *xdg = getenv("XDG_CACHE_HOME");
+    const char *home = getenv("HOME");
+    char *out = NULL;
+    if (xdg && xdg[0] == '/') {
+        if (asprintf(&out, "%s/fzfs", xdg) < 0)
+            return NULL;
+        return out;
+    }
+    if (!home || !home[0]) {
+        struct passwd pw, *res = NULL;
+        char buf[4096];
+        if (getpwuid_r(getuid(), &pw, buf, sizeof buf, &res) == 0 && res)
+            home = res->pw_dir;
+        else
+            return NULL;
+        if (asprintf(&out, "%s/.cache/fzfs", home) < 0)
+            return NULL;
+        return out;
+    }
+    if (asprintf(&out, "%s/.cache/fzfs", home) < 0)
+        return NULL;
+    return out;
+}
+
+/* mkdir -p */
+static int make_dirs(const char *dir)
+{
+    char path[PATH_MAX];
+    size_t n = strlen(dir);
+    if (n == 0 || n >= sizeof path)
+        return fz_error_set(FZ_EINVAL, "cache directory '%s': bad path", dir);
+    memcpy(path, dir, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (path[i] != '/' && path[i] != '\0')
+            continue;
+        char save = path[i];
+        path[i] = '\0';
+        if (mkdir(path, 0755) != 0 && errno != EEXIST)
+            return fz_error_set(FZ_EIO, "cache directory %s: cannot create %s: %s", dir, path,
+                                strerror(errno));
+        path[i] = save;
+    }
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return fz_error_set(FZ_EIO, "cache directory %s: not a directory", dir);
+    return 0;
+}
+
+/* LMDB forbids opening one environment twice in a process (its POSIX
+ * locks are per process); this table turns that into an error. */
+static pthread_mutex_t fz_open_lock = PTHREAD_MUTEX_INITIALIZER;
+static fz_cache *fz_open_caches[16];
+
+static int register_open(fz_cache *c, const char *dir)
+{
+    int rc = 0;
+    pthread_mutex_lock(&fz_open_lock);
+    size_t slot = SIZE_MAX;
+    for (size_t i = 0; i < 16; i++) {
+        fz_cache *o = fz_open_caches[i];
+        if (o && o->dir_dev == c->dir_dev && o->dir_ino == c->dir_ino) {
+            rc = fz_error_set(FZ_EEXIST, "cache %s is already open in this process", dir);
+            goto done;
+        }
+        if (!o && slot == SIZE_MAX)
+            slot = i;
+    }
+    if (slot == SIZE_MAX)
+        rc = fz_error_set(FZ_ENOMEM, "cache %s: too many caches open", dir);
+    else
+        fz_open_caches[slot] = c;
+done:
+    pthread_mutex_unlock(&fz_open_lock);
+    return rc;
+}
+
+static void unregister_open(fz_cache *c)
+{
+    pthread_mutex_lock(&fz_open_lock);
+    for (size_t i = 0; i < 16; i++)
+        if (fz_open_caches[i] == c)
+            fz_open_caches[i] = NULL;
+    pthread_mutex_unlock(&fz_open_lock);
+}
+
+static int lmdb_error(const char *dir, const char *what, int rc)
+{
+    return fz_error_set(FZ_EIO, "cache %s: %s: %s", dir, what, mdb_strerror(rc));
+}
+
+int fz_cache_open(fz_cache **out, const char *dir, uint64_t map_size)
+{
+    int rc = 0, mrc;
+    bool registered = false, locks = false;
+    MDB_txn *txn = NULL;
+    struct stat st;
+    *out = NULL;
+    fz_cache *c = calloc(1, sizeof *c);
+    if (!c)
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    c->touched = calloc(FZ_CACHE_TOUCH_MAX, sizeof *c->touched);
+    if (!c->touched) {
+        rc = fz_error_set(FZ_ENOMEM, "out of memory");
+        goto done;
+    }
+    if ((rc = make_dirs(dir)))
+        goto done;
+    if (stat(dir, &st) != 0) {
+        rc = fz_error_set(FZ_EIO, "cache directory %s: %s", dir, strerror(errno));
+        goto done;
+    }
+    c->dir_dev = st.st_dev;
+    c->dir_ino = st.st_ino;
+    if ((rc = register_open(c, dir)))
+        goto done;
+    registered = true;
+    pthread_rwlock_init(&c->txn_lock, NULL);
+    pthread_mutex_init(&c->fl_lock, NULL);
+    pthread_cond_init(&c->fl_cond, NULL);
+    pthread_mutex_init(&c->q_lock, NULL);
+    pthread_cond_init(&c->q_work, NULL);
+    pthread_cond_init(&c->q_room, NULL);
+    pthread_cond_init(&c->q_idle, NULL);
+    locks = true;
+
+    if ((mrc = mdb_env_create(&c->env))) {
+        rc = lmdb_error(dir, "mdb_env_create", mrc);
+        goto done;
+    }
+    /* map_size 0 keeps an existing environment's size (so `fzfs cache
+     * stats` does not resize the map under a running mount). */
+    char datafile[PATH_MAX];
+    snprintf(datafile, sizeof datafile, "%s/data.mdb", dir);
+    bool fresh = stat(datafile, &st) != 0;
+    if ((map_size && (mrc = mdb_env_set_mapsize(c->env, map_size))) ||
+        (mrc = mdb_env_set_maxdbs(c->env, 4)) ||
+        (mrc = mdb_env_set_maxreaders(c->env, FZ_CACHE_MAXREADERS))) {
+        rc = lmdb_error(dir, "configuring the environment", mrc);
+        goto done;
+    }
+    /* NOTLS: read txns are not tied to threads (FUSE workers, compute pool).
+     * NOSYNC without WRITEMAP: a crash may lose the last commits, never
+     * corrupt the tree; fz_cache_close syncs. */
+    if ((mrc = mdb_env_open(c->env, dir, MDB_NOTLS | MDB_NOSYNC, 0644))) {
+        rc = lmdb_error(dir, "mdb_env_open", mrc);
+        goto done;
+    }
+    if (!map_size && fresh && (mrc = mdb_env_set_mapsize(c->env, FZ_CACHE_DEFAULT_MAP))) {
+        rc = lmdb_error(dir, "mdb_env_set_mapsize", mrc);
+        goto done;
+    }
+    MDB_envinfo info;
+    MDB_stat est;
+    mdb_env_info(c->env, &info);
+    mdb_env_stat(c->env, &est);
+    c->map_size = info.me_mapsize;
+    c->psize = est.ms_psize;
+    if ((mrc = mdb_txn_begin(c->env, NULL, 0, &txn)) ||
+        (mrc = mdb_dbi_open(txn, "data", MDB_CREATE, &c->dbi_data)) ||
+        (mrc = mdb_dbi_open(txn, "atime", MDB_CREATE, &c->dbi_atime)) ||
+        (mrc = mdb_dbi_open(txn, "meta", MDB_CREATE, &c->dbi_meta))) {
+        rc = lmdb_error(dir, "opening the databases", mrc);
+        goto done;
+    }
+    mrc = mdb_txn_commit(txn);
+    txn = NULL;
+    if (mrc) {
+        rc = lmdb_error(dir, "opening the databases", mrc);
+        goto done;
+    }
+    if ((rc = fz_cache_writer_start(c)))
+        goto done;
+    *out = c;
+    c = NULL;
+done:
+    if (txn)
+        mdb_txn_abort(txn);
+    if (c) {
+        if (c->env)
+            mdb_env_close(c->env);
+        if (locks) {
+            pthread_rwlock_destroy(&c->txn_lock);
+            pthread_mutex_destroy(&c->fl_lock);
+            pthread_cond_destroy(&c->fl_cond);
+            pthread_mutex_destroy(&c->q_lock);
+            pthread_cond_destroy(&c->q_work);
+            pthread_cond_destroy(&c->q_room);
+            pthread_cond_destroy(&c->q_idle);
+        }
+        if (registered)
+            unregister_open(c);
+        free(c->touched);
+        free(c);
+    }
+    return rc;
+}
+
+void fz_cache_close(fz_cache *c)
+{
+    if (!c)
+        return;
+    fz_cache_writer_stop(c);
+    int mrc = mdb_env_sync(c->env, 1);
+    if (mrc)
+        fz_log(FZ_LOG_WARNING, "cache: mdb_env_sync: %s", mdb_strerror(mrc));
+    mdb_env_close(c->env);
+    pthread_rwlock_destroy(&c->txn_lock);
+    pthread_mutex_destroy(&c->fl_lock);
+    pthread_cond_destroy(&c->fl_cond);
+    pthread_mutex_destroy(&c->q_lock);
+    pthread_cond_destroy(&c->q_work);
+    pthread_cond_destroy(&c->q_room);
+    pthread_cond_destroy(&c->q_idle);
+    unregister_open(c);
+    free(c->touched);
+    free(c);
+}
+
+int fz_cache_txn_begin(fz_cache *c, unsigned flags, MDB_txn **txn)
+{
+    for (int attempt = 0;; attempt++) {
+        pthread_rwlock_rdlock(&c->txn_lock);
+        int mrc = mdb_txn_begin(c->env, NULL, flags, txn);
+        if (mrc == 0)
+            return 0;
+        pthread_rwlock_unlock(&c->txn_lock);
+        if (mrc != MDB_MAP_RESIZED || attempt > 0)
+            return mrc;
+        /* Another process grew the map: adopt its size with no txn live here. */
+        pthread_rwlock_wrlock(&c->txn_lock);
+        mrc = mdb_env_set_mapsize(c->env, 0);
+        if (mrc == 0) {
+            MDB_envinfo info;
+            mdb_env_info(c->env, &info);
+            c->map_size = info.me_mapsize;
+        }
+        pthread_rwlock_unlock(&c->txn_lock);
+        if (mrc)
+            return mrc;
+    }
+}
+
+int fz_cache_txn_end(fz_cache *c, MDB_txn *txn, bool commit)
+{
+    int mrc = 0;
+    if (commit)
+        mrc = mdb_txn_commit(txn);
+    else
+        mdb_txn_abort(txn);
+    pthread_rwlock_unlock(&c->txn_lock);
+    return mrc;
+}
+
+static uint64_t stat_pages(const MDB_stat *s)
+{
+    return (uint64_t)s->ms_branch_pages + s->ms_leaf_pages + s->ms_overflow_pages;
+}
+
+uint64_t fz_cache_used_bytes(fz_cache *c, MDB_txn *txn)
+{
+    MDB_stat s;
+    uint64_t pages = 2; /* the two meta pages */
+    MDB_dbi dbis[] = {0 /* free list */, 1 /* main (names) */, c->dbi_data, c->dbi_atime,
+                      c->dbi_meta};
+    for (size_t i = 0; i < sizeof dbis / sizeof *dbis; i++)
+        if (mdb_stat(txn, dbis[i], &s) == 0)
+            pages += stat_pages(&s);
+    return pages * c->psize;
+}
+
+/* ---- fetch ---- */
+
+/* Look key up in LMDB; on a sound value of len bytes copy its bytes
+ * [off, off+n) to out. Returns 1 (hit), 0 (absent), -1 (present but
+ * unsound: counted and queued for deletion) or -2 (LMDB error, logged). */
+static int lookup(fz_cache *c, const fz_cache_key *key, uint64_t len, uint64_t off, uint64_t n,
+                  uint8_t *out)
+{
+    uint8_t kb[FZ_CACHE_KEYLEN];
+    MDB_txn *txn;
+    MDB_val k = {FZ_CACHE_KEYLEN, kb}, v;
+    uint64_t vl = 0;
+    fz_cache_key_encode(key, kb);
+    int mrc = fz_cache_txn_begin(c, MDB_RDONLY, &txn);
+    if (mrc) {
+        fz_log(FZ_LOG_WARNING, "cache: read transaction: %s", mdb_strerror(mrc));
+        return -2;
+    }
+    mrc = mdb_get(txn, c->dbi_data, &k, &v);
+    int res;
+    if (mrc == MDB_NOTFOUND) {
+        res = 0;
+    } else if (mrc) {
+        fz_log(FZ_LOG_WARNING, "cache: mdb_get: %s", mdb_strerror(mrc));
+        res = -2;
+    } else if (fz_cache_value_ok(v.mv_data, v.mv_size, key, &vl) && vl == len) {
+        /* The pointer is into the map: valid only until the txn ends. */
+        memcpy(out, (const uint8_t *)v.mv_data + FZ_CACHE_HDR + off, (size_t)n);
+        res = 1;
+    } else {
+        res = -1;
+    }
+    fz_cache_txn_end(c, txn, false);
+    if (res == -1) {
+        fz_log(FZ_LOG_WARNING,
+               "cache: value %016llx%016llx/%llu failed verification; recomputing",
+               (unsigned long long)key->hi, (unsigned long long)key->lo,
+               (unsigned long long)key->chunk);
+        atomic_fetch_add(&c->delta[FZ_CTR_CORRUPT], 1);
+        fz_cache_queue_del(c, key);
+    }
+    return res;
+}
+
+/* Single flight.
+ *
+ * A fill in progress is an fz_flight on the filling thread's stack, linked
+ * into c->flights under fl_lock. A thread that misses the key in LMDB and
+ * in the write queue looks for a flight with the same key and length: if
+ * there is one it counts itself as a waiter and sleeps on fl_cond until the
+ * filler publishes DONE or FAILED. On DONE the waiter copies the bytes it
+ * wants straight out of the filler's chunk buffer (without the lock), then
+ * drops its waiter count; the filler does not return - so its buffer stays
+ * valid - until the count is zero. On FAILED the waiter starts over (and
+ * usually becomes the filler itself, so it gets its own error detail).
+ *
+ * The lock is never held while filling, copying or queueing. What it does
+ * not guarantee: a thread that missed LMDB just before another thread's
+ * write committed and left the queue may compute the chunk a second time;
+ * the result is the same bytes, so this is only wasted work. Single flight
+ * is per process; two processes may both compute a chunk. */
+static fz_flight *flight_find(fz_cache *c, const fz_cache_key *key, uint64_t len)
+{
+    for (fz_flight *f = c->flights; f; f = f->next)
+        if (key_eq(&f->key, key) && f->len == len)
+            return f;
+    return NULL;
+}
+
+static void flight_remove(fz_cache *c, fz_flight *me)
+{
+    for (fz_flight **p = &c->flights; *p; p = &(*p)->next)
+        if (*p == me) {
+            *p = me->next;
+            return;
+        }
+}
+
+/* Wait for flight f (fl_lock held, released on return). Returns true when
+ * the bytes were copied, false when the filler failed. */
+static bool flight_wait(fz_cache *c, fz_flight *f, uint64_t off, uint64_t n, uint8_t *out)
+{
+    f->waiters++;
+    while (f->state == FZ_FLIGHT_FILLING)
+        pthread_cond_wait(&c->fl_cond, &c->fl_lock);
+    bool done = f->state == FZ_FLIGHT_DONE;
+    pthread_mutex_unlock(&c->fl_lock);
+    if (done)
+        memcpy(out, f->data + off, (size_t)n);
+    pthread_mutex_lock(&c->fl_lock);
+    f->waiters--;
+    pthread_cond_broadcast(&c->fl_cond);
+    pthread_mutex_unlock(&c->fl_lock);
+    return done;
+}
+
+/* Fill the chunk as the flight `me` (already linked) and publish it. */
+static int flight_fill(fz_cache *c, fz_flight *me, uint64_t off, uint64_t n, uint8_t *out,
+                       fz_cache_fill_fn fill, void *arg, bool store)
+{
+    uint64_t len = me->len;
+    bool whole = off == 0 && n == len;
+    uint8_t *chunk = whole ? out : malloc(len ? (size_t)len : 1);
+    int rc;
+    if (!chunk)
+        rc = fz_error_set(FZ_ENOMEM, "out of memory");
+    else
+        rc = fill(arg, chunk, len);
+    atomic_fetch_add(&c->delta[FZ_CTR_FILLS], 1);
+
+    pthread_mutex_lock(&c->fl_lock);
+    me->state = rc ? FZ_FLIGHT_FAILED : FZ_FLIGHT_DONE;
+    me->data = chunk;
+    pthread_cond_broadcast(&c->fl_cond);
+    pthread_mutex_unlock(&c->fl_lock);
+    /* Waiters copy from `chunk` while it is queued (both only read it). */
+    if (rc == 0 && !whole)
+        memcpy(out, chunk + off, (size_t)n);
+    if (rc == 0 && store)
+        fz_cache_queue_put(c, &me->key, chunk, len);
+    pthread_mutex_lock(&c->fl_lock);
+    while (me->waiters > 0)
+        pthread_cond_wait(&c->fl_cond, &c->fl_lock);
+    flight_remove(c, me);
+    pthread_mutex_unlock(&c->fl_lock);
+    if (!whole)
+        free(chunk);
+    return rc;
+}
+
+int fz_cache_fetch_range(fz_cache *c, const fz_cache_key *key, uint64_t len, uint64_t off,
+                         uint64_t n, uint8_t *out, fz_cache_fill_fn fill, void *arg, bool store)
+{
+    if (off > len || n > len - off)
+        return fz_error_set(FZ_EINVAL, "cache: range [%llu, +%llu) outside a chunk of %llu",
+                            (unsigned long long)off, (unsigned long long)n,
+                            (unsigned long long)len);
+    if (!c) {
+        if (off == 0 && n == len)
+            return fill(arg, out, len);
+        uint8_t *chunk = malloc(len ? (size_t)len : 1);
+        if (!chunk)
+            return fz_error_set(FZ_ENOMEM, "out of memory");
+        int rc = fill(arg, chunk, len);
+        if (rc == 0)
+            memcpy(out, chunk + off, (size_t)n);
+        free(chunk);
+        return rc;
+    }
+    if (lookup(c, key, len, off, n, out) == 1) {
+        atomic_fetch_add(&c->delta[FZ_CTR_HITS], 1);
+        fz_cache_queue_touch(c, key);
+        return 0;
+    }
+    atomic_fetch_add(&c->delta[FZ_CTR_MISSES], 1);
+    for (;;) {
+        if (fz_cache_queue_lookup(c, key, len, off, n, out)) {
+            atomic_fetch_add(&c->delta[FZ_CTR_HITS], 1);
+            return 0;
+        }
+        pthread_mutex_lock(&c->fl_lock);
+        fz_flight *f = flight_find(c, key, len);
+        if (f) {
+            if (flight_wait(c, f, off, n, out)) {
+                atomic_fetch_add(&c->delta[FZ_CTR_HITS], 1);
+                return 0;
+            }
+            continue; /* the filler failed: try ourselves */
+        }
+        fz_flight me = {.key = *key, .len = len, .state = FZ_FLIGHT_FILLING, .next = c->flights};
+        c->flights = &me;
+        pthread_mutex_unlock(&c->fl_lock);
+        return flight_fill(c, &me, off, n, out, fill, arg, store);
+    }
+}
+
+int fz_cache_fetch(fz_cache *c, const fz_cache_key *key, uint64_t len, uint8_t *out,
+                   fz_cache_fill_fn fill, void *arg, bool store)
+{
+    return fz_cache_fetch_range(c, key, len, 0, len, out, fill, arg, store);
+}
+
+/* ---- maintenance ---- */
+
+
+int fz_cache_flush(fz_cache *c)
+{
+    pthread_mutex_lock(&c->q_lock);
+    uint64_t req = ++c->flush_req;
+    pthread_cond_signal(&c->q_work);
+    while (c->flush_done < req && c->writer_running)
+        pthread_cond_wait(&c->q_idle, &c->q_lock);
+    pthread_mutex_unlock(&c->q_lock);
+    return 0;
+}
+
+int fz_cache_get_stats(fz_cache *c, fz_cache_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    fz_cache_flush(c);
+    MDB_txn *txn;
+    MDB_cursor *cur = NULL;
+    MDB_val k, v;
+    MDB_stat s;
+    int mrc = fz_cache_txn_begin(c, MDB_RDONLY, &txn);
+    if (mrc)
+        return fz_error_set(FZ_EIO, "cache: read transaction: %s", mdb_strerror(mrc));
+    uint64_t ctr[FZ_NCTR];
+    for (int i = 0; i < FZ_NCTR; i++)
+        ctr[i] = fz_cache_meta_get(c, txn, fz_cache_ctr_names[i]) + atomic_load(&c->delta[i]);
+    out->hits = ctr[FZ_CTR_HITS];
+    out->misses = ctr[FZ_CTR_MISSES];
+    out->fills = ctr[FZ_CTR_FILLS];
+    out->corrupt = ctr[FZ_CTR_CORRUPT];
+    out->evictions = ctr[FZ_CTR_EVICTIONS];
+    if (mdb_stat(txn, c->dbi_data, &s) == 0)
+        out->entries = s.ms_entries;
+    out->used_bytes = fz_cache_used_bytes(c, txn);
+    out->map_size = c->map_size;
+    if ((mrc = mdb_cursor_open(txn, c->dbi_data, &cur)) == 0) {
+        while (mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0)
+            if (v.mv_size >= FZ_CACHE_HDR)
+                out->bytes += v.mv_size - FZ_CACHE_HDR;
+        mdb_cursor_close(cur);
+    }
+    fz_cache_txn_end(c, txn, false);
+    if (mrc)
+        return fz_error_set(FZ_EIO, "cache: cursor: %s", mdb_strerror(mrc));
+    return 0;
+}
+
+/* Delete `keys` (and their access times) in one write txn; count them as
+ * corrupt. */
+static int delete_keys(fz_cache *c, const uint8_t *keys, size_t n)
+{
+    MDB_txn *txn;
+    int mrc = fz_cache_txn_begin(c, 0, &txn);
+    if (mrc)
+        return fz_error_set(FZ_EIO, "cache: write transaction: %s", mdb_strerror(mrc));
+    for (size_t i = 0; i < n && !mrc; i++) {
+        MDB_val k = {FZ_CACHE_KEYLEN, (void *)(keys + i * FZ_CACHE_KEYLEN)};
+        mrc = mdb_del(txn, c->dbi_data, &k, NULL);
+        if (mrc == MDB_NOTFOUND)
+            mrc = 0;
+        int arc = mdb_del(txn, c->dbi_atime, &k, NULL);
+        if (arc && arc != MDB_NOTFOUND)
+            mrc = arc;
+    }
+    if (mrc) {
+        fz_cache_txn_end(c, txn, false);
+        return fz_error_set(FZ_EIO, "cache: deleting bad values: %s", mdb_strerror(mrc));
+    }
+    if ((mrc = fz_cache_txn_end(c, txn, true)))
+        return fz_error_set(FZ_EIO, "cache: commit: %s", mdb_strerror(mrc));
+    atomic_fetch_add(&c->delta[FZ_CTR_CORRUPT], n);
+    return 0;
+}
+
+int fz_cache_verify(fz_cache *c, uint64_t *checked, uint64_t *bad)
+{
+    int rc = 0;
+    uint8_t last[FZ_CACHE_KEYLEN];
+    bool have_last = false, end = false;
+    uint8_t *badkeys = NULL;
+    size_t nbad = 0, capbad = 0;
+    *checked = *bad = 0;
+    fz_cache_flush(c);
+    /* Walk the data DB in short read txns of FZ_CACHE_VERIFY_STEP values so
+     * a long verify pins no old pages. */
+    while (!end) {
+        MDB_txn *txn;
+        MDB_cursor *cur;
+        MDB_val k, v;
+        int mrc = fz_cache_txn_begin(c, MDB_RDONLY, &txn);
+        if (mrc) {
+            rc = fz_error_set(FZ_EIO, "cache: read transaction: %s", mdb_strerror(mrc));
+            goto done;
+        }
+        if ((mrc = mdb_cursor_open(txn, c->dbi_data, &cur))) {
+            fz_cache_txn_end(c, txn, false);
+            rc = fz_error_set(FZ_EIO, "cache: cursor: %s", mdb_strerror(mrc));
+            goto done;
+        }
+        if (have_last) {
+            k = (MDB_val){FZ_CACHE_KEYLEN, last};
+            mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+            if (mrc == 0 && k.mv_size == FZ_CACHE_KEYLEN && memcmp(k.mv_data, last, sizeof last) == 0)
+                mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+        } else {
+            mrc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+        }
+        for (int i = 0; i < FZ_CACHE_VERIFY_STEP && mrc == 0; i++) {
+            fz_cache_key key;
+            uint64_t n;
+            bool ok = k.mv_size == FZ_CACHE_KEYLEN;
+            if (ok) {
+                fz_cache_key_decode(k.mv_data, &key);
+                memcpy(last, k.mv_data, sizeof last);
+                have_last = true;
+                ok = fz_cache_value_ok(v.mv_data, v.mv_size, &key, &n);
+            }
+            (*checked)++;
+            if (!ok && k.mv_size == FZ_CACHE_KEYLEN) {
+                if (nbad == capbad) {
+                    size_t cap = capbad ? 2 * capbad : 16;
+                    uint8_t *p = realloc(badkeys, cap * FZ_CACHE_KEYLEN);
+                    if (!p) {
+                        mdb_cursor_close(cur);
+                        fz_cache_txn_end(c, txn, false);
+                        rc = fz_error_set(FZ_ENOMEM, "out of memory");
+                        goto done;
+                    }
+                    badkeys = p;
+                    capbad = cap;
+                }
+                memcpy(badkeys + nbad++ * FZ_CACHE_KEYLEN, k.mv_data, FZ_CACHE_KEYLEN);
+            }
+            if (i + 1 < FZ_CACHE_VERIFY_STEP)
+                mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+        }
+        end = mrc != 0;
+        mdb_cursor_close(cur);
+        fz_cache_txn_end(c, txn, false);
+        if (mrc && mrc != MDB_NOTFOUND) {
+            rc = fz_error_set(FZ_EIO, "cache: reading values: %s", mdb_strerror(mrc));
+            goto done;
+        }
+    }
+    if (nbad)
+        rc = delete_keys(c, badkeys, nbad);
+    *bad = nbad;
+done:
+    free(badkeys);
+    return rc;
+}
+
+int fz_cache_clear(fz_cache *c)
+{
+    fz_cache_flush(c);
+    MDB_txn *txn;
+    int mrc = fz_cache_txn_begin(c, 0, &txn);
+    if (mrc)
+        return fz_error_set(FZ_EIO, "cache: write transaction: %s", mdb_strerror(mrc));
+    if ((mrc = mdb_drop(txn, c->dbi_data, 0)) || (mrc = mdb_drop(txn, c->dbi_atime, 0)) ||
+        (mrc = mdb_drop(txn, c->dbi_meta, 0))) {
+        fz_cache_txn_end(c, txn, false);
+        return fz_error_set(FZ_EIO, "cache: clear: %s", mdb_strerror(mrc));
+    }
+    if ((mrc = fz_cache_txn_end(c, txn, true)))
+        return fz_error_set(FZ_EIO, "cache: clear: commit: %s", mdb_strerror(mrc));
+    for (int i = 0; i < FZ_NCTR; i++)
+        atomic_store(&c->delta[i], 0);
+    pthread_mutex_lock(&c->q_lock);
+    c->ntouched = 0;
+    pthread_mutex_unlock(&c->q_lock);
+    return 0;
+}

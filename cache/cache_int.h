@@ -1,0 +1,129 @@
+/* Private to cache/: the cache handle shared by cache.c (open, fetch,
+ * single flight, stats) and store.c (the writer thread, batching,
+ * eviction). See cache.h for the contract. */
+#ifndef FZ_CACHE_CACHE_INT_H
+#define FZ_CACHE_CACHE_INT_H
+
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "cache/cache.h"
+
+/* A stored value: this header, then the chunk bytes. All fields little
+ * endian. The key is echoed so a value that landed under the wrong key (or
+ * a torn write another process could observe) fails verification. */
+#define FZ_CACHE_MAGIC 0x31435a46u /* "FZC1" */
+#define FZ_CACHE_VALUE_VERSION 1u
+#define FZ_CACHE_HDR 48u /* magic u32, version u16, hdr_len u16, len u64, xxh64 u64, key 3*u64 */
+#define FZ_CACHE_KEYLEN 24u /* hi, lo, chunk: big endian so a recipe's chunks sort together */
+
+/* Bound on bytes queued for the writer (values copied out of fetches). */
+#define FZ_CACHE_QUEUE_MAX (64ull << 20)
+/* Bound on one write transaction's value bytes (keeps write txns short). */
+#define FZ_CACHE_TXN_MAX (32ull << 20)
+/* Bound on access-time updates remembered between writer batches. */
+#define FZ_CACHE_TOUCH_MAX 4096u
+
+typedef enum { FZ_OP_PUT, FZ_OP_DEL } fz_cache_opkind;
+
+/* One queued write. PUT owns `val` (header + bytes, vlen bytes). */
+typedef struct fz_cache_op {
+    fz_cache_opkind kind;
+    fz_cache_key key;
+    uint8_t *val;
+    uint64_t vlen;
+    struct fz_cache_op *next;
+} fz_cache_op;
+
+/* One fill in progress (lives on the filling thread's stack). */
+typedef struct fz_flight {
+    fz_cache_key key;
+    uint64_t len;
+    const uint8_t *data; /* the filler's chunk; valid while state == DONE */
+    int state;           /* FZ_FLIGHT_* */
+    unsigned waiters;
+    struct fz_flight *next;
+} fz_flight;
+
+enum { FZ_FLIGHT_FILLING, FZ_FLIGHT_DONE, FZ_FLIGHT_FAILED };
+
+enum { FZ_CTR_HITS, FZ_CTR_MISSES, FZ_CTR_FILLS, FZ_CTR_CORRUPT, FZ_CTR_EVICTIONS, FZ_NCTR };
+
+struct fz_cache {
+    MDB_env *env;
+    MDB_dbi dbi_data;  /* key -> header + bytes */
+    MDB_dbi dbi_atime; /* key -> u64 access sequence (LRU side table) */
+    MDB_dbi dbi_meta;  /* name -> u64 (persistent counters, "seq") */
+    uint64_t map_size;
+    unsigned psize;
+    dev_t dir_dev;
+    ino_t dir_ino;
+    /* Held shared by every transaction, exclusively to adopt a map size
+     * another process grew (MDB_MAP_RESIZED needs no live txn here). */
+    pthread_rwlock_t txn_lock;
+
+    /* Single flight: fills in progress, under fl_lock; fl_cond signals
+     * both "a fill finished" and "a waiter finished copying". */
+    pthread_mutex_t fl_lock;
+    pthread_cond_t fl_cond;
+    fz_flight *flights;
+
+    /* Writer queue, under q_lock. `batch` is the list the writer is
+     * committing (still searchable by fetch until committed). */
+    pthread_mutex_t q_lock;
+    pthread_cond_t q_work, q_room, q_idle;
+    fz_cache_op *head, *tail, *batch;
+    uint64_t q_bytes; /* value bytes in head..tail and batch */
+    fz_cache_key *touched;
+    unsigned ntouched;
+    uint64_t flush_req, flush_done;
+    bool stop;
+    bool writer_running;
+    pthread_t writer;
+
+    /* Counter deltas not yet persisted in the meta DB. */
+    _Atomic uint64_t delta[FZ_NCTR];
+};
+
+/* cache.c */
+void fz_cache_key_encode(const fz_cache_key *k, uint8_t out[FZ_CACHE_KEYLEN]);
+void fz_cache_key_decode(const uint8_t in[FZ_CACHE_KEYLEN], fz_cache_key *k);
+/* Begin a txn holding txn_lock shared; adopts a grown map on MDB_MAP_RESIZED.
+ * Returns an LMDB code; on success end it with fz_cache_txn_end. */
+int fz_cache_txn_begin(fz_cache *c, unsigned flags, MDB_txn **txn);
+/* Commit (commit=true) or abort, and release txn_lock. Returns an LMDB code. */
+int fz_cache_txn_end(fz_cache *c, MDB_txn *txn, bool commit);
+/* Bytes of pages holding live data (all DBs), measured inside txn. */
+uint64_t fz_cache_used_bytes(fz_cache *c, MDB_txn *txn);
+
+/* Counter names in the meta DB, indexed by FZ_CTR_*. */
+extern const char *const fz_cache_ctr_names[FZ_NCTR];
+/* A u64 from the meta DB (0 when absent). */
+uint64_t fz_cache_meta_get(fz_cache *c, MDB_txn *txn, const char *name);
+
+/* store.c */
+int fz_cache_writer_start(fz_cache *c);
+/* Stop the writer after it drained the queue and persisted counters. */
+void fz_cache_writer_stop(fz_cache *c);
+/* Queue a PUT of (key, bytes): copies the bytes; blocks while the queue
+ * holds FZ_CACHE_QUEUE_MAX bytes. A failed allocation drops the write. */
+void fz_cache_queue_put(fz_cache *c, const fz_cache_key *key, const uint8_t *bytes, uint64_t len);
+void fz_cache_queue_del(fz_cache *c, const fz_cache_key *key);
+/* Remember an access for the LRU table (dropped when the table is full). */
+void fz_cache_queue_touch(fz_cache *c, const fz_cache_key *key);
+/* If a PUT for key of len bytes is queued or being committed, copy its
+ * bytes [off, off+n) into out and return true. */
+bool fz_cache_queue_lookup(fz_cache *c, const fz_cache_key *key, uint64_t len, uint64_t off,
+                           uint64_t n, uint8_t *out);
+/* cache.c: value headers */
+/* Write the value header for (key, bytes) into hdr[FZ_CACHE_HDR]. */
+void fz_cache_header(uint8_t *hdr, const fz_cache_key *key, const uint8_t *bytes, uint64_t len);
+/* Whether value (vlen bytes) is a sound value for key; on success *len is
+ * the payload length. Checks the header and the checksum of the bytes. */
+bool fz_cache_value_ok(const uint8_t *val, uint64_t vlen, const fz_cache_key *key, uint64_t *len);
+
+#endif

@@ -36,6 +36,8 @@ int fz_recipe_init(fz_recipe *r, int fd, const char *src_path, const fz_tensor *
     r->src_path = src_path;
     r->src = *src;
     r->out_dtype = out_dtype;
+    r->val_dtype = out_dtype;
+    r->part = FZ_PART_PLAIN;
     r->ndim = src->ndim;
     memcpy(r->shape, src->shape, sizeof r->shape);
     r->cast = src->dtype != out_dtype;
@@ -86,9 +88,71 @@ int fz_recipe_init(fz_recipe *r, int fd, const char *src_path, const fz_tensor *
     return 0;
 }
 
+int fz_recipe_init_quant(fz_recipe *r, int fd, const char *src_path, const fz_tensor *src,
+                         fz_dtype val_dtype, const fz_qscheme *q, fz_part part)
+{
+    memset(r, 0, sizeof *r);
+    r->fd = fd;
+    r->src_path = src_path;
+    r->src = *src;
+    r->part = part;
+    r->q = q;
+    r->val_dtype = val_dtype;
+    r->cast = src->dtype != val_dtype;
+    r->gather = !fz_tensor_is_contiguous(src);
+    if (src->ndim != 2 || !fz_dtype_is_float(src->dtype) || !fz_dtype_is_float(val_dtype) ||
+        (r->cast && !fz_cast_supported(src->dtype, val_dtype)))
+        return fz_error_set(FZ_EINVAL, "%s: tensor '%s' cannot be quantized (needs a 2-D "
+                            "floating-point weight)", src_path, src->name);
+    uint64_t out = src->shape[0], in = src->shape[1], rb;
+    r->ndim = 2;
+    r->shape[0] = out;
+    if (part == FZ_PART_QSCALE) {
+        r->out_dtype = val_dtype;
+        r->shape[1] = fz_quant_ngroups(q, in);
+        rb = r->shape[1] * fz_dtype_size(val_dtype);
+    } else {
+        rb = fz_quant_row_bytes(q, in);
+        r->out_dtype = q->fmt == FZ_QFMT_PACKED ? FZ_DT_I32
+                       : q->fmt == FZ_QFMT_FP8  ? FZ_DT_F8_E4M3
+                                                : FZ_DT_I8;
+        r->shape[1] = rb / fz_dtype_size(r->out_dtype);
+    }
+    if (!fz_mul_u64(out, rb, &r->nbytes))
+        return fz_error_set(FZ_ERANGE, "%s: tensor '%s' output size overflows", src_path,
+                            src->name);
+    pthread_mutex_init(&r->mean_lock, NULL);
+    r->inited = true;
+    return 0;
+}
+
+int fz_recipe_init_const(fz_recipe *r, const char *name, fz_dtype dtype, int ndim,
+                         const uint64_t *shape, uint8_t *data)
+{
+    memset(r, 0, sizeof *r);
+    r->part = FZ_PART_CONST;
+    r->const_data = data;
+    r->fd = -1;
+    r->src_path = name;
+    r->src.name = (char *)name;
+    r->src.dtype = dtype;
+    r->out_dtype = r->val_dtype = dtype;
+    r->ndim = ndim;
+    uint64_t numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        r->shape[i] = shape[i];
+        numel *= shape[i];
+    }
+    r->nbytes = numel * fz_dtype_size(dtype);
+    pthread_mutex_init(&r->mean_lock, NULL);
+    r->inited = true;
+    return 0;
+}
+
 void fz_recipe_free(fz_recipe *r)
 {
     free(r->rules);
+    free(r->const_data);
     free(r->mean_row);
     if (r->inited)
         pthread_mutex_destroy(&r->mean_lock);
@@ -97,7 +161,7 @@ void fz_recipe_free(fz_recipe *r)
 
 bool fz_recipe_is_span(const fz_recipe *r, uint64_t *span_offset)
 {
-    if (r->cast || r->resize || r->gather)
+    if (r->part != FZ_PART_PLAIN || r->cast || r->resize || r->gather)
         return false;
     if (span_offset)
         *span_offset = r->src.data_offset + r->src.storage_offset * fz_dtype_size(r->src.dtype);
@@ -108,7 +172,7 @@ bool fz_recipe_is_span(const fz_recipe *r, uint64_t *span_offset)
  * (index into the storage) and write them cast to the output dtype. */
 static int copy_run(fz_recipe *r, uint64_t idx, uint64_t n, uint8_t *out, uint8_t *scratch)
 {
-    size_t ses = fz_dtype_size(r->src.dtype), oes = fz_dtype_size(r->out_dtype);
+    size_t ses = fz_dtype_size(r->src.dtype), oes = fz_dtype_size(r->val_dtype);
     while (n > 0) {
         uint64_t k = n < FZ_RUN_ELEMS ? n : FZ_RUN_ELEMS;
         uint8_t *dst = r->cast ? scratch : out;
@@ -117,7 +181,7 @@ static int copy_run(fz_recipe *r, uint64_t idx, uint64_t n, uint8_t *out, uint8_
         if (rc)
             return rc;
         if (r->cast)
-            fz_cast(r->src.dtype, scratch, r->out_dtype, out, (size_t)k);
+            fz_cast(r->src.dtype, scratch, r->val_dtype, out, (size_t)k);
         idx += k;
         n -= k;
         out += k * oes;
@@ -129,7 +193,7 @@ static int copy_run(fz_recipe *r, uint64_t idx, uint64_t n, uint8_t *out, uint8_
 static int copy_strided(fz_recipe *r, uint64_t idx, int64_t stride, uint64_t n, uint8_t *out,
                         uint8_t *scratch)
 {
-    size_t ses = fz_dtype_size(r->src.dtype), oes = fz_dtype_size(r->out_dtype);
+    size_t ses = fz_dtype_size(r->src.dtype), oes = fz_dtype_size(r->val_dtype);
     uint8_t one[8];
     uint64_t span = (n - 1) * (uint64_t)stride + 1;
     if (span * ses <= FZ_GATHER_SPAN) {
@@ -142,7 +206,7 @@ static int copy_strided(fz_recipe *r, uint64_t idx, int64_t stride, uint64_t n, 
             for (uint64_t i = 0; i < n; i++) {
                 const uint8_t *e = buf + i * (uint64_t)stride * ses;
                 if (r->cast)
-                    fz_cast(r->src.dtype, e, r->out_dtype, out + i * oes, 1);
+                    fz_cast(r->src.dtype, e, r->val_dtype, out + i * oes, 1);
                 else
                     memcpy(out + i * oes, e, ses);
             }
@@ -158,7 +222,7 @@ static int copy_strided(fz_recipe *r, uint64_t idx, int64_t stride, uint64_t n, 
         if (rc)
             return rc;
         if (r->cast)
-            fz_cast(r->src.dtype, one, r->out_dtype, out + i * oes, 1);
+            fz_cast(r->src.dtype, one, r->val_dtype, out + i * oes, 1);
         else
             memcpy(out + i * oes, one, ses);
     }
@@ -170,7 +234,7 @@ static int copy_source_row(fz_recipe *r, uint64_t sr, uint64_t c, uint64_t n, ui
                            uint8_t *scratch)
 {
     const fz_tensor *t = &r->src;
-    size_t oes = fz_dtype_size(r->out_dtype);
+    size_t oes = fz_dtype_size(r->val_dtype);
     if (!r->gather) {
         uint64_t rl = row_len_of(t->ndim, t->shape);
         return copy_run(r, t->storage_offset + sr * rl + c, n, out, scratch);
@@ -354,6 +418,48 @@ static int produce_elems(fz_recipe *r, uint64_t e0, uint64_t e1, uint8_t *out, u
     return 0;
 }
 
+/* Quantized parts: output rows map one to one to source rows, and a row's
+ * scales depend on that row only, so rows [r0, r1) need source rows [r0, r1). */
+static int produce_quant(fz_recipe *r, uint64_t off, uint64_t len, uint8_t *out)
+{
+    int rc = 0;
+    uint64_t in = r->src.shape[1];
+    uint64_t rb = r->nbytes / (r->shape[0] ? r->shape[0] : 1);
+    uint64_t r0 = off / rb, r1 = (off + len + rb - 1) / rb;
+    size_t ves = fz_dtype_size(r->val_dtype);
+    uint64_t ngroups = fz_quant_ngroups(r->q, in);
+    uint8_t *vals = malloc((size_t)(in * ves) + 1);
+    float *w = malloc((size_t)in * sizeof *w + 1);
+    uint8_t *scales = malloc((size_t)(ngroups * ves) + 1);
+    uint8_t *row = malloc((size_t)rb + 1);
+    uint8_t *scratch = r->cast ? malloc((size_t)FZ_RUN_ELEMS * fz_dtype_size(r->src.dtype)) : NULL;
+    if (!vals || !w || !scales || !row || (r->cast && !scratch)) {
+        rc = fz_error_set(FZ_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (uint64_t i = r0; i < r1; i++) {
+        if ((rc = copy_source_row(r, i, 0, in, vals, scratch)))
+            goto done;
+        fz_cast(r->val_dtype, vals, FZ_DT_F32, w, (size_t)in);
+        fz_quant_row_scales(r->q, r->val_dtype, w, in, scales);
+        if (r->part == FZ_PART_QSCALE)
+            memcpy(row, scales, (size_t)rb);
+        else
+            fz_quant_row(r->q, r->val_dtype, w, in, scales, row);
+        /* The slice of this row inside [off, off+len). */
+        uint64_t a = i * rb, b = a + rb;
+        uint64_t lo = a > off ? a : off, hi = b < off + len ? b : off + len;
+        memcpy(out + (lo - off), row + (lo - a), (size_t)(hi - lo));
+    }
+done:
+    free(vals);
+    free(w);
+    free(scales);
+    free(row);
+    free(scratch);
+    return rc;
+}
+
 int fz_recipe_produce(fz_recipe *r, uint64_t off, uint64_t len, uint8_t *out)
 {
     int rc = 0;
@@ -362,6 +468,12 @@ int fz_recipe_produce(fz_recipe *r, uint64_t off, uint64_t len, uint8_t *out)
         return fz_error_set(FZ_ERANGE, "tensor '%s': read past its end", r->src.name);
     if (len == 0)
         return 0;
+    if (r->part == FZ_PART_CONST) {
+        memcpy(out, r->const_data + off, (size_t)len);
+        return 0;
+    }
+    if (r->part != FZ_PART_PLAIN)
+        return produce_quant(r, off, len, out);
     uint8_t *scratch = NULL, *edge = NULL;
     if (r->cast) {
         scratch = malloc((size_t)FZ_RUN_ELEMS * fz_dtype_size(r->src.dtype));
@@ -391,6 +503,13 @@ done:
 int fz_recipe_describe(const fz_recipe *r, fz_buf *out)
 {
     const fz_tensor *t = &r->src;
+    if (r->part == FZ_PART_CONST) {
+        int rc = fz_buf_printf(out, "const %s %s len=%llu:", t->name, fz_dtype_torch_name(t->dtype),
+                               (unsigned long long)r->nbytes);
+        for (uint64_t i = 0; i < r->nbytes && !rc; i++)
+            rc = fz_buf_printf(out, "%02x", r->const_data[i]);
+        return rc;
+    }
     int rc = fz_buf_printf(out, "src=%s@%llu dtype=%s off=%llu shape=[", t->name,
                            (unsigned long long)t->data_offset, fz_dtype_torch_name(t->dtype),
                            (unsigned long long)t->storage_offset);
@@ -416,6 +535,10 @@ int fz_recipe_describe(const fz_recipe *r, fz_buf *out)
                                    : 0ULL);
     }
     if (!rc && r->cast)
-        rc = fz_buf_printf(out, " cast=%s", fz_dtype_torch_name(r->out_dtype));
+        rc = fz_buf_printf(out, " cast=%s", fz_dtype_torch_name(r->val_dtype));
+    if (!rc && r->part == FZ_PART_QWEIGHT)
+        rc = fz_buf_printf(out, " quantize=%s", r->q->recipe);
+    if (!rc && r->part == FZ_PART_QSCALE)
+        rc = fz_buf_printf(out, " quantize-scale=%s", r->q->recipe);
     return rc;
 }

@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "formats/tensor.h"
+#include "transform/quantize.h"
 #include "util/buf.h"
 
 /* What an output row is made of, when the recipe resizes dim 0. */
@@ -34,7 +35,19 @@ typedef struct {
     uint64_t src_row; /* FZ_ROW_SOURCE: which source row */
 } fz_row_rule;
 
+/* What part of the output a recipe makes. */
+typedef enum {
+    FZ_PART_PLAIN,   /* the tensor itself (gather / resize / cast) */
+    FZ_PART_QWEIGHT, /* quantized weight: packed I32, I8 or F8 rows */
+    FZ_PART_QSCALE,  /* the per-channel / per-group scales of a quantized weight */
+    FZ_PART_CONST,   /* fixed bytes (e.g. weight_shape) */
+} fz_part;
+
 typedef struct {
+    fz_part part;
+    const fz_qscheme *q; /* QWEIGHT / QSCALE */
+    fz_dtype val_dtype;  /* dtype the source values are cast to before any op (the model dtype) */
+    uint8_t *const_data; /* CONST: owned */
     /* source */
     int fd;               /* borrowed; held open by the view */
     const char *src_path; /* borrowed; for messages */
@@ -66,6 +79,15 @@ typedef struct {
 int fz_recipe_init(fz_recipe *r, int fd, const char *src_path, const fz_tensor *src,
                    fz_dtype out_dtype, uint64_t out_rows, const fz_row_rule *rules,
                    size_t n_rules);
+/* A quantized part (QWEIGHT or QSCALE) of 2-D source weight *src, whose
+ * values are first cast to val_dtype (the model dtype; scales are stored in
+ * it). Errors: FZ_EINVAL (not 2-D, not floating point), FZ_ERANGE. */
+int fz_recipe_init_quant(fz_recipe *r, int fd, const char *src_path, const fz_tensor *src,
+                         fz_dtype val_dtype, const fz_qscheme *q, fz_part part);
+/* Fixed bytes: takes ownership of data (nbytes = numel(shape) x dtype size). */
+int fz_recipe_init_const(fz_recipe *r, const char *name, fz_dtype dtype, int ndim,
+                         const uint64_t *shape, uint8_t *data);
+/* Release what the recipe owns. Also safe after a failed init. */
 void fz_recipe_free(fz_recipe *r);
 
 /* True when the output bytes are exactly the source's bytes in place: no

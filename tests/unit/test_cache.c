@@ -1,0 +1,591 @@
+/* The LMDB chunk cache: fill once then hit, persistence, corrupt values
+ * (flipped through a raw LMDB transaction) recomputed and counted, single
+ * flight under concurrency, a map far smaller than the data, clear, verify,
+ * partial-range fetches, and two processes sharing one environment. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "cache/cache.h"
+#include "util/error.h"
+
+/* ---- helpers ---- */
+
+static char *tmpdir(void)
+{
+    char *d = strdup("/tmp/fz_test_cache_XXXXXX");
+    assert_non_null(mkdtemp(d));
+    return d;
+}
+
+static void rmtree(const char *d)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", d);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* Deterministic bytes for (seed, i). */
+static uint8_t byte_at(uint64_t seed, uint64_t i)
+{
+    uint64_t x = (seed + 1) * 0x9e3779b97f4a7c15ull + i * 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 29;
+    return (uint8_t)(x ^ x >> 17);
+}
+
+typedef struct {
+    uint64_t seed;
+    atomic_int calls;
+    int sleep_ms;
+    int fail; /* return this instead of filling */
+} fill_ctx;
+
+static int fill(void *arg, uint8_t *out, uint64_t len)
+{
+    fill_ctx *f = arg;
+    atomic_fetch_add(&f->calls, 1);
+    if (f->sleep_ms) {
+        struct timespec ts = {0, (long)f->sleep_ms * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    if (f->fail)
+        return fz_error_set(f->fail, "fill failed on purpose");
+    for (uint64_t i = 0; i < len; i++)
+        out[i] = byte_at(f->seed, i);
+    return 0;
+}
+
+static void check_bytes(const uint8_t *b, uint64_t seed, uint64_t off, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++)
+        if (b[i] != byte_at(seed, off + i))
+            fail_msg("byte %llu differs", (unsigned long long)(off + i));
+}
+
+static fz_cache_key key_of(const char *text, uint64_t chunk)
+{
+    fz_cache_key k;
+    fz_cache_key_for(&k, text, strlen(text), chunk);
+    return k;
+}
+
+static fz_cache_stats stats(fz_cache *c)
+{
+    fz_cache_stats s;
+    assert_int_equal(fz_cache_get_stats(c, &s), 0);
+    return s;
+}
+
+/* Flip one byte of the stored value of k (the cache must be closed). */
+static void corrupt_value(const char *dir, const fz_cache_key *k, size_t at)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    uint8_t kb[24];
+    for (int i = 0; i < 8; i++) {
+        kb[i] = (uint8_t)(k->hi >> (56 - 8 * i));
+        kb[8 + i] = (uint8_t)(k->lo >> (56 - 8 * i));
+        kb[16 + i] = (uint8_t)(k->chunk >> (56 - 8 * i));
+    }
+    MDB_val key = {24, kb}, val;
+    assert_int_equal(mdb_env_create(&env), 0);
+    assert_int_equal(mdb_env_set_maxdbs(env, 4), 0);
+    assert_int_equal(mdb_env_open(env, dir, 0, 0644), 0);
+    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    assert_int_equal(mdb_dbi_open(txn, "data", 0, &dbi), 0);
+    assert_int_equal(mdb_get(txn, dbi, &key, &val), 0);
+    assert_true(at < val.mv_size);
+    uint8_t *copy = malloc(val.mv_size);
+    memcpy(copy, val.mv_data, val.mv_size);
+    copy[at] ^= 0x40;
+    MDB_val nv = {val.mv_size, copy};
+    assert_int_equal(mdb_put(txn, dbi, &key, &nv, 0), 0);
+    assert_int_equal(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+    free(copy);
+}
+
+/* ---- tests ---- */
+
+static void test_open_close_default_dir(void **state)
+{
+    (void)state;
+    char *d = tmpdir();
+    char nested[512];
+    snprintf(nested, sizeof nested, "%s/a/b/fzfs", d);
+    fz_cache *c = NULL;
+    assert_int_equal(fz_cache_open(&c, nested, 64ull << 20), 0);
+    assert_non_null(c);
+    struct stat st;
+    assert_int_equal(stat(nested, &st), 0);
+    /* One process must not open the same environment twice. */
+    fz_cache *c2 = NULL;
+    assert_int_equal(fz_cache_open(&c2, nested, 0), FZ_EEXIST);
+    assert_null(c2);
+    fz_cache_stats s = stats(c);
+    assert_int_equal(s.entries, 0);
+    assert_int_equal(s.map_size, 64ull << 20);
+    fz_cache_close(c);
+    fz_cache_close(NULL);
+    /* map_size 0 keeps the existing size. */
+    assert_int_equal(fz_cache_open(&c, nested, 0), 0);
+    assert_int_equal(stats(c).map_size, 64ull << 20);
+    fz_cache_close(c);
+
+    char *old_xdg = getenv("XDG_CACHE_HOME") ? strdup(getenv("XDG_CACHE_HOME")) : NULL;
+    setenv("XDG_CACHE_HOME", "/x/cache", 1);
+    char *dd = fz_cache_default_dir();
+    assert_string_equal(dd, "/x/cache/fzfs");
+    free(dd);
+    unsetenv("XDG_CACHE_HOME");
+    char *old_home = getenv("HOME") ? strdup(getenv("HOME")) : NULL;
+    setenv("HOME", "/home/u", 1);
+    dd = fz_cache_default_dir();
+    assert_string_equal(dd, "/home/u/.cache/fzfs");
+    free(dd);
+    if (old_xdg)
+        setenv("XDG_CACHE_HOME", old_xdg, 1);
+    if (old_home)
+        setenv("HOME", old_home, 1);
+    else
+        unsetenv("HOME");
+    free(old_xdg);
+    free(old_home);
+    rmtree(d);
+    free(d);
+}
+
+static void test_fill_once_then_hit(void **state)
+{
+    (void)state;
+    char *d = tmpdir();
+    fz_cache *c;
+    assert_int_equal(fz_cache_open(&c, d, 64ull << 20), 0);
+    fill_ctx f = {.seed = 7};
+    fz_cache_key k = key_of("recipe a", 0);
+    uint64_t len = 100000;
+    uint8_t *b = malloc(len);
+    assert_int_equal(fz_cache_fetch(c, &k, len, b, fill, &f, true), 0);
+    check_bytes(b, 7, 0, len);
+    assert_int_equal(atomic_load(&f.calls), 1);
+    /* Immediately (maybe still queued) and after the writer committed. */
+    memset(b, 0, len);
+    assert_int_equal(fz_cache_fetch(c, &k, len, b, fill, &f, true), 0);
+    check_bytes(b, 7, 0, len);
+    fz_cache_flush(c);
+    memset(b, 0, len);
+    assert_int_equal(fz_cache_fetch(c, &k, len, b, fill, &f, true), 0);
+    check_bytes(b, 7, 0, len);
+    assert_int_equal(atomic_load(&f.calls), 1);
+    /* Another chunk of the same recipe is another key. */
+    fz_cache_key k1 = key_of("recipe a", 1);
+    fill_ctx f1 = {.seed = 8};
+    assert_int_equal(fz_cache_fetch(c, &k1, 10, b, fill, &f1, true), 0);
+    check_bytes(b, 8, 0, 10);
+    assert_int_equal(atomic_load(&f1.calls), 1);
+    /* store=false: computed, not kept. */
+    fz_cache_key k2 = key_of("recipe b", 0);
+    fill_ctx f2 = {.seed = 9};
+    assert_int_equal(fz_cache_fetch(c, &k2, 64, b, fill, &f2, false), 0);
+    fz_cache_flush(c);
+    assert_int_equal(fz_cache_fetch(c, &k2, 64, b, fill, &f2, false), 0);
+    check_bytes(b, 9, 0, 64);
+    assert_int_equal(atomic_load(&f2.calls), 2);
+
+    fz_cache_stats s = stats(c);
+    assert_int_equal(s.entries, 2);
+    assert_int_equal(s.bytes, len + 10);
+    assert_int_equal(s.fills, 4);
+    assert_int_equal(s.hits, 2);
+    /* The second fetch missed LMDB if the writer had not committed yet. */
+    assert_true(s.misses == 4 || s.misses == 5);
+    assert_int_equal(s.corrupt, 0);
+    /* A NULL cache just fills. */
+    fill_ctx f3 = {.seed = 3};
+    assert_int_equal(fz_cache_fetch(NULL, &k, 32, b, fill, &f3, true), 0);
+    check_bytes(b, 3, 0, 32);
+    fz_cache_close(c);
+    free(b);
+    rmtree(d);
+    free(d);
+}
+
+static void test_fill_error_not_stored(void **state)
+{
+    (void)state;
+    char *d = tmpdir();
+    fz_cache *c;
+    assert_int_equal(fz_cache_open(&c, d, 64ull << 20), 0);
+    fz_cache_key k = key_of("failing", 0);
+    uint8_t b[256];
+    fill_ctx f = {.seed = 1, .fail = FZ_EIO};
+    assert_int_equal(fz_cache_fetch(c, &k, sizeof b, b, fill, &f, true), FZ_EIO);
+    assert_non_null(strstr(fz_error_msg(), "on purpose"));
+    fz_cache_flush(c);
+    f.fail = 0;
+    assert_int_equal(fz_cache_fetch(c, &k, sizeof b, b, fill, &f, true), 0);
+    check_bytes(b, 1, 0, sizeof b);
+    assert_int_equal(atomic_load(&f.calls), 2);
+    fz_cache_close(c);
+    rmtree(d);
+    free(d);
+}
+
+static void test_persistence(void **state)
+{
+    (void)state;
+    char *d = tmpdir();
+    fz_cache *c;
+    uint8_t b[4096];
+    assert_int_equal(fz_cache_open(&c, d, 64ull << 20), 0);
+    fill_ctx f = {.seed = 11};
+    for (uint64_t i = 0; i < 10; i++) {
+        fz_cache_key k = key_of("persist", i);
+        f.seed = 11 + i;
+        assert_int_equal(fz_cache_fetch(c, &k, sizeof b, b, fill, &f, true), 0);
+    }
+    fz_cache_close(c); /* flushes and syncs */
+
+    assert_int_equal(fz_cache_open(&c, d, 64ull << 20), 0);
+    fill_ctx g = {.seed = 0};
+    for (uint64_t i = 0; i < 10; i++) {
+        fz_cache_key k = key_of("persist", i);
+        memset(b, 0, sizeof b);
+        assert_int_equal(fz_cache_fetch(c, &k, sizeof b, b, fill, &g, true), 0);
+        check_bytes(b, 11 + i, 0, sizeof b);
+    }
+    assert_int_equal(atomic_load(&g.calls), 0);
+    fz_cache_stats s = stats(c);
+    assert_int_equal(s.entries, 10);
+    assert_int_equal(s.fills, 10); /* counted by the first open, persisted */
+    assert_int_equal(s.hits, 10);
+    fz_cache_close(c);
+    rmtree(d);
+    free(d);
+}
+
+static void test_corrupt_value_recomputed(void **state)
+{
+    (void)state;
+    char *d = tmpdir();
+    fz_cache *c;
+    uint64_t len = 50000;
+    uint8_t *b = malloc(len);
+    fz_cache_key k = key_of("corrupt me", 3), k2 = key_of("corrupt me", 4),
+                 k3 = key_of("corrupt me", 5);
+    fill_ctx f = {.seed = 21}, f2 = {.seed = 22}, f3 = {.seed = 23};
+    assert_int_equal(fz_cache_open(&c, d, 64ull << 20), 0);
+    assert_int_equal(fz_cache_fetch(c, &k, len, b, fill, &f, true), 0);
+    assert_int_equal(fz_cache_fetch(c, &k2, len, b, fill, &f2, true), 0);
+    assert_int_equal(fz_cache_fetch(c, &k3, len, b, fill, &f3, true), 0);
+    fz_cache_close(c);
+
+    corrupt_value(d, &k, 48 + 12345); /* a payload byte */
+    corrupt_value(d, &k2, 30);        /* the key echo in the header */
+
+    assert_int_equal(fz_cache_open(&c, d, 64ull << 20), 0);
+    memset(b, 0, len);
+    assert_int_equal(fz_cache_fetch(c, &k, len, b, fill, &f, true), 0);
+    check_bytes(b, 21, 0, len); /* never the flipped byte */
+    assert_int_equal(atomic_load(&f.calls), 2);
+    fz_cache_flush(c);
+    assert_int_equal(fz_cache_fetch(c, &k, len, b, fill, &f, true), 0);
+    check_bytes(b, 21, 0, len);
+    assert_int_equal(atomic_load(&f.calls), 2); /* the recomputed value was stored */
+    fz_cache_stats s = stats(c);
+    assert_int_equal(s.corrupt, 1);
+
+    /* verify finds the other one and deletes it. */
+    uint64_t checked, bad;
+    assert_int_equal(fz_cache_verify(c, &checked, &bad), 0);
+    assert_int_equal(checked, 3);
+    assert_int_equal(bad, 1);
+    s = stats(c);
+    assert_int_equal(s.entries, 2);
+    assert_int_equal(s.corrupt, 2);
+    assert_int_equal(fz_cache_verify(c, &checked, &bad), 0);
+    assert_int_equal(checked, 2);
+    assert_int_equal(bad, 0);
+    assert_int_equal(fz_cache_fetch(c, &k2, len, b, fill, &f2, true), 0);
+    check_bytes(b, 22, 0, len);
+    assert_int_equal(atomic_load(&f2.calls), 2);
+
+    /* A value of another length under the key counts as corrupt too. */
+    assert_int_equal(fz_cache_fetch(c, &k3, len - 1, b, fill, &f3, true), 0);
+    check_bytes(b, 23, 0, len - 1);
+    assert_int_equal(atomic_load(&f3.calls), 2);
+    assert_int_equal(stats(c).corrupt, 3);
+    fz_cache_close(c);
+    free(b);
+    rmtree(d);
+    free(d);
+}
+
+typedef struct {
+    fz_cache *c;
+    fz_cache_key key;
+    fill_ctx *f;
+    uint64_t len, off, n;
+    pthread_barrier_t *bar;
+    int rc;
+    uint8_t *out;
+} sf_arg;
+
+static void *sf_thread(void *p)
+{
+    sf_arg *a = p;
+    pthread_barrier_wait(a->bar);
+    a->rc = fz_cache_fetch_range(a->c, &a->key, a->len, a->off, a->n, a->out, fill, a->f, true);
+    return NULL;
+}
+
+static void test_single_flight(void **state)
+{
+    (void)state;
+    enum { N = 12 };
+    char *d = tmpdir();
+    fz_cache *c;
+    assert_int_equal(fz_cache_open(&c, d, 256ull << 20), 0);
+    for (int round = 0; round < 3; round++) {
+        fill_ctx f = {.seed = 100 + (uint64_t)round, .sleep_ms = 150};
+        pthread_barrier_t bar;
+        pthread_barrier_init(&bar, NULL, N);
+        pthread_t th[N];
+        sf_arg a[N];
+        uint64_t len = 4u << 20;
+        fz_cache_key k = key_of("single flight", (uint64_t)round);
+        for (int i = 0; i < N; i++) {
+            /* Half the threads want the whole chunk, half a slice of it. */
+            uint64_t off = i % 2 ? (uint64_t)i * 1000 : 0;
+            uint64_t n = i % 2 ? 70000 : len;
+            a[i] = (sf_arg){c, k, &f, len, off, n, &bar, -1, malloc(n)};
+            assert_int_equal(pthread_create(&th[i], NULL, sf_thread, &a[i]), 0);
+        }
+        for (int i = 0; i < N; i++) {
+            pthread_join(th[i], NULL);
+            assert_int_equal(a[i].rc, 0);
+            check_bytes(a[i].out, f.seed, a[i].off, a[i].n);
+            free(a[i].out);
+        }
+        assert_int_equal(atomic_load(&f.calls), 1);
+        pthread_barrier_destroy(&bar);
+    }
+    fz_cache_stats s = stats(c);
+    assert_int_equal(s.fills, 3);
+    assert_int_equal(s.hits, 3 * (N - 1));
+    fz_cache_close(c);
+    rmtree(d);
+    free(d);
+}
+
+static void test_fetch_range(void **state)
+{
+    (void)state;
+    char *d = tmpdir();
+    fz_cache *c;
+    assert_int_equal(fz_cache_open(&c, d, 64ull << 20), 0);
+    fz_cache_key k = key_of("ranges", 0);
+    fill_ctx f = {.seed = 5};
+    uint8_t b[3000];
+    uint64_t len = 20000;
+    /* A partial miss fills the whole chunk (and stores it). */
+    assert_int_equal(fz_cache_fetch_range(c, &k, len, 100, 3000, b, fill, &f, true), 0);
+    check_bytes(b, 5, 100, 3000);
+    fz_cache_flush(c);
+    assert_int_equal(fz_cache_fetch_range(c, &k, len, len - 7, 7, b, fill, &f, true), 0);
+    check_bytes(b, 5, len - 7, 7);
+    assert_int_equal(fz_cache_fetch_range(c, &k, len, 0, 0, b, fill, &f, true), 0);
+    assert_int_equal(atomic_load(&f.calls), 1);
+    assert_int_equal(fz_cache_fetch_range(c, &k, len, len - 7, 8, b, fill, &f, true), FZ_EINVAL);
+    /* Without a cache, a range is produced from a whole-chunk fill too. */
+    fill_ctx g = {.seed = 6};
+    assert_int_equal(fz_cache_fetch_range(NULL, &k, len, 999, 1000, b, fill, &g, true), 0);
+    check_bytes(b, 6, 999, 1000);
+    fz_cache_close(c);
+    rmtree(d);
+    free(d);
+}
+
+static void test_tiny_map_evicts(void **state)
+{
+    (void)state;
+    char *d = tmpdir();
+    fz_cache *c;
+    uint64_t len = 256u << 10;
+    uint8_t *b = malloc(len);
+    assert_int_equal(fz_cache_open(&c, d, 1u << 20), 0);
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint64_t i = 0; i < 24; i++) {
+            fz_cache_key k = key_of("tiny", i);
+            fill_ctx f = {.seed = 1000 + i};
+            memset(b, 0, len);
+            assert_int_equal(fz_cache_fetch(c, &k, len, b, fill, &f, true), 0);
+            check_bytes(b, 1000 + i, 0, len);
+            if (i % 3 == 0)
+                fz_cache_flush(c);
+        }
+    }
+    fz_cache_stats s = stats(c);
+    printf("tiny map: %llu entries, %llu evictions, %llu fills, used %llu of %llu\n",
+           (unsigned long long)s.entries, (unsigned long long)s.evictions,
+           (unsigned long long)s.fills, (unsigned long long)s.used_bytes,
+           (unsigned long long)s.map_size);
+    assert_true(s.evictions > 0);
+    assert_true(s.entries >= 1 && s.entries <= 3);
+    assert_true(s.used_bytes <= s.map_size);
+    assert_true(s.fills >= 24);
+    /* What is still there is sound. */
+    uint64_t checked, bad;
+    assert_int_equal(fz_cache_verify(c, &checked, &bad), 0);
+    assert_int_equal(bad, 0);
+    assert_int_equal(checked, s.entries);
+    fz_cache_close(c);
+    free(b);
+    rmtree(d);
+    free(d);
+}
+
+static void test_clear(void **state)
+{
+    (void)state;
+    char *d = tmpdir();
+    fz_cache *c;
+    uint8_t b[1000];
+    assert_int_equal(fz_cache_open(&c, d, 64ull << 20), 0);
+    fill_ctx f = {.seed = 31};
+    for (uint64_t i = 0; i < 5; i++) {
+        fz_cache_key k = key_of("clear", i);
+        assert_int_equal(fz_cache_fetch(c, &k, sizeof b, b, fill, &f, true), 0);
+    }
+    assert_int_equal(stats(c).entries, 5);
+    assert_int_equal(fz_cache_clear(c), 0);
+    fz_cache_stats s = stats(c);
+    assert_int_equal(s.entries, 0);
+    assert_int_equal(s.bytes, 0);
+    assert_int_equal(s.fills, 0);
+    assert_int_equal(s.misses, 0);
+    fz_cache_key k = key_of("clear", 0);
+    assert_int_equal(fz_cache_fetch(c, &k, sizeof b, b, fill, &f, true), 0);
+    check_bytes(b, 31, 0, sizeof b);
+    assert_int_equal(atomic_load(&f.calls), 6);
+    fz_cache_close(c);
+    assert_int_equal(fz_cache_open(&c, d, 0), 0);
+    assert_int_equal(stats(c).entries, 1);
+    fz_cache_close(c);
+    rmtree(d);
+    free(d);
+}
+
+/* Two processes with the environment open at once, each storing its own
+ * keys; afterwards each key is a hit for the other. */
+static void test_two_processes(void **state)
+{
+    (void)state;
+    char *d = tmpdir();
+    uint8_t b[70000];
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    int me = pid == 0 ? 1 : 0;
+    fz_cache *c;
+    if (fz_cache_open(&c, d, 64ull << 20) != 0) {
+        if (pid == 0)
+            _exit(2);
+        fail_msg("open: %s", fz_error_msg());
+    }
+    for (uint64_t i = 0; i < 20; i++) {
+        fz_cache_key k = key_of(me ? "child" : "parent", i);
+        fill_ctx f = {.seed = (uint64_t)me * 100 + i};
+        if (fz_cache_fetch(c, &k, sizeof b, b, fill, &f, true) != 0 && pid == 0)
+            _exit(3);
+    }
+    fz_cache_close(c);
+    if (pid == 0)
+        _exit(0);
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    assert_int_equal(fz_cache_open(&c, d, 0), 0);
+    fill_ctx none = {.seed = 0};
+    for (int who = 0; who < 2; who++)
+        for (uint64_t i = 0; i < 20; i++) {
+            fz_cache_key k = key_of(who ? "child" : "parent", i);
+            assert_int_equal(fz_cache_fetch(c, &k, sizeof b, b, fill, &none, true), 0);
+            check_bytes(b, (uint64_t)who * 100 + i, 0, sizeof b);
+        }
+    assert_int_equal(atomic_load(&none.calls), 0);
+    fz_cache_stats s = stats(c);
+    assert_int_equal(s.entries, 40);
+    assert_int_equal(s.fills, 40);
+    assert_int_equal(s.hits, 40);
+    fz_cache_close(c);
+    rmtree(d);
+    free(d);
+}
+
+/* Hit throughput of 4 MiB chunks (printed, not asserted). */
+static void test_hit_throughput(void **state)
+{
+    (void)state;
+    char *d = tmpdir();
+    fz_cache *c;
+    uint64_t len = 4u << 20;
+    uint8_t *b = malloc(len);
+    assert_int_equal(fz_cache_open(&c, d, 1ull << 30), 0);
+    for (uint64_t i = 0; i < 16; i++) {
+        fz_cache_key k = key_of("throughput", i);
+        fill_ctx f = {.seed = i};
+        assert_int_equal(fz_cache_fetch(c, &k, len, b, fill, &f, true), 0);
+    }
+    fz_cache_flush(c);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int rounds = 8;
+    for (int r = 0; r < rounds; r++)
+        for (uint64_t i = 0; i < 16; i++) {
+            fz_cache_key k = key_of("throughput", i);
+            fill_ctx f = {.seed = i};
+            assert_int_equal(fz_cache_fetch(c, &k, len, b, fill, &f, true), 0);
+            assert_int_equal(atomic_load(&f.calls), 0);
+        }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    printf("cache hit throughput: %.0f MB/s (4 MiB chunks, verified)\n",
+           (double)rounds * 16 * (double)len / s / 1e6);
+    fz_cache_close(c);
+    free(b);
+    rmtree(d);
+    free(d);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_open_close_default_dir),
+        cmocka_unit_test(test_fill_once_then_hit),
+        cmocka_unit_test(test_fill_error_not_stored),
+        cmocka_unit_test(test_persistence),
+        cmocka_unit_test(test_corrupt_value_recomputed),
+        cmocka_unit_test(test_single_flight),
+        cmocka_unit_test(test_fetch_range),
+        cmocka_unit_test(test_tiny_map_evicts),
+        cmocka_unit_test(test_clear),
+        cmocka_unit_test(test_two_processes),
+        cmocka_unit_test(test_hit_throughput),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,253 @@
+/* The cache hook in fz_view_read (view/read.c): every byte served through
+ * the cache equals the byte served without it, for whole-chunk and odd
+ * partial reads, .bin (zip headers from cached record CRCs) and
+ * safetensors output; a second view on a reopened cache computes nothing;
+ * a non-storing reader (materialize's default) adds nothing.
+ *
+ * Runs: examples/tiny-run (real torch checkpoints, two .bin shards), and a
+ * synthetic run written here whose 12 MiB f32 matrix casts to 6 MiB of
+ * bf16, so one tensor spans two cache chunks (4 MiB + 2 MiB). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "cache/cache.h"
+#include "fz_config.h"
+#include "util/error.h"
+#include "view/view.h"
+
+static char *tmpdir(void)
+{
+    char *d = strdup("/tmp/fz_test_view_cache_XXXXXX");
+    assert_non_null(mkdtemp(d));
+    return d;
+}
+
+static void rmtree(const char *d)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", d);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void copy_file(const char *from, const char *to)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", from, to);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* A run with model.safetensors at its root: a [3000, 1024] f32 matrix and a
+ * [1000] f32 vector; metadata files copied from examples/tiny-run. */
+static char *synthetic_run(void)
+{
+    char *d = tmpdir();
+    char p[512], q[512];
+    const char *meta[] = {"config.json", "tokenizer.json", "tokenizer_config.json"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(p, sizeof p, "%s/tiny-run/%s", FZ_SOURCE_EXAMPLES_DIR, meta[i]);
+        snprintf(q, sizeof q, "%s/%s", d, meta[i]);
+        copy_file(p, q);
+    }
+    uint64_t n = 3000 * 1024, m = 1000;
+    char hdr[256];
+    int hl = snprintf(hdr, sizeof hdr,
+                      "{\"layers.0.mlp.weight\":{\"dtype\":\"F32\",\"shape\":[3000,1024],"
+                      "\"data_offsets\":[0,%llu]},\"layers.0.bias\":{\"dtype\":\"F32\","
+                      "\"shape\":[1000],\"data_offsets\":[%llu,%llu]}}",
+                      (unsigned long long)(4 * n), (unsigned long long)(4 * n),
+                      (unsigned long long)(4 * (n + m)));
+    while (hl % 8)
+        hdr[hl++] = ' ';
+    snprintf(p, sizeof p, "%s/model.safetensors", d);
+    FILE *f = fopen(p, "wb");
+    assert_non_null(f);
+    uint64_t hl64 = (uint64_t)hl;
+    assert_int_equal(fwrite(&hl64, 8, 1, f), 1);
+    assert_int_equal(fwrite(hdr, 1, (size_t)hl, f), (size_t)hl);
+    for (uint64_t i = 0; i < n + m; i++) {
+        /* Values with low mantissa bits set, so rounding to bf16 matters. */
+        float x = (float)((i * 2654435761u) % 1000003u) / 997.0f - 500.0f;
+        assert_int_equal(fwrite(&x, 4, 1, f), 1);
+    }
+    fclose(f);
+    return d;
+}
+
+typedef struct {
+    uint8_t **data;
+    uint64_t *size;
+    uint32_t n;
+} fz_snapshot;
+
+static fz_view *build(const char *src, bool safetensors)
+{
+    fz_view_opts o;
+    memset(&o, 0, sizeof o);
+    o.src = src;
+    o.dtype = "bfloat16";
+    o.safetensors = safetensors;
+    o.generation_config = "carry";
+    o.device = "cpu";
+    fz_view *v = NULL;
+    if (fz_view_build(&v, &o) != 0)
+        fail_msg("build %s: %s", src, fz_error_msg());
+    return v;
+}
+
+/* Read every file in pieces of `step` bytes (the last one shorter). */
+static fz_snapshot read_all(fz_view *v, uint64_t step)
+{
+    fz_snapshot s = {NULL, NULL, fz_view_node_count(v)};
+    s.data = calloc(s.n, sizeof *s.data);
+    s.size = calloc(s.n, sizeof *s.size);
+    for (uint32_t i = 0; i < s.n; i++) {
+        const fz_node *nd = fz_view_node(v, i);
+        if (nd->kind != FZ_NODE_FILE)
+            continue;
+        s.size[i] = nd->size;
+        s.data[i] = malloc(nd->size ? nd->size : 1);
+        for (uint64_t off = 0; off < nd->size; off += step) {
+            uint64_t len = nd->size - off < step ? nd->size - off : step;
+            if (fz_view_read(v, i, off, len, s.data[i] + off) != 0)
+                fail_msg("read %s: %s", nd->path, fz_error_msg());
+        }
+    }
+    return s;
+}
+
+static void snap_equal(const fz_snapshot *a, const fz_snapshot *b)
+{
+    assert_int_equal(a->n, b->n);
+    for (uint32_t i = 0; i < a->n; i++) {
+        assert_int_equal(a->size[i], b->size[i]);
+        if (a->data[i] && memcmp(a->data[i], b->data[i], (size_t)a->size[i]) != 0)
+            fail_msg("node %u differs", i);
+    }
+}
+
+static void snap_free(fz_snapshot *s)
+{
+    for (uint32_t i = 0; i < s->n; i++)
+        free(s->data[i]);
+    free(s->data);
+    free(s->size);
+}
+
+static fz_cache_stats stats(fz_cache *c)
+{
+    fz_cache_stats s;
+    assert_int_equal(fz_cache_get_stats(c, &s), 0);
+    return s;
+}
+
+static void check_run(const char *src, bool safetensors, bool multi_chunk)
+{
+    char *cdir = tmpdir();
+    fz_cache *c;
+
+    fz_view *v = build(src, safetensors);
+    fz_snapshot ref = read_all(v, UINT64_MAX / 2);
+    fz_view_free(v);
+
+    /* A non-storing reader through an empty cache: same bytes, nothing kept. */
+    assert_int_equal(fz_cache_open(&c, cdir, 256ull << 20), 0);
+    v = build(src, safetensors);
+    fz_view_set_cache(v, c, false);
+    fz_snapshot s0 = read_all(v, 1u << 20);
+    snap_equal(&ref, &s0);
+    snap_free(&s0);
+    fz_view_free(v);
+    assert_int_equal(stats(c).entries, 0);
+
+    /* Filling: odd-sized partial reads, then whole 4 MiB-aligned reads. */
+    v = build(src, safetensors);
+    fz_view_set_cache(v, c, true);
+    fz_snapshot s1 = read_all(v, 131072 + 17);
+    snap_equal(&ref, &s1);
+    snap_free(&s1);
+    fz_view_free(v);
+    fz_cache_stats st1 = stats(c);
+    assert_true(st1.entries > 0);
+    assert_true(st1.fills > 0);
+    fz_cache_close(c);
+
+    /* Another view on the reopened cache: every chunk and CRC is a hit. */
+    assert_int_equal(fz_cache_open(&c, cdir, 0), 0);
+    v = build(src, safetensors);
+    fz_view_set_cache(v, c, true);
+    fz_snapshot s2 = read_all(v, 4u << 20);
+    snap_equal(&ref, &s2);
+    snap_free(&s2);
+    fz_snapshot s3 = read_all(v, 3u << 20); /* reads straddling chunk edges */
+    snap_equal(&ref, &s3);
+    snap_free(&s3);
+    fz_view_free(v);
+    fz_cache_stats st2 = stats(c);
+    assert_int_equal(st2.fills, st1.fills);
+    assert_int_equal(st2.entries, st1.entries);
+    assert_true(st2.hits > st1.hits);
+    if (multi_chunk)
+        assert_true(st2.bytes > (4u << 20));
+    uint64_t checked, bad;
+    assert_int_equal(fz_cache_verify(c, &checked, &bad), 0);
+    assert_int_equal(checked, st2.entries);
+    assert_int_equal(bad, 0);
+    fz_cache_close(c);
+
+    snap_free(&ref);
+    rmtree(cdir);
+    free(cdir);
+}
+
+static void test_tiny_run_bin(void **state)
+{
+    (void)state;
+    char src[512];
+    snprintf(src, sizeof src, "%s/tiny-run", FZ_SOURCE_EXAMPLES_DIR);
+    check_run(src, false, false);
+}
+
+static void test_tiny_run_safetensors(void **state)
+{
+    (void)state;
+    char src[512];
+    snprintf(src, sizeof src, "%s/tiny-run", FZ_SOURCE_EXAMPLES_DIR);
+    check_run(src, true, false);
+}
+
+static void test_multi_chunk_bin(void **state)
+{
+    (void)state;
+    char *d = synthetic_run();
+    check_run(d, false, true);
+    rmtree(d);
+    free(d);
+}
+
+static void test_multi_chunk_safetensors(void **state)
+{
+    (void)state;
+    char *d = synthetic_run();
+    check_run(d, true, true);
+    rmtree(d);
+    free(d);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tiny_run_bin),
+        cmocka_unit_test(test_tiny_run_safetensors),
+        cmocka_unit_test(test_multi_chunk_bin),
+        cmocka_unit_test(test_multi_chunk_safetensors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

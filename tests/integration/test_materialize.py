@@ -315,6 +315,20 @@ def test_tokenizer_loads_and_new_tokens_round_trip(res):
         assert tok.encode(t, add_special_tokens=False) == [i], t
         assert tok.decode([i]) == t
     exp_tok = ref.expected_tokenizer(r.exp["src"], plan, r.exp["template"])
+    assert sorted(tok.all_special_tokens) == sorted(exp_tok.all_special_tokens)
+    assert sorted(tok.all_special_ids) == sorted(exp_tok.all_special_ids)
+    tc = ref.read_json(os.path.join(r.dest, "tokenizer_config.json"))
+    for role in ref.ROLES:
+        v = tc.get(role)
+        v = v.get("content") if isinstance(v, dict) else v
+        assert v == plan["roles"][role], f"tokenizer_config.json {role}: {v!r}"
+    stm = os.path.join(r.dest, "special_tokens_map.json")
+    if os.path.exists(stm):
+        m = ref.read_json(stm)
+        for role in ref.ROLES:
+            v = m.get(role)
+            v = v.get("content") if isinstance(v, dict) else v
+            assert v == plan["roles"][role], f"special_tokens_map.json {role}: {v!r}"
     text = "Hello, world! " + " ".join(t for _, t, _ in plan["new"]) + " the model learns weights."
     assert tok.encode(text) == exp_tok.encode(text)
     assert tok.decode(tok.encode(text)) == exp_tok.decode(exp_tok.encode(text))

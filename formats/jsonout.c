@@ -2,6 +2,8 @@
  * float formatting both Python and serde_json use. */
 #include "formats/jsonout.h"
 
+#include <errno.h>
+
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -311,6 +313,9 @@ static int emit_value(const json_t *v, const emit_style *st, int depth, fz_buf *
     case JSON_OBJECT: return emit_object(v, st, depth, out);
     case JSON_ARRAY: return emit_array(v, st, depth, out);
     case JSON_STRING:
+        if (json_string_length(v) > FZ_BIGINT_TAG_LEN &&
+            memcmp(json_string_value(v), FZ_BIGINT_TAG, FZ_BIGINT_TAG_LEN) == 0)
+            return fz_buf_puts(out, json_string_value(v) + FZ_BIGINT_TAG_LEN);
         return emit_string(json_string_value(v), json_string_length(v), st->ensure_ascii, out);
     case JSON_INTEGER: return fz_buf_printf(out, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
     case JSON_REAL:
@@ -348,10 +353,85 @@ int fz_json_emit_tokenizers(const json_t *v, fz_buf *out)
     return rc;
 }
 
+/* Integers beyond 64 bits (transformers writes model_max_length =
+ * int(1e30) when a tokenizer has none) do not fit jansson's json_int_t.
+ * Rather than fail, or turn every integer into a real, such a literal is
+ * parsed as a tagged string (FZ_BIGINT_TAG + its digits) that the emitter
+ * writes back as the same bare digits: the value round-trips exactly and
+ * nothing in fzfs reads it as a number. Returns a new text (caller frees),
+ * or NULL when no literal needed rewriting. */
+static char *tag_big_integers(const char *text, size_t len, size_t *out_len)
+{
+    fz_buf b = FZ_BUF_INIT;
+    size_t i = 0, copied = 0;
+    bool in_str = false, changed = false;
+    while (i < len) {
+        char c = text[i];
+        if (in_str) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_str = false;
+            i++;
+            continue;
+        }
+        if (c == '"') {
+            in_str = true;
+            i++;
+            continue;
+        }
+        if (c != '-' && (c < '0' || c > '9')) {
+            i++;
+            continue;
+        }
+        size_t start = i, digits = 0;
+        bool integral = true;
+        if (text[i] == '-')
+            i++;
+        while (i < len && ((text[i] >= '0' && text[i] <= '9') || text[i] == '.' || text[i] == 'e' ||
+                           text[i] == 'E' || text[i] == '+' || text[i] == '-')) {
+            if (text[i] >= '0' && text[i] <= '9')
+                digits++;
+            else
+                integral = false;
+            i++;
+        }
+        if (!integral || digits < 19)
+            continue;
+        char num[64];
+        size_t n = i - start;
+        if (n >= sizeof num)
+            n = sizeof num - 1;
+        memcpy(num, text + start, n);
+        num[n] = '\0';
+        errno = 0;
+        (void)strtoll(num, NULL, 10);
+        if (errno != ERANGE && i - start < sizeof num)
+            continue;
+        if (fz_buf_append(&b, text + copied, start - copied) || fz_buf_puts(&b, "\"") ||
+            fz_buf_puts(&b, FZ_BIGINT_TAG_JSON) || fz_buf_append(&b, text + start, i - start) ||
+            fz_buf_puts(&b, "\"")) {
+            fz_buf_free(&b);
+            return NULL;
+        }
+        copied = i;
+        changed = true;
+    }
+    if (!changed || fz_buf_append(&b, text + copied, len - copied)) {
+        fz_buf_free(&b);
+        return NULL;
+    }
+    return (char *)fz_buf_steal(&b, out_len);
+}
+
 json_t *fz_json_parse(const char *text, size_t len, const char *path)
 {
     json_error_t err;
-    json_t *v = json_loadb(text, len, JSON_REJECT_DUPLICATES, &err);
+    size_t tlen = 0;
+    char *tagged = tag_big_integers(text, len, &tlen);
+    json_t *v = tagged ? json_loadb(tagged, tlen, JSON_REJECT_DUPLICATES, &err)
+                       : json_loadb(text, len, JSON_REJECT_DUPLICATES, &err);
+    free(tagged);
     if (!v)
         fz_error_set(FZ_EFORMAT, "%s: invalid JSON at line %d column %d: %s", path ? path : "<json>",
                      err.line, err.column, err.text);

@@ -44,6 +44,12 @@ void fz_json_format_real(double d, char *buf);
  * >= 32 bytes. */
 void fz_json_format_real_rust(double d, char *buf);
 
+/* Integer literals beyond 64 bits are parsed as strings carrying this tag
+ * followed by their digits, and emitted back as the bare digits. */
+#define FZ_BIGINT_TAG "\001fz-bigint:"
+#define FZ_BIGINT_TAG_JSON "\\u0001fz-bigint:"
+#define FZ_BIGINT_TAG_LEN (sizeof FZ_BIGINT_TAG - 1)
+
 /* Parse a JSON document (object or array) from memory with integer/real
  * distinction and key order kept, rejecting duplicate keys. NULL on error
  * with the detail set ("PATH: invalid JSON at line L column C: reason"; the

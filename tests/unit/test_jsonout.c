@@ -94,6 +94,26 @@ static void test_ints(void **state)
                         "[9223372036854775807, -9223372036854775808, 0, 0, 8.0, -0.0]");
 }
 
+/* transformers writes model_max_length = int(1e30) when a tokenizer has none:
+ * such integers must survive parse + emit exactly, strings that merely look
+ * like numbers must not be touched, and 64-bit integers stay integers. */
+static void test_big_integers(void **state)
+{
+    (void)state;
+    fz_json_style compact = {0, false, true, false};
+    const char *src = "{\"m\": 1000000000000000019884624838656, \"n\": -99999999999999999999,"
+                      " \"s\": \"12345678901234567890123\", \"r\": 1.5e300,"
+                      " \"i\": 9223372036854775807}";
+    assert_string_equal(emit(src, compact),
+                        "{\"m\": 1000000000000000019884624838656, \"n\": -99999999999999999999, "
+                        "\"s\": \"12345678901234567890123\", \"r\": 1.5e+300, "
+                        "\"i\": 9223372036854775807}");
+    json_t *v = fz_json_parse(src, strlen(src), "t");
+    assert_true(json_is_integer(json_object_get(v, "i")));
+    assert_true(json_is_string(json_object_get(v, "s")));
+    json_decref(v);
+}
+
 static void test_escapes(void **state)
 {
     (void)state;
@@ -128,6 +148,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_repr_table), cmocka_unit_test(test_repr_specials), cmocka_unit_test(test_layout),
         cmocka_unit_test(test_ints),       cmocka_unit_test(test_escapes),       cmocka_unit_test(test_parse_errors),
+        cmocka_unit_test(test_big_integers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,6 +4,7 @@
  * tensor data. */
 #include <errno.h>
 #include <fcntl.h>
+#include <regex.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -103,9 +104,18 @@ static int validate_opts(const fz_view_opts *o)
         strcmp(o->dtype, "float32"))
         return fz_error_set(FZ_EUSAGE, "--dtype must be one of bfloat16, float16, float32, got "
                             "'%s'", o->dtype);
-    if (o->quantize)
-        return fz_error_set(FZ_EUSAGE, "--quantize %s: quantization is not yet supported",
-                            o->quantize);
+    if (o->quantize && !fz_qscheme_find(o->quantize))
+        return fz_error_set(FZ_EUSAGE, "--quantize must be one of (%s), got '%s'",
+                            fz_qscheme_names(), o->quantize);
+    if (o->quantize_ignore) {
+        regex_t re;
+        if (!o->quantize)
+            return fz_error_set(FZ_EUSAGE, "--quantize-ignore needs --quantize");
+        if (regcomp(&re, o->quantize_ignore, REG_EXTENDED | REG_NOSUB) != 0)
+            return fz_error_set(FZ_EUSAGE, "--quantize-ignore '%s' is not a valid regular "
+                                "expression", o->quantize_ignore);
+        regfree(&re);
+    }
     if (o->root_copy && o->keep_optimizer)
         return fz_error_set(FZ_EINVAL, "--root-copy and --keep-optimizer are mutually exclusive");
     return 0;
@@ -337,6 +347,8 @@ static int build_meta(fz_view *v, json_t **config_out)
         goto done;
     }
     rc = find_roles(v, config, &in.tie_word_embeddings);
+    if (rc == 0 && v->quant && (rc = fz_view_quant_config(v)) == 0)
+        in.quantization_config = v->quant_config;
     if (rc == 0)
         rc = fz_meta_build(&in, &v->meta);
     if (rc)
@@ -401,8 +413,9 @@ static int build_recipes(fz_view *v)
     size_t total = 0;
     for (uint32_t f = 0; f < v->src.nfiles; f++)
         total += v->tensors[f].n;
-    v->recipes = calloc(total ? total : 1, sizeof *v->recipes);
-    v->outs = calloc(total ? total : 1, sizeof *v->outs);
+    total = 3 * total + 1; /* a quantized weight becomes up to three tensors */
+    v->recipes = calloc(total, sizeof *v->recipes);
+    v->outs = calloc(total, sizeof *v->outs);
     if (!v->recipes || !v->outs)
         return fz_error_set(FZ_ENOMEM, "out of memory");
     fz_dtype want = FZ_DT_COUNT;
@@ -413,6 +426,14 @@ static int build_recipes(fz_view *v)
         uint32_t first_recipe = v->nrecipes;
         for (size_t i = 0; i < l->n; i++) {
             const fz_tensor *t = &l->v[i];
+            const char *role = role_of(v, t->name);
+            if (fz_view_quantizable(v, t, role)) {
+                fz_dtype val = want != FZ_DT_COUNT ? want : t->dtype;
+                int rc = fz_view_add_quantized(v, f, t, val);
+                if (rc)
+                    return rc;
+                continue;
+            }
             fz_outtensor *o = &v->outs[v->nouts];
             o->name = strdup(t->name);
             if (!o->name)
@@ -423,7 +444,7 @@ static int build_recipes(fz_view *v)
             /* An alias of an earlier tensor of this file shares its recipe. */
             bool found = false;
             for (uint32_t r = first_recipe; r < v->nrecipes && !found; r++)
-                if (same_view(&v->recipes[r].src, t)) {
+                if (v->recipes[r].part == FZ_PART_PLAIN && same_view(&v->recipes[r].src, t)) {
                     o->recipe = r;
                     o->alias = true;
                     found = true;
@@ -468,7 +489,8 @@ static int dup_opts(fz_view *v, const fz_view_opts *o)
                         &v->opts.add_tokens,  &v->opts.chat_template_path,
                         &v->opts.stop_tokens, &v->opts.generation_config,
                         &v->opts.dtype,       &v->opts.device,
-                        &v->opts.quantize,    &v->opts.embedding_tensors};
+                        &v->opts.quantize,    &v->opts.embedding_tensors,
+                        &v->opts.quantize_ignore};
     for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
         if (*s[i] && !(*s[i] = strdup(*s[i])))
             return fz_error_set(FZ_ENOMEM, "out of memory");
@@ -485,6 +507,13 @@ int fz_view_build(fz_view **out, const fz_view_opts *o)
     pthread_mutex_init(&v->crc_lock, NULL);
     if ((rc = dup_opts(v, o)) || (rc = validate_opts(&v->opts)))
         goto done;
+    if (v->opts.quantize) {
+        v->quant = fz_qscheme_find(v->opts.quantize);
+        if (!v->opts.safetensors)
+            fz_info("--quantize %s writes compressed-tensors safetensors (--safetensors implied)",
+                    v->opts.quantize);
+        v->opts.safetensors = true;
+    }
     if ((rc = fz_source_find(&v->src, o->src, o->checkpoint)))
         goto done;
     if (o->keep_optimizer) {
@@ -557,10 +586,12 @@ void fz_view_free(fz_view *v)
     free(v->head_name);
     free(v->head_bias_name);
     free(v->dest_ckpt_dir);
+    json_decref(v->quant_config);
     const char *s[] = {v->opts.src,         v->opts.checkpoint, v->opts.add_tokens,
                        v->opts.chat_template_path, v->opts.stop_tokens,
                        v->opts.generation_config,  v->opts.dtype,   v->opts.device,
-                       v->opts.quantize,           v->opts.embedding_tensors};
+                       v->opts.quantize,           v->opts.embedding_tensors,
+                       v->opts.quantize_ignore};
     for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
         free((char *)s[i]);
     pthread_mutex_destroy(&v->crc_lock);

@@ -38,10 +38,13 @@ typedef struct {
     uint32_t shard;    /* output shard index */
     bool alias;        /* shares the record/data of an earlier entry of the same shard */
     const char *role;  /* "embedding", "head", "head bias" or NULL */
+    bool quantized;    /* part of a quantized Linear */
 } fz_outtensor;
 
 struct fz_view {
     fz_view_opts opts;
+    const fz_qscheme *quant; /* --quantize, or NULL */
+    json_t *quant_config;    /* quantization_config block for config.json */
     fz_source src;
     fz_meta_out meta;
     bool tied;             /* embedding and head are one matrix */
@@ -79,5 +82,12 @@ struct fz_view {
 
 /* view/build.c helpers used by the other view files. */
 int fz_view_open_source_file(fz_view *v, const char *path, uint32_t *idx);
+
+/* view/quant.c: whether source tensor t of file f is quantized; append its
+ * quantized parts (recipes and out tensors) for shard f. */
+bool fz_view_quantizable(const fz_view *v, const fz_tensor *t, const char *role);
+int fz_view_add_quantized(fz_view *v, uint32_t f, const fz_tensor *t, fz_dtype val_dtype);
+/* The quantization_config block (with the ignore list) for config.json. */
+int fz_view_quant_config(fz_view *v);
 
 #endif

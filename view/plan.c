@@ -8,6 +8,12 @@
 static const char *op_of(const fz_view *v, const fz_recipe *r)
 {
     (void)v;
+    if (r->part == FZ_PART_QWEIGHT)
+        return r->cast ? "cast+quantize" : "quantize";
+    if (r->part == FZ_PART_QSCALE)
+        return "quant-scale";
+    if (r->part == FZ_PART_CONST)
+        return "constant";
     if (fz_recipe_is_span(r, NULL))
         return "copy";
     if (r->resize)
@@ -72,6 +78,15 @@ int fz_view_plan_text(const fz_view *v, FILE *f)
                                                                      : "carry")
                                         : "none (no generation_config.json)");
     fprintf(f, "Optimizer:   %s\n", v->opts.keep_optimizer ? "carried" : "dropped");
+    if (v->quant) {
+        json_t *ign = json_object_get(v->quant_config, "ignore");
+        size_t k;
+        json_t *e;
+        fprintf(f, "Quantize:    %s (compressed-tensors %s); not quantized:", v->quant->recipe,
+                v->quant->format);
+        json_array_foreach(ign, k, e) fprintf(f, "%s %s", k ? "," : "", json_string_value(e));
+        fprintf(f, "\n");
+    }
     fprintf(f, "\nTensors:\n");
     for (uint32_t i = 0; i < v->nouts; i++) {
         const fz_outtensor *o = &v->outs[i];
@@ -127,6 +142,15 @@ int fz_view_plan_json(const fz_view *v, fz_buf *out)
     json_object_set_new(root, "embedding", v->embed_name ? json_string(v->embed_name) : json_null());
     json_object_set_new(root, "head", v->head_name ? json_string(v->head_name) : json_null());
     json_object_set_new(root, "tied", json_boolean(v->tied));
+    if (v->quant) {
+        json_t *q = json_object();
+        json_object_set_new(q, "recipe", json_string(v->quant->recipe));
+        json_object_set_new(q, "format", json_string(v->quant->format));
+        json_object_set(q, "ignore", json_object_get(v->quant_config, "ignore"));
+        json_object_set_new(root, "quantize", q);
+    } else {
+        json_object_set_new(root, "quantize", json_null());
+    }
     json_t *tensors = json_array();
     for (uint32_t i = 0; i < v->nouts; i++) {
         const fz_outtensor *o = &v->outs[i];

@@ -31,7 +31,8 @@ typedef struct {
     bool safetensors;
     const char *dtype;               /* bfloat16 | float16 | float32 | NULL */
     const char *device;              /* only "cpu" */
-    const char *quantize;            /* not yet supported */
+    const char *quantize;            /* compressed-tensors recipe (implies safetensors) */
+    const char *quantize_ignore;     /* regex (POSIX ERE) of module names not to quantize */
     const char *embedding_tensors;   /* "NAME[,NAME...]": override the embedding/head guess */
 } fz_view_opts;
 

@@ -9,6 +9,7 @@
   and caches the result for every test that asks for the same thing.
 """
 
+import atexit
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import tempfile
 import pytest
 
 _SESSION_TMP = tempfile.mkdtemp(prefix="fzfs-it-")
+atexit.register(shutil.rmtree, _SESSION_TMP, True)
 os.environ["HF_HOME"] = os.path.join(_SESSION_TMP, "hf-home")  # trust_remote_code module cache
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

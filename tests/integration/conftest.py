@@ -34,6 +34,12 @@ REPO = finalize_ref.REPO
 EXAMPLES = os.path.join(REPO, "examples")
 MAKE_RUNS = os.path.join(REPO, "tests", "fixtures", "make_runs.py")
 FZFS_BIN = os.environ.get("FZFS_BIN", os.path.join(REPO, "build", "fzfs"))
+# Optional sanitizer build (scripts/test.sh sets it): the refusal and corrupt-input tests
+# run against it too, and any ASan/UBSan/LSan report fails them.
+FZFS_ASAN_BIN = os.environ.get("FZFS_ASAN_BIN")
+SANITIZER_ENV = {"ASAN_OPTIONS": "exitcode=86:detect_leaks=1:abort_on_error=0",
+                 "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1:exitcode=87",
+                 "LSAN_OPTIONS": "exitcode=88"}
 TIMEOUT = 120
 
 CHATML_YAML = os.path.join(EXAMPLES, "add_tokens", "chatml.yaml")
@@ -79,12 +85,13 @@ class Runs:
 
 
 class Fzfs:
-    def __init__(self, binary, home):
+    def __init__(self, binary, home, extra_env=None):
         self.binary = binary
         self.home = home
         env = dict(os.environ)
         env.update({"HOME": home, "XDG_CONFIG_HOME": os.path.join(home, ".config"),
                     "XDG_CACHE_HOME": os.path.join(home, ".cache"), "LC_ALL": "C"})
+        env.update(extra_env or {})
         self.env = env
 
     def run(self, *args, timeout=TIMEOUT, cwd=None):

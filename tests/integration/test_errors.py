@@ -8,7 +8,20 @@ import zipfile
 
 import pytest
 
-from conftest import CHATML_YAML
+from conftest import CHATML_YAML, FZFS_ASAN_BIN, SANITIZER_ENV, Fzfs
+
+BUILDS = ["release"] + (["asan"] if FZFS_ASAN_BIN else [])
+
+
+@pytest.fixture(params=BUILDS)
+def fzfs(request, home):
+    """Every test here runs against the release binary and, when FZFS_ASAN_BIN is set,
+    the ASan/UBSan build (a sanitizer report fails the test)."""
+    if request.param == "release":
+        from conftest import FZFS_BIN
+        return Fzfs(FZFS_BIN, home)
+    assert os.access(FZFS_ASAN_BIN, os.X_OK), f"FZFS_ASAN_BIN={FZFS_ASAN_BIN} is not executable"
+    return Fzfs(FZFS_ASAN_BIN, home, SANITIZER_ENV)
 
 
 def clone(runs, name, tmp_path):

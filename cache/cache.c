@@ -78,38 +78,85 @@ static bool key_eq(const fz_cache_key *a, const fz_cache_key *b)
     return a->hi == b->hi && a->lo == b->lo && a->chunk == b->chunk;
 }
 
+static unsigned block_shift(uint64_t len)
+{
+    unsigned shift = FZ_CACHE_BLOCK_SHIFT;
+    while ((len >> shift) >= FZ_CACHE_MAX_BLOCKS)
+        shift++;
+    return shift;
+}
+
+static uint64_t nblocks(uint64_t len, unsigned shift)
+{
+    return len ? ((len - 1) >> shift) + 1 : 0;
+}
+
+uint64_t fz_cache_header_len(uint64_t len)
+{
+    return FZ_CACHE_HDR_FIXED + 8 * nblocks(len, block_shift(len));
+}
+
 void fz_cache_header(uint8_t *hdr, const fz_cache_key *key, const uint8_t *bytes, uint64_t len)
 {
+    unsigned shift = block_shift(len);
+    uint64_t nb = nblocks(len, shift), bs = 1ull << shift;
+    uint8_t *table = hdr + FZ_CACHE_HDR_FIXED;
+    for (uint64_t b = 0; b < nb; b++) {
+        uint64_t o = b << shift, n = len - o < bs ? len - o : bs;
+        put_le64(table + 8 * b, XXH3_64bits(bytes + o, (size_t)n));
+    }
     uint32_t magic = FZ_CACHE_MAGIC;
     for (int i = 0; i < 4; i++)
         hdr[i] = (uint8_t)(magic >> (8 * i));
     hdr[4] = FZ_CACHE_VALUE_VERSION & 0xff;
     hdr[5] = FZ_CACHE_VALUE_VERSION >> 8;
-    hdr[6] = FZ_CACHE_HDR & 0xff;
-    hdr[7] = FZ_CACHE_HDR >> 8;
+    hdr[6] = (uint8_t)shift;
+    hdr[7] = 0;
     put_le64(hdr + 8, len);
-    put_le64(hdr + 16, XXH3_64bits(bytes, (size_t)len));
+    put_le64(hdr + 16, XXH3_64bits(table, (size_t)(8 * nb)));
     put_le64(hdr + 24, key->hi);
     put_le64(hdr + 32, key->lo);
     put_le64(hdr + 40, key->chunk);
 }
 
-bool fz_cache_value_ok(const uint8_t *val, uint64_t vlen, const fz_cache_key *key, uint64_t *len)
+bool fz_cache_value_parse(const uint8_t *val, uint64_t vlen, const fz_cache_key *key, uint64_t *len,
+                          const uint8_t **payload)
 {
-    if (vlen < FZ_CACHE_HDR)
+    if (vlen < FZ_CACHE_HDR_FIXED)
         return false;
     uint32_t magic = (uint32_t)val[0] | (uint32_t)val[1] << 8 | (uint32_t)val[2] << 16 |
                      (uint32_t)val[3] << 24;
     unsigned version = val[4] | (unsigned)val[5] << 8;
-    unsigned hlen = val[6] | (unsigned)val[7] << 8;
+    unsigned shift = val[6];
     uint64_t n = get_le64(val + 8);
     fz_cache_key echo = {get_le64(val + 24), get_le64(val + 32), get_le64(val + 40)};
-    if (magic != FZ_CACHE_MAGIC || version != FZ_CACHE_VALUE_VERSION || hlen != FZ_CACHE_HDR ||
-        n != vlen - FZ_CACHE_HDR || !key_eq(&echo, key))
+    if (magic != FZ_CACHE_MAGIC || version != FZ_CACHE_VALUE_VERSION || val[7] != 0 ||
+        n > vlen || shift != block_shift(n) || !key_eq(&echo, key))
         return false;
-    if (XXH3_64bits(val + FZ_CACHE_HDR, (size_t)n) != get_le64(val + 16))
+    uint64_t hl = fz_cache_header_len(n);
+    if (hl > vlen || vlen - hl != n)
+        return false;
+    uint64_t nb = nblocks(n, shift);
+    if (XXH3_64bits(val + FZ_CACHE_HDR_FIXED, (size_t)(8 * nb)) != get_le64(val + 16))
         return false;
     *len = n;
+    *payload = val + hl;
+    return true;
+}
+
+bool fz_cache_value_check(const uint8_t *val, uint64_t off, uint64_t n)
+{
+    uint64_t len = get_le64(val + 8);
+    unsigned shift = val[6];
+    uint64_t bs = 1ull << shift;
+    const uint8_t *table = val + FZ_CACHE_HDR_FIXED, *payload = val + fz_cache_header_len(len);
+    if (n == 0)
+        return true;
+    for (uint64_t b = off >> shift; b <= (off + n - 1) >> shift; b++) {
+        uint64_t o = b << shift, k = len - o < bs ? len - o : bs;
+        if (XXH3_64bits(payload + o, (size_t)k) != get_le64(table + 8 * b))
+            return false;
+    }
     return true;
 }
 
@@ -399,6 +446,7 @@ static int lookup(fz_cache *c, const fz_cache_key *key, uint64_t len, uint64_t o
     MDB_txn *txn;
     MDB_val k = {FZ_CACHE_KEYLEN, kb}, v;
     uint64_t vl = 0;
+    const uint8_t *payload;
     fz_cache_key_encode(key, kb);
     int mrc = fz_cache_txn_begin(c, MDB_RDONLY, &txn);
     if (mrc) {
@@ -412,9 +460,10 @@ static int lookup(fz_cache *c, const fz_cache_key *key, uint64_t len, uint64_t o
     } else if (mrc) {
         fz_log(FZ_LOG_WARNING, "cache: mdb_get: %s", mdb_strerror(mrc));
         res = -2;
-    } else if (fz_cache_value_ok(v.mv_data, v.mv_size, key, &vl) && vl == len) {
+    } else if (fz_cache_value_parse(v.mv_data, v.mv_size, key, &vl, &payload) && vl == len &&
+               fz_cache_value_check(v.mv_data, off, n)) {
         /* The pointer is into the map: valid only until the txn ends. */
-        memcpy(out, (const uint8_t *)v.mv_data + FZ_CACHE_HDR + off, (size_t)n);
+        memcpy(out, payload + off, (size_t)n);
         res = 1;
     } else {
         res = -1;
@@ -608,8 +657,8 @@ int fz_cache_get_stats(fz_cache *c, fz_cache_stats *out)
     out->map_size = c->map_size;
     if ((mrc = mdb_cursor_open(txn, c->dbi_data, &cur)) == 0) {
         while (mdb_cursor_get(cur, &k, &v, MDB_NEXT) == 0)
-            if (v.mv_size >= FZ_CACHE_HDR)
-                out->bytes += v.mv_size - FZ_CACHE_HDR;
+            if (v.mv_size >= FZ_CACHE_HDR_FIXED)
+                out->bytes += get_le64((const uint8_t *)v.mv_data + 8);
         mdb_cursor_close(cur);
     }
     fz_cache_txn_end(c, txn, false);
@@ -686,7 +735,9 @@ int fz_cache_verify(fz_cache *c, uint64_t *checked, uint64_t *bad)
                 fz_cache_key_decode(k.mv_data, &key);
                 memcpy(last, k.mv_data, sizeof last);
                 have_last = true;
-                ok = fz_cache_value_ok(v.mv_data, v.mv_size, &key, &n);
+                const uint8_t *payload;
+                ok = fz_cache_value_parse(v.mv_data, v.mv_size, &key, &n, &payload) &&
+                     fz_cache_value_check(v.mv_data, 0, n);
             }
             (*checked)++;
             if (!ok && k.mv_size == FZ_CACHE_KEYLEN) {

@@ -2,9 +2,11 @@
  * later read (same mount, a later mount, or materialize) does not compute
  * them again. DESIGN.md "Cache" is the design; this header is the contract.
  *
- * A value is one chunk (<= 4 MiB) plus a small header (length, checksum of
- * the bytes, the key echoed); a value that fails verification is deleted and
- * recomputed, never served. Fills are single-flight within a process: two
+ * A value is one chunk (<= 4 MiB) plus a small header (length, the key
+ * echoed, an XXH3-64 checksum of each 64 KiB block of the bytes); every
+ * read checks the header and the blocks it serves, and a value that fails
+ * is deleted and recomputed, never served. A value larger than a third of
+ * the map is computed every time, not stored. Fills are single-flight within a process: two
  * threads wanting the same missing key compute it once. Writes are batched
  * by one writer thread; MDB_NOTLS, MDB_NOSYNC without MDB_WRITEMAP (a crash
  * may lose recent entries, never corrupt one); fz_cache_close syncs.

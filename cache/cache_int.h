@@ -13,12 +13,18 @@
 
 #include "cache/cache.h"
 
-/* A stored value: this header, then the chunk bytes. All fields little
- * endian. The key is echoed so a value that landed under the wrong key (or
- * a torn write another process could observe) fails verification. */
+/* A stored value: a header, then the chunk bytes. The header is 48 fixed
+ * bytes - magic u32, version u16, block shift u8, reserved u8, length
+ * u64, XXH3-64 of the block table u64, the key echoed (hi, lo, chunk u64)
+ * - then the block table: XXH3-64 of each 2^shift-byte block of the bytes
+ * (the last block shorter). All little endian. Per-block checksums let a
+ * read of a few blocks (a 128 KiB FUSE read of a 4 MiB chunk) verify just
+ * what it serves; the echoed key makes a value under the wrong key fail. */
 #define FZ_CACHE_MAGIC 0x31435a46u /* "FZC1" */
 #define FZ_CACHE_VALUE_VERSION 1u
-#define FZ_CACHE_HDR 48u /* magic u32, version u16, hdr_len u16, len u64, xxh64 u64, key 3*u64 */
+#define FZ_CACHE_HDR_FIXED 48u
+#define FZ_CACHE_BLOCK_SHIFT 16u   /* 64 KiB blocks ... */
+#define FZ_CACHE_MAX_BLOCKS 4096u  /* ... grown for values over 256 MiB */
 #define FZ_CACHE_KEYLEN 24u /* hi, lo, chunk: big endian so a recipe's chunks sort together */
 
 /* Bound on bytes queued for the writer (values copied out of fetches). */
@@ -120,10 +126,16 @@ void fz_cache_queue_touch(fz_cache *c, const fz_cache_key *key);
 bool fz_cache_queue_lookup(fz_cache *c, const fz_cache_key *key, uint64_t len, uint64_t off,
                            uint64_t n, uint8_t *out);
 /* cache.c: value headers */
-/* Write the value header for (key, bytes) into hdr[FZ_CACHE_HDR]. */
+/* Header bytes (fixed part + block table) of a value of len bytes. */
+uint64_t fz_cache_header_len(uint64_t len);
+/* Write the header for (key, bytes) into hdr[fz_cache_header_len(len)]. */
 void fz_cache_header(uint8_t *hdr, const fz_cache_key *key, const uint8_t *bytes, uint64_t len);
-/* Whether value (vlen bytes) is a sound value for key; on success *len is
- * the payload length. Checks the header and the checksum of the bytes. */
-bool fz_cache_value_ok(const uint8_t *val, uint64_t vlen, const fz_cache_key *key, uint64_t *len);
+/* Check a value's header against key (magic, version, sizes, key echo,
+ * the block table's checksum); on success *len is the payload length and
+ * *payload points at it inside val. Does not read the payload. */
+bool fz_cache_value_parse(const uint8_t *val, uint64_t vlen, const fz_cache_key *key, uint64_t *len,
+                          const uint8_t **payload);
+/* Check the blocks of a parsed value that overlap [off, off+n). */
+bool fz_cache_value_check(const uint8_t *val, uint64_t off, uint64_t n);
 
 #endif

@@ -45,8 +45,15 @@ static void append(fz_cache *c, fz_cache_op *op)
 
 void fz_cache_queue_put(fz_cache *c, const fz_cache_key *key, const uint8_t *bytes, uint64_t len)
 {
+    uint64_t hl = fz_cache_header_len(len), vlen = hl + len;
+    /* A value this large against the map would evict everything else on
+     * every store (and may not fit at all): compute it each time instead. */
+    if (vlen > c->map_size / 3) {
+        fz_log(FZ_LOG_DEBUG, "cache: %llu-byte value not stored in a %llu-byte map",
+               (unsigned long long)vlen, (unsigned long long)c->map_size);
+        return;
+    }
     fz_cache_op *op = malloc(sizeof *op);
-    uint64_t vlen = FZ_CACHE_HDR + len;
     uint8_t *val = op ? malloc((size_t)vlen) : NULL;
     if (!val) {
         free(op);
@@ -54,7 +61,7 @@ void fz_cache_queue_put(fz_cache *c, const fz_cache_key *key, const uint8_t *byt
         return;
     }
     fz_cache_header(val, key, bytes, len);
-    memcpy(val + FZ_CACHE_HDR, bytes, (size_t)len);
+    memcpy(val + hl, bytes, (size_t)len);
     *op = (fz_cache_op){.kind = FZ_OP_PUT, .key = *key, .val = val, .vlen = vlen};
     pthread_mutex_lock(&c->q_lock);
     /* Back-pressure: memory held by queued values stays under the bound
@@ -90,7 +97,10 @@ void fz_cache_queue_del(fz_cache *c, const fz_cache_key *key)
 void fz_cache_queue_touch(fz_cache *c, const fz_cache_key *key)
 {
     pthread_mutex_lock(&c->q_lock);
-    if (c->ntouched < FZ_CACHE_TOUCH_MAX)
+    /* Consecutive reads of one chunk (FUSE reads are 128 KiB) touch once. */
+    const fz_cache_key *last = c->ntouched ? &c->touched[c->ntouched - 1] : NULL;
+    bool same = last && last->hi == key->hi && last->lo == key->lo && last->chunk == key->chunk;
+    if (!same && c->ntouched < FZ_CACHE_TOUCH_MAX)
         c->touched[c->ntouched++] = *key;
     pthread_mutex_unlock(&c->q_lock);
 }
@@ -102,9 +112,10 @@ static bool find_in(const fz_cache_op *op, const fz_cache_key *key, uint64_t len
     for (; op; op = op->next)
         if (op->key.hi == key->hi && op->key.lo == key->lo && op->key.chunk == key->chunk)
             found = op; /* the last op for the key wins */
-    if (!found || found->kind != FZ_OP_PUT || found->vlen != FZ_CACHE_HDR + len)
+    uint64_t hl = fz_cache_header_len(len);
+    if (!found || found->kind != FZ_OP_PUT || found->vlen != hl + len)
         return false;
-    memcpy(out, found->val + FZ_CACHE_HDR + off, (size_t)n);
+    memcpy(out, found->val + hl + off, (size_t)n);
     return true;
 }
 

@@ -1,6 +1,7 @@
 /* Private to cache/: the cache handle shared by cache.c (open, fetch,
- * single flight, stats) and store.c (the writer thread, batching,
- * eviction). See cache.h for the contract. */
+ * single flight), value.c (keys, value headers), store.c (the writer
+ * thread, batching, eviction) and admin.c (stats, verify, clear). See
+ * cache.h for the contract. */
 #ifndef FZ_CACHE_CACHE_INT_H
 #define FZ_CACHE_CACHE_INT_H
 
@@ -95,9 +96,24 @@ struct fz_cache {
     _Atomic uint64_t delta[FZ_NCTR];
 };
 
-/* cache.c */
+static inline bool fz_cache_key_eq(const fz_cache_key *a, const fz_cache_key *b)
+{
+    return a->hi == b->hi && a->lo == b->lo && a->chunk == b->chunk;
+}
+
+static inline uint64_t fz_cache_get_le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* value.c: keys */
 void fz_cache_key_encode(const fz_cache_key *k, uint8_t out[FZ_CACHE_KEYLEN]);
 void fz_cache_key_decode(const uint8_t in[FZ_CACHE_KEYLEN], fz_cache_key *k);
+
+/* cache.c */
 /* Begin a txn holding txn_lock shared; adopts a grown map on MDB_MAP_RESIZED.
  * Returns an LMDB code; on success end it with fz_cache_txn_end. */
 int fz_cache_txn_begin(fz_cache *c, unsigned flags, MDB_txn **txn);
@@ -125,7 +141,7 @@ void fz_cache_queue_touch(fz_cache *c, const fz_cache_key *key);
  * bytes [off, off+n) into out and return true. */
 bool fz_cache_queue_lookup(fz_cache *c, const fz_cache_key *key, uint64_t len, uint64_t off,
                            uint64_t n, uint8_t *out);
-/* cache.c: value headers */
+/* value.c: value headers */
 /* Header bytes (fixed part + block table) of a value of len bytes. */
 uint64_t fz_cache_header_len(uint64_t len);
 /* Write the header for (key, bytes) into hdr[fz_cache_header_len(len)]. */

@@ -9,6 +9,7 @@
 
 #include "util/checked.h"
 #include "util/error.h"
+#include "util/io.h"
 
 /* Reading follows the reference reader (safetensors tensor.rs read_metadata /
  * validate, reference/hf-formats.md §1.4): header length <= 100 MB, a JSON
@@ -32,24 +33,6 @@ typedef struct {
     size_t idx; /* position in the output list (header order) */
 } st_span;
 
-static int st_pread_all(int fd, const char *path, void *buf, size_t len, uint64_t off)
-{
-    uint8_t *p = buf;
-    while (len) {
-        ssize_t r = pread(fd, p, len, (off_t)off);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return fz_error_set(FZ_EIO, "%s: read failed: %s", path, strerror(errno));
-        if (r == 0)
-            return fz_error_set(FZ_EIO, "%s: unexpected end of file at offset %" PRIu64, path,
-                                off);
-        p += r;
-        len -= (size_t)r;
-        off += (uint64_t)r;
-    }
-    return 0;
-}
 
 static uint64_t st_get_u64le(const uint8_t *b)
 {
@@ -187,7 +170,7 @@ int fz_st_read(int fd, const char *path, uint64_t file_size, fz_tensor_list *out
     if (file_size < 8)
         return fz_error_set(FZ_EFORMAT, "%s: file is %" PRIu64 " bytes, too short for a header",
                             path, file_size);
-    if ((rc = st_pread_all(fd, path, lenbuf, 8, 0)) != 0)
+    if ((rc = fz_pread_exact(fd, lenbuf, 8, 0, path)) != 0)
         return rc;
     n = st_get_u64le(lenbuf);
     if (n > FZ_ST_MAX_HEADER)
@@ -203,7 +186,7 @@ int fz_st_read(int fd, const char *path, uint64_t file_size, fz_tensor_list *out
         rc = fz_error_set(FZ_ENOMEM, "%s: out of memory for a %" PRIu64 "-byte header", path, n);
         goto done;
     }
-    if ((rc = st_pread_all(fd, path, hbuf, n, 8)) != 0)
+    if ((rc = fz_pread_exact(fd, hbuf, n, 8, path)) != 0)
         goto done;
 
     root = json_loadb((const char *)hbuf, n, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);

@@ -10,28 +10,12 @@
 #include "formats/pickle.h"
 #include "util/checked.h"
 #include "util/error.h"
+#include "util/io.h"
 
 /* data.pkl of a state dict is a few bytes per tensor; this only bounds the
  * one allocation made from a size found in the file. */
 #define MAX_PKL_BYTES (256u << 20)
 
-static int read_exact(int fd, const char *path, uint8_t *p, size_t n, uint64_t off)
-{
-    while (n > 0) {
-        ssize_t r = pread(fd, p, n, (off_t)off);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            return fz_error_set(FZ_EIO, "%s: read failed: %s", path, strerror(errno));
-        }
-        if (r == 0)
-            return fz_error_set(FZ_EFORMAT, "%s: unexpected end of file", path);
-        p += r;
-        n -= (size_t)r;
-        off += (uint64_t)r;
-    }
-    return 0;
-}
 
 static int cmp_entry(const void *a, const void *b)
 {
@@ -61,7 +45,8 @@ int fz_torchbin_read(int fd, const char *path, fz_tensor_list *out)
     if (fstat(fd, &st) < 0)
         return fz_error_set(FZ_EIO, "%s: stat failed: %s", path, strerror(errno));
     uint8_t magic[4];
-    if (st.st_size < 4 || (rc = read_exact(fd, path, magic, 4, 0)) || memcmp(magic, "PK\3\4", 4))
+    if (st.st_size < 4 || (rc = fz_pread_exact(fd, magic, 4, 0, path)) ||
+        memcmp(magic, "PK\3\4", 4))
         return fz_error_set(FZ_EFORMAT, "%s: not a torch zip archive (legacy torch.save format "
                             "is not supported)", path);
     if ((rc = fz_zip_read_dir(fd, path, (uint64_t)st.st_size, &dir)))
@@ -119,7 +104,7 @@ int fz_torchbin_read(int fd, const char *path, fz_tensor_list *out)
         rc = fz_error_set(FZ_ENOMEM, "out of memory");
         goto done;
     }
-    if ((rc = read_exact(fd, path, pkl, pe->size, pe->data_offset)) ||
+    if ((rc = fz_pread_exact(fd, pkl, pe->size, pe->data_offset, path)) ||
         (rc = fz_pickle_read_state_dict(pkl, pe->size, path, &pd)))
         goto done;
 

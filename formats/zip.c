@@ -8,6 +8,7 @@
 
 #include "util/checked.h"
 #include "util/error.h"
+#include "util/io.h"
 
 #define SIG_LOCAL 0x04034b50u
 #define SIG_CENTRAL 0x02014b50u
@@ -61,25 +62,6 @@ static uint8_t *wr64(uint8_t *p, uint64_t v)
     return p + 8;
 }
 
-/* pread exactly n bytes at off; short files are a format error. */
-static int read_at(int fd, const char *path, void *buf, size_t n, uint64_t off)
-{
-    uint8_t *p = buf;
-    while (n > 0) {
-        ssize_t r = pread(fd, p, n, (off_t)off);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            return fz_error_set(FZ_EIO, "%s: read failed: %s", path, strerror(errno));
-        }
-        if (r == 0)
-            return fz_error_set(FZ_EFORMAT, "%s: unexpected end of file", path);
-        p += r;
-        n -= (size_t)r;
-        off += (uint64_t)r;
-    }
-    return 0;
-}
 
 /* ---------------------------------------------------------------- reader */
 
@@ -101,7 +83,7 @@ static int find_eocd(int fd, const char *path, uint64_t file_size, eocd_info *in
     buf = malloc(tail);
     if (!buf)
         return fz_error_set(FZ_ENOMEM, "out of memory");
-    if ((rc = read_at(fd, path, buf, tail, base)))
+    if ((rc = fz_pread_exact(fd, buf, tail, base, path)))
         goto done;
     /* Scan backwards; accept the last signature whose comment fits the file. */
     int64_t pos = -1;
@@ -128,7 +110,7 @@ static int find_eocd(int fd, const char *path, uint64_t file_size, eocd_info *in
 
     if (eocd_off >= LOC64_LEN) {
         uint8_t loc[LOC64_LEN], z[EOCD64_LEN];
-        if ((rc = read_at(fd, path, loc, LOC64_LEN, eocd_off - LOC64_LEN)))
+        if ((rc = fz_pread_exact(fd, loc, LOC64_LEN, eocd_off - LOC64_LEN, path)))
             goto done;
         if (rd32(loc) == SIG_LOC64) {
             uint64_t z_off = rd64(loc + 8), z_end;
@@ -136,7 +118,7 @@ static int find_eocd(int fd, const char *path, uint64_t file_size, eocd_info *in
                 rc = fz_error_set(FZ_ERANGE, "%s: zip64 end record lies outside the file", path);
                 goto done;
             }
-            if ((rc = read_at(fd, path, z, EOCD64_LEN, z_off)))
+            if ((rc = fz_pread_exact(fd, z, EOCD64_LEN, z_off, path)))
                 goto done;
             if (rd32(z) != SIG_EOCD64) {
                 rc = fz_error_set(FZ_EFORMAT, "%s: bad zip64 end record signature", path);
@@ -209,7 +191,7 @@ int fz_zip_read_dir(int fd, const char *path, uint64_t file_size, fz_zip_dir *ou
         rc = fz_error_set(FZ_ENOMEM, "out of memory");
         goto done;
     }
-    if ((rc = read_at(fd, path, cd, info.cd_size, info.cd_off)))
+    if ((rc = fz_pread_exact(fd, cd, info.cd_size, info.cd_off, path)))
         goto done;
 
     size_t pos = 0;
@@ -260,7 +242,7 @@ int fz_zip_read_dir(int fd, const char *path, uint64_t file_size, fz_zip_dir *ou
                               nm);
             goto done;
         }
-        if ((rc = read_at(fd, path, lh, LOCAL_LEN, loff)))
+        if ((rc = fz_pread_exact(fd, lh, LOCAL_LEN, loff, path)))
             goto done;
         if (rd32(lh) != SIG_LOCAL) {
             rc = fz_error_set(FZ_EFORMAT, "%s: zip record '%s' has a bad local header", path, nm);

@@ -9,7 +9,7 @@
 
 #include "util/error.h"
 
-int fz_pread_full(int fd, void *buf, size_t len, uint64_t off, const char *path)
+static int pread_loop(int fd, void *buf, size_t len, uint64_t off, const char *path, int eof_code)
 {
     uint8_t *p = buf;
     while (len > 0) {
@@ -21,13 +21,23 @@ int fz_pread_full(int fd, void *buf, size_t len, uint64_t off, const char *path)
                                 (unsigned long long)off, strerror(errno));
         }
         if (n == 0)
-            return fz_error_set(FZ_EIO, "%s: unexpected end of file at offset %llu", path,
+            return fz_error_set(eof_code, "%s: unexpected end of file at offset %llu", path,
                                 (unsigned long long)off);
         p += n;
         len -= (size_t)n;
         off += (uint64_t)n;
     }
     return 0;
+}
+
+int fz_pread_full(int fd, void *buf, size_t len, uint64_t off, const char *path)
+{
+    return pread_loop(fd, buf, len, off, path, FZ_EIO);
+}
+
+int fz_pread_exact(int fd, void *buf, size_t len, uint64_t off, const char *path)
+{
+    return pread_loop(fd, buf, len, off, path, FZ_EFORMAT);
 }
 
 int fz_pwrite_full(int fd, const void *buf, size_t len, uint64_t off, const char *path)

@@ -6,7 +6,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Read exactly len bytes at off. fz_pread_full treats end of file as FZ_EIO
+ * (a source that shrank under us); fz_pread_exact as FZ_EFORMAT (a file
+ * that is shorter than its own headers say: truncated input). */
 int fz_pread_full(int fd, void *buf, size_t len, uint64_t off, const char *path);
+int fz_pread_exact(int fd, void *buf, size_t len, uint64_t off, const char *path);
 int fz_pwrite_full(int fd, const void *buf, size_t len, uint64_t off, const char *path);
 /* Read a whole regular file (at most max_len bytes) into a new NUL-terminated
  * buffer the caller frees. FZ_ENOTFOUND if it does not exist, FZ_ERANGE if

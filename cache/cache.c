@@ -351,15 +351,18 @@ static int lookup(fz_cache *c, const fz_cache_key *key, uint64_t len, uint64_t o
  * valid - until the count is zero. On FAILED the waiter starts over (and
  * usually becomes the filler itself, so it gets its own error detail).
  *
- * The lock is never held while filling, copying or queueing. What it does
- * not guarantee: a thread that missed LMDB just before another thread's
- * write committed and left the queue may compute the chunk a second time;
- * the result is the same bytes, so this is only wasted work. Single flight
- * is per process; two processes may both compute a chunk. */
+ * A filler queues its value before it unlinks its flight, and the writer
+ * commits a value before it leaves the queue; so a thread that finds no
+ * flight and links its own looks in the queue and then in LMDB once more
+ * before computing: a chunk is computed once per process, as long as it
+ * is stored and not evicted meanwhile. The lock is never held while
+ * filling, copying or queueing. Single flight is per process; two
+ * processes may both compute a chunk (the same bytes). */
 static fz_flight *flight_find(fz_cache *c, const fz_cache_key *key, uint64_t len)
 {
+    /* A failed flight lingers until its waiters have seen it: skip it. */
     for (fz_flight *f = c->flights; f; f = f->next)
-        if (fz_cache_key_eq(&f->key, key) && f->len == len)
+        if (fz_cache_key_eq(&f->key, key) && f->len == len && f->state != FZ_FLIGHT_FAILED)
             return f;
     return NULL;
 }
@@ -391,19 +394,29 @@ static bool flight_wait(fz_cache *c, fz_flight *f, uint64_t off, uint64_t n, uin
     return done;
 }
 
-/* Fill the chunk as the flight `me` (already linked) and publish it. */
+/* Fill the chunk as the flight `me` (already linked) and publish it.
+ * recheck_db: LMDB said "absent" (not "unsound") at the first look. */
 static int flight_fill(fz_cache *c, fz_flight *me, uint64_t off, uint64_t n, uint8_t *out,
-                       fz_cache_fill_fn fill, void *arg, bool store)
+                       fz_cache_fill_fn fill, void *arg, bool store, bool recheck_db)
 {
     uint64_t len = me->len;
-    bool whole = off == 0 && n == len;
+    bool whole = off == 0 && n == len, filled = false;
     uint8_t *chunk = whole ? out : malloc(len ? (size_t)len : 1);
-    int rc;
-    if (!chunk)
+    int rc = 0;
+    /* A filler that finished between our first look and our flight queued
+     * its value before unlinking its flight, so it is now in the queue or
+     * (after the writer's commit, which precedes leaving the queue) in
+     * LMDB: look again, in that order, before computing. */
+    if (!chunk) {
         rc = fz_error_set(FZ_ENOMEM, "out of memory");
-    else
+    } else if (fz_cache_queue_lookup(c, &me->key, len, 0, len, chunk) ||
+               (recheck_db && lookup(c, &me->key, len, 0, len, chunk) == 1)) {
+        atomic_fetch_add(&c->delta[FZ_CTR_HITS], 1);
+    } else {
         rc = fill(arg, chunk, len);
-    atomic_fetch_add(&c->delta[FZ_CTR_FILLS], 1);
+        filled = true;
+        atomic_fetch_add(&c->delta[FZ_CTR_FILLS], 1);
+    }
 
     pthread_mutex_lock(&c->fl_lock);
     me->state = rc ? FZ_FLIGHT_FAILED : FZ_FLIGHT_DONE;
@@ -413,7 +426,7 @@ static int flight_fill(fz_cache *c, fz_flight *me, uint64_t off, uint64_t n, uin
     /* Waiters copy from `chunk` while it is queued (both only read it). */
     if (rc == 0 && !whole)
         memcpy(out, chunk + off, (size_t)n);
-    if (rc == 0 && store)
+    if (rc == 0 && store && filled)
         fz_cache_queue_put(c, &me->key, chunk, len);
     pthread_mutex_lock(&c->fl_lock);
     while (me->waiters > 0)
@@ -444,7 +457,8 @@ int fz_cache_fetch_range(fz_cache *c, const fz_cache_key *key, uint64_t len, uin
         free(chunk);
         return rc;
     }
-    if (lookup(c, key, len, off, n, out) == 1) {
+    int first = lookup(c, key, len, off, n, out);
+    if (first == 1) {
         atomic_fetch_add(&c->delta[FZ_CTR_HITS], 1);
         fz_cache_queue_touch(c, key);
         return 0;
@@ -467,7 +481,7 @@ int fz_cache_fetch_range(fz_cache *c, const fz_cache_key *key, uint64_t len, uin
         fz_flight me = {.key = *key, .len = len, .state = FZ_FLIGHT_FILLING, .next = c->flights};
         c->flights = &me;
         pthread_mutex_unlock(&c->fl_lock);
-        return flight_fill(c, &me, off, n, out, fill, arg, store);
+        return flight_fill(c, &me, off, n, out, fill, arg, store, first == 0);
     }
 }
 

@@ -255,7 +255,12 @@ static int find_roles(fz_view *v, const json_t *config, int *tie_out)
         tie = json_is_boolean(cfg_tie) ? json_is_true(cfg_tie) : 1;
     else
         tie = json_is_true(cfg_tie);
-    v->tied = e && (!h || (fe == fh && same_view(e, h)) || (tie && !h));
+    /* Tied: one storage under both names, or the head absent, or the config
+     * says so and the two have the same shape and dtype (Forgather's sharded
+     * save can put the two names in different shards, each with a copy). */
+    bool same_shape = e && h && e->ndim == h->ndim && e->dtype == h->dtype &&
+                      memcmp(e->shape, h->shape, sizeof e->shape[0] * (size_t)e->ndim) == 0;
+    v->tied = e && (!h || (fe == fh && same_view(e, h)) || (json_is_true(cfg_tie) && same_shape));
     *tie_out = tie;
     return 0;
 }
@@ -482,6 +487,27 @@ static int build_recipes(fz_view *v)
     return 0;
 }
 
+/* A tied head kept as its own copy in the source (another shard, another
+ * storage) is made from the embedding's recipe: resized and computed once,
+ * listed with it in param_sharing; in safetensors written once, under the
+ * embedding's name. It stays in its own shard (shards mirror the source). */
+static void merge_tied_head(fz_view *v)
+{
+    fz_outtensor *e = NULL, *h = NULL;
+    if (!v->tied || !v->embed_name || !v->head_name)
+        return;
+    for (uint32_t i = 0; i < v->nouts; i++) {
+        if (!strcmp(v->outs[i].name, v->embed_name))
+            e = &v->outs[i];
+        if (!strcmp(v->outs[i].name, v->head_name))
+            h = &v->outs[i];
+    }
+    if (!e || !h || e->recipe == h->recipe || e->quantized || h->quantized)
+        return;
+    h->recipe = e->recipe;
+    h->alias = h->shard == e->shard;
+}
+
 static int dup_opts(fz_view *v, const fz_view_opts *o)
 {
     v->opts = *o;
@@ -529,6 +555,7 @@ int fz_view_build(fz_view **out, const fz_view_opts *o)
     }
     if ((rc = read_weights(v)) || (rc = build_meta(v, &config)) || (rc = build_recipes(v)))
         goto done;
+    merge_tied_head(v);
     rc = fz_view_build_tree(v);
 done:
     json_decref(config);

@@ -77,7 +77,7 @@ static int add_sources(fz_view *v, uint32_t root)
 }
 
 /* The data segment of a recipe: a span when no op applies, else computed. */
-static fz_seg tensor_seg(const fz_view *v, uint32_t recipe, uint32_t shard, int32_t zrec)
+static fz_seg tensor_seg(const fz_view *v, uint32_t recipe, int32_t zrec)
 {
     const fz_recipe *r = &v->recipes[recipe];
     fz_seg s = {.len = r->nbytes, .zrec = zrec};
@@ -86,7 +86,9 @@ static fz_seg tensor_seg(const fz_view *v, uint32_t recipe, uint32_t shard, int3
         s.kind = FZ_SEG_SPAN;
         s.u.span.fd = r->fd;
         s.u.span.off = off;
-        s.u.span.src = shard;
+        for (uint32_t f = 0; f < v->nfiles; f++)
+            if (v->files[f].fd == r->fd)
+                s.u.span.src = f;
     } else {
         s.kind = FZ_SEG_COMPUTED;
         s.u.recipe = recipe;
@@ -95,11 +97,18 @@ static fz_seg tensor_seg(const fz_view *v, uint32_t recipe, uint32_t shard, int3
 }
 
 /* Whether out tensor i is written in a safetensors shard: a tied head is
- * dropped (the embedding carries it, as save_pretrained does). */
+ * dropped (the embedding carries it, as save_pretrained does). Other names
+ * sharing a recipe are written as separate tensors: safetensors cannot
+ * alias, and the model may need both names. */
 static bool st_emits(const fz_view *v, uint32_t i)
 {
     const fz_outtensor *o = &v->outs[i];
-    return !(o->alias && v->tied && o->role && strcmp(o->role, "embedding") != 0);
+    if (!v->tied || !o->role || strcmp(o->role, "head") != 0)
+        return true;
+    for (uint32_t k = 0; k < v->nouts; k++)
+        if (v->outs[k].role && !strcmp(v->outs[k].role, "embedding"))
+            return v->outs[k].recipe != o->recipe;
+    return true;
 }
 
 static int add_bin_shard(fz_view *v, uint32_t dir, uint32_t shard, const char *name)
@@ -177,7 +186,7 @@ static int add_bin_shard(fz_view *v, uint32_t dir, uint32_t shard, const char *n
         else if (i == nrec - 1)
             d.u.lit = version;
         else
-            d = tensor_seg(v, recipe_of_rec[i - 2], shard, (int32_t)i);
+            d = tensor_seg(v, recipe_of_rec[i - 2], (int32_t)i);
         if (d.kind == FZ_SEG_LITERAL) {
             zv->crc[i] = (uint32_t)crc32(0L, d.u.lit, (uInt)d.len);
             zv->crc_known[i] = true;
@@ -244,7 +253,7 @@ static int add_st_shard(fz_view *v, uint32_t dir, uint32_t shard, const char *na
             rc = fz_error_set(FZ_EINVAL, "%s: internal error: safetensors layout has a gap", name);
             goto done;
         }
-        fz_seg s = tensor_seg(v, recipe[i], shard, -1);
+        fz_seg s = tensor_seg(v, recipe[i], -1);
         if (s.len)
             segs[ns++] = s;
         pos += s.len;
@@ -280,15 +289,18 @@ static int index_json(fz_view *v, fz_buf *out)
         json_object_set_new(wm, o->name, json_string(v->shard_names[o->shard]));
     }
     if (!st) {
-        /* param_sharing: groups of names over one record. */
+        /* param_sharing: groups of names whose values are one tensor (one
+         * recipe): aliases over one record, and a tied head in another shard. */
         for (uint32_t i = 0; i < v->nouts; i++) {
-            if (v->outs[i].alias)
+            bool first = true;
+            for (uint32_t k = 0; k < i && first; k++)
+                first = v->outs[k].recipe != v->outs[i].recipe;
+            if (!first)
                 continue;
             json_t *g = json_array();
             json_array_append_new(g, json_string(v->outs[i].name));
             for (uint32_t k = i + 1; k < v->nouts; k++)
-                if (v->outs[k].alias && v->outs[k].recipe == v->outs[i].recipe &&
-                    v->outs[k].shard == v->outs[i].shard)
+                if (v->outs[k].recipe == v->outs[i].recipe)
                     json_array_append_new(g, json_string(v->outs[k].name));
             if (json_array_size(g) > 1)
                 json_array_append_new(sharing, g);

@@ -6,7 +6,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cache/cache.h"
 #include "cli/options.h"
+#include "fs/mount.h"
 #include "fz_config.h"
 #include "materialize/materialize.h"
 #include "util/error.h"
@@ -43,6 +45,29 @@ static int cmd_plan(fz_cli *c)
     return rc ? fail(rc) : 0;
 }
 
+/* The cache materialize reads through: --cache-dir, or the default one if
+ * it already exists (reusing hits must not create a cache nobody asked
+ * for), or the default one created when --fill-cache asks to fill it. A
+ * cache that cannot be opened is a warning: materialize computes instead. */
+static fz_cache *materialize_cache(const fz_cli *c)
+{
+    fz_cache *cache = NULL;
+    struct stat st;
+    if (c->no_cache)
+        return NULL;
+    char *dir = c->cache_dir ? strdup(c->cache_dir) : fz_cache_default_dir();
+    if (!dir)
+        return NULL;
+    if (c->cache_dir || c->fill_cache || stat(dir, &st) == 0) {
+        if (fz_cache_open(&cache, dir, c->cache_size) != 0) {
+            fz_warn("cache %s unavailable, computing without it: %s", dir, fz_error_msg());
+            cache = NULL;
+        }
+    }
+    free(dir);
+    return cache;
+}
+
 static int cmd_materialize(fz_cli *c)
 {
     struct stat st;
@@ -58,15 +83,84 @@ static int cmd_materialize(fz_cli *c)
         fz_view_free(v);
         return rc ? fail(rc) : 0;
     }
+    fz_cache *cache = materialize_cache(c);
+    if (cache)
+        fz_view_set_cache(v, cache, c->fill_cache);
     fz_mat_opts mo = {.workers = c->workers,
                       .progress = c->progress < 0 ? isatty(2) != 0 : c->progress > 0};
     fz_info("Materializing %s -> %s", c->view.src, c->dest);
     rc = fz_materialize(v, c->dest, &mo);
     fz_view_free(v);
+    fz_cache_close(cache);
     if (rc)
         return fail(rc);
     fz_info("Done. Finalized model at: %s", c->dest);
     return 0;
+}
+
+static int cmd_mount(fz_cli *c)
+{
+    fz_view *v = NULL;
+    int rc = fz_mount_check_dir(c->mnt);
+    if (rc)
+        return fail(rc);
+    if ((rc = fz_view_build(&v, &c->view)))
+        return fail(rc);
+    fz_mount_opts mo = {.src = c->view.src,
+                        .foreground = c->foreground,
+                        .fuse_opts = c->fuse_opts,
+                        .compute_threads = c->workers,
+                        .log_file = c->log_file,
+                        .use_cache = !c->no_cache,
+                        .cache_dir = c->cache_dir,
+                        .cache_size = c->cache_size};
+    rc = fz_mount_serve(v, c->mnt, &mo);
+    fz_view_free(v);
+    return rc ? fail(rc) : 0;
+}
+
+static int cmd_umount(fz_cli *c)
+{
+    int rc = fz_umount(c->mnt);
+    return rc ? fail(rc) : 0;
+}
+
+static int cmd_cache(fz_cli *c)
+{
+    fz_cache *cache = NULL;
+    char *dir = c->cache_dir ? strdup(c->cache_dir) : fz_cache_default_dir();
+    int rc = 0;
+    if (!dir)
+        return fail(fz_error_set(FZ_ENOMEM, "out of memory"));
+    if ((rc = fz_cache_open(&cache, dir, c->cache_size)))
+        goto done;
+    if (!strcmp(c->cache_action, "stats")) {
+        fz_cache_stats s;
+        if ((rc = fz_cache_get_stats(cache, &s)))
+            goto done;
+        printf("cache: %s\n", dir);
+        printf("entries: %llu\nbytes: %llu\nmap_size: %llu\nused_bytes: %llu\n",
+               (unsigned long long)s.entries, (unsigned long long)s.bytes,
+               (unsigned long long)s.map_size, (unsigned long long)s.used_bytes);
+        printf("hits: %llu\nmisses: %llu\nfills: %llu\ncorrupt: %llu\nevictions: %llu\n",
+               (unsigned long long)s.hits, (unsigned long long)s.misses,
+               (unsigned long long)s.fills, (unsigned long long)s.corrupt,
+               (unsigned long long)s.evictions);
+    } else if (!strcmp(c->cache_action, "verify")) {
+        uint64_t checked = 0, bad = 0;
+        if ((rc = fz_cache_verify(cache, &checked, &bad)))
+            goto done;
+        printf("cache: %s\nchecked: %llu\nbad: %llu\n", dir, (unsigned long long)checked,
+               (unsigned long long)bad);
+    } else {
+        if ((rc = fz_cache_clear(cache)))
+            goto done;
+        printf("cache: %s\ncleared\n", dir);
+    }
+done:
+    fz_cache_close(cache);
+    free(dir);
+    return rc ? fail(rc) : 0;
 }
 
 int main(int argc, char **argv)
@@ -83,6 +177,15 @@ int main(int argc, char **argv)
         break;
     case FZ_CMD_MATERIALIZE:
         rc = cmd_materialize(&c);
+        break;
+    case FZ_CMD_MOUNT:
+        rc = cmd_mount(&c);
+        break;
+    case FZ_CMD_UMOUNT:
+        rc = cmd_umount(&c);
+        break;
+    case FZ_CMD_CACHE:
+        rc = cmd_cache(&c);
         break;
     default:
         rc = 2;

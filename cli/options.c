@@ -1,5 +1,6 @@
 #include "cli/options.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +26,7 @@ enum {
     O_DEVICE,
     O_QUANTIZE,
     O_EMBEDDING,
+    O_QUANTIZE_IGNORE,
     O_DRY_RUN,
     O_LOG_LEVEL,
     O_JSON,
@@ -32,6 +34,13 @@ enum {
     O_PROGRESS,
     O_NO_PROGRESS,
     O_VERSION,
+    O_FOREGROUND = 'f',
+    O_FUSE_OPTS = 'o',
+    O_CACHE_DIR = 300,
+    O_CACHE_SIZE,
+    O_NO_CACHE,
+    O_FILL_CACHE,
+    O_LOG_FILE,
 };
 
 /* The option table: every subcommand's options, with the help text. */
@@ -40,9 +49,12 @@ static const struct {
     const char *arg, *help;
     unsigned cmds; /* bit per fz_cmd */
 } table[] = {
-#define V ((1u << FZ_CMD_MATERIALIZE) | (1u << FZ_CMD_PLAN))
+#define V ((1u << FZ_CMD_MATERIALIZE) | (1u << FZ_CMD_PLAN) | (1u << FZ_CMD_MOUNT))
 #define M (1u << FZ_CMD_MATERIALIZE)
 #define P (1u << FZ_CMD_PLAN)
+#define MT (1u << FZ_CMD_MOUNT)
+#define C (1u << FZ_CMD_CACHE)
+#define ALL (V | (1u << FZ_CMD_UMOUNT) | C)
     {{"checkpoint", required_argument, 0, O_CHECKPOINT}, "PATH",
      "source checkpoint directory (default: the latest under SRC/checkpoints/)", V},
     {{"add-tokens", required_argument, 0, O_ADD_TOKENS}, "YAML", "tokens to add (add-tokens YAML)",
@@ -66,21 +78,42 @@ static const struct {
     {{"dtype", required_argument, 0, O_DTYPE}, "bfloat16|float16|float32",
      "cast floating-point weights (bit-exact with torch)", V},
     {{"device", required_argument, 0, O_DEVICE}, "cpu", "accepted for compatibility; only cpu", V},
-    {{"quantize", required_argument, 0, O_QUANTIZE}, "RECIPE", "quantize (not yet supported)", V},
+    {{"quantize", required_argument, 0, O_QUANTIZE}, "RECIPE",
+     "compressed-tensors quantization (implies --safetensors): int4-weight-only, "
+     "int8-weight-only, int8-dynamic-act-int8-weight, int8-dynamic-act-int4-weight, "
+     "float8-dynamic-act-float8-weight", V},
+    {{"quantize-ignore", required_argument, 0, O_QUANTIZE_IGNORE}, "REGEX",
+     "modules (names without .weight) matching this extended regex stay unquantized", V},
     {{"embedding-tensors", required_argument, 0, O_EMBEDDING}, "NAME[,NAME]",
      "input embedding (then output head) to resize, overriding the guess", V},
     {{"dry-run", no_argument, 0, O_DRY_RUN}, NULL, "report what would be done; write nothing", M},
     {{"json", no_argument, 0, O_JSON}, NULL, "print the plan as JSON", P},
     {{"workers", required_argument, 0, O_WORKERS}, "N", "worker threads (default: one per core)",
-     M},
+     M | MT},
+    {{"foreground", no_argument, 0, O_FOREGROUND}, NULL,
+     "stay in the foreground (default: return once mounted)", MT},
+    {{"options", required_argument, 0, O_FUSE_OPTS}, "OPTS",
+     "extra FUSE mount options, comma-separated (e.g. allow_other)", MT},
+    {{"log-file", required_argument, 0, O_LOG_FILE}, "FILE",
+     "where the mount daemon logs (default: nowhere)", MT},
+    {{"cache-dir", required_argument, 0, O_CACHE_DIR}, "DIR",
+     "chunk cache directory (default: $XDG_CACHE_HOME/fzfs)", M | MT | C},
+    {{"cache-size", required_argument, 0, O_CACHE_SIZE}, "SIZE",
+     "chunk cache size, K/M/G/T suffixes (default: 16G)", M | MT},
+    {{"no-cache", no_argument, 0, O_NO_CACHE}, NULL, "compute every chunk; use no cache", M | MT},
+    {{"fill-cache", no_argument, 0, O_FILL_CACHE}, NULL,
+     "keep computed chunks in the cache (default: only reuse them)", M},
     {{"progress", no_argument, 0, O_PROGRESS}, NULL, "always draw a progress line", M},
     {{"no-progress", no_argument, 0, O_NO_PROGRESS}, NULL, "never draw a progress line", M},
     {{"log-level", required_argument, 0, O_LOG_LEVEL}, "LEVEL",
-     "DEBUG, INFO (default), WARNING, ERROR or CRITICAL", V},
-    {{"help", no_argument, 0, O_HELP}, NULL, "show this help", V},
+     "DEBUG, INFO (default), WARNING, ERROR or CRITICAL", ALL},
+    {{"help", no_argument, 0, O_HELP}, NULL, "show this help", ALL},
 #undef V
 #undef M
 #undef P
+#undef MT
+#undef C
+#undef ALL
 };
 #define NOPT (sizeof table / sizeof table[0])
 
@@ -93,6 +126,11 @@ static const struct {
      "write the finalized view of SRC into DEST (atomically)"},
     {"plan", FZ_CMD_PLAN, "SRC [options] [--json]",
      "report what the finalized view of SRC would contain, and why"},
+    {"mount", FZ_CMD_MOUNT, "SRC MNT [options]",
+     "show the finalized view of SRC under MNT (FUSE), computing bytes on first read"},
+    {"umount", FZ_CMD_UMOUNT, "MNT", "unmount an fzfs mount"},
+    {"cache", FZ_CMD_CACHE, "stats|verify|clear [--cache-dir DIR]",
+     "show, check or empty the cache of computed chunks"},
 };
 #define NCMD (sizeof commands / sizeof commands[0])
 
@@ -166,13 +204,23 @@ int fz_cli_parse(fz_cli *c, int argc, char **argv)
         if (table[i].cmds & (1u << c->cmd))
             longopts[k++] = table[i].opt;
     memset(&longopts[k], 0, sizeof longopts[k]);
+    /* Short options too come from the table, so -f is only known to mount. */
+    char shortopts[2 * NOPT + 2] = ":";
+    size_t sl = 1;
+    for (size_t i = 0; i < NOPT; i++)
+        if ((table[i].cmds & (1u << c->cmd)) && table[i].opt.val < 256) {
+            shortopts[sl++] = (char)table[i].opt.val;
+            if (table[i].opt.has_arg == required_argument)
+                shortopts[sl++] = ':';
+        }
+    shortopts[sl] = 0;
 
     optind = 1;
     opterr = 0;
     int o;
     char **av = argv + 1;
     int ac = argc - 1;
-    while ((o = getopt_long(ac, av, ":c:t:h", longopts, NULL)) != -1) {
+    while ((o = getopt_long(ac, av, shortopts, longopts, NULL)) != -1) {
         switch (o) {
         case O_CHECKPOINT: c->view.checkpoint = optarg; break;
         case O_ADD_TOKENS: c->view.add_tokens = optarg; break;
@@ -188,10 +236,32 @@ int fz_cli_parse(fz_cli *c, int argc, char **argv)
         case O_DEVICE: c->view.device = optarg; break;
         case O_QUANTIZE: c->view.quantize = optarg; break;
         case O_EMBEDDING: c->view.embedding_tensors = optarg; break;
+        case O_QUANTIZE_IGNORE: c->view.quantize_ignore = optarg; break;
         case O_DRY_RUN: c->dry_run = true; break;
         case O_JSON: c->json = true; break;
         case O_PROGRESS: c->progress = 1; break;
         case O_NO_PROGRESS: c->progress = 0; break;
+        case O_FOREGROUND: c->foreground = true; break;
+        case O_LOG_FILE: c->log_file = optarg; break;
+        case O_CACHE_DIR: c->cache_dir = optarg; break;
+        case O_NO_CACHE: c->no_cache = true; break;
+        case O_FILL_CACHE: c->fill_cache = true; break;
+        case O_CACHE_SIZE:
+            if (fz_cli_parse_size(optarg, &c->cache_size) != 0 || c->cache_size < (1u << 20))
+                return usage_error(cmd, "--cache-size must be a size of at least 1M (e.g. 512M, "
+                                        "16G), got '%s'", optarg);
+            break;
+        case O_FUSE_OPTS: {
+            size_t old = c->fuse_opts ? strlen(c->fuse_opts) : 0;
+            char *n = realloc(c->fuse_opts, old + strlen(optarg) + 2);
+            if (!n)
+                return usage_error(cmd, "out of memory (%s)", optarg);
+            if (old)
+                n[old++] = ',';
+            strcpy(n + old, optarg);
+            c->fuse_opts = n;
+            break;
+        }
         case O_WORKERS: {
             char *end;
             long w = strtol(optarg, &end, 10);
@@ -213,13 +283,28 @@ int fz_cli_parse(fz_cli *c, int argc, char **argv)
         }
     }
     int npos = ac - optind;
-    int want = c->cmd == FZ_CMD_MATERIALIZE ? 2 : 1;
+    int want = c->cmd == FZ_CMD_MATERIALIZE || c->cmd == FZ_CMD_MOUNT ? 2 : 1;
+    static const char *const expects[] = {
+        [FZ_CMD_MATERIALIZE] = "expects SRC and DEST (%s)",
+        [FZ_CMD_PLAN] = "expects SRC (%s)",
+        [FZ_CMD_MOUNT] = "expects SRC and MNT (%s)",
+        [FZ_CMD_UMOUNT] = "expects MNT (%s)",
+        [FZ_CMD_CACHE] = "expects one of stats, verify, clear (%s)",
+    };
     if (npos != want)
-        return usage_error(cmd, want == 2 ? "expects SRC and DEST (%s)" : "expects SRC (%s)",
-                           npos < want ? "missing" : "too many arguments");
-    c->view.src = av[optind];
-    if (want == 2)
-        c->dest = av[optind + 1];
+        return usage_error(cmd, expects[c->cmd], npos < want ? "missing" : "too many arguments");
+    switch (c->cmd) {
+    case FZ_CMD_MATERIALIZE: c->view.src = av[optind]; c->dest = av[optind + 1]; break;
+    case FZ_CMD_MOUNT: c->view.src = av[optind]; c->mnt = av[optind + 1]; break;
+    case FZ_CMD_UMOUNT: c->mnt = av[optind]; break;
+    case FZ_CMD_CACHE: c->cache_action = av[optind]; break;
+    default: c->view.src = av[optind]; break;
+    }
+    if (c->cmd == FZ_CMD_CACHE && strcmp(c->cache_action, "stats") &&
+        strcmp(c->cache_action, "verify") && strcmp(c->cache_action, "clear"))
+        return usage_error(cmd, "expects one of stats, verify, clear, got '%s'", c->cache_action);
+    if (c->fill_cache && c->no_cache)
+        return usage_error(cmd, "%s", "--fill-cache and --no-cache exclude each other");
     if (c->view.dtype && strcmp(c->view.dtype, "bfloat16") && strcmp(c->view.dtype, "float16") &&
         strcmp(c->view.dtype, "float32"))
         return usage_error(cmd, "--dtype must be one of bfloat16, float16, float32, got '%s'",
@@ -232,5 +317,33 @@ int fz_cli_parse(fz_cli *c, int argc, char **argv)
 
 void fz_cli_free(fz_cli *c)
 {
+    free(c->fuse_opts);
     memset(c, 0, sizeof *c);
+}
+
+int fz_cli_parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    if (!s || !*s || *s == '-')
+        return FZ_EUSAGE;
+    errno = 0;
+    unsigned long long n = strtoull(s, &end, 10);
+    if (end == s || errno)
+        return FZ_EUSAGE;
+    unsigned shift = 0;
+    switch (*end) {
+    case 'k': case 'K': shift = 10; end++; break;
+    case 'm': case 'M': shift = 20; end++; break;
+    case 'g': case 'G': shift = 30; end++; break;
+    case 't': case 'T': shift = 40; end++; break;
+    default: break;
+    }
+    if (shift && *end == 'i')
+        end++;
+    if (*end == 'B' || *end == 'b')
+        end++;
+    if (*end || (shift && n > (UINT64_MAX >> shift)))
+        return FZ_EUSAGE;
+    *out = (uint64_t)n << shift;
+    return 0;
 }

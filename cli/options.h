@@ -5,20 +5,44 @@
 #define FZ_CLI_OPTIONS_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "view/view.h"
 
-typedef enum { FZ_CMD_NONE, FZ_CMD_MATERIALIZE, FZ_CMD_PLAN } fz_cmd;
+typedef enum {
+    FZ_CMD_NONE,
+    FZ_CMD_MATERIALIZE,
+    FZ_CMD_PLAN,
+    FZ_CMD_MOUNT,
+    FZ_CMD_UMOUNT,
+    FZ_CMD_CACHE,
+} fz_cmd;
 
 typedef struct {
     fz_cmd cmd;
     fz_view_opts view;
-    const char *dest;
+    const char *dest;  /* materialize: DEST */
+    const char *mnt;   /* mount, umount: MNT */
+    const char *cache_action; /* cache: stats | verify | clear */
     bool dry_run;
     bool json;
     int workers;
     int progress; /* -1 auto (TTY), 0 off, 1 on */
+    /* mount */
+    bool foreground;
+    char *fuse_opts; /* every -o joined with commas (owned), or NULL */
+    const char *log_file;
+    /* cache (mount, materialize, cache) */
+    const char *cache_dir;
+    uint64_t cache_size; /* 0 = default */
+    bool no_cache;
+    bool fill_cache;
 } fz_cli;
+
+/* Parse a size with an optional K/M/G/T suffix (powers of 1024, an
+ * optional trailing "B" or "iB"): "512M", "16G", "1048576". Returns 0 or
+ * FZ_EUSAGE. */
+int fz_cli_parse_size(const char *s, uint64_t *out);
 
 /* fz_cli_parse returns 0 (run c->cmd), FZ_CLI_EXIT_OK (help/version printed),
  * or FZ_EUSAGE (message printed). */

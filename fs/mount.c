@@ -1,0 +1,617 @@
+/* Mount lifecycle: session setup, daemonizing with a readiness handshake,
+ * shutdown, and unmount. The per-request work lives in fs/ops.c. */
+#include "fs/mount.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cache/cache.h"
+#include "fs/ops.h"
+#include "util/error.h"
+#include "util/log.h"
+
+#define FZ_FUSE_SUPER_MAGIC 0x65735546
+#define FZ_READY_TIMEOUT_MS 30000
+#define FZ_READAHEAD_KB 4096
+
+extern char **environ;
+
+int fz_mount_check_dir(const char *mnt)
+{
+    struct stat st;
+    if (stat(mnt, &st) != 0)
+        return fz_error_set(errno == ENOENT ? FZ_ENOTFOUND : FZ_EIO, "Mount point %s: %s", mnt,
+                            errno == ENOENT ? "does not exist" : strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return fz_error_set(FZ_ENOTFOUND, "Mount point %s: not a directory", mnt);
+    DIR *d = opendir(mnt);
+    if (!d)
+        return fz_error_set(FZ_EIO, "Mount point %s: %s", mnt, strerror(errno));
+    struct dirent *e;
+    int rc = 0;
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            rc = fz_error_set(FZ_EEXIST, "Mount point %s: not empty", mnt);
+            break;
+        }
+    closedir(d);
+    return rc;
+}
+
+/* ---- pid files: let `fzfs umount` wait until the daemon has flushed ---- */
+
+/* Pid files are keyed by the mount's device number, which `fzfs umount`
+ * reads from /proc/self/mountinfo without touching the (maybe dead) mount. */
+static int pidfile_path(char *out, size_t n, unsigned maj, unsigned min, bool mkdirs)
+{
+    char dir[PATH_MAX];
+    const char *rt = getenv("XDG_RUNTIME_DIR");
+    if (geteuid() == 0)
+        snprintf(dir, sizeof dir, "/run/fzfs");
+    else if (rt && *rt)
+        snprintf(dir, sizeof dir, "%s/fzfs", rt);
+    else
+        snprintf(dir, sizeof dir, "/tmp/fzfs-%u", (unsigned)geteuid());
+    if (mkdirs && mkdir(dir, 0700) != 0 && errno != EEXIST)
+        return -1;
+    return (size_t)snprintf(out, n, "%s/%u:%u.pid", dir, maj, min) < n ? 0 : -1;
+}
+
+/* Start time of a process (clock ticks since boot, /proc/PID/stat field
+ * 22), 0 if it does not exist or is a zombie: with the pid it names one
+ * process, whatever the binary is called. */
+static unsigned long long proc_start(pid_t pid)
+{
+    char p[64], buf[1024];
+    if (pid <= 0)
+        return 0;
+    snprintf(p, sizeof p, "/proc/%ld/stat", (long)pid);
+    FILE *f = fopen(p, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *r = strrchr(buf, ')'); /* the name may contain spaces */
+    if (!r)
+        return 0;
+    char state = 0;
+    unsigned long long start = 0;
+    if (sscanf(r + 1, " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d "
+                      "%*d %llu",
+               &state, &start) != 2 ||
+        state == 'Z')
+        return 0;
+    return start;
+}
+
+static void pidfile_write(dev_t dev)
+{
+    char path[PATH_MAX];
+    if (pidfile_path(path, sizeof path, major(dev), minor(dev), true) != 0)
+        return;
+    FILE *f = fopen(path, "w");
+    if (f) {
+        fprintf(f, "%ld %llu\n", (long)getpid(), proc_start(getpid()));
+        fclose(f);
+    }
+}
+
+/* The daemon serving mount maj:min, if it is still alive; else 0. */
+static pid_t pidfile_daemon(unsigned maj, unsigned min, char *path, size_t n)
+{
+    if (pidfile_path(path, n, maj, min, false) != 0)
+        return 0;
+    FILE *f = fopen(path, "r");
+    long pid = 0;
+    unsigned long long start = 0;
+    if (!f)
+        return 0;
+    if (fscanf(f, "%ld %llu", &pid, &start) != 2)
+        pid = 0;
+    fclose(f);
+    return pid > 0 && start && proc_start((pid_t)pid) == start ? (pid_t)pid : 0;
+}
+
+/* ---- serving ------------------------------------------------------- */
+
+/* libfuse's own messages (e.g. why a mount failed): keep the last one so a
+ * daemon can hand it to the parent, and pass them to our log. */
+static char fz_fuse_last[512];
+static char fz_fuse_line[512];
+
+static void fuse_log_hook(enum fuse_log_level level, const char *fmt, va_list ap)
+{
+    /* libfuse may print one line in several calls: collect up to '\n'. */
+    size_t used = strlen(fz_fuse_line);
+    vsnprintf(fz_fuse_line + used, sizeof fz_fuse_line - used, fmt, ap);
+    size_t l = strlen(fz_fuse_line);
+    if (l == 0 || (fz_fuse_line[l - 1] != '\n' && l < sizeof fz_fuse_line - 1))
+        return;
+    while (l && fz_fuse_line[l - 1] == '\n')
+        fz_fuse_line[--l] = 0;
+    const char *msg = strncmp(fz_fuse_line, "fuse: ", 6) ? fz_fuse_line : fz_fuse_line + 6;
+    if (level <= FUSE_LOG_ERR)
+        snprintf(fz_fuse_last, sizeof fz_fuse_last, "%s", msg);
+    fz_log(level <= FUSE_LOG_ERR ? FZ_LOG_ERROR : FZ_LOG_DEBUG, "fuse: %s", msg);
+    fz_fuse_line[0] = 0;
+}
+
+typedef struct {
+    const char *mnt;
+    int ready_fd; /* -1 in the foreground */
+    const char *src;
+} fz_ready;
+
+static void ready_reply(fz_ready *r, const char *msg)
+{
+    if (r->ready_fd < 0)
+        return;
+    size_t n = strlen(msg);
+    ssize_t w;
+    do
+        w = write(r->ready_fd, msg, n);
+    while (w < 0 && errno == EINTR);
+    close(r->ready_fd);
+    r->ready_fd = -1;
+}
+
+/* Runs beside the session loop: the first stat of MNT waits for the
+ * kernel's INIT to be answered, so when it returns our root the mount
+ * answers. Then raise the mount's readahead (root only) and tell the parent. */
+static void *ready_main(void *arg)
+{
+    fz_ready *r = arg;
+    struct stat st;
+    struct statfs sf;
+    char msg[PATH_MAX + 128];
+    if (stat(r->mnt, &st) != 0 || statfs(r->mnt, &sf) != 0) {
+        snprintf(msg, sizeof msg, "E%s: mount does not answer: %s", r->mnt, strerror(errno));
+        ready_reply(r, msg);
+        return NULL;
+    }
+    if (st.st_ino != FUSE_ROOT_ID || sf.f_type != FZ_FUSE_SUPER_MAGIC) {
+        snprintf(msg, sizeof msg, "E%s: mounted, but a stat does not see the fzfs root", r->mnt);
+        ready_reply(r, msg);
+        return NULL;
+    }
+    if (geteuid() == 0) {
+        char bdi[128];
+        snprintf(bdi, sizeof bdi, "/sys/class/bdi/%u:%u/read_ahead_kb", major(st.st_dev),
+                 minor(st.st_dev));
+        FILE *f = fopen(bdi, "w");
+        if (!f || fprintf(f, "%d\n", FZ_READAHEAD_KB) < 0)
+            fz_debug("%s: cannot raise readahead: %s", bdi, strerror(errno));
+        if (f)
+            fclose(f);
+    }
+    pidfile_write(st.st_dev);
+    fz_info("Mounted %s at %s (pid %ld)", r->src, r->mnt, (long)getpid());
+    ready_reply(r, "0");
+    return NULL;
+}
+
+/* The mount options every fzfs mount has; user -o options come after. */
+#define FZ_FUSE_BASE_OPTS "ro,default_permissions,fsname=fzfs,subtype=fzfs"
+
+static int session_new(fz_fs *fs, const fz_mount_opts *o, struct fuse_session **out)
+{
+    char *argv[] = {"fzfs", "-o", FZ_FUSE_BASE_OPTS, "-o", (char *)o->fuse_opts, NULL};
+    struct fuse_args args = FUSE_ARGS_INIT(o->fuse_opts && *o->fuse_opts ? 5 : 3, argv);
+    fz_fuse_last[0] = 0;
+    fz_fuse_line[0] = 0;
+    *out = fuse_session_new(&args, &fz_fs_ops, sizeof fz_fs_ops, fs);
+    fuse_opt_free_args(&args);
+    if (!*out)
+        return fz_error_set(FZ_EUSAGE, "cannot set up the FUSE session%s%s",
+                            fz_fuse_last[0] ? ": " : "", fz_fuse_last);
+    return 0;
+}
+
+static int start_thread(pthread_t *t, void *(*fn)(void *), void *arg)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int e = pthread_create(t, NULL, fn, arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return e;
+}
+
+/* Mount `se` and serve until unmounted or signalled. */
+static int serve(fz_fs *fs, struct fuse_session *se, const char *mnt, const char *src,
+                 const fz_mount_opts *o, int ready_fd)
+{
+    int rc = 0;
+    bool mounted = false, handlers = false, ready_started = false;
+    pthread_t ready_th;
+    fz_ready ready = {mnt, ready_fd, src};
+    struct fuse_loop_config *cfg = NULL;
+    fz_cache *cache = NULL;
+    char *cache_dir = NULL;
+    char msg[1100];
+
+    if (o->use_cache) {
+        cache_dir = o->cache_dir ? strdup(o->cache_dir) : fz_cache_default_dir();
+        if (!cache_dir) {
+            rc = fz_error_set(FZ_ENOMEM, "out of memory");
+            goto done;
+        }
+        if ((rc = fz_cache_open(&cache, cache_dir, o->cache_size)))
+            goto done;
+        fz_view_set_cache(fs->v, cache, true);
+    }
+    int nthreads = o->compute_threads;
+    if (nthreads <= 0) {
+        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+        nthreads = ncpu < 2 ? 2 : (int)ncpu;
+    }
+    if ((rc = fz_fs_pool_start(fs, nthreads)))
+        goto done;
+    if (fuse_set_signal_handlers(se) != 0) {
+        rc = fz_error_set(FZ_EIO, "cannot install signal handlers");
+        goto done;
+    }
+    handlers = true;
+    if (fuse_session_mount(se, mnt) != 0) {
+        rc = fz_error_set(FZ_EIO, "cannot mount on %s%s%s", mnt, fz_fuse_last[0] ? ": " : "",
+                          fz_fuse_last);
+        goto done;
+    }
+    mounted = true;
+    if (start_thread(&ready_th, ready_main, &ready) != 0) {
+        rc = fz_error_set(FZ_EIO, "cannot start a thread");
+        goto done;
+    }
+    ready_started = true;
+
+    cfg = fuse_loop_cfg_create();
+    if (!cfg) {
+        rc = fz_error_set(FZ_ENOMEM, "out of memory");
+        goto done;
+    }
+    /* Workers >= max_background + a few for lookup/getattr (B.3); each
+     * worker its own /dev/fuse fd, idle ones kept around. */
+    fuse_loop_cfg_set_clone_fd(cfg, 1);
+    fuse_loop_cfg_set_max_threads(cfg, 72);
+    fuse_loop_cfg_set_idle_threads(cfg, 16);
+    /* Returns 0 when unmounted, the signal number after SIGINT/SIGTERM/
+     * SIGHUP (a clean stop too), a negative errno on failure. */
+    int lr = fuse_session_loop_mt(se, cfg);
+    if (lr < 0)
+        rc = fz_error_set(FZ_EIO, "%s: FUSE session loop failed: %s", mnt, strerror(-lr));
+
+done:
+    if (mounted)
+        fuse_session_unmount(se);
+    if (ready_started)
+        pthread_join(ready_th, NULL);
+    if (rc) {
+        snprintf(msg, sizeof msg, "E%s", fz_error_msg());
+        ready_reply(&ready, msg);
+    } else {
+        ready_reply(&ready, "E: unmounted before the mount answered");
+    }
+    if (handlers)
+        fuse_remove_signal_handlers(se);
+    fz_fs_pool_stop(fs);
+    if (cfg)
+        fuse_loop_cfg_destroy(cfg);
+    fuse_session_destroy(se);
+    if (cache) {
+        fz_view_set_cache(fs->v, NULL, false);
+        fz_cache_close(cache);
+    }
+    free(cache_dir);
+    if (rc == 0)
+        fz_info("Unmounted %s", mnt);
+    return rc;
+}
+
+/* Parent side of the handshake: "0" = mounted, "E<message>" = failed,
+ * EOF = the child died. */
+static int wait_ready(int fd, pid_t child)
+{
+    char msg[2048];
+    size_t got = 0;
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        long waited = (t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
+        if (waited >= FZ_READY_TIMEOUT_MS) {
+            kill(child, SIGTERM);
+            return fz_error_set(FZ_EIO, "the mount did not answer within %d s; daemon stopped",
+                                FZ_READY_TIMEOUT_MS / 1000);
+        }
+        struct pollfd p = {fd, POLLIN, 0};
+        int n = poll(&p, 1, (int)(FZ_READY_TIMEOUT_MS - waited));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            continue;
+        ssize_t r = read(fd, msg + got, sizeof msg - 1 - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r > 0) {
+            got += (size_t)r;
+            if (got < sizeof msg - 1)
+                continue;
+        }
+        break; /* EOF, error, or full */
+    }
+    msg[got] = 0;
+    if (got > 0 && msg[0] == '0')
+        return 0;
+    if (got > 0 && msg[0] == 'E') {
+        waitpid(child, NULL, 0);
+        return fz_error_set(FZ_EIO, "%s", msg + 1);
+    }
+    int status = 0;
+    waitpid(child, &status, 0);
+    return fz_error_set(FZ_EIO, "the mount daemon exited before the mount answered (%s %d)",
+                        WIFSIGNALED(status) ? "signal" : "status",
+                        WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+}
+
+static void redirect_stdio(const char *log_file)
+{
+    int in = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    int out = log_file ? open(log_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644) : -1;
+    if (out < 0)
+        out = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (in >= 0) {
+        dup2(in, 0);
+        close(in);
+    }
+    if (out >= 0) {
+        dup2(out, 1);
+        dup2(out, 2);
+        close(out);
+    }
+}
+
+/* `path` made absolute against the working directory (the daemon leaves
+ * it), into out[PATH_MAX]; NULL stays NULL. */
+static const char *absolute(const char *path, char *out)
+{
+    char cwd[PATH_MAX];
+    if (!path || path[0] == '/' || !getcwd(cwd, sizeof cwd) ||
+        (size_t)snprintf(out, PATH_MAX, "%s/%s", cwd, path) >= PATH_MAX)
+        return path;
+    return out;
+}
+
+int fz_mount_serve(fz_view *v, const char *mnt_in, const fz_mount_opts *o_in)
+{
+    char mnt[PATH_MAX], logpath[PATH_MAX], cachepath[PATH_MAX];
+    struct stat st;
+    struct fuse_session *se = NULL;
+    int rc;
+    if (!realpath(mnt_in, mnt))
+        return fz_error_set(FZ_ENOTFOUND, "Mount point %s: %s", mnt_in, strerror(errno));
+    fz_mount_opts opts = *o_in, *o = &opts;
+    const char *log_file = absolute(o->log_file, logpath);
+    o->cache_dir = absolute(o->cache_dir, cachepath);
+
+    fz_fs *fs = calloc(1, sizeof *fs);
+    if (!fs)
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    fs->v = v;
+    fs->nnodes = fz_view_node_count(v);
+    fs->uid = getuid();
+    fs->gid = getgid();
+    fs->mnt = mnt;
+    /* Every node carries SRC's mtime: stable across remounts of the same
+     * source, and it moves when training writes a new checkpoint. */
+    fs->mtime.tv_sec = 0;
+    fs->mtime.tv_nsec = 0;
+    if (o->src && stat(o->src, &st) == 0)
+        fs->mtime = st.st_mtim;
+
+    fuse_set_log_func(fuse_log_hook);
+    /* Created before any fork so a bad -o option is reported here. */
+    if ((rc = session_new(fs, o, &se)))
+        goto done;
+
+    if (o->foreground) {
+        rc = serve(fs, se, mnt, o->src ? o->src : "", o, -1);
+        se = NULL;
+        goto done;
+    }
+
+    int pfd[2];
+    if (pipe2(pfd, O_CLOEXEC) != 0) {
+        rc = fz_error_set(FZ_EIO, "pipe: %s", strerror(errno));
+        goto done;
+    }
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(pfd[0]);
+        close(pfd[1]);
+        rc = fz_error_set(FZ_EIO, "fork: %s", strerror(errno));
+        goto done;
+    }
+    if (pid == 0) {
+        close(pfd[0]);
+        setsid();
+        redirect_stdio(log_file);
+        if (chdir("/") != 0)
+            fz_debug("chdir /: %s", strerror(errno));
+        rc = serve(fs, se, mnt, o->src ? o->src : "", o, pfd[1]);
+        se = NULL;
+        free(fs);
+        /* The child never returns into the caller's command: its exit
+         * status is the daemon's. */
+        fflush(stdout);
+        fflush(stderr);
+        _exit(rc ? 1 : 0);
+    }
+    close(pfd[1]);
+    rc = wait_ready(pfd[0], pid);
+    close(pfd[0]);
+
+done:
+    if (se)
+        fuse_session_destroy(se);
+    free(fs);
+    return rc;
+}
+
+/* ---- unmount ------------------------------------------------------- */
+
+/* Undo /proc/self/mountinfo's octal escapes (\040 for a space...). */
+static void unescape(char *s)
+{
+    char *w = s;
+    for (char *r = s; *r;) {
+        if (r[0] == '\\' && r[1] >= '0' && r[1] <= '7' && r[2] >= '0' && r[2] <= '7' &&
+            r[3] >= '0' && r[3] <= '7') {
+            *w++ = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
+            r += 4;
+        } else {
+            *w++ = *r++;
+        }
+    }
+    *w = 0;
+}
+
+/* The topmost mount at `path`: its device and filesystem type. */
+static bool find_mount(const char *path, unsigned *maj, unsigned *min, char *fstype, size_t n)
+{
+    FILE *f = fopen("/proc/self/mountinfo", "r");
+    if (!f)
+        return false;
+    char *line = NULL;
+    size_t cap = 0;
+    bool found = false;
+    while (getline(&line, &cap, f) > 0) {
+        unsigned ma, mi;
+        char mp[PATH_MAX], *sep;
+        if (sscanf(line, "%*u %*u %u:%u %*s %4095s", &ma, &mi, mp) != 3)
+            continue;
+        unescape(mp);
+        if (strcmp(mp, path) || !(sep = strstr(line, " - ")))
+            continue;
+        char ty[256];
+        if (sscanf(sep + 3, "%255s", ty) != 1)
+            continue;
+        *maj = ma;
+        *min = mi;
+        snprintf(fstype, n, "%s", ty);
+        found = true; /* keep going: the last one listed is on top */
+    }
+    free(line);
+    fclose(f);
+    return found;
+}
+
+/* Absolute path of `mnt` without following the last component (whose
+ * daemon may be dead: stat on it fails with ENOTCONN). */
+static int mount_path(const char *mnt, char *out, size_t n)
+{
+    char tmp[PATH_MAX], parent[PATH_MAX];
+    if (strlen(mnt) >= sizeof tmp)
+        return fz_error_set(FZ_ERANGE, "%s: path too long", mnt);
+    snprintf(tmp, sizeof tmp, "%s", mnt);
+    size_t l = strlen(tmp);
+    while (l > 1 && tmp[l - 1] == '/')
+        tmp[--l] = 0;
+    char *slash = strrchr(tmp, '/');
+    const char *base = tmp, *dir = ".";
+    if (slash) {
+        *slash = 0;
+        dir = slash == tmp ? "/" : tmp;
+        base = slash + 1;
+    }
+    if (!realpath(dir, parent))
+        return fz_error_set(FZ_ENOTFOUND, "%s: %s", mnt, strerror(errno));
+    if (!strcmp(base, ".") || !strcmp(base, "..") || !*base) {
+        if (!realpath(mnt, out))
+            return fz_error_set(FZ_ENOTFOUND, "%s: %s", mnt, strerror(errno));
+        return 0;
+    }
+    if ((size_t)snprintf(out, n, "%s%s%s", parent, strcmp(parent, "/") ? "/" : "", base) >= n)
+        return fz_error_set(FZ_ERANGE, "%s: path too long", mnt);
+    return 0;
+}
+
+static int run_fusermount(const char *path, bool lazy)
+{
+    char *argv[] = {"fusermount3", "-u", lazy ? "-z" : NULL, (char *)path, NULL};
+    if (!lazy) {
+        argv[2] = (char *)path;
+        argv[3] = NULL;
+    }
+    pid_t pid;
+    int status;
+    if (posix_spawnp(&pid, "fusermount3", NULL, NULL, argv, environ) != 0)
+        return fz_error_set(FZ_EIO, "%s: cannot run fusermount3", path);
+    if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        return fz_error_set(FZ_EIO, "%s: fusermount3 -u failed", path);
+    return 0;
+}
+
+int fz_umount(const char *mnt)
+{
+    char path[PATH_MAX], fstype[256], pidpath[PATH_MAX] = "";
+    unsigned maj, min;
+    int rc = mount_path(mnt, path, sizeof path);
+    if (rc)
+        return rc;
+    if (!find_mount(path, &maj, &min, fstype, sizeof fstype))
+        return fz_error_set(FZ_ENOTFOUND, "%s: not mounted", mnt);
+    if (strcmp(fstype, "fuse.fzfs"))
+        return fz_error_set(FZ_EINVAL, "%s: not an fzfs mount (filesystem type %s)", mnt, fstype);
+    pid_t pid = pidfile_daemon(maj, min, pidpath, sizeof pidpath);
+    unsigned long long start = proc_start(pid);
+    bool alive = pid > 0;
+
+    if (umount2(path, 0) != 0) {
+        int e = errno;
+        if (e == EPERM && geteuid() != 0) {
+            if ((rc = run_fusermount(path, !alive)))
+                return rc;
+        } else if (e == EBUSY && !alive) {
+            /* The daemon died ("Transport endpoint is not connected") and
+             * something still holds the mount: detach it. */
+            if (umount2(path, MNT_DETACH) != 0)
+                return fz_error_set(FZ_EIO, "%s: cannot detach: %s", mnt, strerror(errno));
+        } else if (e == EBUSY) {
+            return fz_error_set(FZ_EIO, "%s: target is busy (files open on the mount?)", mnt);
+        } else {
+            return fz_error_set(FZ_EIO, "%s: cannot unmount: %s", mnt, strerror(e));
+        }
+    }
+    /* The daemon sees the unmount, finishes queued reads and closes the
+     * cache (which syncs it): wait for that, so the cache is complete when
+     * we return. */
+    for (int i = 0; alive && i < 300; i++) {
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        alive = proc_start(pid) == start;
+    }
+    if (alive)
+        fz_warn("%s: unmounted, but the daemon (pid %ld) is still running", mnt, (long)pid);
+    else if (pidpath[0])
+        unlink(pidpath);
+    return 0;
+}

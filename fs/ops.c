@@ -1,0 +1,511 @@
+/* The FUSE low-level operations over a view: inode = node index + 1 (the
+ * root is node 0 = FUSE_ROOT_ID), nothing is ever allocated per inode, so
+ * lookup counts need no bookkeeping and forget is a no-op. */
+#include "fs/ops.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include "util/error.h"
+#include "util/log.h"
+
+/* The view never changes while mounted: let the kernel cache for a day. */
+#define FZ_FS_TIMEOUT 86400.0
+/* Most segments touched by a read answered in the worker; reads spanning
+ * more (tiny segments, e.g. a torch zip's headers) go through fz_view_read. */
+#define FZ_FS_MAX_FAST_SEGS 16
+
+struct fz_fs_job {
+    fz_fs_job *next;
+    fuse_req_t req;
+    uint32_t node;
+    uint64_t off, len;
+};
+
+static fz_fs *fs_of(fuse_req_t req)
+{
+    return fuse_req_userdata(req);
+}
+
+/* The node of an inode number, or NULL if out of range. */
+static const fz_node *node_of(fz_fs *fs, fuse_ino_t ino, uint32_t *idx)
+{
+    if (ino < FUSE_ROOT_ID || ino - FUSE_ROOT_ID >= fs->nnodes)
+        return NULL;
+    *idx = (uint32_t)(ino - FUSE_ROOT_ID);
+    return fz_view_node(fs->v, *idx);
+}
+
+static void fill_stat(fz_fs *fs, uint32_t idx, struct stat *st)
+{
+    const fz_node *n = fz_view_node(fs->v, idx);
+    memset(st, 0, sizeof *st);
+    st->st_ino = (ino_t)idx + FUSE_ROOT_ID;
+    st->st_uid = fs->uid;
+    st->st_gid = fs->gid;
+    st->st_mtim = st->st_ctim = st->st_atim = fs->mtime;
+    switch (n->kind) {
+    case FZ_NODE_DIR:
+        st->st_mode = S_IFDIR | 0755;
+        st->st_nlink = 2;
+        for (uint32_t i = 0; i < n->nchildren; i++)
+            if (fz_view_node(fs->v, n->children[i])->kind == FZ_NODE_DIR)
+                st->st_nlink++;
+        st->st_size = 4096;
+        break;
+    case FZ_NODE_SYMLINK:
+        st->st_mode = S_IFLNK | 0777;
+        st->st_nlink = 1;
+        st->st_size = (off_t)strlen(n->target);
+        break;
+    case FZ_NODE_FILE:
+        st->st_mode = S_IFREG | 0644;
+        st->st_nlink = 1;
+        st->st_size = (off_t)n->size;
+        break;
+    }
+    st->st_blksize = 4096;
+    st->st_blocks = (blkcnt_t)((st->st_size + 511) / 512);
+}
+
+static void fill_entry(fz_fs *fs, uint32_t idx, struct fuse_entry_param *e)
+{
+    memset(e, 0, sizeof *e);
+    e->ino = (fuse_ino_t)idx + FUSE_ROOT_ID;
+    e->generation = 1;
+    e->attr_timeout = FZ_FS_TIMEOUT;
+    e->entry_timeout = FZ_FS_TIMEOUT;
+    fill_stat(fs, idx, &e->attr);
+}
+
+/* Child `name` of directory node `dir` (children are sorted by strcmp). */
+static uint32_t find_child(fz_fs *fs, const fz_node *dir, const char *name)
+{
+    uint32_t lo = 0, hi = dir->nchildren;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(fz_view_node(fs->v, dir->children[mid])->name, name);
+        if (c == 0)
+            return dir->children[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return UINT32_MAX;
+}
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+    (void)userdata;
+    /* Enough requests in flight for a 4 MiB readahead window split into
+     * 1 MiB READs across several files (peers-and-design B.3, B.5). */
+    conn->max_background = 64;
+    conn->congestion_threshold = 48;
+    conn->max_readahead = 4u << 20; /* libfuse caps it at the kernel's offer */
+    if (conn->capable & FUSE_CAP_SPLICE_WRITE)
+        conn->want |= FUSE_CAP_SPLICE_WRITE;
+    if (conn->capable & FUSE_CAP_SPLICE_MOVE)
+        conn->want |= FUSE_CAP_SPLICE_MOVE;
+    if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
+        conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+    /* Attributes never change; nothing for the kernel to revalidate. */
+    conn->want &= ~(unsigned)FUSE_CAP_AUTO_INVAL_DATA;
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    fz_fs *fs = fs_of(req);
+    uint32_t pi;
+    const fz_node *p = node_of(fs, parent, &pi);
+    if (!p || p->kind != FZ_NODE_DIR) {
+        fuse_reply_err(req, p ? ENOTDIR : ENOENT);
+        return;
+    }
+    uint32_t ci = find_child(fs, p, name);
+    if (ci == UINT32_MAX) {
+        /* A name that is not in the view never will be: cache the miss
+         * (loaders probe for pytorch_model.bin, model.safetensors, ...). */
+        struct fuse_entry_param e;
+        memset(&e, 0, sizeof e);
+        e.entry_timeout = FZ_FS_TIMEOUT;
+        fuse_reply_entry(req, &e);
+        return;
+    }
+    struct fuse_entry_param e;
+    fill_entry(fs, ci, &e);
+    fuse_reply_entry(req, &e);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    (void)fi;
+    fz_fs *fs = fs_of(req);
+    uint32_t idx;
+    if (!node_of(fs, ino, &idx)) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    struct stat st;
+    fill_stat(fs, idx, &st);
+    fuse_reply_attr(req, &st, FZ_FS_TIMEOUT);
+}
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+    uint32_t idx;
+    const fz_node *n = node_of(fs_of(req), ino, &idx);
+    if (!n || n->kind != FZ_NODE_SYMLINK) {
+        fuse_reply_err(req, n ? EINVAL : ENOENT);
+        return;
+    }
+    fuse_reply_readlink(req, n->target);
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    uint32_t idx;
+    const fz_node *n = node_of(fs_of(req), ino, &idx);
+    if (!n || n->kind != FZ_NODE_DIR) {
+        fuse_reply_err(req, n ? ENOTDIR : ENOENT);
+        return;
+    }
+    fi->cache_readdir = 1;
+    fi->keep_cache = 1;
+    fuse_reply_open(req, fi);
+}
+
+/* Directory offsets: 0 = start, 1 = after ".", 2 = after "..", 2 + k =
+ * after child k. The listing never changes, so offsets stay valid. */
+static void readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
+{
+    fz_fs *fs = fs_of(req);
+    uint32_t idx;
+    const fz_node *n = node_of(fs, ino, &idx);
+    if (!n || n->kind != FZ_NODE_DIR) {
+        fuse_reply_err(req, n ? ENOTDIR : ENOENT);
+        return;
+    }
+    char *buf = malloc(size ? size : 1);
+    if (!buf) {
+        fuse_reply_err(req, ENOMEM);
+        return;
+    }
+    size_t used = 0;
+    for (uint64_t k = off < 0 ? 0 : (uint64_t)off; k < 2ull + n->nchildren; k++) {
+        uint32_t ci;
+        const char *name;
+        if (k == 0) {
+            ci = idx;
+            name = ".";
+        } else if (k == 1) {
+            ci = idx == 0 ? 0 : n->parent;
+            name = "..";
+        } else {
+            ci = n->children[k - 2];
+            name = fz_view_node(fs->v, ci)->name;
+        }
+        size_t need;
+        if (plus) {
+            struct fuse_entry_param e;
+            fill_entry(fs, ci, &e);
+            need = fuse_add_direntry_plus(req, buf + used, size - used, name, &e, (off_t)(k + 1));
+        } else {
+            struct stat st;
+            fill_stat(fs, ci, &st);
+            need = fuse_add_direntry(req, buf + used, size - used, name, &st, (off_t)(k + 1));
+        }
+        if (need > size - used)
+            break;
+        used += need;
+    }
+    fuse_reply_buf(req, buf, used);
+    free(buf);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                       struct fuse_file_info *fi)
+{
+    (void)fi;
+    readdir_common(req, ino, size, off, false);
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                           struct fuse_file_info *fi)
+{
+    (void)fi;
+    readdir_common(req, ino, size, off, true);
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    uint32_t idx;
+    const fz_node *n = node_of(fs_of(req), ino, &idx);
+    if (!n) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    if (n->kind == FZ_NODE_DIR) {
+        fuse_reply_err(req, EISDIR);
+        return;
+    }
+    if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+        fuse_reply_err(req, EROFS);
+        return;
+    }
+    /* Never direct_io: it defeats the page cache, readahead and mmap. */
+    fi->keep_cache = 1;
+    fi->direct_io = 0;
+    fi->noflush = 1;
+    fuse_reply_open(req, fi);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    (void)ino;
+    (void)fi;
+    fuse_reply_err(req, 0);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+    (void)ino;
+    fz_fs *fs = fs_of(req);
+    struct statvfs sv;
+    memset(&sv, 0, sizeof sv);
+    sv.f_bsize = 4096;
+    sv.f_frsize = 4096;
+    sv.f_blocks = (fsblkcnt_t)((fz_view_total_bytes(fs->v) + 4095) / 4096);
+    sv.f_files = fs->nnodes;
+    sv.f_namemax = 255;
+    sv.f_flag = ST_RDONLY;
+    fuse_reply_statfs(req, &sv);
+}
+
+static void reply_read_error(fz_fs *fs, fuse_req_t req, uint32_t node, uint64_t off,
+                             uint64_t len, int rc)
+{
+    fz_log(FZ_LOG_ERROR, "read %s [%llu, +%llu): %s", fz_view_node(fs->v, node)->path,
+           (unsigned long long)off, (unsigned long long)len, fz_error_msg());
+    (void)rc;
+    fuse_reply_err(req, EIO);
+}
+
+/* ---- compute pool ---------------------------------------------------- */
+
+static void run_job(fz_fs *fs, fz_fs_job *j)
+{
+    uint8_t *buf = malloc(j->len ? j->len : 1);
+    if (!buf) {
+        fz_error_set(FZ_ENOMEM, "out of memory");
+        reply_read_error(fs, j->req, j->node, j->off, j->len, FZ_ENOMEM);
+        return;
+    }
+    int rc = fz_view_read(fs->v, j->node, j->off, j->len, buf);
+    if (rc)
+        reply_read_error(fs, j->req, j->node, j->off, j->len, rc);
+    else
+        fuse_reply_buf(j->req, (const char *)buf, (size_t)j->len);
+    free(buf);
+}
+
+static void *pool_main(void *arg)
+{
+    fz_fs *fs = arg;
+    fz_fs_pool *p = &fs->pool;
+    for (;;) {
+        pthread_mutex_lock(&p->lock);
+        while (!p->head && !p->stop)
+            pthread_cond_wait(&p->cond, &p->lock);
+        fz_fs_job *j = p->head;
+        if (j) {
+            p->head = j->next;
+            if (!p->head)
+                p->tail = NULL;
+        }
+        pthread_mutex_unlock(&p->lock);
+        if (!j)
+            return NULL; /* stop and nothing queued */
+        run_job(fs, j);
+        free(j);
+    }
+}
+
+int fz_fs_pool_start(fz_fs *fs, int nthreads)
+{
+    fz_fs_pool *p = &fs->pool;
+    memset(p, 0, sizeof *p);
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->cond, NULL);
+    p->threads = calloc((size_t)nthreads, sizeof *p->threads);
+    if (!p->threads)
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    /* Signals belong to the session loop's thread (fuse_set_signal_handlers). */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    for (; p->nthreads < nthreads; p->nthreads++)
+        if (pthread_create(&p->threads[p->nthreads], NULL, pool_main, fs) != 0)
+            break;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (p->nthreads == 0)
+        return fz_error_set(FZ_EIO, "cannot start compute threads");
+    return 0;
+}
+
+void fz_fs_pool_stop(fz_fs *fs)
+{
+    fz_fs_pool *p = &fs->pool;
+    if (!p->threads)
+        return;
+    pthread_mutex_lock(&p->lock);
+    p->stop = true;
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+    for (int i = 0; i < p->nthreads; i++)
+        pthread_join(p->threads[i], NULL);
+    free(p->threads);
+    p->threads = NULL;
+    pthread_cond_destroy(&p->cond);
+    pthread_mutex_destroy(&p->lock);
+}
+
+static void pool_submit(fz_fs *fs, fuse_req_t req, uint32_t node, uint64_t off, uint64_t len)
+{
+    fz_fs_job *j = malloc(sizeof *j);
+    if (!j) {
+        fz_error_set(FZ_ENOMEM, "out of memory");
+        reply_read_error(fs, req, node, off, len, FZ_ENOMEM);
+        return;
+    }
+    *j = (fz_fs_job){NULL, req, node, off, len};
+    fz_fs_pool *p = &fs->pool;
+    pthread_mutex_lock(&p->lock);
+    if (p->tail)
+        p->tail->next = j;
+    else
+        p->head = j;
+    p->tail = j;
+    pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+/* ---- read dispatch --------------------------------------------------- */
+
+/* Where a read is answered.
+ *
+ * A file is an ordered list of segments (view.h). A read whose range
+ * touches only literal and span segments costs a memcpy or a pread: it is
+ * answered right here in the FUSE worker, as one fuse_reply_data over a
+ * buffer vector - literal pieces point into the view's own buffers, span
+ * pieces are (source fd, offset) buffers with FUSE_BUF_IS_FD|FD_SEEK, so
+ * libfuse can splice them from the source file's page cache into
+ * /dev/fuse when the kernel granted SPLICE_WRITE (else it preads them).
+ * These are the same bytes fz_view_read would copy for those segment
+ * kinds; the segment table is the view's contract, not a second producer.
+ *
+ * A read touching a computed or deferred segment (casts, resized
+ * embeddings, zip headers whose CRCs need computed records) may take
+ * milliseconds to seconds: it is queued to the compute pool, whose thread
+ * calls fz_view_read (which goes through the LMDB cache) and replies. The
+ * worker returns at once, so workers stay free for lookup/getattr and
+ * page-cache misses on unchanged bytes; nothing here ever waits on another
+ * FUSE request (the deadlock of peers-and-design B.3).
+ *
+ * Deliberately not done: splitting a mixed read into a fast part and a
+ * computed part (the pool computes the whole range; a 1 MiB read rarely
+ * straddles), and source-read errors on the splice path cannot be logged
+ * here (libfuse turns them into the reply's errno itself). */
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                    struct fuse_file_info *fi)
+{
+    (void)fi;
+    fz_fs *fs = fs_of(req);
+    uint32_t idx;
+    const fz_node *n = node_of(fs, ino, &idx);
+    if (!n || n->kind != FZ_NODE_FILE) {
+        fuse_reply_err(req, n ? EISDIR : ENOENT);
+        return;
+    }
+    if (off < 0 || (uint64_t)off >= n->size || size == 0) {
+        fuse_reply_buf(req, NULL, 0);
+        return;
+    }
+    uint64_t o = (uint64_t)off;
+    uint64_t len = n->size - o < size ? n->size - o : size;
+
+    /* First segment ending after o. */
+    uint32_t lo = 0, hi = n->nsegs;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (n->segs[mid].off + n->segs[mid].len <= o)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    uint32_t first = lo, count = 0;
+    bool fast = true;
+    for (uint32_t i = first; i < n->nsegs && n->segs[i].off < o + len; i++) {
+        if (n->segs[i].kind != FZ_SEG_LITERAL && n->segs[i].kind != FZ_SEG_SPAN)
+            fast = false;
+        if (++count > FZ_FS_MAX_FAST_SEGS)
+            fast = false;
+        if (!fast)
+            break;
+    }
+    if (!fast || count == 0) {
+        pool_submit(fs, req, idx, o, len);
+        return;
+    }
+
+    const fz_seg *s0 = &n->segs[first];
+    if (count == 1 && s0->kind == FZ_SEG_LITERAL) {
+        fuse_reply_buf(req, (const char *)s0->u.lit + (o - s0->off), (size_t)len);
+        return;
+    }
+    union {
+        struct fuse_bufvec bv;
+        char space[sizeof(struct fuse_bufvec) + FZ_FS_MAX_FAST_SEGS * sizeof(struct fuse_buf)];
+    } u;
+    struct fuse_bufvec *bv = &u.bv;
+    memset(bv, 0, sizeof *bv);
+    bv->count = count;
+    uint64_t pos = o, left = len;
+    for (uint32_t k = 0; k < count; k++) {
+        const fz_seg *s = &n->segs[first + k];
+        uint64_t so = pos - s->off;
+        uint64_t take = s->len - so < left ? s->len - so : left;
+        struct fuse_buf *b = &bv->buf[k];
+        memset(b, 0, sizeof *b);
+        b->size = (size_t)take;
+        if (s->kind == FZ_SEG_LITERAL) {
+            b->mem = (void *)(s->u.lit + so);
+        } else {
+            b->flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY;
+            b->fd = s->u.span.fd;
+            b->pos = (off_t)(s->u.span.off + so);
+        }
+        pos += take;
+        left -= take;
+    }
+    fuse_reply_data(req, bv, FUSE_BUF_SPLICE_MOVE);
+}
+
+const struct fuse_lowlevel_ops fz_fs_ops = {
+    .init = op_init,
+    .lookup = op_lookup,
+    .getattr = op_getattr,
+    .readlink = op_readlink,
+    .opendir = op_opendir,
+    .readdir = op_readdir,
+    .readdirplus = op_readdirplus,
+    .open = op_open,
+    .read = op_read,
+    .release = op_release,
+    .statfs = op_statfs,
+};

@@ -1,0 +1,51 @@
+/* Private to fs/: the FUSE low-level operations over a view, and the compute
+ * pool that answers reads needing computed bytes. fs/mount.c owns the
+ * session; this file owns what each request does.
+ *
+ * Threading: the ops run on libfuse worker threads, any number at once. The
+ * view is immutable (fz_view_read is thread-safe); the only mutable state is
+ * the pool's job queue, behind pool.lock, which is never held while a chunk
+ * is computed or a reply is sent. */
+#ifndef FZ_FS_OPS_H
+#define FZ_FS_OPS_H
+
+#define FUSE_USE_VERSION 312
+#include <fuse_lowlevel.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <time.h>
+
+#include "view/view.h"
+
+typedef struct fz_fs_job fz_fs_job;
+
+/* A fixed set of threads taking read jobs off one FIFO. */
+typedef struct {
+    pthread_mutex_t lock; /* guards head, tail, stop */
+    pthread_cond_t cond;
+    fz_fs_job *head, *tail;
+    bool stop;
+    pthread_t *threads;
+    int nthreads;
+} fz_fs_pool;
+
+typedef struct {
+    fz_view *v;
+    uint32_t nnodes;
+    struct timespec mtime; /* every node's mtime/ctime: SRC's, stable across remounts */
+    uid_t uid;
+    gid_t gid;
+    fz_fs_pool pool;
+    const char *mnt; /* for log lines */
+} fz_fs;
+
+extern const struct fuse_lowlevel_ops fz_fs_ops;
+
+/* Start the compute pool (nthreads >= 1) with all signals blocked in its
+ * threads. Errors: FZ_EIO (no thread could start), FZ_ENOMEM. */
+int fz_fs_pool_start(fz_fs *fs, int nthreads);
+/* Let the pool finish queued jobs, then join its threads. Call after the
+ * session loop returned and before the session is destroyed. */
+void fz_fs_pool_stop(fz_fs *fs);
+
+#endif

@@ -350,8 +350,11 @@ static int manifest_json(fz_view *v, uint32_t ckdir, uint64_t optimizer_size, fz
     json_t *m = json_object(), *comps = json_object(), *meta = json_object();
     json_object_set_new(m, "checkpoint_path", json_string(v->dest_ckpt_dir));
     json_object_set_new(m, "world_size", json_integer(1));
+    /* A source without a manifest (flat HF dir) has no timestamp to carry;
+     * a fixed one keeps the output deterministic and parseable by
+     * Forgather's checkpoint search (datetime.fromisoformat). */
     json_object_set_new(m, "timestamp",
-                        v->src.timestamp ? json_string(v->src.timestamp) : json_null());
+                        json_string(v->src.timestamp ? v->src.timestamp : "1970-01-01T00:00:00"));
     json_object_set_new(comps, "model", component("model", model));
     if (v->opts.keep_optimizer)
         json_object_set_new(comps, "optimizer", component("optimizer", optimizer_size));

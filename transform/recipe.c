@@ -428,7 +428,10 @@ static int produce_quant(fz_recipe *r, uint64_t off, uint64_t len, uint8_t *out)
     uint64_t r0 = off / rb, r1 = (off + len + rb - 1) / rb;
     size_t ves = fz_dtype_size(r->val_dtype);
     uint64_t ngroups = fz_quant_ngroups(r->q, in);
-    uint8_t *vals = malloc((size_t)(in * ves) + 1);
+    /* Source rows are read a block at a time (about FZ_RUN_ELEMS values) so
+     * a chunk costs a few large preads, not one per row. */
+    uint64_t block = in && in < FZ_RUN_ELEMS ? FZ_RUN_ELEMS / in : 1;
+    uint8_t *vals = malloc((size_t)(block * in * ves) + 1);
     float *w = malloc((size_t)in * sizeof *w + 1);
     uint8_t *scales = malloc((size_t)(ngroups * ves) + 1);
     uint8_t *row = malloc((size_t)rb + 1);
@@ -437,19 +440,27 @@ static int produce_quant(fz_recipe *r, uint64_t off, uint64_t len, uint8_t *out)
         rc = fz_error_set(FZ_ENOMEM, "out of memory");
         goto done;
     }
-    for (uint64_t i = r0; i < r1; i++) {
-        if ((rc = copy_source_row(r, i, 0, in, vals, scratch)))
+    for (uint64_t b0 = r0; b0 < r1; b0 += block) {
+        uint64_t nb = r1 - b0 < block ? r1 - b0 : block;
+        if (!r->gather)
+            rc = copy_run(r, r->src.storage_offset + b0 * in, nb * in, vals, scratch);
+        for (uint64_t k = 0; k < nb && rc == 0 && r->gather; k++)
+            rc = copy_source_row(r, b0 + k, 0, in, vals + k * in * ves, scratch);
+        if (rc)
             goto done;
-        fz_cast(r->val_dtype, vals, FZ_DT_F32, w, (size_t)in);
-        fz_quant_row_scales(r->q, r->val_dtype, w, in, scales);
-        if (r->part == FZ_PART_QSCALE)
-            memcpy(row, scales, (size_t)rb);
-        else
-            fz_quant_row(r->q, r->val_dtype, w, in, scales, row);
-        /* The slice of this row inside [off, off+len). */
-        uint64_t a = i * rb, b = a + rb;
-        uint64_t lo = a > off ? a : off, hi = b < off + len ? b : off + len;
-        memcpy(out + (lo - off), row + (lo - a), (size_t)(hi - lo));
+        for (uint64_t k = 0; k < nb; k++) {
+            uint64_t i = b0 + k;
+            fz_cast(r->val_dtype, vals + k * in * ves, FZ_DT_F32, w, (size_t)in);
+            fz_quant_row_scales(r->q, r->val_dtype, w, in, scales);
+            if (r->part == FZ_PART_QSCALE)
+                memcpy(row, scales, (size_t)rb);
+            else
+                fz_quant_row(r->q, r->val_dtype, w, in, scales, row);
+            /* The slice of this row inside [off, off+len). */
+            uint64_t a = i * rb, b = a + rb;
+            uint64_t lo = a > off ? a : off, hi = b < off + len ? b : off + len;
+            memcpy(out + (lo - off), row + (lo - a), (size_t)(hi - lo));
+        }
     }
 done:
     free(vals);

@@ -116,6 +116,11 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
         conn->want |= FUSE_CAP_CACHE_SYMLINKS;
     /* Attributes never change; nothing for the kernel to revalidate. */
     conn->want &= ~(unsigned)FUSE_CAP_AUTO_INVAL_DATA;
+    fz_debug("FUSE protocol %u.%u: max_readahead %u, max_background %u, splice_write %s, "
+             "async_read %s",
+             conn->proto_major, conn->proto_minor, conn->max_readahead, conn->max_background,
+             conn->want & FUSE_CAP_SPLICE_WRITE ? "on" : "off",
+             conn->want & FUSE_CAP_ASYNC_READ ? "on" : "off");
 }
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)

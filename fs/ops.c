@@ -295,8 +295,10 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 static void reply_read_error(fz_fs *fs, fuse_req_t req, uint32_t node, uint64_t off,
                              uint64_t len, int rc)
 {
-    fz_log(FZ_LOG_ERROR, "read %s [%llu, +%llu): %s", fz_view_node(fs->v, node)->path,
-           (unsigned long long)off, (unsigned long long)len, fz_error_msg());
+    const char *path = fz_view_node(fs->v, node)->path, *msg = fz_error_msg();
+    bool named = strncmp(msg, path, strlen(path)) == 0; /* fz_view_read names the file */
+    fz_log(FZ_LOG_ERROR, "read %s%s[%llu, +%llu): %s", named ? "" : path, named ? "" : " ",
+           (unsigned long long)off, (unsigned long long)len, msg);
     (void)rc;
     fuse_reply_err(req, EIO);
 }

@@ -512,6 +512,34 @@ def test_checkpoint_removed_while_mounted(runs, fzfs, mounter, tmp_path):
     mounter.umount(mnt)
 
 
+def test_failed_read_is_eio_and_logged(runs, fzfs, mounter, tmp_path):
+    run = "llama-tied-bin"
+    src = str(tmp_path / run)
+    shutil.copytree(runs.src(run), src, symlinks=True)
+    mnt = str(tmp_path / "mnt")
+    mounter.mount(src, mnt, *BF16_ST)
+    ckpt = runs.info(run)["latest"]
+    for f in os.listdir(os.path.join(src, ckpt)):
+        if f.startswith("pytorch_model-"):
+            os.truncate(os.path.join(src, ckpt, f), 1000)  # the held-open source shrinks
+    shard = "model-00001-of-00002.safetensors"
+    err = child("""
+        import os, sys
+        try:
+            with open(sys.argv[1], "rb") as f:
+                f.read()
+            print("ok")
+        except OSError as e:
+            print(e.errno)
+    """, os.path.join(mnt, ckpt, shard))
+    assert err == 5, f"expected EIO, got {err}"
+    mounter.umount(mnt)
+    with open(mnt + ".log") as f:
+        log = f.read()
+    assert re.search(r"ERROR: read .*" + re.escape(f"{ckpt}/{shard}") +
+                     r".*pytorch_model-0000\d-of-00002\.bin", log), log
+
+
 def test_sigkilled_daemon_is_cleaned_up_and_cache_reopens(runs, materialized, fzfs, mounter,
                                                          tmp_path):
     run, opts = "llama-tied-bin", BF16_ST

@@ -157,6 +157,8 @@ typedef struct {
     const char *mnt;
     int ready_fd; /* -1 in the foreground */
     const char *src;
+    dev_t dev;    /* the mount's device once it answered (names the pid file) */
+    bool pidfile;
 } fz_ready;
 
 static void ready_reply(fz_ready *r, const char *msg)
@@ -202,6 +204,8 @@ static void *ready_main(void *arg)
             fclose(f);
     }
     pidfile_write(st.st_dev);
+    r->dev = st.st_dev;
+    r->pidfile = true;
     fz_info("Mounted %s at %s (pid %ld)", r->src, r->mnt, (long)getpid());
     ready_reply(r, "0");
     return NULL;
@@ -241,7 +245,7 @@ static int serve(fz_fs *fs, struct fuse_session *se, const char *mnt, const char
     int rc = 0;
     bool mounted = false, handlers = false, ready_started = false;
     pthread_t ready_th;
-    fz_ready ready = {mnt, ready_fd, src};
+    fz_ready ready = {mnt, ready_fd, src, 0, false};
     struct fuse_loop_config *cfg = NULL;
     fz_cache *cache = NULL;
     char *cache_dir = NULL;
@@ -319,6 +323,11 @@ done:
         fz_cache_close(cache);
     }
     free(cache_dir);
+    if (ready.pidfile) {
+        char pidpath[PATH_MAX];
+        if (pidfile_path(pidpath, sizeof pidpath, major(ready.dev), minor(ready.dev), false) == 0)
+            unlink(pidpath);
+    }
     if (rc == 0)
         fz_info("Unmounted %s", mnt);
     return rc;
@@ -611,7 +620,7 @@ int fz_umount(const char *mnt)
     }
     if (alive)
         fz_warn("%s: unmounted, but the daemon (pid %ld) is still running", mnt, (long)pid);
-    else if (pidpath[0])
-        unlink(pidpath);
+    else if (pid == 0 && pidpath[0])
+        unlink(pidpath); /* a dead daemon's file; a live one removes its own */
     return 0;
 }

@@ -247,3 +247,46 @@ def test_unknown_recipe_is_a_usage_error(fzfs, session_tmp, qruns):
     for r in RECIPES:
         assert r in p.stderr
     assert not os.path.exists(dest)
+
+
+LOGITS_FROM = """
+    import json, sys, torch
+    from transformers import AutoModelForCausalLM
+    out = {}
+    for path in sys.argv[1:]:
+        m = AutoModelForCausalLM.from_pretrained(path).eval()
+        with torch.no_grad():
+            out[path] = m(torch.tensor([[1, 5, 9, 20, 33, 47, 60, 2]])).logits.float().flatten().tolist()
+    print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("recipe,dtype", [("int4-weight-only", None),
+                                          ("float8-dynamic-act-float8-weight", "bfloat16"),
+                                          ("int8-dynamic-act-int4-weight", None)])
+def test_quantized_mount_equals_materialized(fzfs, session_tmp, qruns, tmp_path, recipe, dtype):
+    """The mount computes quantized chunks lazily (through a cold, then warm cache) and
+    serves exactly the materialized bytes; transformers loads the same model from both."""
+    from test_mount import Mounter, child, diff_trees
+    src = qruns["f32"]
+    opts = ["--quantize", recipe] + (["--dtype", dtype] if dtype else [])
+    dest = _materialize(fzfs, session_tmp, src, f"mount-{recipe}-{dtype}", *opts)
+    m = Mounter(fzfs, str(tmp_path))
+    cache = str(tmp_path / "cache")
+    try:
+        for round_ in ("cold", "warm"):
+            mnt = str(tmp_path / f"mnt-{round_}")
+            m.mount(src, mnt, "--skip-default-tokens", *opts, cache=cache)
+            # sizes are exact before anything is computed
+            for root, _, files in os.walk(dest):
+                for f in files:
+                    rel = os.path.relpath(os.path.join(root, f), dest)
+                    assert os.lstat(os.path.join(mnt, rel)).st_size == os.lstat(os.path.join(root, f)).st_size, rel
+            diff_trees(mnt, dest)
+            logits = child(LOGITS_FROM, mnt, dest, timeout=300)
+            assert logits[mnt] == logits[dest]
+            m.umount(mnt)
+        stats = fzfs.run("cache", "stats", "--cache-dir", cache)
+        assert stats.returncode == 0, stats.stderr
+    finally:
+        m.cleanup()

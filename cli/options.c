@@ -95,7 +95,7 @@ static const struct {
     {{"options", required_argument, 0, O_FUSE_OPTS}, "OPTS",
      "extra FUSE mount options, comma-separated (e.g. allow_other)", MT},
     {{"log-file", required_argument, 0, O_LOG_FILE}, "FILE",
-     "where the mount daemon logs (default: nowhere)", MT},
+     "where the mount daemon logs (default: $XDG_STATE_HOME/fzfs/mount.log)", MT},
     {{"cache-dir", required_argument, 0, O_CACHE_DIR}, "DIR",
      "chunk cache directory (default: $XDG_CACHE_HOME/fzfs)", M | MT | C},
     {{"cache-size", required_argument, 0, O_CACHE_SIZE}, "SIZE",

@@ -407,6 +407,32 @@ static const char *absolute(const char *path, char *out)
     return out;
 }
 
+/* Where a daemon logs when --log-file is not given: $XDG_STATE_HOME/fzfs
+ * (default ~/.local/state/fzfs)/mount.log, directories created. NULL when
+ * no home is known (the daemon then logs nowhere). */
+static const char *default_log_file(char *out)
+{
+    const char *state = getenv("XDG_STATE_HOME"), *home = getenv("HOME");
+    char dir[PATH_MAX];
+    if (state && state[0] == '/')
+        snprintf(dir, sizeof dir, "%s/fzfs", state);
+    else if (home && home[0] == '/')
+        snprintf(dir, sizeof dir, "%s/.local/state/fzfs", home);
+    else
+        return NULL;
+    for (char *p = dir + 1; *p; p++)
+        if (*p == '/') {
+            *p = '\0';
+            mkdir(dir, 0755);
+            *p = '/';
+        }
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return NULL;
+    if ((size_t)snprintf(out, PATH_MAX, "%s/mount.log", dir) >= PATH_MAX)
+        return NULL;
+    return out;
+}
+
 int fz_mount_serve(fz_view *v, const char *mnt_in, const fz_mount_opts *o_in)
 {
     char mnt[PATH_MAX], logpath[PATH_MAX], cachepath[PATH_MAX];
@@ -416,7 +442,10 @@ int fz_mount_serve(fz_view *v, const char *mnt_in, const fz_mount_opts *o_in)
     if (!realpath(mnt_in, mnt))
         return fz_error_set(FZ_ENOTFOUND, "Mount point %s: %s", mnt_in, strerror(errno));
     fz_mount_opts opts = *o_in, *o = &opts;
-    const char *log_file = absolute(o->log_file, logpath);
+    const char *log_file = o->log_file || o->foreground ? absolute(o->log_file, logpath)
+                                                         : default_log_file(logpath);
+    if (!o->log_file && log_file)
+        fz_info("the mount daemon logs to %s", log_file);
     o->cache_dir = absolute(o->cache_dir, cachepath);
 
     fz_fs *fs = calloc(1, sizeof *fs);

@@ -113,6 +113,17 @@ static int lmdb_error(const char *dir, const char *what, int rc)
     return fz_error_set(FZ_EIO, "cache %s: %s: %s", dir, what, mdb_strerror(rc));
 }
 
+static void destroy_locks(fz_cache *c)
+{
+    pthread_rwlock_destroy(&c->txn_lock);
+    pthread_mutex_destroy(&c->fl_lock);
+    pthread_cond_destroy(&c->fl_cond);
+    pthread_mutex_destroy(&c->q_lock);
+    pthread_cond_destroy(&c->q_work);
+    pthread_cond_destroy(&c->q_room);
+    pthread_cond_destroy(&c->q_idle);
+}
+
 int fz_cache_open(fz_cache **out, const char *dir, uint64_t map_size)
 {
     int rc = 0, mrc;
@@ -203,15 +214,8 @@ done:
     if (c) {
         if (c->env)
             mdb_env_close(c->env);
-        if (locks) {
-            pthread_rwlock_destroy(&c->txn_lock);
-            pthread_mutex_destroy(&c->fl_lock);
-            pthread_cond_destroy(&c->fl_cond);
-            pthread_mutex_destroy(&c->q_lock);
-            pthread_cond_destroy(&c->q_work);
-            pthread_cond_destroy(&c->q_room);
-            pthread_cond_destroy(&c->q_idle);
-        }
+        if (locks)
+            destroy_locks(c);
         if (registered)
             unregister_open(c);
         free(c->touched);
@@ -229,13 +233,7 @@ void fz_cache_close(fz_cache *c)
     if (mrc)
         fz_log(FZ_LOG_WARNING, "cache: mdb_env_sync: %s", mdb_strerror(mrc));
     mdb_env_close(c->env);
-    pthread_rwlock_destroy(&c->txn_lock);
-    pthread_mutex_destroy(&c->fl_lock);
-    pthread_cond_destroy(&c->fl_cond);
-    pthread_mutex_destroy(&c->q_lock);
-    pthread_cond_destroy(&c->q_work);
-    pthread_cond_destroy(&c->q_room);
-    pthread_cond_destroy(&c->q_idle);
+    destroy_locks(c);
     unregister_open(c);
     free(c->touched);
     free(c);

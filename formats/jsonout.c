@@ -103,14 +103,14 @@ static char *put_mantissa(char *o, const char *dg, int n)
     return o;
 }
 
-void fz_json_format_real(double d, char *buf)
+/* Shortest round-trip digits in one of two dialects. Python's repr: NaN and
+ * Infinity spelled out, exponent form when e < -4 or e >= 16 with at least
+ * two exponent digits (1e-05). serde_json (tokenizers): non-finite values
+ * become null, exponent form when e < -5 or e >= 16, exponent as is (1e-7). */
+static void format_real(double d, char *buf, bool rust)
 {
-    if (isnan(d)) {
-        strcpy(buf, "NaN");
-        return;
-    }
-    if (isinf(d)) {
-        strcpy(buf, d < 0 ? "-Infinity" : "Infinity");
+    if (!isfinite(d)) {
+        strcpy(buf, rust ? "null" : isnan(d) ? "NaN" : d < 0 ? "-Infinity" : "Infinity");
         return;
     }
     char *o = buf;
@@ -125,40 +125,23 @@ void fz_json_format_real(double d, char *buf)
     char dg[24];
     int n, e;
     shortest_digits(d, dg, &n, &e);
-    if (e < -4 || e >= 16) {
+    if (e < (rust ? -5 : -4) || e >= 16) {
         o = put_mantissa(o, dg, n);
-        o += sprintf(o, "e%c%02d", e < 0 ? '-' : '+', e < 0 ? -e : e);
+        o += sprintf(o, rust ? "e%c%d" : "e%c%02d", e < 0 ? '-' : '+', e < 0 ? -e : e);
     } else {
         o = put_fixed(o, dg, n, e);
         *o = '\0';
     }
 }
 
+void fz_json_format_real(double d, char *buf)
+{
+    format_real(d, buf, false);
+}
+
 void fz_json_format_real_rust(double d, char *buf)
 {
-    if (!isfinite(d)) {
-        strcpy(buf, "null");
-        return;
-    }
-    char *o = buf;
-    if (signbit(d)) {
-        *o++ = '-';
-        d = -d;
-    }
-    if (d == 0) {
-        strcpy(o, "0.0");
-        return;
-    }
-    char dg[24];
-    int n, e;
-    shortest_digits(d, dg, &n, &e);
-    if (e < -5 || e >= 16) {
-        o = put_mantissa(o, dg, n);
-        o += sprintf(o, "e%c%d", e < 0 ? '-' : '+', e < 0 ? -e : e);
-    } else {
-        o = put_fixed(o, dg, n, e);
-        *o = '\0';
-    }
+    format_real(d, buf, true);
 }
 
 /* Decode one UTF-8 sequence (jansson has validated the string). */

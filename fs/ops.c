@@ -108,6 +108,9 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
     conn->max_background = 64;
     conn->congestion_threshold = 48;
     conn->max_readahead = 4u << 20; /* libfuse caps it at the kernel's offer */
+    /* libfuse derives the kernel's max_pages from max_write: 1 MiB lets a
+     * READ carry 1 MiB instead of 128 KiB, 8x fewer round trips. */
+    conn->max_write = 1u << 20;
     if (conn->capable & FUSE_CAP_SPLICE_WRITE)
         conn->want |= FUSE_CAP_SPLICE_WRITE;
     if (conn->capable & FUSE_CAP_SPLICE_MOVE)

@@ -17,12 +17,11 @@
  * the product checked left to right, no trailing bytes. Where we are stricter,
  * on purpose:
  * - duplicate keys are an error (serde keeps the last one silently);
- * - a tensor entry with keys other than dtype/shape/data_offsets is an error
- *   (serde ignores them);
  * - dtypes fzfs has no use for (F4, F6_*, U16, C64, ...) are an error naming
  *   the dtype; more than FZ_MAX_DIMS dimensions is an error;
  * - an empty tensor whose contiguous strides do not fit in int64 is an error.
- * "__metadata__": null is accepted as absent, as serde does. */
+ * Like serde, extra keys in a tensor entry are ignored and "__metadata__": null
+ * is accepted as absent. */
 
 /* The reference reader's limit (safetensors tensor.rs MAX_HEADER_SIZE). */
 #define FZ_ST_MAX_HEADER 100000000u
@@ -79,10 +78,11 @@ static int st_parse_entry(const char *name, json_t *v, const char *path, fz_tens
 
     if (!json_is_object(v))
         return fz_error_set(FZ_EFORMAT, "%s: tensor '%.200s' is not an object", path, name);
-    if (!dt || !shape || !offs || json_object_size(v) != 3)
+    /* Extra keys are ignored, as the reference reader (serde) ignores them. */
+    if (!dt || !shape || !offs)
         return fz_error_set(FZ_EFORMAT,
-                            "%s: tensor '%.200s' must have exactly dtype, shape and data_offsets",
-                            path, name);
+                            "%s: tensor '%.200s' must have dtype, shape and data_offsets", path,
+                            name);
     if (!json_is_string(dt))
         return fz_error_set(FZ_EFORMAT, "%s: tensor '%.200s' dtype is not a string", path, name);
     if (fz_dtype_from_st_name(json_string_value(dt), &t->dtype) != 0)

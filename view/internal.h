@@ -83,6 +83,15 @@ struct fz_view {
 /* view/build.c helpers used by the other view files. */
 int fz_view_open_source_file(fz_view *v, const char *path, uint32_t *idx);
 
+/* view/tensors.c: find the embedding, head, head bias and tying (sets
+ * v->embed_name, head_name, head_bias_name, tied; *tie_out = the value for
+ * config.json's tie_word_embeddings); build one recipe per output tensor
+ * (after the token plan is known); make a tied head kept as a separate copy
+ * share the embedding's recipe. */
+int fz_view_find_roles(fz_view *v, const json_t *config, int *tie_out);
+int fz_view_build_recipes(fz_view *v);
+void fz_view_merge_tied_head(fz_view *v);
+
 /* view/quant.c: whether source tensor t of file f is quantized; append its
  * quantized parts (recipes and out tensors) for shard f. */
 bool fz_view_quantizable(const fz_view *v, const fz_tensor *t, const char *role);

@@ -1,5 +1,6 @@
 /* Mount lifecycle: session setup, daemonizing with a readiness handshake,
- * shutdown, and unmount. The per-request work lives in fs/ops.c. */
+ * shutdown. The per-request work lives in fs/ops.c, unmounting in
+ * fs/umount.c. */
 #include "fs/mount.h"
 
 #include <dirent.h>
@@ -8,12 +9,10 @@
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/sysmacros.h>
@@ -23,6 +22,7 @@
 
 #include "cache/cache.h"
 #include "fs/ops.h"
+#include "fs/pidfile.h"
 #include "util/error.h"
 #include "util/log.h"
 
@@ -30,7 +30,6 @@
 #define FZ_READY_TIMEOUT_MS 30000
 #define FZ_READAHEAD_KB 4096
 
-extern char **environ;
 
 int fz_mount_check_dir(const char *mnt)
 {
@@ -52,81 +51,6 @@ int fz_mount_check_dir(const char *mnt)
         }
     closedir(d);
     return rc;
-}
-
-/* ---- pid files: let `fzfs umount` wait until the daemon has flushed ---- */
-
-/* Pid files are keyed by the mount's device number, which `fzfs umount`
- * reads from /proc/self/mountinfo without touching the (maybe dead) mount. */
-static int pidfile_path(char *out, size_t n, unsigned maj, unsigned min, bool mkdirs)
-{
-    char dir[PATH_MAX];
-    const char *rt = getenv("XDG_RUNTIME_DIR");
-    if (geteuid() == 0)
-        snprintf(dir, sizeof dir, "/run/fzfs");
-    else if (rt && *rt)
-        snprintf(dir, sizeof dir, "%s/fzfs", rt);
-    else
-        snprintf(dir, sizeof dir, "/tmp/fzfs-%u", (unsigned)geteuid());
-    if (mkdirs && mkdir(dir, 0700) != 0 && errno != EEXIST)
-        return -1;
-    return (size_t)snprintf(out, n, "%s/%u:%u.pid", dir, maj, min) < n ? 0 : -1;
-}
-
-/* Start time of a process (clock ticks since boot, /proc/PID/stat field
- * 22), 0 if it does not exist or is a zombie: with the pid it names one
- * process, whatever the binary is called. */
-static unsigned long long proc_start(pid_t pid)
-{
-    char p[64], buf[1024];
-    if (pid <= 0)
-        return 0;
-    snprintf(p, sizeof p, "/proc/%ld/stat", (long)pid);
-    FILE *f = fopen(p, "r");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    char *r = strrchr(buf, ')'); /* the name may contain spaces */
-    if (!r)
-        return 0;
-    char state = 0;
-    unsigned long long start = 0;
-    if (sscanf(r + 1, " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d "
-                      "%*d %llu",
-               &state, &start) != 2 ||
-        state == 'Z')
-        return 0;
-    return start;
-}
-
-static void pidfile_write(dev_t dev)
-{
-    char path[PATH_MAX];
-    if (pidfile_path(path, sizeof path, major(dev), minor(dev), true) != 0)
-        return;
-    FILE *f = fopen(path, "w");
-    if (f) {
-        fprintf(f, "%ld %llu\n", (long)getpid(), proc_start(getpid()));
-        fclose(f);
-    }
-}
-
-/* The daemon serving mount maj:min, if it is still alive; else 0. */
-static pid_t pidfile_daemon(unsigned maj, unsigned min, char *path, size_t n)
-{
-    if (pidfile_path(path, n, maj, min, false) != 0)
-        return 0;
-    FILE *f = fopen(path, "r");
-    long pid = 0;
-    unsigned long long start = 0;
-    if (!f)
-        return 0;
-    if (fscanf(f, "%ld %llu", &pid, &start) != 2)
-        pid = 0;
-    fclose(f);
-    return pid > 0 && start && proc_start((pid_t)pid) == start ? (pid_t)pid : 0;
 }
 
 /* ---- serving ------------------------------------------------------- */
@@ -203,7 +127,7 @@ static void *ready_main(void *arg)
         if (f)
             fclose(f);
     }
-    pidfile_write(st.st_dev);
+    fz_pidfile_write(st.st_dev);
     r->dev = st.st_dev;
     r->pidfile = true;
     fz_info("Mounted %s at %s (pid %ld)", r->src, r->mnt, (long)getpid());
@@ -325,7 +249,8 @@ done:
     free(cache_dir);
     if (ready.pidfile) {
         char pidpath[PATH_MAX];
-        if (pidfile_path(pidpath, sizeof pidpath, major(ready.dev), minor(ready.dev), false) == 0)
+        if (fz_pidfile_path(pidpath, sizeof pidpath, major(ready.dev), minor(ready.dev),
+                            false) == 0)
             unlink(pidpath);
     }
     if (rc == 0)
@@ -514,142 +439,3 @@ done:
     return rc;
 }
 
-/* ---- unmount ------------------------------------------------------- */
-
-/* Undo /proc/self/mountinfo's octal escapes (\040 for a space...). */
-static void unescape(char *s)
-{
-    char *w = s;
-    for (char *r = s; *r;) {
-        if (r[0] == '\\' && r[1] >= '0' && r[1] <= '7' && r[2] >= '0' && r[2] <= '7' &&
-            r[3] >= '0' && r[3] <= '7') {
-            *w++ = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
-            r += 4;
-        } else {
-            *w++ = *r++;
-        }
-    }
-    *w = 0;
-}
-
-/* The topmost mount at `path`: its device and filesystem type. */
-static bool find_mount(const char *path, unsigned *maj, unsigned *min, char *fstype, size_t n)
-{
-    FILE *f = fopen("/proc/self/mountinfo", "r");
-    if (!f)
-        return false;
-    char *line = NULL;
-    size_t cap = 0;
-    bool found = false;
-    while (getline(&line, &cap, f) > 0) {
-        unsigned ma, mi;
-        char mp[PATH_MAX], *sep;
-        if (sscanf(line, "%*u %*u %u:%u %*s %4095s", &ma, &mi, mp) != 3)
-            continue;
-        unescape(mp);
-        if (strcmp(mp, path) || !(sep = strstr(line, " - ")))
-            continue;
-        char ty[256];
-        if (sscanf(sep + 3, "%255s", ty) != 1)
-            continue;
-        *maj = ma;
-        *min = mi;
-        snprintf(fstype, n, "%s", ty);
-        found = true; /* keep going: the last one listed is on top */
-    }
-    free(line);
-    fclose(f);
-    return found;
-}
-
-/* Absolute path of `mnt` without following the last component (whose
- * daemon may be dead: stat on it fails with ENOTCONN). */
-static int mount_path(const char *mnt, char *out, size_t n)
-{
-    char tmp[PATH_MAX], parent[PATH_MAX];
-    if (strlen(mnt) >= sizeof tmp)
-        return fz_error_set(FZ_ERANGE, "%s: path too long", mnt);
-    snprintf(tmp, sizeof tmp, "%s", mnt);
-    size_t l = strlen(tmp);
-    while (l > 1 && tmp[l - 1] == '/')
-        tmp[--l] = 0;
-    char *slash = strrchr(tmp, '/');
-    const char *base = tmp, *dir = ".";
-    if (slash) {
-        *slash = 0;
-        dir = slash == tmp ? "/" : tmp;
-        base = slash + 1;
-    }
-    if (!realpath(dir, parent))
-        return fz_error_set(FZ_ENOTFOUND, "%s: %s", mnt, strerror(errno));
-    if (!strcmp(base, ".") || !strcmp(base, "..") || !*base) {
-        if (!realpath(mnt, out))
-            return fz_error_set(FZ_ENOTFOUND, "%s: %s", mnt, strerror(errno));
-        return 0;
-    }
-    if ((size_t)snprintf(out, n, "%s%s%s", parent, strcmp(parent, "/") ? "/" : "", base) >= n)
-        return fz_error_set(FZ_ERANGE, "%s: path too long", mnt);
-    return 0;
-}
-
-static int run_fusermount(const char *path, bool lazy)
-{
-    char *argv[] = {"fusermount3", "-u", lazy ? "-z" : NULL, (char *)path, NULL};
-    if (!lazy) {
-        argv[2] = (char *)path;
-        argv[3] = NULL;
-    }
-    pid_t pid;
-    int status;
-    if (posix_spawnp(&pid, "fusermount3", NULL, NULL, argv, environ) != 0)
-        return fz_error_set(FZ_EIO, "%s: cannot run fusermount3", path);
-    if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        return fz_error_set(FZ_EIO, "%s: fusermount3 -u failed", path);
-    return 0;
-}
-
-int fz_umount(const char *mnt)
-{
-    char path[PATH_MAX], fstype[256], pidpath[PATH_MAX] = "";
-    unsigned maj, min;
-    int rc = mount_path(mnt, path, sizeof path);
-    if (rc)
-        return rc;
-    if (!find_mount(path, &maj, &min, fstype, sizeof fstype))
-        return fz_error_set(FZ_ENOTFOUND, "%s: not mounted", mnt);
-    if (strcmp(fstype, "fuse.fzfs"))
-        return fz_error_set(FZ_EINVAL, "%s: not an fzfs mount (filesystem type %s)", mnt, fstype);
-    pid_t pid = pidfile_daemon(maj, min, pidpath, sizeof pidpath);
-    unsigned long long start = proc_start(pid);
-    bool alive = pid > 0;
-
-    if (umount2(path, 0) != 0) {
-        int e = errno;
-        if (e == EPERM && geteuid() != 0) {
-            if ((rc = run_fusermount(path, !alive)))
-                return rc;
-        } else if (e == EBUSY && !alive) {
-            /* The daemon died ("Transport endpoint is not connected") and
-             * something still holds the mount: detach it. */
-            if (umount2(path, MNT_DETACH) != 0)
-                return fz_error_set(FZ_EIO, "%s: cannot detach: %s", mnt, strerror(errno));
-        } else if (e == EBUSY) {
-            return fz_error_set(FZ_EIO, "%s: target is busy (files open on the mount?)", mnt);
-        } else {
-            return fz_error_set(FZ_EIO, "%s: cannot unmount: %s", mnt, strerror(e));
-        }
-    }
-    /* The daemon sees the unmount, finishes queued reads and closes the
-     * cache (which syncs it): wait for that, so the cache is complete when
-     * we return. */
-    for (int i = 0; alive && i < 300; i++) {
-        struct timespec ts = {0, 100 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-        alive = proc_start(pid) == start;
-    }
-    if (alive)
-        fz_warn("%s: unmounted, but the daemon (pid %ld) is still running", mnt, (long)pid);
-    else if (pid == 0 && pidpath[0])
-        unlink(pidpath); /* a dead daemon's file; a live one removes its own */
-    return 0;
-}

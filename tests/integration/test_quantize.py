@@ -263,7 +263,9 @@ LOGITS_FROM = """
 
 @pytest.mark.parametrize("recipe,dtype", [("int4-weight-only", None),
                                           ("float8-dynamic-act-float8-weight", "bfloat16"),
-                                          ("int8-dynamic-act-int4-weight", None)])
+                                          ("int8-dynamic-act-int4-weight", None),
+                                          ("int8-weight-only", "float16"),
+                                          ("int8-dynamic-act-int8-weight", "bfloat16")])
 def test_quantized_mount_equals_materialized(fzfs, session_tmp, qruns, tmp_path, recipe, dtype):
     """The mount computes quantized chunks lazily (through a cold, then warm cache) and
     serves exactly the materialized bytes; transformers loads the same model from both."""

@@ -27,6 +27,7 @@ enum {
     O_QUANTIZE,
     O_EMBEDDING,
     O_QUANTIZE_IGNORE,
+    O_MAX_SHARD,
     O_DRY_RUN,
     O_LOG_LEVEL,
     O_JSON,
@@ -84,6 +85,9 @@ static const struct {
      "float8-dynamic-act-float8-weight", V},
     {{"quantize-ignore", required_argument, 0, O_QUANTIZE_IGNORE}, "REGEX",
      "modules (names without .weight) matching this extended regex stay unquantized", V},
+    {{"max-shard-size", required_argument, 0, O_MAX_SHARD}, "SIZE",
+     "re-shard weights at SIZE bytes (K/M/G suffixes) as finalize does; default: mirror the "
+     "source files", V},
     {{"embedding-tensors", required_argument, 0, O_EMBEDDING}, "NAME[,NAME]",
      "input embedding (then output head) to resize, overriding the guess", V},
     {{"dry-run", no_argument, 0, O_DRY_RUN}, NULL, "report what would be done; write nothing", M},
@@ -237,6 +241,12 @@ int fz_cli_parse(fz_cli *c, int argc, char **argv)
         case O_QUANTIZE: c->view.quantize = optarg; break;
         case O_EMBEDDING: c->view.embedding_tensors = optarg; break;
         case O_QUANTIZE_IGNORE: c->view.quantize_ignore = optarg; break;
+        case O_MAX_SHARD:
+            if (fz_cli_parse_size(optarg, &c->view.max_shard_size) != 0 ||
+                c->view.max_shard_size == 0)
+                return usage_error(cmd, "--max-shard-size must be a size such as 2G or 500M, "
+                                   "got '%s'", optarg);
+            break;
         case O_DRY_RUN: c->dry_run = true; break;
         case O_JSON: c->json = true; break;
         case O_PROGRESS: c->progress = 1; break;

@@ -91,6 +91,13 @@ int fz_view_open_source_file(fz_view *v, const char *path, uint32_t *idx);
 int fz_view_find_roles(fz_view *v, const json_t *config, int *tie_out);
 int fz_view_build_recipes(fz_view *v);
 void fz_view_merge_tied_head(fz_view *v);
+/* Decide the output shards: the source files one to one, or with
+ * --max-shard-size finalize's rule (add a tensor, close the shard once it
+ * exceeds the limit). Sets every out's shard and alias, and v->nshards. */
+void fz_view_assign_shards(fz_view *v);
+
+/* view/shards.c: whether out tensor i is written in safetensors output. */
+bool fz_view_st_emits(const fz_view *v, uint32_t i);
 
 /* view/quant.c: whether source tensor t of file f is quantized; append its
  * quantized parts (recipes and out tensors) for shard f. */

@@ -100,7 +100,7 @@ static fz_seg tensor_seg(const fz_view *v, uint32_t recipe, int32_t zrec)
  * dropped (the embedding carries it, as save_pretrained does). Other names
  * sharing a recipe are written as separate tensors: safetensors cannot
  * alias, and the model may need both names. */
-static bool st_emits(const fz_view *v, uint32_t i)
+bool fz_view_st_emits(const fz_view *v, uint32_t i)
 {
     const fz_outtensor *o = &v->outs[i];
     if (!v->tied || !o->role || strcmp(o->role, "head") != 0)
@@ -232,7 +232,7 @@ static int add_st_shard(fz_view *v, uint32_t dir, uint32_t shard, const char *na
     }
     for (uint32_t i = 0; i < v->nouts; i++) {
         const fz_outtensor *o = &v->outs[i];
-        if (o->shard != shard || !st_emits(v, i))
+        if (o->shard != shard || !fz_view_st_emits(v, i))
             continue;
         const fz_recipe *r = &v->recipes[o->recipe];
         ent[n] = (fz_st_entry){o->name, r->out_dtype, r->ndim, r->shape};
@@ -283,7 +283,7 @@ static int index_json(fz_view *v, fz_buf *out)
     }
     for (uint32_t i = 0; i < v->nouts; i++) {
         const fz_outtensor *o = &v->outs[i];
-        if (st && !st_emits(v, i))
+        if (st && !fz_view_st_emits(v, i))
             continue;
         total += v->recipes[o->recipe].nbytes;
         json_object_set_new(wm, o->name, json_string(v->shard_names[o->shard]));
@@ -409,7 +409,6 @@ int fz_view_build_tree(fz_view *v)
             return fz_error_set(FZ_ENOMEM, "out of memory");
         snprintf(v->dest_ckpt_dir, l, "checkpoints/%s", ck);
     }
-    v->nshards = v->src.nfiles;
     v->shard_names = calloc(v->nshards ? v->nshards : 1, sizeof *v->shard_names);
     if (!v->shard_names)
         return fz_error_set(FZ_ENOMEM, "out of memory");

@@ -194,7 +194,6 @@ int fz_view_build_recipes(fz_view *v)
             for (uint32_t r = first_recipe; r < v->nrecipes && !found; r++)
                 if (v->recipes[r].part == FZ_PART_PLAIN && same_view(&v->recipes[r].src, t)) {
                     o->recipe = r;
-                    o->alias = true;
                     found = true;
                     if (!o->role)
                         for (uint32_t k = 0; k + 1 < v->nouts; k++)
@@ -248,6 +247,41 @@ void fz_view_merge_tied_head(fz_view *v)
     if (!e || !h || e->recipe == h->recipe || e->quantized || h->quantized)
         return;
     h->recipe = e->recipe;
-    h->alias = h->shard == e->shard;
 }
 
+
+void fz_view_assign_shards(fz_view *v)
+{
+    uint64_t max = v->opts.max_shard_size;
+    if (max == 0) {
+        v->nshards = v->src.nfiles;
+    } else {
+        uint32_t shard = 0;
+        uint64_t bytes = 0;
+        for (uint32_t i = 0; i < v->nouts; i++) {
+            fz_outtensor *o = &v->outs[i];
+            bool counted = v->opts.safetensors ? fz_view_st_emits(v, i) : true;
+            /* a name over a record already in this shard adds no bytes (.bin) */
+            for (uint32_t k = i; k-- > 0 && counted && !v->opts.safetensors;)
+                if (v->outs[k].shard != shard)
+                    break;
+                else if (v->outs[k].recipe == o->recipe)
+                    counted = false;
+            o->shard = shard;
+            if (counted)
+                bytes += v->recipes[o->recipe].nbytes;
+            if (bytes > max && i + 1 < v->nouts) {
+                shard++;
+                bytes = 0;
+            }
+        }
+        v->nshards = v->nouts ? shard + 1 : 1;
+    }
+    /* an alias: the same recipe earlier in the same shard (one .bin record) */
+    for (uint32_t i = 0; i < v->nouts; i++) {
+        v->outs[i].alias = false;
+        for (uint32_t k = 0; k < i && !v->outs[i].alias; k++)
+            v->outs[i].alias = v->outs[k].recipe == v->outs[i].recipe &&
+                               v->outs[k].shard == v->outs[i].shard;
+    }
+}

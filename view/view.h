@@ -34,6 +34,7 @@ typedef struct {
     const char *quantize;            /* compressed-tensors recipe (implies safetensors) */
     const char *quantize_ignore;     /* regex (POSIX ERE) of module names not to quantize */
     const char *embedding_tensors;   /* "NAME[,NAME...]": override the embedding/head guess */
+    uint64_t max_shard_size;         /* re-shard at this many bytes (0: mirror the source files) */
 } fz_view_opts;
 
 typedef struct fz_view fz_view;

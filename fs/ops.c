@@ -412,12 +412,12 @@ static void pool_submit(fz_fs *fs, fuse_req_t req, uint32_t node, uint64_t off, 
  * A file is an ordered list of segments (view.h). A read whose range
  * touches only literal and span segments costs a memcpy or a pread: it is
  * answered right here in the FUSE worker, as one fuse_reply_data over a
- * buffer vector - literal pieces point into the view's own buffers, span
- * pieces are (source fd, offset) buffers with FUSE_BUF_IS_FD|FD_SEEK, so
- * libfuse can splice them from the source file's page cache into
- * /dev/fuse when the kernel granted SPLICE_WRITE (else it preads them).
- * These are the same bytes fz_view_read would copy for those segment
- * kinds; the segment table is the view's contract, not a second producer.
+ * buffer vector built from fz_view_direct's pieces - literal pieces point
+ * into the view's own buffers, span pieces are (source fd, offset) buffers
+ * with FUSE_BUF_IS_FD|FD_SEEK, so libfuse can splice them from the source
+ * file's page cache into /dev/fuse when the kernel granted SPLICE_WRITE
+ * (else it preads them). The view decides where every byte lives; this
+ * layer only chooses between splicing and computing.
  *
  * A read touching a computed or deferred segment (casts, resized
  * embeddings, zip headers whose CRCs need computed records) may take
@@ -449,33 +449,14 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     uint64_t o = (uint64_t)off;
     uint64_t len = n->size - o < size ? n->size - o : size;
 
-    /* First segment ending after o. */
-    uint32_t lo = 0, hi = n->nsegs;
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (n->segs[mid].off + n->segs[mid].len <= o)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    uint32_t first = lo, count = 0;
-    bool fast = true;
-    for (uint32_t i = first; i < n->nsegs && n->segs[i].off < o + len; i++) {
-        if (n->segs[i].kind != FZ_SEG_LITERAL && n->segs[i].kind != FZ_SEG_SPAN)
-            fast = false;
-        if (++count > FZ_FS_MAX_FAST_SEGS)
-            fast = false;
-        if (!fast)
-            break;
-    }
-    if (!fast || count == 0) {
+    fz_piece pieces[FZ_FS_MAX_FAST_SEGS];
+    size_t count = 0;
+    if (!fz_view_direct(fs->v, idx, o, len, pieces, FZ_FS_MAX_FAST_SEGS, &count) || count == 0) {
         pool_submit(fs, req, idx, o, len);
         return;
     }
-
-    const fz_seg *s0 = &n->segs[first];
-    if (count == 1 && s0->kind == FZ_SEG_LITERAL) {
-        fuse_reply_buf(req, (const char *)s0->u.lit + (o - s0->off), (size_t)len);
+    if (count == 1 && pieces[0].mem) {
+        fuse_reply_buf(req, (const char *)pieces[0].mem, (size_t)len);
         return;
     }
     union {
@@ -485,23 +466,17 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     struct fuse_bufvec *bv = &u.bv;
     memset(bv, 0, sizeof *bv);
     bv->count = count;
-    uint64_t pos = o, left = len;
-    for (uint32_t k = 0; k < count; k++) {
-        const fz_seg *s = &n->segs[first + k];
-        uint64_t so = pos - s->off;
-        uint64_t take = s->len - so < left ? s->len - so : left;
+    for (size_t k = 0; k < count; k++) {
         struct fuse_buf *b = &bv->buf[k];
         memset(b, 0, sizeof *b);
-        b->size = (size_t)take;
-        if (s->kind == FZ_SEG_LITERAL) {
-            b->mem = (void *)(s->u.lit + so);
+        b->size = (size_t)pieces[k].len;
+        if (pieces[k].mem) {
+            b->mem = (void *)pieces[k].mem;
         } else {
             b->flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY;
-            b->fd = s->u.span.fd;
-            b->pos = (off_t)(s->u.span.off + so);
+            b->fd = pieces[k].fd;
+            b->pos = (off_t)pieces[k].off;
         }
-        pos += take;
-        left -= take;
     }
     fuse_reply_data(req, bv, FUSE_BUF_SPLICE_MOVE);
 }

@@ -98,6 +98,32 @@ static uint32_t first_seg(const fz_node *n, uint64_t off)
     return lo;
 }
 
+bool fz_view_direct(const fz_view *v, uint32_t node, uint64_t off, uint64_t len, fz_piece *pieces,
+                    size_t max, size_t *n_out)
+{
+    if (node >= v->nnodes || v->nodes[node].kind != FZ_NODE_FILE)
+        return false;
+    const fz_node *n = &v->nodes[node];
+    if (off > n->size || len > n->size - off)
+        return false;
+    size_t k = 0;
+    for (uint32_t i = first_seg(n, off); i < n->nsegs && len > 0; i++, k++) {
+        const fz_seg *s = &n->segs[i];
+        if (k == max || (s->kind != FZ_SEG_LITERAL && s->kind != FZ_SEG_SPAN))
+            return false;
+        uint64_t so = off - s->off;
+        uint64_t take = s->len - so < len ? s->len - so : len;
+        if (s->kind == FZ_SEG_LITERAL)
+            pieces[k] = (fz_piece){s->u.lit + so, -1, 0, take};
+        else
+            pieces[k] = (fz_piece){NULL, s->u.span.fd, s->u.span.off + so, take};
+        off += take;
+        len -= take;
+    }
+    *n_out = k;
+    return true;
+}
+
 /* Key of the CRC of record rec of zip zi: a description of where each of
  * its data bytes comes from. -1 when some part cannot be described. */
 static int record_key(const fz_view *v, uint32_t zi, size_t rec, fz_cache_key *key)

@@ -93,6 +93,24 @@ uint32_t fz_view_lookup(const fz_view *v, const char *path);
  * within the file. Errors: FZ_EIO (a source read failed), FZ_ENOMEM, FZ_EINVAL. */
 int fz_view_read(fz_view *v, uint32_t node, uint64_t off, uint64_t len, void *buf);
 
+/* A piece of a file that needs no computation: literal bytes in memory, or
+ * a span of a held-open source file. */
+typedef struct {
+    const uint8_t *mem; /* non-NULL: these bytes */
+    int fd;             /* else: source file descriptor (borrowed), at off */
+    uint64_t off;
+    uint64_t len;
+} fz_piece;
+
+/* Resolve file bytes [off, off+len) of node i into at most `max` pieces, in
+ * order, when every byte is literal or a source span (then *n is the count
+ * and the result true); false when some byte must be computed (tensor
+ * recipe, zip header) or more than `max` pieces would be needed: then read
+ * with fz_view_read. The same segment table fz_view_read uses, so the FUSE
+ * layer can splice spans without a second idea of where bytes live. */
+bool fz_view_direct(const fz_view *v, uint32_t node, uint64_t off, uint64_t len, fz_piece *pieces,
+                    size_t max, size_t *n);
+
 /* Record the CRC-32 of zip record `rec` of layout `zip` (from fz_node.zip - 1),
  * computed by a caller that already read the record's bytes through
  * fz_view_read (materialize does, so headers need no second pass). */

@@ -292,3 +292,32 @@ def test_quantized_mount_equals_materialized(fzfs, session_tmp, qruns, tmp_path,
         assert stats.returncode == 0, stats.stderr
     finally:
         m.cleanup()
+
+
+def test_custom_code_model_quantizes_and_loads(fzfs, runs, session_tmp):
+    """A remote-code model with Forgather's parameter names (head with a bias,
+    tied embedding): per-channel recipes quantize its Linears and it loads."""
+    src = runs.src("custom-code")
+    plain = os.path.join(session_tmp, "qdest", "custom-plain")
+    quant = os.path.join(session_tmp, "qdest", "custom-w8a8")
+    os.makedirs(os.path.dirname(plain), exist_ok=True)
+    for dest, opts in ((plain, ["--safetensors"]), (quant, ["--quantize", "int8-dynamic-act-int8-weight"])):
+        if not os.path.isdir(dest):
+            p = fzfs.run("materialize", src, dest, *opts)
+            assert p.returncode == 0, p.stderr
+    dsd = _dest_state(quant)
+    assert any(k.endswith(".weight_scale") for k in dsd)
+    assert "causal_lm.input_encoder.embedding.weight" in dsd
+    cfg = json.load(open(os.path.join(quant, "config.json")))
+    assert cfg["quantization_config"]["ignore"] == ["lm_head"]
+    out = {}
+    for path in (plain, quant):
+        model, info = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True,
+                                                           output_loading_info=True)
+        for k in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+            assert not info[k], (path, k, info[k])
+        with torch.no_grad():
+            out[path] = model.eval()(TOKENS[:, :6]).logits.float()
+    err = (out[plain] - out[quant]).abs().max().item()
+    print(f"custom-code int8-dynamic-act-int8-weight: max abs logit error {err:.4f}")
+    assert err < LOGIT_TOL["int8-dynamic-act-int8-weight"]

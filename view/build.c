@@ -287,6 +287,7 @@ int fz_view_build(fz_view **out, const fz_view_opts *o)
     if (!v)
         return fz_error_set(FZ_ENOMEM, "out of memory");
     pthread_mutex_init(&v->crc_lock, NULL);
+    v->embed_recipe = UINT32_MAX;
     if ((rc = dup_opts(v, o)) || (rc = validate_opts(&v->opts)))
         goto done;
     if (v->opts.quantize) {
@@ -390,14 +391,6 @@ uint32_t fz_view_node_count(const fz_view *v)
 const fz_node *fz_view_node(const fz_view *v, uint32_t i)
 {
     return i < v->nnodes ? &v->nodes[i] : NULL;
-}
-
-uint32_t fz_view_lookup(const fz_view *v, const char *path)
-{
-    for (uint32_t i = 0; i < v->nnodes; i++)
-        if (strcmp(v->nodes[i].path, path) == 0)
-            return i;
-    return UINT32_MAX;
 }
 
 uint64_t fz_view_total_bytes(const fz_view *v)

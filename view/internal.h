@@ -49,6 +49,7 @@ struct fz_view {
     fz_meta_out meta;
     bool tied;             /* embedding and head are one matrix */
     char *embed_name, *head_name, *head_bias_name;
+    uint32_t embed_recipe; /* recipe of the embedding, UINT32_MAX if none */
     char *dest_ckpt_dir;   /* "checkpoints/checkpoint-N" */
 
     fz_srcfile *files;
@@ -89,6 +90,8 @@ int fz_view_open_source_file(fz_view *v, const char *path, uint32_t *idx);
  * (after the token plan is known); make a tied head kept as a separate copy
  * share the embedding's recipe. */
 int fz_view_find_roles(fz_view *v, const json_t *config, int *tie_out);
+/* "embedding", "head", "head bias" or NULL for a source tensor name. */
+const char *fz_view_role_of(const fz_view *v, const char *name);
 int fz_view_build_recipes(fz_view *v);
 void fz_view_merge_tied_head(fz_view *v);
 /* Decide the output shards: the source files one to one, or with

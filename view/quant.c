@@ -159,11 +159,7 @@ int fz_view_quant_config(fz_view *v)
     for (uint32_t f = 0; f < v->src.nfiles; f++)
         for (size_t i = 0; i < v->tensors[f].n; i++) {
             const fz_tensor *t = &v->tensors[f].v[i];
-            const char *role = NULL;
-            if (v->embed_name && !strcmp(t->name, v->embed_name))
-                role = "embedding";
-            if (v->head_name && !strcmp(t->name, v->head_name))
-                role = "head";
+            const char *role = fz_view_role_of(v, t->name);
             if (!linear_weight(t, role) || fz_view_quantizable(v, t, role))
                 continue;
             if ((m = module_of(t->name)))

@@ -103,12 +103,7 @@ static fz_seg tensor_seg(const fz_view *v, uint32_t recipe, int32_t zrec)
 bool fz_view_st_emits(const fz_view *v, uint32_t i)
 {
     const fz_outtensor *o = &v->outs[i];
-    if (!v->tied || !o->role || strcmp(o->role, "head") != 0)
-        return true;
-    for (uint32_t k = 0; k < v->nouts; k++)
-        if (v->outs[k].role && !strcmp(v->outs[k].role, "embedding"))
-            return v->outs[k].recipe != o->recipe;
-    return true;
+    return !(v->tied && o->role && !strcmp(o->role, "head") && o->recipe == v->embed_recipe);
 }
 
 static int add_bin_shard(fz_view *v, uint32_t dir, uint32_t shard, const char *name)

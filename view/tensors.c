@@ -144,7 +144,7 @@ static int rules_for(const fz_view *v, uint64_t src_rows, fz_row_rule **out, siz
     return 0;
 }
 
-static const char *role_of(const fz_view *v, const char *name)
+const char *fz_view_role_of(const fz_view *v, const char *name)
 {
     if (v->embed_name && strcmp(name, v->embed_name) == 0)
         return "embedding";
@@ -174,7 +174,7 @@ int fz_view_build_recipes(fz_view *v)
         uint32_t first_recipe = v->nrecipes;
         for (size_t i = 0; i < l->n; i++) {
             const fz_tensor *t = &l->v[i];
-            const char *role = role_of(v, t->name);
+            const char *role = fz_view_role_of(v, t->name);
             if (fz_view_quantizable(v, t, role)) {
                 fz_dtype val = want != FZ_DT_COUNT ? want : t->dtype;
                 int rc = fz_view_add_quantized(v, f, t, val);
@@ -187,7 +187,7 @@ int fz_view_build_recipes(fz_view *v)
             if (!o->name)
                 return fz_error_set(FZ_ENOMEM, "out of memory");
             o->shard = f;
-            o->role = role_of(v, t->name);
+            o->role = role;
             v->nouts++;
             /* An alias of an earlier tensor of this file shares its recipe. */
             bool found = false;
@@ -224,6 +224,8 @@ int fz_view_build_recipes(fz_view *v)
             if (rc)
                 return rc;
             o->recipe = v->nrecipes - 1;
+            if (o->role && !strcmp(o->role, "embedding"))
+                v->embed_recipe = o->recipe;
         }
     }
     return 0;

@@ -86,8 +86,6 @@ void fz_view_free(fz_view *v);
 /* Node table: index 0 is the root. Stable for the life of the view. */
 uint32_t fz_view_node_count(const fz_view *v);
 const fz_node *fz_view_node(const fz_view *v, uint32_t i);
-/* Look up a relative path ("checkpoints/checkpoint-3/x.bin"); UINT32_MAX if absent. */
-uint32_t fz_view_lookup(const fz_view *v, const char *path);
 
 /* Read file bytes [off, off+len) of node i into buf. The range must lie
  * within the file. Errors: FZ_EIO (a source read failed), FZ_ENOMEM, FZ_EINVAL. */

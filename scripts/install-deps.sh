@@ -25,4 +25,6 @@ if [ "${FZFS_NO_PYTHON:-0}" != 1 ]; then
   # torch first and alone, so the local CPU wheel is taken and nothing pulls a CUDA build.
   "$venv/bin/python" -m pip install -q torch==2.13.0
   "$venv/bin/python" -m pip install -q -r "$here/tests/requirements.txt"
+  # the Python wrapper (python/), as a user installs it from the checkout
+  "$venv/bin/python" -m pip install -q --no-deps --force-reinstall "$here/python"
 fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine: install dependencies,
-# build (plain and ASan/UBSan), run the cmocka unit tests in both builds, then the
+# build (plain and ASan/UBSan), run the cmocka unit tests in both builds, the
+# libFuzzer targets for a bounded time (tests/fuzz/run.sh), then the
 # pytest integration tests with real torch / transformers / safetensors / tokenizers.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,6 +15,9 @@ echo "== unit tests (release build)"
 meson test -C build --print-errorlogs
 echo "== unit tests (ASan + UBSan build)"
 meson test -C build-asan --print-errorlogs
+
+echo "== fuzzing (libFuzzer: regression inputs, then ${FZFS_FUZZ_SECONDS:-25}s per target)"
+FZFS_FUZZ_SECONDS=${FZFS_FUZZ_SECONDS:-25} bash tests/fuzz/run.sh
 
 echo "== integration tests"
 export FZFS_BIN="$here/build/fzfs"

@@ -327,8 +327,10 @@ static int step(pk_machine *m, bool *stop)
         return fz_pk_push(m, v);
     }
     case 't':
+        /* the stack may be unallocated (NULL) when the tuple is empty */
         if ((rc = pop_mark(m, &start)) ||
-            (rc = fz_pk_new_obj(m, V_TUPLE, m->stack + start, m->sp - start, &v)))
+            (rc = fz_pk_new_obj(m, V_TUPLE, m->sp > start ? m->stack + start : NULL,
+                                m->sp - start, &v)))
             return rc;
         m->sp = start;
         return fz_pk_push(m, v);

@@ -100,8 +100,10 @@ static int load_model_vocab(fz_tok *t, const char *path, uint64_t *model_size)
         const char *k;
         json_t *v;
         json_object_foreach(vocab, k, v) {
-            if (!json_is_integer(v) || json_integer_value(v) < 0)
-                return fz_error_set(FZ_EFORMAT, "%s: model.vocab[\"%s\"] is not a token id", path, k);
+            /* the tokenizers library's ids are u32 */
+            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > UINT32_MAX)
+                return fz_error_set(FZ_EFORMAT, "%s: model.vocab[\"%s\"] is not a token id (0..%u)", path,
+                                    k, UINT32_MAX);
             int rc = vocab_put(t, k, json_integer_value(v));
             if (rc)
                 return rc;
@@ -245,7 +247,10 @@ static int cmp_by_id(const void *a, const void *b)
 }
 
 /* tokenizer.json: new entries appended to added_tokens, which the library
- * keeps sorted by id; everything else as in the source. */
+ * writes once per content (the last entry's flags), with the ids it gave them on load (not the ids the
+ * source file claims: a file whose ids disagree would otherwise load back
+ * with other ids than the rows the plan initialised), sorted by id;
+ * everything else as in the source. */
 static int emit_tokenizer_json(const fz_tok *t, const fz_blob *src, fz_meta_out *out)
 {
     if (t->n_entries == 0) {
@@ -253,9 +258,9 @@ static int emit_tokenizer_json(const fz_tok *t, const fz_blob *src, fz_meta_out 
         return fz_buf_append(&out->tokenizer_json, src->data, src->len);
     }
     int rc = FZ_ENOMEM;
-    json_t *doc = json_deep_copy(t->tokenizer), *list = NULL, *sorted = NULL;
+    json_t *doc = json_deep_copy(t->tokenizer), *list = NULL, *sorted = NULL, *seen = json_object();
     json_t **items = NULL;
-    if (!doc)
+    if (!doc || !seen)
         goto done;
     list = json_object_get(doc, "added_tokens");
     if (!json_is_array(list)) {
@@ -271,13 +276,25 @@ static int emit_tokenizer_json(const fz_tok *t, const fz_blob *src, fz_meta_out 
         if (!o || json_array_append_new(list, o))
             goto done;
     }
-    size_t n = json_array_size(list);
-    items = malloc(n * sizeof *items);
+    size_t n = 0;
+    items = malloc(json_array_size(list) * sizeof *items);
     sorted = json_array();
     if (!items || !sorted)
         goto done;
-    for (size_t i = 0; i < n; i++)
-        items[i] = json_array_get(list, i);
+    for (size_t i = 0; i < json_array_size(list); i++) {
+        json_t *o = json_array_get(list, i);
+        const char *c = json_string_value(json_object_get(o, "content"));
+        json_t *at = json_object_get(seen, c);
+        if (json_object_set_new(o, "id", json_integer((json_int_t)fz_tok_id(t, c))))
+            goto done;
+        if (at) { /* a repeated content: the library keeps the last entry's flags */
+            items[json_integer_value(at)] = o;
+            continue;
+        }
+        if (json_object_set_new(seen, c, json_integer((json_int_t)n)))
+            goto done;
+        items[n++] = o;
+    }
     qsort(items, n, sizeof *items, cmp_by_id);
     for (size_t i = 0; i < n; i++)
         if (json_array_append(sorted, items[i]))
@@ -289,6 +306,7 @@ done:
     if (rc == FZ_ENOMEM)
         fz_error_set(rc, "out of memory building tokenizer.json");
     free(items);
+    json_decref(seen);
     json_decref(sorted);
     json_decref(doc);
     return rc;

@@ -103,6 +103,48 @@ static void test_template_precedence(void **state)
     fx_free(&f);
 }
 
+/* added_tokens whose ids disagree with the ones the library gives on load
+ * (list order), and a repeated content: written as tokenizers 0.23 writes
+ * them after add_tokens(["z"]): x 2, y 3, z 4, once each (x with the flags
+ * of its last entry), sorted by id.
+ * Keeping the file's ids (x 5, y 3) sorted y, z, x made z load as 3, not the
+ * row 4 the plan initialised (found by tests/fuzz/fuzz_tokenizer). */
+static void test_added_ids_as_loaded(void **state)
+{
+    (void)state;
+    fixture f;
+    fz_meta_out o;
+    fx_load(&f, "tok_nopad");
+    f.in.tokenizer = fx_text("{\"added_tokens\": [{\"id\": 5, \"content\": \"x\", \"special\": true}, "
+                             "{\"id\": 3, \"content\": \"y\", \"special\": true}, "
+                             "{\"id\": 9, \"content\": \"x\", \"special\": false}], "
+                             "\"model\": {\"type\": \"WordLevel\", \"vocab\": {\"a\": 0, \"b\": 1}}}",
+                             "tokenizer.json");
+    f.in.tokenizer_config = (fz_blob){0};
+    f.in.add_tokens_yaml = fx_text("regular_tokens: [z]\n", "a.yaml");
+    assert_int_equal(fz_meta_build(&f.in, &o), 0);
+    assert_int_equal(o.n_added, 1);
+    assert_int_equal(o.added_ids[0], 4);
+    json_t *tj = fx_json(&o.tokenizer_json), *list = json_object_get(tj, "added_tokens");
+    assert_int_equal(json_array_size(list), 3);
+    const char *want[] = {"x", "y", "z"};
+    for (size_t i = 0; i < 3; i++) {
+        json_t *e = json_array_get(list, i);
+        assert_string_equal(json_string_value(json_object_get(e, "content")), want[i]);
+        assert_int_equal(json_integer_value(json_object_get(e, "id")), 2 + i);
+    }
+    assert_true(json_is_false(json_object_get(json_array_get(list, 0), "special"))); /* the last x */
+    assert_true(json_is_true(json_object_get(json_array_get(list, 1), "special")));
+    json_decref(tj);
+    fz_meta_out_free(&o);
+    /* ids are u32 in the tokenizers library */
+    f.in.tokenizer = fx_text("{\"model\": {\"vocab\": {\"a\": 9223372036854775807}}, "
+                             "\"added_tokens\": [{\"content\": \"a\"}]}", "SRC/tokenizer.json");
+    assert_int_equal(fz_meta_build(&f.in, &o), FZ_EFORMAT);
+    assert_non_null(strstr(fz_error_msg(), "SRC/tokenizer.json: model.vocab[\"a\"] is not a token id"));
+    fx_free(&f);
+}
+
 static void test_unigram_and_missing(void **state)
 {
     (void)state;
@@ -143,6 +185,7 @@ int main(void)
         cmocka_unit_test(test_chatml_files),
         cmocka_unit_test(test_template_precedence),
         cmocka_unit_test(test_unigram_and_missing),
+        cmocka_unit_test(test_added_ids_as_loaded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

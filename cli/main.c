@@ -166,11 +166,17 @@ done:
 int main(int argc, char **argv)
 {
     fz_cli c;
-    int rc = fz_cli_parse(&c, argc, argv);
-    if (rc == FZ_CLI_EXIT_OK)
-        return 0;
-    if (rc)
-        return exit_code(rc);
+    int hargc;
+    char **hargv;
+    int helper = fz_cli_helper_argv(argc, argv, &hargc, &hargv);
+    if (helper < 0)
+        return exit_code(helper);
+    int rc = fz_cli_parse(&c, hargc, hargv);
+    if (rc == FZ_CLI_EXIT_OK || rc) {
+        if (helper)
+            fz_cli_helper_free(hargc, hargv);
+        return rc == FZ_CLI_EXIT_OK ? 0 : exit_code(rc);
+    }
     switch (c.cmd) {
     case FZ_CMD_PLAN:
         rc = cmd_plan(&c);
@@ -191,5 +197,7 @@ int main(int argc, char **argv)
         rc = 2;
     }
     fz_cli_free(&c);
+    if (helper)
+        fz_cli_helper_free(hargc, hargv);
     return rc;
 }

@@ -138,6 +138,25 @@ static const struct {
 };
 #define NCMD (sizeof commands / sizeof commands[0])
 
+bool fz_cli_mount_option(const char *name, bool *has_arg)
+{
+    for (size_t i = 0; i < NOPT; i++)
+        if ((table[i].cmds & (1u << FZ_CMD_MOUNT)) && !strcmp(table[i].opt.name, name) &&
+            table[i].opt.val != O_HELP && table[i].opt.val != O_FUSE_OPTS) {
+            *has_arg = table[i].opt.has_arg == required_argument;
+            return true;
+        }
+    return false;
+}
+
+bool fz_cli_is_command(const char *name)
+{
+    for (size_t i = 0; i < NCMD; i++)
+        if (!strcmp(name, commands[i].name))
+            return true;
+    return false;
+}
+
 static void main_help(FILE *f)
 {
     fprintf(f, "usage: fzfs <command> [options]\n\n"
@@ -146,7 +165,9 @@ static void main_help(FILE *f)
     for (size_t i = 0; i < NCMD; i++)
         fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
     fprintf(f, "\nRun `fzfs <command> --help` for its options. `fzfs --version` prints the "
-               "version.\n");
+               "version.\n"
+               "As a mount(8) helper, `fzfs SRC MNT -o dtype=bfloat16,safetensors` is\n"
+               "`fzfs mount SRC MNT --dtype bfloat16 --safetensors` (see `man fzfs`).\n");
 }
 
 static void cmd_help(FILE *f, size_t ci)

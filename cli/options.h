@@ -48,6 +48,25 @@ int fz_cli_parse_size(const char *s, uint64_t *out);
  * or FZ_EUSAGE (message printed). */
 #define FZ_CLI_EXIT_OK 1
 int fz_cli_parse(fz_cli *c, int argc, char **argv);
+
+/* Whether `name` is a long option of `fzfs mount` (without the dashes);
+ * *has_arg tells whether it takes a value. */
+bool fz_cli_mount_option(const char *name, bool *has_arg);
+
+/* The mount(8) helper form `fzfs SRC MNT [-o OPTS]...` (what mount.fuse3 runs
+ * for `mount -t fuse.fzfs SRC MNT -o OPTS` and for an fstab line): when argv
+ * has that form, *out is a new argument vector `fzfs mount SRC MNT ...` in
+ * which each -o key naming a mount option becomes that option
+ * (`dtype=bfloat16` -> `--dtype bfloat16`, `safetensors` -> `--safetensors`),
+ * mount(8)'s generic options (rw, ro, dev, suid, exec, auto, _netdev, nofail,
+ * x-*, ...) are dropped, and every other key is passed to FUSE with -o.
+ * Returns 1 (converted: free with fz_cli_helper_free), 0 (not the helper
+ * form: *out = argv), or FZ_EUSAGE (message printed). */
+int fz_cli_helper_argv(int argc, char **argv, int *out_argc, char ***out);
+void fz_cli_helper_free(int argc, char **argv);
+
+/* Whether `name` is an fzfs command (materialize, plan, mount, ...). */
+bool fz_cli_is_command(const char *name);
 void fz_cli_free(fz_cli *c);
 
 #endif

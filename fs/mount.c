@@ -135,17 +135,42 @@ static void *ready_main(void *arg)
     return NULL;
 }
 
-/* The mount options every fzfs mount has; user -o options come after. */
-#define FZ_FUSE_BASE_OPTS "ro,default_permissions,fsname=fzfs,subtype=fzfs"
+/* The mount options every fzfs mount has; user -o options come after.
+ * fsname is the absolute source path, so findmnt, df and mount(8) show which
+ * run is mounted (commas and backslashes escaped for libfuse's -o parser). */
+#define FZ_FUSE_BASE_OPTS "ro,nodev,nosuid,default_permissions,subtype=fzfs,fsname="
+
+static char *base_opts(const char *src)
+{
+    char *abs = realpath(src, NULL);
+    const char *s = abs ? abs : src;
+    size_t n = strlen(FZ_FUSE_BASE_OPTS) + 2 * strlen(s) + 1;
+    char *out = malloc(n), *p;
+    if (out) {
+        p = out + sprintf(out, "%s", FZ_FUSE_BASE_OPTS);
+        for (; *s; s++) {
+            if (*s == ',' || *s == '\\')
+                *p++ = '\\';
+            *p++ = *s;
+        }
+        *p = 0;
+    }
+    free(abs);
+    return out;
+}
 
 static int session_new(fz_fs *fs, const fz_mount_opts *o, struct fuse_session **out)
 {
-    char *argv[] = {"fzfs", "-o", FZ_FUSE_BASE_OPTS, "-o", (char *)o->fuse_opts, NULL};
+    char *base = base_opts(o->src);
+    if (!base)
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    char *argv[] = {"fzfs", "-o", base, "-o", (char *)o->fuse_opts, NULL};
     struct fuse_args args = FUSE_ARGS_INIT(o->fuse_opts && *o->fuse_opts ? 5 : 3, argv);
     fz_fuse_last[0] = 0;
     fz_fuse_line[0] = 0;
     *out = fuse_session_new(&args, &fz_fs_ops, sizeof fz_fs_ops, fs);
     fuse_opt_free_args(&args);
+    free(base);
     if (!*out)
         return fz_error_set(FZ_EUSAGE, "cannot set up the FUSE session%s%s",
                             fz_fuse_last[0] ? ": " : "", fz_fuse_last);

@@ -288,8 +288,12 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
     memset(&sv, 0, sizeof sv);
     sv.f_bsize = 4096;
     sv.f_frsize = 4096;
+    /* df: Size is the view's size; nothing of it is stored (Used 0) and
+     * nothing can be written (Avail 0), so Use% is "-" rather than 100%. */
     sv.f_blocks = (fsblkcnt_t)((fz_view_total_bytes(fs->v) + 4095) / 4096);
+    sv.f_bfree = sv.f_blocks;
     sv.f_files = fs->nnodes;
+    sv.f_ffree = sv.f_files;
     sv.f_namemax = 255;
     sv.f_flag = ST_RDONLY;
     fuse_reply_statfs(req, &sv);

@@ -257,7 +257,8 @@ def test_read_only_and_statfs(runs, mounter, tmp_path):
     assert r["ro"] and not r["missing"]
     with open("/proc/self/mountinfo") as f:
         line = [ln for ln in f if f" {mnt} " in ln][-1]
-    assert "fuse.fzfs" in line and " fzfs " in line and "default_permissions" in line
+    src = os.path.realpath(runs.src("llama-tied-bin"))
+    assert "fuse.fzfs" in line and f" {src} " in line and "default_permissions" in line
 
 
 # ---- transformers on the mount ----------------------------------------------------------

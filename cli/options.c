@@ -42,6 +42,7 @@ enum {
     O_NO_CACHE,
     O_FILL_CACHE,
     O_LOG_FILE,
+    O_HUB,
 };
 
 /* The option table: every subcommand's options, with the help text. */
@@ -74,6 +75,8 @@ static const struct {
      "carry optimizer_state.pt into the checkpoint", V},
     {{"root-copy", no_argument, 0, O_ROOT_COPY}, NULL,
      "weights at the root, no checkpoints/ (excludes --keep-optimizer)", V},
+    {{"hub", no_argument, 0, O_HUB}, NULL,
+     "Hub-ready release: safetensors, weights at the root, no checkpoints/ or Forgather-only files", V},
     {{"safetensors", no_argument, 0, O_SAFETENSORS}, NULL,
      "write safetensors (default: PyTorch .bin)", V},
     {{"dtype", required_argument, 0, O_DTYPE}, "bfloat16|float16|float32",
@@ -257,6 +260,7 @@ int fz_cli_parse(fz_cli *c, int argc, char **argv)
         case O_KEEP_OPT: c->view.keep_optimizer = true; break;
         case O_ROOT_COPY: c->view.root_copy = true; break;
         case O_SAFETENSORS: c->view.safetensors = true; break;
+        case O_HUB: c->view.hub = c->view.safetensors = c->view.root_copy = true; break;
         case O_DTYPE: c->view.dtype = optarg; break;
         case O_DEVICE: c->view.device = optarg; break;
         case O_QUANTIZE: c->view.quantize = optarg; break;

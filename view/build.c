@@ -116,6 +116,9 @@ static int validate_opts(const fz_view_opts *o)
                                 "expression", o->quantize_ignore);
         regfree(&re);
     }
+    if (o->hub && o->keep_optimizer)
+        return fz_error_set(FZ_EUSAGE, "--hub writes no checkpoint, so it excludes "
+                            "--keep-optimizer (materialize without --hub to keep optimizer state)");
     if (o->root_copy && o->keep_optimizer)
         return fz_error_set(FZ_EINVAL, "--root-copy and --keep-optimizer are mutually exclusive");
     return 0;

@@ -58,8 +58,10 @@ int fz_view_plan_text(const fz_view *v, FILE *f)
     fprintf(f, "  why:       %s\n", v->src.why);
     fprintf(f, "Weights:     %u file(s)%s%s\n", v->src.nfiles, v->src.index_name ? " via " : "",
             v->src.index_name ? v->src.index_name : "");
-    fprintf(f, "Layout:      %s, %s\n", v->opts.root_copy ? "--root-copy (weights at root)"
-                                                           : v->dest_ckpt_dir,
+    fprintf(f, "Layout:      %s, %s\n",
+            v->opts.hub         ? "--hub (weights at root, no Forgather-only files)"
+            : v->opts.root_copy ? "--root-copy (weights at root)"
+                                : v->dest_ckpt_dir,
             v->opts.safetensors ? "safetensors" : "pytorch .bin");
     fprintf(f, "Tokens:      %llu added; vocab %llu -> %llu\n", (unsigned long long)m->n_added,
             (unsigned long long)m->old_vocab, (unsigned long long)m->new_vocab);
@@ -123,6 +125,7 @@ int fz_view_plan_json(const fz_view *v, fz_buf *out)
     json_object_set_new(root, "checkpoint", ck);
     json_object_set_new(root, "format", json_string(v->opts.safetensors ? "safetensors" : "bin"));
     json_object_set_new(root, "root_copy", json_boolean(v->opts.root_copy));
+    json_object_set_new(root, "hub", json_boolean(v->opts.hub));
     json_object_set_new(root, "dest_checkpoint",
                         v->dest_ckpt_dir ? json_string(v->dest_ckpt_dir) : json_null());
     json_t *tok = json_object();

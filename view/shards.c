@@ -43,7 +43,8 @@ static int add_sources(fz_view *v, uint32_t root)
     while ((e = readdir(d))) {
         size_t l = strlen(e->d_name);
         bool py = e->d_name[0] != '.' && l > 3 && strcmp(e->d_name + l - 3, ".py") == 0;
-        if (!py && strcmp(e->d_name, ".package_files_copied") != 0)
+        /* .package_files_copied is Forgather's marker: not part of a Hub release. */
+        if (!py && (v->opts.hub || strcmp(e->d_name, ".package_files_copied") != 0))
             continue;
         char **nn = realloc(names, (n + 1) * sizeof *nn);
         if (!nn || !(nn[n] = strdup(e->d_name))) {

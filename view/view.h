@@ -28,6 +28,8 @@ typedef struct {
     const char *generation_config;   /* carry (default) | none | PATH | NAME */
     bool keep_optimizer;
     bool root_copy;
+    bool hub;                        /* --hub: Hub-ready (sets safetensors and root_copy; no
+                                      * Forgather-only files such as .package_files_copied) */
     bool safetensors;
     const char *dtype;               /* bfloat16 | float16 | float32 | NULL */
     const char *device;              /* only "cpu" */

@@ -26,12 +26,22 @@ static int fail(int rc)
     return exit_code(rc);
 }
 
+/* finalize's warning, once per command; never on machine-readable output. */
+static void warn_chat_template(const fz_view *v)
+{
+    if (!fz_view_has_chat_template(v))
+        fz_log(FZ_LOG_WARNING, "Tokenizer has no chat_template; consider providing one via -t "
+                               "before chat fine-tuning");
+}
+
 static int cmd_plan(fz_cli *c)
 {
     fz_view *v = NULL;
     int rc = fz_view_build(&v, &c->view);
     if (rc)
         return fail(rc);
+    if (!c->json)
+        warn_chat_template(v);
     if (c->json) {
         fz_buf b = FZ_BUF_INIT;
         rc = fz_view_plan_json(v, &b);
@@ -77,6 +87,7 @@ static int cmd_materialize(fz_cli *c)
     int rc = fz_view_build(&v, &c->view);
     if (rc)
         return fail(rc);
+    warn_chat_template(v);
     if (c->dry_run) {
         printf("DRY RUN: nothing written. Would create: %s\n\n", c->dest);
         rc = fz_view_plan_text(v, stdout);
@@ -106,6 +117,7 @@ static int cmd_mount(fz_cli *c)
         return fail(rc);
     if ((rc = fz_view_build(&v, &c->view)))
         return fail(rc);
+    warn_chat_template(v);
     fz_mount_opts mo = {.src = c->view.src,
                         .foreground = c->foreground,
                         .fuse_opts = c->fuse_opts,

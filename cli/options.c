@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "fz_config.h"
+#include "transform/quantize.h"
 #include "util/error.h"
 #include "util/log.h"
 
@@ -341,9 +342,21 @@ int fz_cli_parse(fz_cli *c, int argc, char **argv)
     if (c->fill_cache && c->no_cache)
         return usage_error(cmd, "%s", "--fill-cache and --no-cache exclude each other");
     if (c->view.dtype && strcmp(c->view.dtype, "bfloat16") && strcmp(c->view.dtype, "float16") &&
-        strcmp(c->view.dtype, "float32"))
-        return usage_error(cmd, "--dtype must be one of bfloat16, float16, float32, got '%s'",
+        strcmp(c->view.dtype, "float32")) {
+        bool quantish = strstr(c->view.dtype, "int") || strstr(c->view.dtype, "fp8") ||
+                        strstr(c->view.dtype, "float8");
+        return usage_error(cmd,
+                           quantish ? "--dtype must be one of bfloat16, float16, float32, got '%s' "
+                                      "(integer and float8 weights come from --quantize, e.g. "
+                                      "--quantize int8-weight-only)"
+                                    : "--dtype must be one of bfloat16, float16, float32, got '%s'",
                            c->view.dtype);
+    }
+    if (c->view.quantize && !fz_qscheme_find(c->view.quantize)) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "--quantize must be one of %s, got '%%s'", fz_qscheme_names());
+        return usage_error(cmd, msg, c->view.quantize);
+    }
     if (c->view.device && strcmp(c->view.device, "cpu"))
         return usage_error(cmd, "--device %s: fzfs computes on the CPU only (use cpu)",
                            c->view.device);

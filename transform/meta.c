@@ -113,10 +113,8 @@ static int pick_template(const fz_meta_in *in, const fz_tok *t, json_t **set_inl
             len = json_string_length(v);
         }
     }
-    if (!text) {
-        fz_log(FZ_LOG_WARNING, "Tokenizer has no chat_template; consider providing one via -t before chat fine-tuning");
-        return 0;
-    }
+    if (!text)
+        return 0; /* the command warns (once, and not for machine-readable output) */
     out->has_chat_template = true;
     return fz_buf_append(&out->chat_template_jinja, text, len);
 }

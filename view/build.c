@@ -396,6 +396,11 @@ const fz_node *fz_view_node(const fz_view *v, uint32_t i)
     return i < v->nnodes ? &v->nodes[i] : NULL;
 }
 
+bool fz_view_has_chat_template(const fz_view *v)
+{
+    return v->meta.has_chat_template;
+}
+
 uint64_t fz_view_total_bytes(const fz_view *v)
 {
     uint64_t t = 0;

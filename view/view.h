@@ -126,6 +126,10 @@ void fz_view_set_cache(fz_view *v, struct fz_cache *c, bool store);
 int fz_view_plan_text(const fz_view *v, FILE *f);
 int fz_view_plan_json(const fz_view *v, fz_buf *out);
 
+/* Whether the released tokenizer has a chat template (from the source or -t);
+ * the commands warn when it has none, as finalize does. */
+bool fz_view_has_chat_template(const fz_view *v);
+
 /* Total bytes of all files (for progress). */
 uint64_t fz_view_total_bytes(const fz_view *v);
 

@@ -316,8 +316,8 @@ int fz_view_build(fz_view **out, const fz_view_opts *o)
     if ((rc = read_weights(v)) || (rc = build_meta(v, &config)) || (rc = fz_view_build_recipes(v)))
         goto done;
     fz_view_merge_tied_head(v);
-    fz_view_assign_shards(v);
-    rc = fz_view_build_tree(v);
+    if (!(rc = fz_view_assign_shards(v)))
+        rc = fz_view_build_tree(v);
 done:
     json_decref(config);
     if (rc) {

@@ -96,8 +96,9 @@ int fz_view_build_recipes(fz_view *v);
 void fz_view_merge_tied_head(fz_view *v);
 /* Decide the output shards: the source files one to one, or with
  * --max-shard-size finalize's rule (add a tensor, close the shard once it
- * exceeds the limit). Sets every out's shard and alias, and v->nshards. */
-void fz_view_assign_shards(fz_view *v);
+ * exceeds the limit). Sets every out's shard and alias, and v->nshards.
+ * 0 or FZ_ENOMEM. */
+int fz_view_assign_shards(fz_view *v);
 
 /* view/shards.c: whether out tensor i is written in safetensors output. */
 bool fz_view_st_emits(const fz_view *v, uint32_t i);

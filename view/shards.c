@@ -12,6 +12,7 @@
 #include "formats/safetensors.h"
 #include "formats/torchbin.h"
 #include "util/error.h"
+#include "util/hindex.h"
 #include "view/shards.h"
 #include "view/tree.h"
 
@@ -107,36 +108,49 @@ bool fz_view_st_emits(const fz_view *v, uint32_t i)
     return !(v->tied && o->role && !strcmp(o->role, "head") && o->recipe == v->embed_recipe);
 }
 
-static int add_bin_shard(fz_view *v, uint32_t dir, uint32_t shard, const char *name)
+typedef struct {
+    const uint32_t *recipe_of_rec;
+    uint32_t recipe;
+} rec_ctx;
+
+static bool rec_is(const void *ctx, uint32_t k)
+{
+    const rec_ctx *a = ctx;
+    return a->recipe_of_rec[k] == a->recipe;
+}
+
+/* A .bin shard of the n out tensors outs[0..n): one record per recipe. */
+static int add_bin_shard(fz_view *v, uint32_t dir, const uint32_t *outs, uint32_t n,
+                         const char *name)
 {
     int rc = 0;
-    uint32_t *rec_of = calloc(v->nrecipes ? v->nrecipes : 1, sizeof *rec_of);
-    uint32_t *recipe_of_rec = calloc(v->nrecipes ? v->nrecipes : 1, sizeof *recipe_of_rec);
-    uint64_t *rec_bytes = calloc(v->nrecipes ? v->nrecipes : 1, sizeof *rec_bytes);
-    fz_torchbin_entry *ent = calloc(v->nouts ? v->nouts : 1, sizeof *ent);
+    uint32_t *recipe_of_rec = calloc(n ? n : 1, sizeof *recipe_of_rec);
+    uint64_t *rec_bytes = calloc(n ? n : 1, sizeof *rec_bytes);
+    fz_torchbin_entry *ent = calloc(n ? n : 1, sizeof *ent);
+    fz_hindex recs = {0};
     fz_seg *segs = NULL;
     fz_buf pkl = FZ_BUF_INIT;
     char stem[256];
     size_t K = 0, ne = 0;
-    if (!rec_of || !recipe_of_rec || !rec_bytes || !ent) {
+    if (!recipe_of_rec || !rec_bytes || !ent || fz_hindex_init(&recs, n)) {
         rc = fz_error_set(FZ_ENOMEM, "out of memory");
         goto done;
     }
-    for (uint32_t r = 0; r < v->nrecipes; r++)
-        rec_of[r] = UINT32_MAX;
-    for (uint32_t i = 0; i < v->nouts; i++) {
-        const fz_outtensor *o = &v->outs[i];
-        if (o->shard != shard)
-            continue;
+    for (uint32_t j = 0; j < n; j++) {
+        const fz_outtensor *o = &v->outs[outs[j]];
         const fz_recipe *r = &v->recipes[o->recipe];
-        if (rec_of[o->recipe] == UINT32_MAX) {
-            rec_of[o->recipe] = (uint32_t)K;
+        rec_ctx rcx = {recipe_of_rec, o->recipe};
+        uint64_t h = fz_hindex_hash(&o->recipe, sizeof o->recipe);
+        uint32_t k = fz_hindex_find(&recs, h, rec_is, &rcx);
+        if (k == UINT32_MAX) {
+            k = (uint32_t)K;
             recipe_of_rec[K] = o->recipe;
             rec_bytes[K] = r->nbytes;
             K++;
+            if ((rc = fz_hindex_put(&recs, h, k)))
+                goto done;
         }
-        ent[ne++] = (fz_torchbin_entry){o->name, r->out_dtype, r->ndim, r->shape,
-                                        rec_of[o->recipe]};
+        ent[ne++] = (fz_torchbin_entry){o->name, r->out_dtype, r->ndim, r->shape, k};
     }
     if ((rc = fz_torchbin_pickle(ent, ne, rec_bytes, K, &pkl)))
         goto done;
@@ -203,7 +217,7 @@ static int add_bin_shard(fz_view *v, uint32_t dir, uint32_t shard, const char *n
     v->nodes[node].zip = zi + 1;
     zv->node = node;
 done:
-    free(rec_of);
+    fz_hindex_free(&recs);
     free(recipe_of_rec);
     free(rec_bytes);
     free(ent);
@@ -212,23 +226,25 @@ done:
     return rc;
 }
 
-static int add_st_shard(fz_view *v, uint32_t dir, uint32_t shard, const char *name)
+/* A safetensors shard of the nout out tensors outs[0..nout). */
+static int add_st_shard(fz_view *v, uint32_t dir, const uint32_t *outs, uint32_t nout,
+                        const char *name)
 {
     int rc = 0;
-    fz_st_entry *ent = calloc(v->nouts ? v->nouts : 1, sizeof *ent);
-    uint32_t *recipe = calloc(v->nouts ? v->nouts : 1, sizeof *recipe);
-    size_t *order = calloc(v->nouts ? v->nouts : 1, sizeof *order);
-    uint64_t *offset = calloc(v->nouts ? v->nouts : 1, sizeof *offset);
-    fz_seg *segs = calloc(v->nouts + 1, sizeof *segs);
+    fz_st_entry *ent = calloc(nout ? nout : 1, sizeof *ent);
+    uint32_t *recipe = calloc(nout ? nout : 1, sizeof *recipe);
+    size_t *order = calloc(nout ? nout : 1, sizeof *order);
+    uint64_t *offset = calloc(nout ? nout : 1, sizeof *offset);
+    fz_seg *segs = calloc((size_t)nout + 1, sizeof *segs);
     fz_buf hdr = FZ_BUF_INIT;
     size_t n = 0;
     if (!ent || !recipe || !order || !offset || !segs) {
         rc = fz_error_set(FZ_ENOMEM, "out of memory");
         goto done;
     }
-    for (uint32_t i = 0; i < v->nouts; i++) {
-        const fz_outtensor *o = &v->outs[i];
-        if (o->shard != shard || !fz_view_st_emits(v, i))
+    for (uint32_t j = 0; j < nout; j++) {
+        const fz_outtensor *o = &v->outs[outs[j]];
+        if (!fz_view_st_emits(v, outs[j]))
             continue;
         const fz_recipe *r = &v->recipes[o->recipe];
         ent[n] = (fz_st_entry){o->name, r->out_dtype, r->ndim, r->shape};
@@ -286,23 +302,33 @@ static int index_json(fz_view *v, fz_buf *out)
     }
     if (!st) {
         /* param_sharing: groups of names whose values are one tensor (one
-         * recipe): aliases over one record, and a tied head in another shard. */
+         * recipe): aliases over one record, and a tied head in another shard.
+         * first[r] is recipe r's first out, next[i] the next out after i with
+         * the same recipe (UINT32_MAX ends both). */
+        uint32_t *first = malloc((v->nrecipes ? v->nrecipes : 1) * sizeof *first);
+        uint32_t *next = malloc((v->nouts ? v->nouts : 1) * sizeof *next);
+        if (!first || !next) {
+            free(first);
+            free(next);
+            rc = fz_error_set(FZ_ENOMEM, "out of memory");
+            goto done;
+        }
+        for (uint32_t r = 0; r < v->nrecipes; r++)
+            first[r] = UINT32_MAX;
+        for (uint32_t i = v->nouts; i-- > 0;) {
+            next[i] = first[v->outs[i].recipe];
+            first[v->outs[i].recipe] = i;
+        }
         for (uint32_t i = 0; i < v->nouts; i++) {
-            bool first = true;
-            for (uint32_t k = 0; k < i && first; k++)
-                first = v->outs[k].recipe != v->outs[i].recipe;
-            if (!first)
+            if (first[v->outs[i].recipe] != i || next[i] == UINT32_MAX)
                 continue;
             json_t *g = json_array();
-            json_array_append_new(g, json_string(v->outs[i].name));
-            for (uint32_t k = i + 1; k < v->nouts; k++)
-                if (v->outs[k].recipe == v->outs[i].recipe)
-                    json_array_append_new(g, json_string(v->outs[k].name));
-            if (json_array_size(g) > 1)
-                json_array_append_new(sharing, g);
-            else
-                json_decref(g);
+            for (uint32_t k = i; k != UINT32_MAX; k = next[k])
+                json_array_append_new(g, json_string(v->outs[k].name));
+            json_array_append_new(sharing, g);
         }
+        free(first);
+        free(next);
     }
     json_object_set_new(meta, "total_size", json_integer((json_int_t)total));
     if (json_array_size(sharing))
@@ -375,6 +401,7 @@ int fz_view_build_tree(fz_view *v)
     fz_meta_out *m = &v->meta;
     bool st = v->opts.safetensors;
     fz_buf b = FZ_BUF_INIT;
+    uint32_t *by_shard = NULL, *start = NULL;
     if ((rc = fz_tree_dir(v, UINT32_MAX, "", &root)))
         return rc;
     if ((rc = steal_literal(v, root, "config.json", &m->config_json)) ||
@@ -408,16 +435,42 @@ int fz_view_build_tree(fz_view *v)
     v->shard_names = calloc(v->nshards ? v->nshards : 1, sizeof *v->shard_names);
     if (!v->shard_names)
         return fz_error_set(FZ_ENOMEM, "out of memory");
+    /* The out tensors of shard s, in order: by_shard[start[s] .. start[s + 1]). */
+    by_shard = malloc((v->nouts ? v->nouts : 1) * sizeof *by_shard);
+    start = calloc((size_t)v->nshards + 1, sizeof *start);
+    if (!by_shard || !start) {
+        rc = fz_error_set(FZ_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (uint32_t i = 0; i < v->nouts; i++) {
+        if (v->outs[i].shard >= v->nshards) {
+            rc = fz_error_set(FZ_EINVAL, "internal error: tensor '%s' in shard %u of %u",
+                              v->outs[i].name, v->outs[i].shard, v->nshards);
+            goto done;
+        }
+        start[v->outs[i].shard + 1]++;
+    }
+    for (uint32_t s = 0; s < v->nshards; s++)
+        start[s + 1] += start[s];
+    for (uint32_t i = 0; i < v->nouts; i++)
+        by_shard[start[v->outs[i].shard]++] = i;
+    for (uint32_t s = v->nshards; s-- > 0;)
+        start[s + 1] = start[s];
+    start[0] = 0;
     for (uint32_t s = 0; s < v->nshards; s++) {
         char name[64];
         snprintf(name, sizeof name, st ? "model-%05u-of-%05u.safetensors"
                                         : "pytorch_model-%05u-of-%05u.bin",
                  s + 1, v->nshards);
-        if (!(v->shard_names[s] = strdup(name)))
-            return fz_error_set(FZ_ENOMEM, "out of memory");
-        rc = st ? add_st_shard(v, wdir, s, name) : add_bin_shard(v, wdir, s, name);
+        if (!(v->shard_names[s] = strdup(name))) {
+            rc = fz_error_set(FZ_ENOMEM, "out of memory");
+            goto done;
+        }
+        const uint32_t *outs = by_shard + start[s];
+        uint32_t n = start[s + 1] - start[s];
+        rc = st ? add_st_shard(v, wdir, outs, n, name) : add_bin_shard(v, wdir, outs, n, name);
         if (rc)
-            return rc;
+            goto done;
     }
     const char *index_name = st ? "model.safetensors.index.json" : "pytorch_model.bin.index.json";
     if ((rc = index_json(v, &b)) || (rc = steal_literal(v, wdir, index_name, &b)))
@@ -427,8 +480,10 @@ int fz_view_build_tree(fz_view *v)
         if (v->opts.keep_optimizer) {
             size_t l = strlen(v->src.ckpt) + 20;
             char *p = malloc(l);
-            if (!p)
-                return fz_error_set(FZ_ENOMEM, "out of memory");
+            if (!p) {
+                rc = fz_error_set(FZ_ENOMEM, "out of memory");
+                goto done;
+            }
             snprintf(p, l, "%s/optimizer_state.pt", v->src.ckpt);
             rc = fz_tree_span_file(v, wdir, "optimizer_state.pt", p);
             free(p);
@@ -450,8 +505,10 @@ int fz_view_build_tree(fz_view *v)
                 goto done;
         }
     }
-    fz_tree_finish(v);
+    rc = fz_tree_finish(v);
 done:
+    free(by_shard);
+    free(start);
     fz_buf_free(&b);
     return rc;
 }

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "util/error.h"
+#include "util/hindex.h"
 #include "view/internal.h"
 
 /* Names by which the input embedding and output head are known. */
@@ -155,20 +156,50 @@ const char *fz_view_role_of(const fz_view *v, const char *name)
     return NULL;
 }
 
-/* One recipe per distinct source tensor view; aliases share it. */
+/* An earlier plain recipe of the same file over the same tensor view. */
+typedef struct {
+    const fz_view *v;
+    const fz_tensor *t;
+    uint32_t first_recipe;
+} alias_ctx;
+
+static bool is_alias_of(const void *ctx, uint32_t r)
+{
+    const alias_ctx *a = ctx;
+    return r >= a->first_recipe && a->v->recipes[r].part == FZ_PART_PLAIN &&
+           same_view(&a->v->recipes[r].src, a->t);
+}
+
+static uint64_t view_hash(const fz_tensor *t)
+{
+    uint64_t k[2] = {t->storage_id, t->storage_offset};
+    return fz_hindex_hash(k, sizeof k);
+}
+
+/* One recipe per distinct source tensor view; aliases share it (found
+ * through a hash index of the recipes: building stays linear in the
+ * tensor count). */
 int fz_view_build_recipes(fz_view *v)
 {
     size_t total = 0;
+    int rc = 0;
+    const char **recipe_role = NULL;
+    fz_hindex views = {0};
     for (uint32_t f = 0; f < v->src.nfiles; f++)
         total += v->tensors[f].n;
     total = 3 * total + 1; /* a quantized weight becomes up to three tensors */
     v->recipes = calloc(total, sizeof *v->recipes);
     v->outs = calloc(total, sizeof *v->outs);
-    if (!v->recipes || !v->outs)
-        return fz_error_set(FZ_ENOMEM, "out of memory");
+    recipe_role = calloc(total, sizeof *recipe_role);
+    if (!v->recipes || !v->outs || !recipe_role || fz_hindex_init(&views, total)) {
+        rc = fz_error_set(FZ_ENOMEM, "out of memory");
+        goto done;
+    }
     fz_dtype want = FZ_DT_COUNT;
-    if (v->opts.dtype && fz_dtype_from_torch_name(v->opts.dtype, &want) != 0)
-        return fz_error_set(FZ_EUSAGE, "--dtype %s: unknown dtype", v->opts.dtype);
+    if (v->opts.dtype && fz_dtype_from_torch_name(v->opts.dtype, &want) != 0) {
+        rc = fz_error_set(FZ_EUSAGE, "--dtype %s: unknown dtype", v->opts.dtype);
+        goto done;
+    }
     for (uint32_t f = 0; f < v->src.nfiles; f++) {
         fz_tensor_list *l = &v->tensors[f];
         uint32_t first_recipe = v->nrecipes;
@@ -177,31 +208,31 @@ int fz_view_build_recipes(fz_view *v)
             const char *role = fz_view_role_of(v, t->name);
             if (fz_view_quantizable(v, t, role)) {
                 fz_dtype val = want != FZ_DT_COUNT ? want : t->dtype;
-                int rc = fz_view_add_quantized(v, f, t, val);
-                if (rc)
-                    return rc;
+                if ((rc = fz_view_add_quantized(v, f, t, val)))
+                    goto done;
                 continue;
             }
             fz_outtensor *o = &v->outs[v->nouts];
             o->name = strdup(t->name);
-            if (!o->name)
-                return fz_error_set(FZ_ENOMEM, "out of memory");
+            if (!o->name) {
+                rc = fz_error_set(FZ_ENOMEM, "out of memory");
+                goto done;
+            }
             o->shard = f;
             o->role = role;
             v->nouts++;
-            /* An alias of an earlier tensor of this file shares its recipe. */
-            bool found = false;
-            for (uint32_t r = first_recipe; r < v->nrecipes && !found; r++)
-                if (v->recipes[r].part == FZ_PART_PLAIN && same_view(&v->recipes[r].src, t)) {
-                    o->recipe = r;
-                    found = true;
-                    if (!o->role)
-                        for (uint32_t k = 0; k + 1 < v->nouts; k++)
-                            if (v->outs[k].recipe == r && v->outs[k].role && !o->role)
-                                o->role = v->outs[k].role;
-                }
-            if (found)
+            /* An alias of an earlier tensor of this file shares its recipe
+             * (and the first role any of its names has). */
+            alias_ctx ac = {v, t, first_recipe};
+            uint32_t r = fz_hindex_find(&views, view_hash(t), is_alias_of, &ac);
+            if (r != UINT32_MAX) {
+                o->recipe = r;
+                if (!o->role)
+                    o->role = recipe_role[r];
+                else if (!recipe_role[r])
+                    recipe_role[r] = o->role;
                 continue;
+            }
             fz_dtype out = t->dtype;
             if (want != FZ_DT_COUNT &&
                 (t->dtype == FZ_DT_F32 || t->dtype == FZ_DT_F16 || t->dtype == FZ_DT_BF16 ||
@@ -211,24 +242,27 @@ int fz_view_build_recipes(fz_view *v)
             fz_row_rule *rules = NULL;
             size_t nrules = 0;
             if (o->role && v->meta.n_added > 0 && t->ndim >= 1) {
-                int rc = rules_for(v, rows, &rules, &nrules);
-                if (rc)
-                    return rc;
+                if ((rc = rules_for(v, rows, &rules, &nrules)))
+                    goto done;
                 rows = v->meta.new_vocab;
             }
             fz_recipe *rc_ = &v->recipes[v->nrecipes];
-            int rc = fz_recipe_init(rc_, v->files[f].fd, v->files[f].path, t, out, rows, rules,
-                                    nrules);
+            rc = fz_recipe_init(rc_, v->files[f].fd, v->files[f].path, t, out, rows, rules,
+                                nrules);
             free(rules);
             v->nrecipes++;
-            if (rc)
-                return rc;
+            if (rc || (rc = fz_hindex_put(&views, view_hash(t), v->nrecipes - 1)))
+                goto done;
             o->recipe = v->nrecipes - 1;
+            recipe_role[o->recipe] = o->role;
             if (o->role && !strcmp(o->role, "embedding"))
                 v->embed_recipe = o->recipe;
         }
     }
-    return 0;
+done:
+    free(recipe_role);
+    fz_hindex_free(&views);
+    return rc;
 }
 
 /* A tied head kept as its own copy in the source (another shard, another
@@ -252,23 +286,54 @@ void fz_view_merge_tied_head(fz_view *v)
 }
 
 
-void fz_view_assign_shards(fz_view *v)
+typedef struct {
+    const fz_outtensor *outs;
+    uint32_t i;
+} shard_ctx;
+
+/* Out tensor k has out i's recipe and shard. */
+static bool same_record(const void *ctx, uint32_t k)
+{
+    const shard_ctx *a = ctx;
+    return a->outs[k].recipe == a->outs[a->i].recipe && a->outs[k].shard == a->outs[a->i].shard;
+}
+
+static uint64_t record_hash(const fz_outtensor *o)
+{
+    uint32_t k[2] = {o->recipe, o->shard};
+    return fz_hindex_hash(k, sizeof k);
+}
+
+int fz_view_assign_shards(fz_view *v)
 {
     uint64_t max = v->opts.max_shard_size;
+    uint32_t *last_shard = NULL;
+    fz_hindex records = {0};
+    int rc = 0;
+    if (fz_hindex_init(&records, v->nouts)) {
+        rc = fz_error_set(FZ_ENOMEM, "out of memory");
+        goto done;
+    }
     if (max == 0) {
         v->nshards = v->src.nfiles;
     } else {
+        /* last_shard[r]: the shard recipe r was last counted in */
+        if (!(last_shard = malloc((v->nrecipes ? v->nrecipes : 1) * sizeof *last_shard))) {
+            rc = fz_error_set(FZ_ENOMEM, "out of memory");
+            goto done;
+        }
+        for (uint32_t r = 0; r < v->nrecipes; r++)
+            last_shard[r] = UINT32_MAX;
         uint32_t shard = 0;
         uint64_t bytes = 0;
         for (uint32_t i = 0; i < v->nouts; i++) {
             fz_outtensor *o = &v->outs[i];
             bool counted = v->opts.safetensors ? fz_view_st_emits(v, i) : true;
             /* a name over a record already in this shard adds no bytes (.bin) */
-            for (uint32_t k = i; k-- > 0 && counted && !v->opts.safetensors;)
-                if (v->outs[k].shard != shard)
-                    break;
-                else if (v->outs[k].recipe == o->recipe)
-                    counted = false;
+            if (counted && !v->opts.safetensors) {
+                counted = last_shard[o->recipe] != shard;
+                last_shard[o->recipe] = shard;
+            }
             o->shard = shard;
             if (counted)
                 bytes += v->recipes[o->recipe].nbytes;
@@ -281,9 +346,14 @@ void fz_view_assign_shards(fz_view *v)
     }
     /* an alias: the same recipe earlier in the same shard (one .bin record) */
     for (uint32_t i = 0; i < v->nouts; i++) {
-        v->outs[i].alias = false;
-        for (uint32_t k = 0; k < i && !v->outs[i].alias; k++)
-            v->outs[i].alias = v->outs[k].recipe == v->outs[i].recipe &&
-                               v->outs[k].shard == v->outs[i].shard;
+        shard_ctx sc = {v->outs, i};
+        uint64_t h = record_hash(&v->outs[i]);
+        v->outs[i].alias = fz_hindex_find(&records, h, same_record, &sc) != UINT32_MAX;
+        if (!v->outs[i].alias && (rc = fz_hindex_put(&records, h, i)))
+            goto done;
     }
+done:
+    free(last_shard);
+    fz_hindex_free(&records);
+    return rc;
 }

@@ -16,15 +16,18 @@ static int new_node(fz_view *v, uint32_t parent, const char *name, fz_node_kind 
         v->nodes = n;
         v->capnodes = cap;
     }
+    /* Children grow by doubling (the array is full when nchildren is a
+     * power of two); two children with one name are refused by
+     * fz_tree_finish, once sorted: adding n children costs O(n log n). */
     if (parent != UINT32_MAX) {
         fz_node *p = &v->nodes[parent];
-        for (uint32_t i = 0; i < p->nchildren; i++)
-            if (strcmp(v->nodes[p->children[i]].name, name) == 0)
-                return fz_error_set(FZ_EINVAL, "two files named '%s' in '%s'", name, p->path);
-        uint32_t *c = realloc(p->children, (p->nchildren + 1) * sizeof *c);
-        if (!c)
-            return fz_error_set(FZ_ENOMEM, "out of memory");
-        p->children = c;
+        uint32_t k = p->nchildren;
+        if ((k & (k - 1)) == 0) {
+            uint32_t *c = realloc(p->children, (k ? 2 * (size_t)k : 1) * sizeof *c);
+            if (!c)
+                return fz_error_set(FZ_ENOMEM, "out of memory");
+            p->children = c;
+        }
     }
     uint32_t i = v->nnodes;
     fz_node *n = &v->nodes[i];
@@ -141,11 +144,20 @@ static int cmp_child(const void *a, const void *b)
                   sort_view->nodes[*(const uint32_t *)b].name);
 }
 
-void fz_tree_finish(fz_view *v)
+int fz_tree_finish(fz_view *v)
 {
     sort_view = v; /* build is single-threaded */
     for (uint32_t i = 0; i < v->nnodes; i++)
         if (v->nodes[i].kind == FZ_NODE_DIR && v->nodes[i].nchildren > 1)
             qsort(v->nodes[i].children, v->nodes[i].nchildren, sizeof(uint32_t), cmp_child);
     sort_view = NULL;
+    for (uint32_t i = 0; i < v->nnodes; i++) {
+        const fz_node *d = &v->nodes[i];
+        for (uint32_t k = 1; d->kind == FZ_NODE_DIR && k < d->nchildren; k++) {
+            const char *name = v->nodes[d->children[k]].name;
+            if (strcmp(v->nodes[d->children[k - 1]].name, name) == 0)
+                return fz_error_set(FZ_EINVAL, "two files named '%s' in '%s'", name, d->path);
+        }
+    }
+    return 0;
 }

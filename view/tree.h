@@ -17,7 +17,8 @@ int fz_tree_file(fz_view *v, uint32_t parent, const char *name, const fz_seg *se
 int fz_tree_symlink(fz_view *v, uint32_t parent, const char *name, const char *target);
 /* Keep a literal buffer alive with the view (takes ownership). */
 int fz_tree_keep(fz_view *v, uint8_t *data);
-/* Sort every directory's children by name; compute nothing else. */
-void fz_tree_finish(fz_view *v);
+/* Sort every directory's children by name; FZ_EINVAL when two children of
+ * one directory have the same name. Computes nothing else. */
+int fz_tree_finish(fz_view *v);
 
 #endif

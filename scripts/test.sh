@@ -7,8 +7,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 bash scripts/install-deps.sh
-bash scripts/build.sh
-FZFS_BUILD_DIR="$here/build-asan" bash scripts/build.sh -Db_sanitize=address,undefined -Db_lundef=false
+# warnings are errors here (CI), not a project default, so a newer compiler cannot break a user's build
+bash scripts/build.sh -Dwerror=true
+FZFS_BUILD_DIR="$here/build-asan" bash scripts/build.sh -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false
 
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 echo "== unit tests (release build)"

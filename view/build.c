@@ -135,7 +135,7 @@ static int find_preset(const char *value, char **out)
     const char *home = getenv("HOME");
     const char *bundled = getenv("FZFS_EXAMPLES_DIR");
     const char *dirs[4];
-    char d0[4096] = "", d1[4096] = "", d2[4096], d3[4096];
+    char d0[4096] = "", d1[4096] = "", d2[4096], d3[4096 + 64], exe[4096];
     int n = 0;
     if (home && *home) {
         snprintf(d0, sizeof d0, "%s/.config/fzfs/generation_config", home);
@@ -143,10 +143,21 @@ static int find_preset(const char *value, char **out)
         dirs[n++] = d0;
         dirs[n++] = d1;
     }
-    snprintf(d2, sizeof d2, "%s/generation_config", bundled ? bundled : FZ_SOURCE_EXAMPLES_DIR);
+    /* The bundled presets: $FZFS_EXAMPLES_DIR, else the installed ones, else
+     * (a binary run from a build directory of the checkout) <exe>/../examples.
+     * No path of the build machine is compiled in. */
+    snprintf(d2, sizeof d2, "%s/generation_config", bundled ? bundled : FZ_EXAMPLES_DIR);
     dirs[n++] = d2;
-    snprintf(d3, sizeof d3, "%s/generation_config", FZ_EXAMPLES_DIR);
-    dirs[n++] = d3;
+    ssize_t el = bundled ? -1 : readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (el > 0 && (size_t)el < sizeof exe - 1) {
+        exe[el] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = 0;
+            snprintf(d3, sizeof d3, "%s/../examples/generation_config", exe);
+            dirs[n++] = d3;
+        }
+    }
     size_t vl = strlen(value);
     bool has_ext = vl > 5 && strcmp(value + vl - 5, ".json") == 0;
     fz_buf looked = FZ_BUF_INIT;

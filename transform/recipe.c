@@ -27,6 +27,13 @@ static int cmp_rule(const void *a, const void *b)
     return x->row < y->row ? -1 : x->row > y->row;
 }
 
+static void memo_init(fz_recipe *r)
+{
+    pthread_mutex_init(&r->mean_lock, NULL);
+    pthread_cond_init(&r->mean_cond, NULL);
+    r->inited = true;
+}
+
 int fz_recipe_init(fz_recipe *r, int fd, const char *src_path, const fz_tensor *src,
                    fz_dtype out_dtype, uint64_t out_rows, const fz_row_rule *rules,
                    size_t n_rules)
@@ -83,8 +90,7 @@ int fz_recipe_init(fz_recipe *r, int fd, const char *src_path, const fz_tensor *
         !fz_mul_u64(numel, fz_dtype_size(out_dtype), &r->nbytes))
         return fz_error_set(FZ_ERANGE, "%s: tensor '%s' output size overflows", src_path,
                             src->name);
-    pthread_mutex_init(&r->mean_lock, NULL);
-    r->inited = true;
+    memo_init(r);
     return 0;
 }
 
@@ -121,8 +127,7 @@ int fz_recipe_init_quant(fz_recipe *r, int fd, const char *src_path, const fz_te
     if (!fz_mul_u64(out, rb, &r->nbytes))
         return fz_error_set(FZ_ERANGE, "%s: tensor '%s' output size overflows", src_path,
                             src->name);
-    pthread_mutex_init(&r->mean_lock, NULL);
-    r->inited = true;
+    memo_init(r);
     return 0;
 }
 
@@ -144,8 +149,7 @@ int fz_recipe_init_const(fz_recipe *r, const char *name, fz_dtype dtype, int ndi
         numel *= shape[i];
     }
     r->nbytes = numel * fz_dtype_size(dtype);
-    pthread_mutex_init(&r->mean_lock, NULL);
-    r->inited = true;
+    memo_init(r);
     return 0;
 }
 
@@ -154,8 +158,10 @@ void fz_recipe_free(fz_recipe *r)
     free(r->rules);
     free(r->const_data);
     free(r->mean_row);
-    if (r->inited)
+    if (r->inited) {
         pthread_mutex_destroy(&r->mean_lock);
+        pthread_cond_destroy(&r->mean_cond);
+    }
     memset(r, 0, sizeof *r);
 }
 
@@ -279,7 +285,7 @@ static int copy_source_row(fz_recipe *r, uint64_t sr, uint64_t c, uint64_t n, ui
 /* Column mean over all source rows, in the output dtype: the values are
  * cast to the output dtype first (finalize casts the model, then resizes),
  * summed in double in row order, divided, rounded to float32 and cast. */
-static int compute_mean(fz_recipe *r, uint8_t *scratch)
+static int compute_mean(fz_recipe *r, uint8_t *scratch, uint8_t **mean_out)
 {
     int rc = 0;
     uint64_t rows = r->src.shape[0], rl = row_len_of(r->ndim, r->shape);
@@ -288,8 +294,8 @@ static int compute_mean(fz_recipe *r, uint8_t *scratch)
     double *tmp = malloc((rl ? rl : 1) * sizeof *tmp);
     uint8_t *row = malloc((rl ? rl : 1) * oes);
     float *f = malloc((rl ? rl : 1) * sizeof *f);
-    r->mean_row = calloc(rl ? rl : 1, oes);
-    if (!sum || !tmp || !row || !f || !r->mean_row) {
+    uint8_t *mean = calloc(rl ? rl : 1, oes);
+    if (!sum || !tmp || !row || !f || !mean) {
         rc = fz_error_set(FZ_ENOMEM, "out of memory");
         goto done;
     }
@@ -305,18 +311,18 @@ static int compute_mean(fz_recipe *r, uint8_t *scratch)
         if (r->out_dtype == FZ_DT_F64) {
             for (uint64_t j = 0; j < rl; j++)
                 sum[j] /= (double)rows;
-            memcpy(r->mean_row, sum, rl * sizeof(double));
+            memcpy(mean, sum, rl * sizeof(double));
         } else {
             for (uint64_t j = 0; j < rl; j++)
                 f[j] = (float)(sum[j] / (double)rows);
-            fz_cast(FZ_DT_F32, f, r->out_dtype, r->mean_row, (size_t)rl);
+            fz_cast(FZ_DT_F32, f, r->out_dtype, mean, (size_t)rl);
         }
     }
 done:
-    if (rc) {
-        free(r->mean_row);
-        r->mean_row = NULL;
-    }
+    if (rc)
+        free(mean);
+    else
+        *mean_out = mean;
     free(sum);
     free(tmp);
     free(row);
@@ -324,14 +330,30 @@ done:
     return rc;
 }
 
+/* The mean row, computed once: the first thread to need it computes it
+ * with no lock held (it reads the whole source matrix) while later ones wait
+ * on the condition; the result is published under the lock. A failed
+ * computation publishes nothing and the next reader tries again. */
 static int get_mean(fz_recipe *r, uint8_t *scratch)
 {
-    int rc = 0;
     pthread_mutex_lock(&r->mean_lock);
-    if (!r->mean_done) {
-        rc = compute_mean(r, scratch);
-        r->mean_done = rc == 0;
+    while (r->mean_busy)
+        pthread_cond_wait(&r->mean_cond, &r->mean_lock);
+    if (r->mean_done) {
+        pthread_mutex_unlock(&r->mean_lock);
+        return 0;
     }
+    r->mean_busy = true;
+    pthread_mutex_unlock(&r->mean_lock);
+    uint8_t *mean = NULL;
+    int rc = compute_mean(r, scratch, &mean);
+    pthread_mutex_lock(&r->mean_lock);
+    r->mean_busy = false;
+    if (rc == 0) {
+        r->mean_row = mean;
+        r->mean_done = true;
+    }
+    pthread_cond_broadcast(&r->mean_cond);
     pthread_mutex_unlock(&r->mean_lock);
     return rc;
 }

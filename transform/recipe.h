@@ -12,8 +12,9 @@
  * fz_recipe_produce reads only the source ranges the requested bytes need,
  * with pread, so memory stays bounded by the request size. The column mean
  * for `mean` rows is a reduction over the whole source matrix; it is computed
- * once per recipe on first need and memoised (under the recipe's own lock;
- * the lock is not held while other chunks compute). Thread-safe otherwise:
+ * once per recipe on first need and memoised: one thread computes it with
+ * no lock held while others needing it wait; it is published under the
+ * recipe's own lock. Thread-safe otherwise:
  * a recipe is immutable after fz_recipe_init. */
 #ifndef FZ_TRANSFORM_RECIPE_H
 #define FZ_TRANSFORM_RECIPE_H
@@ -65,6 +66,8 @@ typedef struct {
     bool cast;
     /* memo for FZ_ROW_MEAN: one output row in out_dtype */
     pthread_mutex_t mean_lock;
+    pthread_cond_t mean_cond; /* signalled when a computation ends */
+    bool mean_busy;           /* a thread is computing it (no lock held) */
     bool mean_done;
     uint8_t *mean_row; /* owned */
     bool inited;       /* mean_lock initialised */

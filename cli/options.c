@@ -92,8 +92,8 @@ static const struct {
     {{"max-shard-size", required_argument, 0, O_MAX_SHARD}, "SIZE",
      "re-shard weights at SIZE bytes (K/M/G suffixes) as finalize does; default: mirror the "
      "source files", V},
-    {{"embedding-tensors", required_argument, 0, O_EMBEDDING}, "NAME[,NAME]",
-     "input embedding (then output head) to resize, overriding the guess", V},
+    {{"embedding-tensors", required_argument, 0, O_EMBEDDING}, "EMB[,HEAD]",
+     "input embedding (then output head; its bias is found) to resize, overriding the search", V},
     {{"dry-run", no_argument, 0, O_DRY_RUN}, NULL, "report what would be done; write nothing", M},
     {{"json", no_argument, 0, O_JSON}, NULL, "print the plan as JSON", P},
     {{"workers", required_argument, 0, O_WORKERS}, "N", "worker threads (default: one per core)",

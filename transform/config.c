@@ -20,7 +20,7 @@ int fz_config_source_eos(const fz_blob *config, int64_t *eos)
     return 0;
 }
 
-int fz_config_build(const fz_meta_in *in, const fz_tok *t, uint64_t n_added, uint64_t new_vocab, fz_buf *out)
+int fz_config_build(const fz_meta_in *in, const fz_tok *t, bool resized, uint64_t rows, fz_buf *out)
 {
     int rc = FZ_ENOMEM;
     const char *path = in->config.path ? in->config.path : "config.json";
@@ -34,9 +34,10 @@ int fz_config_build(const fz_meta_in *in, const fz_tok *t, uint64_t n_added, uin
         goto done;
     }
     /* finalize syncs token ids only when the vocabulary grew; eos stays as
-     * in the source (DESIGN), vocab_size follows the new rows. */
-    if (n_added > 0) {
-        if (json_object_set_new(doc, "vocab_size", json_integer((json_int_t)new_vocab)))
+     * in the source (DESIGN), vocab_size follows the rows (a padded
+     * embedding keeps its row count). */
+    if (resized) {
+        if (json_object_set_new(doc, "vocab_size", json_integer((json_int_t)rows)))
             goto done;
         static const int roles[] = {FZ_ROLE_BOS, FZ_ROLE_PAD};
         static const char *const keys[] = {"bos_token_id", "pad_token_id"};

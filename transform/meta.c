@@ -33,26 +33,56 @@ static int cmp_row(const void *a, const void *b)
     return x->row < y->row ? -1 : x->row > y->row;
 }
 
-/* token_inits -> the row plan. Applied only when the vocabulary grows (with
+/* token_inits -> the row plan. Applied only when the rows change (with
  * n == 0 finalize does not resize, so nothing is initialised). `mean` needs
- * no entry: new rows default to it and on an existing row it is a no-op. */
-static int plan_inits(const fz_meta_in *in, const fz_tok_init *ti, size_t n, fz_meta_out *out)
+ * no entry where a row is grown (new rows default to it) and is a no-op on
+ * an existing token's row; a new token inside the padding rows of a padded
+ * embedding gets its init explicitly, mean included. */
+static int plan_inits(const fz_meta_in *in, const fz_tok *t, const fz_tok_init *ti, size_t n,
+                      fz_meta_out *out)
 {
     const char *yaml = in->add_tokens_yaml.path ? in->add_tokens_yaml.path : "add-tokens YAML";
-    if (out->n_added == 0 || n == 0)
+    uint64_t R = in->embed_rows ? in->embed_rows : out->old_vocab;
+    if (!out->resize || n + t->n_new == 0)
         return 0;
-    if (!(out->inits = calloc(n, sizeof *out->inits)))
+    if (!(out->inits = calloc(n + t->n_new, sizeof *out->inits)))
         return fz_error_set(FZ_ENOMEM, "out of memory");
     for (size_t i = 0; i < n; i++) {
-        if (ti[i].kind == FZ_INIT_MEAN)
+        fz_init_kind kind = ti[i].kind;
+        uint64_t row = (uint64_t)ti[i].id;
+        if (kind == FZ_INIT_COPY && ti[i].copy_from >= out->old_vocab) {
+            /* a role token added on load has a mean row: a copy of it is the mean */
+            if (ti[i].copy_from >= out->old_vocab + out->n_role_added)
+                return fz_error_set(FZ_EINVAL, "%s: init copy:%llu: not an existing token id (the vocabulary has %llu)",
+                                    yaml, (unsigned long long)ti[i].copy_from, (unsigned long long)out->old_vocab);
+            kind = FZ_INIT_MEAN;
+        }
+        if (kind == FZ_INIT_MEAN && (row < out->old_vocab || row >= R))
             continue;
-        if (ti[i].kind == FZ_INIT_COPY && ti[i].copy_from >= out->old_vocab)
-            return fz_error_set(FZ_EINVAL, "%s: init copy:%llu: not an existing token id (the vocabulary has %llu)",
-                                yaml, (unsigned long long)ti[i].copy_from, (unsigned long long)out->old_vocab);
-        out->inits[out->n_inits++] = (fz_row_init){(uint64_t)ti[i].id, ti[i].kind, ti[i].copy_from};
+        out->inits[out->n_inits++] = (fz_row_init){row, kind, kind == FZ_INIT_COPY ? ti[i].copy_from : 0,
+                                                   row >= out->old_vocab};
+    }
+    for (size_t i = 0; i < t->n_entries; i++) {
+        const fz_tok_entry *e = &t->entries[i];
+        bool listed = false;
+        if (!e->is_new || (uint64_t)e->id >= R)
+            continue;
+        for (size_t k = 0; k < out->n_inits && !listed; k++)
+            listed = out->inits[k].row == (uint64_t)e->id;
+        if (!listed)
+            out->inits[out->n_inits++] = (fz_row_init){(uint64_t)e->id, FZ_INIT_MEAN, 0, true};
     }
     qsort(out->inits, out->n_inits, sizeof *out->inits, cmp_row);
     return 0;
+}
+
+/* Rows after the change: the tokenizer's length, or more when the embedding
+ * is padded (padding rows are kept, never shrunk). */
+static void plan_rows(const fz_meta_in *in, fz_meta_out *out)
+{
+    uint64_t R = in->embed_rows;
+    out->resize = out->n_added > 0 || (R && out->new_vocab > R);
+    out->rows = R && R > out->new_vocab ? R : out->new_vocab;
 }
 
 static int plan_added(const fz_tok *t, fz_meta_out *out)
@@ -149,18 +179,20 @@ int fz_meta_build(const fz_meta_in *in, fz_meta_out *out)
         rc = fz_addtok_default(&spec);
     if (rc)
         goto done;
-    out->old_vocab = t.len;
+    out->n_role_added = t.n_new; /* role tokens the vocabulary lacked, added on load */
+    out->old_vocab = t.len - t.n_new;
     if ((rc = fz_addtok_apply(&t, &spec, &ti, &n_ti)))
         goto done;
     out->n_added = t.n_new;
     out->new_vocab = t.len;
-    if ((rc = plan_added(&t, out)) || (rc = plan_inits(in, ti, n_ti, out)))
+    plan_rows(in, out);
+    if ((rc = plan_added(&t, out)) || (rc = plan_inits(in, &t, ti, n_ti, out)))
         goto done;
     if ((rc = pick_template(in, &t, &tmpl, out)))
         goto done;
     if ((rc = fz_tok_emit(&t, &in->tokenizer, tmpl, out)))
         goto done;
-    if ((rc = fz_config_build(in, &t, out->n_added, out->new_vocab, &out->config_json)))
+    if ((rc = fz_config_build(in, &t, out->resize, out->rows, &out->config_json)))
         goto done;
 
     /* the YAML's names in finalize's order, for the auto stop tokens */

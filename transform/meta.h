@@ -47,6 +47,7 @@ typedef struct {
     /* facts decided by the view from the weights and options */
     const char *dtype;          /* --dtype torch name ("bfloat16"), NULL = unchanged */
     int tie_word_embeddings;    /* 0/1: written explicitly into config.json */
+    uint64_t embed_rows;        /* rows of the input embedding in the weights, 0 = unknown */
     const json_t *quantization_config; /* borrowed; added to config.json when non-NULL */
 } fz_meta_in;
 
@@ -57,6 +58,7 @@ typedef struct {
     uint64_t row;
     fz_init_kind kind;
     uint64_t copy_from; /* FZ_INIT_COPY: the source row (an id < old_vocab) */
+    bool new_token;     /* the row is a new token's (else an existing token's) */
 } fz_row_init;
 
 typedef struct {
@@ -72,15 +74,22 @@ typedef struct {
     fz_buf generation_config_json;
 
     /* Token plan */
-    uint64_t old_vocab;        /* len(tokenizer) before */
-    uint64_t new_vocab;        /* len(tokenizer) after; == embedding rows when n_added > 0 */
-    uint64_t n_added;          /* genuinely new vocabulary entries; 0 = no resize */
-    fz_row_init *inits;        /* explicit per-row inits (zero/copy); rows >= old_vocab
-                                  not listed get FZ_INIT_MEAN. Sorted by row, unique.
-                                  Empty when n_added == 0. May name existing rows (< old_vocab):
-                                  a role reassigned to an existing token with init zero/copy.
-                                  copy_from is always < old_vocab and reads the row's value
-                                  from before any init of this plan. Never FZ_INIT_MEAN. */
+    uint64_t old_vocab;        /* len(tokenizer) as the source files give it */
+    uint64_t new_vocab;        /* len(tokenizer) after */
+    uint64_t n_added;          /* genuinely new vocabulary entries (role tokens the source
+                                  names but its vocabulary lacks, then the YAML's) */
+    uint64_t n_role_added;     /* of which role tokens missing from the source vocabulary */
+    bool resize;               /* the embedding/head rows change: n_added > 0, or the
+                                  tokenizer outgrew in->embed_rows */
+    uint64_t rows;             /* embedding/head rows after: new_vocab, or in->embed_rows
+                                  when the embedding is padded (never shrunk) */
+    fz_row_init *inits;        /* explicit per-row inits; rows >= in->embed_rows not listed
+                                  get FZ_INIT_MEAN. Sorted by row, unique. Empty unless
+                                  resize. May name existing token rows (< old_vocab): a role
+                                  reassigned to an existing token with init zero/copy.
+                                  FZ_INIT_MEAN only for a new token inside the padding rows
+                                  (id < in->embed_rows). copy_from is always < old_vocab and
+                                  reads the row's value from before any init of this plan. */
     size_t n_inits;
     int64_t *stop_ids;         /* generation_config eos list, in order (may be empty) */
     size_t n_stop_ids;

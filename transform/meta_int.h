@@ -103,8 +103,9 @@ int fz_addtok_apply(fz_tok *t, const fz_addtok_spec *spec, fz_tok_init **inits, 
 
 /* config.c ------------------------------------------------------------- */
 
-/* Patch config.json as FORMATS.md §5 says and emit it. */
-int fz_config_build(const fz_meta_in *in, const fz_tok *t, uint64_t n_added, uint64_t new_vocab,
+/* Patch config.json as FORMATS.md §5 says and emit it; when the embedding
+ * rows change (`resized`), vocab_size = rows and the bos/pad ids are synced. */
+int fz_config_build(const fz_meta_in *in, const fz_tok *t, bool resized, uint64_t rows,
                     fz_buf *out);
 /* config.json's eos_token_id (first element if a list); -1 if absent/null. */
 int fz_config_source_eos(const fz_blob *config, int64_t *eos);

@@ -172,6 +172,39 @@ static int extra_from(fz_tok *t, const json_t *list)
     return 0;
 }
 
+/* The string tokenizer_config.json (else special_tokens_map.json) gives for
+ * a special-token key, or NULL. */
+static const char *named_token(const fz_tok *t, const char *key)
+{
+    const char *s = token_string(json_object_get(t->tok_config, key));
+    if (!s && !json_object_get(t->tok_config, key))
+        s = token_string(json_object_get(t->stm, key));
+    return s;
+}
+
+/* The fast tokenizer's constructor registers every special token it is
+ * given (named ones in the order bos, eos, unk, sep, pad, cls, mask, then
+ * the additional ones) as an added special token; one in no vocabulary gets
+ * the next id, so len(tokenizer) grows on load. */
+static int add_missing_special(fz_tok *t)
+{
+    static const char *const keys[] = {"bos_token", "eos_token", "unk_token", "sep_token",
+                                       "pad_token", "cls_token", "mask_token"};
+    int64_t id;
+    int rc = 0;
+    for (size_t k = 0; k < sizeof keys / sizeof *keys && rc == 0; k++) {
+        const char *s = named_token(t, keys[k]);
+        if (s && *s && fz_tok_id(t, s) < 0)
+            rc = fz_tok_add(t, s, true, &id);
+    }
+    for (size_t i = 0; i < json_array_size(t->extra) && rc == 0; i++) {
+        const char *s = json_string_value(json_array_get(t->extra, i));
+        if (*s && fz_tok_id(t, s) < 0)
+            rc = fz_tok_add(t, s, true, &id);
+    }
+    return rc;
+}
+
 int fz_tok_load(fz_tok *t, const fz_blob *tok, const fz_blob *tc, const fz_blob *stm)
 {
     memset(t, 0, sizeof *t);
@@ -204,9 +237,7 @@ int fz_tok_load(fz_tok *t, const fz_blob *tok, const fz_blob *tc, const fz_blob 
             return fz_error_set(FZ_EFORMAT, "%s: not a JSON object", stm->path);
     }
     for (int r = 0; r < FZ_ROLE_N; r++) {
-        const char *s = token_string(json_object_get(t->tok_config, fz_role_keys[r]));
-        if (!s && !json_object_get(t->tok_config, fz_role_keys[r]))
-            s = token_string(json_object_get(t->stm, fz_role_keys[r]));
+        const char *s = named_token(t, fz_role_keys[r]);
         if (s && !(t->roles[r] = strdup(s)))
             return fz_error_set(FZ_ENOMEM, "out of memory");
     }
@@ -215,7 +246,9 @@ int fz_tok_load(fz_tok *t, const fz_blob *tok, const fz_blob *tc, const fz_blob 
         list = json_object_get(t->tok_config, "extra_special_tokens");
     if (!json_is_array(list) && !t->tok_config)
         list = json_object_get(t->stm, "additional_special_tokens");
-    return extra_from(t, list);
+    if ((rc = extra_from(t, list)))
+        return rc;
+    return add_missing_special(t);
 }
 
 void fz_tok_free(fz_tok *t)

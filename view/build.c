@@ -262,11 +262,13 @@ static int build_meta(fz_view *v, json_t **config_out)
         rc = fz_error_set(FZ_EFORMAT, "%s: not a JSON object", in.config.path);
         goto done;
     }
-    rc = fz_view_find_roles(v, config, &in.tie_word_embeddings);
+    rc = fz_view_find_roles(v, config, &in.tie_word_embeddings, &in.embed_rows);
     if (rc == 0 && v->quant && (rc = fz_view_quant_config(v)) == 0)
         in.quantization_config = v->quant_config;
     if (rc == 0)
         rc = fz_meta_build(&in, &v->meta);
+    if (rc == 0)
+        rc = fz_view_check_roles(v);
     if (rc)
         json_decref(config);
     else
@@ -384,6 +386,7 @@ void fz_view_free(fz_view *v)
     free(v->embed_name);
     free(v->head_name);
     free(v->head_bias_name);
+    free(v->roles_doubt);
     free(v->dest_ckpt_dir);
     json_decref(v->quant_config);
     const char *s[] = {v->opts.src,         v->opts.checkpoint, v->opts.add_tokens,

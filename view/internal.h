@@ -49,6 +49,8 @@ struct fz_view {
     fz_meta_out meta;
     bool tied;             /* embedding and head are one matrix */
     char *embed_name, *head_name, *head_bias_name;
+    bool roles_certain;    /* the search (or --embedding-tensors) accounts for every vocab tensor */
+    char *roles_doubt;     /* why not, and the candidate tensors (for the refusal) */
     uint32_t embed_recipe; /* recipe of the embedding, UINT32_MAX if none */
     char *dest_ckpt_dir;   /* "checkpoints/checkpoint-N" */
 
@@ -85,11 +87,15 @@ struct fz_view {
 int fz_view_open_source_file(fz_view *v, const char *path, uint32_t *idx);
 
 /* view/tensors.c: find the embedding, head, head bias and tying (sets
- * v->embed_name, head_name, head_bias_name, tied; *tie_out = the value for
- * config.json's tie_word_embeddings); build one recipe per output tensor
+ * v->embed_name, head_name, head_bias_name, tied, roles_certain; *tie_out =
+ * the value for config.json's tie_word_embeddings, *embed_rows the
+ * embedding's rows or 0); build one recipe per output tensor
  * (after the token plan is known); make a tied head kept as a separate copy
  * share the embedding's recipe. */
-int fz_view_find_roles(fz_view *v, const json_t *config, int *tie_out);
+int fz_view_find_roles(fz_view *v, const json_t *config, int *tie_out, uint64_t *embed_rows);
+/* After the token plan: refuse (FZ_EINVAL, listing the candidates and
+ * naming --embedding-tensors) a vocabulary change on an uncertain guess. */
+int fz_view_check_roles(const fz_view *v);
 /* "embedding", "head", "head bias" or NULL for a source tensor name. */
 const char *fz_view_role_of(const fz_view *v, const char *name);
 int fz_view_build_recipes(fz_view *v);

@@ -67,6 +67,12 @@ int fz_view_plan_text(const fz_view *v, FILE *f)
             (unsigned long long)m->old_vocab, (unsigned long long)m->new_vocab);
     for (size_t i = 0; i < m->n_added_tokens; i++)
         fprintf(f, "  + %-24s id %llu\n", m->added_tokens[i], (unsigned long long)m->added_ids[i]);
+    if (m->n_role_added)
+        fprintf(f, "  (%llu role token(s) the source names but its vocabulary lacks)\n",
+                (unsigned long long)m->n_role_added);
+    if (m->rows > m->new_vocab)
+        fprintf(f, "Rows:        %llu (%llu padding rows kept)\n", (unsigned long long)m->rows,
+                (unsigned long long)(m->rows - m->new_vocab));
     fprintf(f, "Embedding:   %s%s\n", v->embed_name ? v->embed_name : "(not found)",
             v->tied ? " (tied with the output head)" : "");
     fprintf(f, "Head:        %s%s%s\n", v->head_name ? v->head_name : "(not in weights)",
@@ -132,6 +138,7 @@ int fz_view_plan_json(const fz_view *v, fz_buf *out)
     json_object_set_new(tok, "old_vocab", json_integer((json_int_t)m->old_vocab));
     json_object_set_new(tok, "new_vocab", json_integer((json_int_t)m->new_vocab));
     json_object_set_new(tok, "added", json_integer((json_int_t)m->n_added));
+    json_object_set_new(tok, "rows", json_integer((json_int_t)m->rows));
     json_t *added = json_array();
     for (size_t i = 0; i < m->n_added_tokens; i++)
         json_array_append_new(added, json_pack("{s:s, s:I}", "token", m->added_tokens[i], "id",

@@ -4,8 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "formats/jsonout.h"
 #include "util/error.h"
 #include "util/hindex.h"
+#include "util/io.h"
 #include "view/internal.h"
 
 /* Names by which the input embedding and output head are known. */
@@ -40,56 +42,446 @@ static bool same_view(const fz_tensor *a, const fz_tensor *b)
     return true;
 }
 
-/* Find the embedding, head and head bias, and whether embedding and head are
- * tied, from names (or --embedding-tensors) and the config. */
-int fz_view_find_roles(fz_view *v, const json_t *config, int *tie_out)
+/* ---- the embedding search ---------------------------------------------
+ *
+ * The vocabulary tensors are those with a dimension equal to the vocabulary
+ * size V (config vocab_size, else the rows of an embedding known by name).
+ * Known names decide first; otherwise the [V, hidden] matrices are told
+ * apart by tie information (one storage, the index's param_sharing), name
+ * hints, a sibling ".bias" (a Linear: the head) and, in .bin files, the
+ * order of the state dict (embedding first, head last). The guess is
+ * certain only when every vocabulary tensor is accounted for (embedding,
+ * head, head bias or an alias of one) and the evidence agrees; the view
+ * refuses a vocabulary change on an uncertain guess (fz_view_check_roles). */
+
+/* Config keys that give the hidden size, in the order they are tried. */
+static const char *const hidden_keys[] = {"hidden_size", "n_embd", "d_model", "dim", "hidden_dim",
+                                          "model_dim", "embed_dim", "n_embed", "emb_dim",
+                                          "d_embed", "embedding_size", NULL};
+
+typedef struct {
+    const fz_tensor *t;
+    uint32_t file;
+    size_t order;  /* position in the state dict (files in order, tensors in file order) */
+    int group;     /* aliases (one storage, or one param_sharing group) share it */
+    bool matrix;   /* [V, hidden] */
+    bool taken;    /* embedding, head, head bias or an alias of one */
+} vtensor;
+
+typedef struct {
+    vtensor *v;
+    size_t n;
+    size_t total; /* tensors in the state dict */
+    json_t *sharing; /* the index's metadata.param_sharing, or NULL */
+} vset;
+
+/* +1: the name says input embedding; -1: output head; 0: neither or both. */
+static int name_hint(const char *name)
 {
-    const fz_view_opts *o = &v->opts;
-    json_int_t cfg_vocab = json_integer_value(json_object_get(config, "vocab_size"));
-    const json_t *cfg_tie = json_object_get(config, "tie_word_embeddings");
-    if (o->embedding_tensors) {
-        char *list = strdup(o->embedding_tensors), *save = NULL;
-        if (!list)
-            return fz_error_set(FZ_ENOMEM, "out of memory");
-        int k = 0;
-        for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save), k++) {
-            while (*t == ' ')
-                t++;
-            const fz_tensor *x = find_tensor(v, t, NULL);
-            if (!x) {
-                int rc = fz_error_set(FZ_ENOTFOUND, "--embedding-tensors: no tensor named '%s' in "
-                                      "%s", t, v->src.ckpt);
-                free(list);
+    static const char *const emb[] = {"emb", "wte", "tok", "word", "input", "lookup", "table", NULL};
+    static const char *const head[] = {"head", "out", "lm_", "logit", "unembed", "classifier",
+                                       "readout", NULL};
+    char low[256];
+    size_t n = strlen(name);
+    if (n > 7 && strcmp(name + n - 7, ".weight") == 0)
+        n -= 7;
+    if (n >= sizeof low)
+        n = sizeof low - 1;
+    for (size_t i = 0; i < n; i++)
+        low[i] = (char)(name[i] >= 'A' && name[i] <= 'Z' ? name[i] - 'A' + 'a' : name[i]);
+    low[n] = '\0';
+    bool e = false, h = false;
+    for (int i = 0; emb[i]; i++)
+        e = e || strstr(low, emb[i]);
+    for (int i = 0; head[i]; i++)
+        h = h || strstr(low, head[i]);
+    return e == h ? 0 : e ? 1 : -1;
+}
+
+/* "X.bias" next to "X.weight", 1-D with `rows` entries, or NULL. */
+static const fz_tensor *sibling_bias(fz_view *v, const char *name, uint64_t rows, char **out)
+{
+    size_t n = strlen(name);
+    if (n < 7 || strcmp(name + n - 7, ".weight") != 0)
+        return NULL;
+    char *b = malloc(n);
+    if (!b)
+        return NULL;
+    memcpy(b, name, n - 6);
+    strcpy(b + n - 6, "bias");
+    const fz_tensor *t = find_tensor(v, b, NULL);
+    if (t && t->ndim == 1 && t->shape[0] == rows) {
+        *out = b;
+        return t;
+    }
+    free(b);
+    return NULL;
+}
+
+/* metadata.param_sharing of the source index (a list of name groups), or NULL. */
+static json_t *read_param_sharing(const fz_view *v)
+{
+    if (!v->src.index_name)
+        return NULL;
+    size_t n = strlen(v->src.ckpt) + strlen(v->src.index_name) + 2, len = 0;
+    char *path = malloc(n), *data = NULL;
+    json_t *doc = NULL, *ps = NULL;
+    if (!path)
+        return NULL;
+    snprintf(path, n, "%s/%s", v->src.ckpt, v->src.index_name);
+    /* the index was read and checked by source discovery; a failure here only
+     * loses a hint */
+    if (fz_read_file(path, 64u << 20, &data, &len) == 0 && (doc = fz_json_parse(data, len, path)))
+        ps = json_object_get(json_object_get(doc, "metadata"), "param_sharing");
+    fz_error_clear();
+    if (json_is_array(ps))
+        json_incref(ps);
+    else
+        ps = NULL;
+    json_decref(doc);
+    free(data);
+    free(path);
+    return ps;
+}
+
+static bool shared_in_index(const json_t *sharing, const char *a, const char *b)
+{
+    size_t i, j;
+    json_t *g, *x;
+    json_array_foreach(sharing, i, g) {
+        bool ha = false, hb = false;
+        json_array_foreach(g, j, x) {
+            const char *s = json_string_value(x);
+            ha = ha || (s && !strcmp(s, a));
+            hb = hb || (s && !strcmp(s, b));
+        }
+        if (ha && hb)
+            return true;
+    }
+    return false;
+}
+
+/* Collect the tensors with a dimension equal to V; group aliases. */
+static int collect(fz_view *v, uint64_t V, uint64_t H, vset *s)
+{
+    size_t total = 0;
+    for (uint32_t f = 0; f < v->src.nfiles; f++)
+        total += v->tensors[f].n;
+    s->total = total;
+    s->v = calloc(total ? total : 1, sizeof *s->v);
+    if (!s->v)
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    size_t order = 0;
+    for (uint32_t f = 0; f < v->src.nfiles; f++)
+        for (size_t i = 0; i < v->tensors[f].n; i++, order++) {
+            const fz_tensor *t = &v->tensors[f].v[i];
+            bool hit = false;
+            for (int d = 0; d < t->ndim; d++)
+                hit = hit || t->shape[d] == V;
+            if (!hit)
+                continue;
+            vtensor *x = &s->v[s->n];
+            *x = (vtensor){t, f, order, (int)s->n, false, false};
+            x->matrix = t->ndim == 2 && t->shape[0] == V && (H == 0 || t->shape[1] == H) &&
+                        fz_dtype_is_float(t->dtype);
+            for (size_t k = 0; k < s->n; k++)
+                if (x->matrix && s->v[k].matrix &&
+                    ((s->v[k].file == f && same_view(s->v[k].t, t)) ||
+                     shared_in_index(s->sharing, s->v[k].t->name, t->name))) {
+                    x->group = s->v[k].group;
+                    break;
+                }
+            s->n++;
+        }
+    return 0;
+}
+
+static vtensor *by_name(vset *s, const char *name)
+{
+    for (size_t i = 0; name && i < s->n; i++)
+        if (!strcmp(s->v[i].t->name, name))
+            return &s->v[i];
+    return NULL;
+}
+
+/* Mark a group taken; the first other name in it (if any) for *alias. */
+static void take_group(vset *s, int group, const char *except, const char **alias)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (s->v[i].group == group) {
+            s->v[i].taken = true;
+            if (alias && !*alias && strcmp(s->v[i].t->name, except) != 0)
+                *alias = s->v[i].t->name;
+        }
+}
+
+/* The first member (in state-dict order) of each untaken matrix group. */
+static size_t free_groups(const vset *s, vtensor **out, size_t max)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < s->n; i++)
+        if (s->v[i].matrix && !s->v[i].taken && s->v[i].group == (int)i) {
+            if (n < max)
+                out[n] = &s->v[i];
+            n++;
+        }
+    return n;
+}
+
+/* Two unknown matrices: which is the embedding? Each piece of evidence votes;
+ * certain when none disagrees and at least two agree. NULL if not certain. */
+static vtensor *vote(fz_view *v, vtensor *a, vtensor *b, bool order_known)
+{
+    int for_a = 0, for_b = 0; /* votes for "a is the embedding" / "b is" */
+    int ha = name_hint(a->t->name), hb = name_hint(b->t->name);
+    for_a += (ha > 0) + (hb < 0);
+    for_b += (ha < 0) + (hb > 0);
+    char *bias = NULL;
+    if (sibling_bias(v, b->t->name, b->t->shape[0], &bias))
+        for_a++;
+    free(bias);
+    bias = NULL;
+    if (sibling_bias(v, a->t->name, a->t->shape[0], &bias))
+        for_b++;
+    free(bias);
+    if (order_known) {
+        if (a->order < b->order)
+            for_a++;
+        else
+            for_b++;
+    }
+    if (for_a >= 2 && for_b == 0)
+        return a;
+    if (for_b >= 2 && for_a == 0)
+        return b;
+    return NULL;
+}
+
+static int set_name(char **slot, const char *name)
+{
+    free(*slot);
+    *slot = name ? strdup(name) : NULL;
+    return name && !*slot ? fz_error_set(FZ_ENOMEM, "out of memory") : 0;
+}
+
+/* Describe the vocabulary tensors for the refusal message. */
+static int describe_candidates(fz_view *v, const vset *s, uint64_t V, const char *why)
+{
+    fz_buf b = FZ_BUF_INIT;
+    int rc = fz_buf_printf(&b, "%s", why);
+    if (rc == 0 && s->n == 0 && V > 0)
+        rc = fz_buf_printf(&b, "; no tensor has a dimension of %llu (config vocab_size)",
+                           (unsigned long long)V);
+    if (rc == 0 && s->n)
+        rc = fz_buf_printf(&b, "; tensors with a dimension of %llu:", (unsigned long long)V);
+    for (size_t i = 0; i < s->n && i < 16 && rc == 0; i++) {
+        const fz_tensor *t = s->v[i].t;
+        rc = fz_buf_printf(&b, "%s %s [", i ? "," : "", t->name);
+        for (int d = 0; d < t->ndim && rc == 0; d++)
+            rc = fz_buf_printf(&b, "%s%llu", d ? ", " : "", (unsigned long long)t->shape[d]);
+        if (rc == 0)
+            rc = fz_buf_printf(&b, "] %s, tensor %zu of %zu", fz_dtype_torch_name(t->dtype),
+                               s->v[i].order + 1, s->total);
+        if (rc == 0 && s->v[i].group != (int)i)
+            rc = fz_buf_printf(&b, ", same storage as %s", s->v[s->v[i].group].t->name);
+    }
+    if (rc == 0 && s->n > 16)
+        rc = fz_buf_printf(&b, ", and %zu more", s->n - 16);
+    if (rc == 0 && fz_buf_putc(&b, '\0') == 0) {
+        free(v->roles_doubt);
+        v->roles_doubt = (char *)b.data;
+        return 0;
+    }
+    fz_buf_free(&b);
+    return fz_error_set(FZ_ENOMEM, "out of memory");
+}
+
+/* --embedding-tensors EMB[,HEAD][,BIAS]: the names given, plus what follows
+ * from them: a head over the embedding's storage and the head's ".bias". */
+static int roles_from_option(fz_view *v)
+{
+    char *list = strdup(v->opts.embedding_tensors), *save = NULL;
+    int rc = 0, k = 0;
+    if (!list)
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    for (char *t = strtok_r(list, ",", &save); t && rc == 0; t = strtok_r(NULL, ",", &save), k++) {
+        while (*t == ' ')
+            t++;
+        const fz_tensor *x = find_tensor(v, t, NULL);
+        if (!x) {
+            rc = fz_error_set(FZ_ENOTFOUND, "--embedding-tensors: no tensor named '%s' in %s", t,
+                              v->src.ckpt);
+            break;
+        }
+        rc = set_name(k == 0 ? &v->embed_name : x->ndim == 1 ? &v->head_bias_name : &v->head_name, t);
+    }
+    free(list);
+    if (rc || !v->embed_name)
+        return rc ? rc : fz_error_set(FZ_EUSAGE, "--embedding-tensors: give EMB[,HEAD]");
+    uint32_t fe = 0;
+    const fz_tensor *e = find_tensor(v, v->embed_name, &fe);
+    if (!v->head_name) /* another name over the embedding's storage: the tied head */
+        for (size_t i = 0; i < v->tensors[fe].n && !v->head_name; i++) {
+            const fz_tensor *t = &v->tensors[fe].v[i];
+            if (t != e && same_view(t, e) && (rc = set_name(&v->head_name, t->name)))
                 return rc;
-            }
-            char **slot = k == 0 ? &v->embed_name : x->ndim == 1 ? &v->head_bias_name
-                                                                  : &v->head_name;
-            free(*slot);
-            *slot = strdup(t);
         }
-        free(list);
-    } else {
-        for (int i = 0; embed_names[i] && !v->embed_name; i++)
-            if (find_tensor(v, embed_names[i], NULL))
-                v->embed_name = strdup(embed_names[i]);
-        for (int i = 0; head_names[i] && !v->head_name; i++)
-            if (find_tensor(v, head_names[i], NULL))
-                v->head_name = strdup(head_names[i]);
-        /* Fall back to shape: a [vocab, hidden] matrix whose name says embedding. */
-        for (uint32_t f = 0; f < v->src.nfiles && !v->embed_name && cfg_vocab > 0; f++)
-            for (size_t i = 0; i < v->tensors[f].n && !v->embed_name; i++) {
-                const fz_tensor *t = &v->tensors[f].v[i];
-                if (t->ndim == 2 && t->shape[0] == (uint64_t)cfg_vocab &&
-                    (strstr(t->name, "embed") || strstr(t->name, "wte")))
-                    v->embed_name = strdup(t->name);
-            }
-        if (v->head_name) {
-            char bias[1024];
-            snprintf(bias, sizeof bias, "%.*sbias", (int)(strlen(v->head_name) - 6),
-                     v->head_name);
-            if (find_tensor(v, bias, NULL))
-                v->head_bias_name = strdup(bias);
+    if (!v->head_bias_name) {
+        const char *h = v->head_name ? v->head_name : v->embed_name;
+        const fz_tensor *ht = find_tensor(v, h, NULL);
+        sibling_bias(v, h, ht->ndim ? ht->shape[0] : 0, &v->head_bias_name);
+    }
+    v->roles_certain = true;
+    return 0;
+}
+
+/* The search without --embedding-tensors (see the comment above). */
+static int roles_by_search(fz_view *v, const json_t *config)
+{
+    vset s = {0};
+    int rc = 0;
+    const char *why = NULL;
+    json_int_t cfg_vocab = json_integer_value(json_object_get(config, "vocab_size"));
+    json_int_t hidden = 0;
+    for (int i = 0; hidden_keys[i] && hidden <= 0; i++)
+        hidden = json_integer_value(json_object_get(config, hidden_keys[i]));
+    for (int i = 0; embed_names[i] && !v->embed_name; i++)
+        if (find_tensor(v, embed_names[i], NULL) && (rc = set_name(&v->embed_name, embed_names[i])))
+            return rc;
+    for (int i = 0; head_names[i] && !v->head_name; i++)
+        if (find_tensor(v, head_names[i], NULL) && (rc = set_name(&v->head_name, head_names[i])))
+            return rc;
+    /* V: the rows of the embedding known by name, else config vocab_size
+     * when some tensor has that many rows */
+    const fz_tensor *known = v->embed_name ? find_tensor(v, v->embed_name, NULL) : NULL;
+    uint64_t V = known && known->ndim >= 1 ? known->shape[0] : 0;
+    for (uint32_t f = 0; f < v->src.nfiles && !V && cfg_vocab > 0; f++)
+        for (size_t i = 0; i < v->tensors[f].n && !V; i++)
+            if (v->tensors[f].v[i].ndim >= 1 && v->tensors[f].v[i].shape[0] == (uint64_t)cfg_vocab)
+                V = (uint64_t)cfg_vocab;
+    uint64_t H = hidden > 0 ? (uint64_t)hidden : 0;
+    if (known && known->ndim == 2)
+        H = known->shape[1];
+    s.sharing = read_param_sharing(v);
+    if (V == 0) {
+        why = cfg_vocab > 0 ? "no tensor has config.json's vocab_size rows and no embedding has a "
+                              "known name"
+                            : "config.json has no vocab_size and no embedding has a known name";
+        goto doubt;
+    }
+    if ((rc = collect(v, V, H, &s)))
+        goto done;
+    bool order_known = v->src.kind == FZ_W_BIN || v->src.kind == FZ_W_BIN_INDEX;
+    vtensor *e = by_name(&s, v->embed_name), *h = by_name(&s, v->head_name);
+    vtensor *g[3];
+    const char *alias = NULL;
+    if (e)
+        take_group(&s, e->group, e->t->name, h ? NULL : &alias);
+    if (h)
+        take_group(&s, h->group, h->t->name, NULL);
+    if (!e && !h) {
+        size_t n = free_groups(&s, g, 3);
+        if (n == 0) {
+            why = "no [vocab_size, hidden] matrix";
+            goto doubt;
         }
+        if (n >= 3) {
+            why = "more than two [vocab_size, hidden] matrices";
+            goto doubt;
+        }
+        if (n == 1) {
+            /* one matrix (maybe under several names): embedding and tied head */
+            e = g[0];
+            for (size_t i = 0; i < s.n; i++)
+                if (s.v[i].group == g[0]->group && name_hint(s.v[i].t->name) > 0) {
+                    e = &s.v[i];
+                    break;
+                }
+        } else if (!(e = vote(v, g[0], g[1], order_known))) {
+            why = "two [vocab_size, hidden] matrices and nothing tells which is the embedding";
+            goto doubt;
+        } else {
+            h = e == g[0] ? g[1] : g[0];
+            take_group(&s, h->group, h->t->name, NULL);
+        }
+        take_group(&s, e->group, e->t->name, h ? NULL : &alias);
+        if ((rc = set_name(&v->embed_name, e->t->name)))
+            goto done;
+    } else if (!e) {
+        if (free_groups(&s, g, 3) != 1) {
+            why = "the head has a known name but no single [vocab_size, hidden] matrix is left "
+                  "for the embedding";
+            goto doubt;
+        }
+        e = g[0];
+        take_group(&s, e->group, e->t->name, NULL);
+        if ((rc = set_name(&v->embed_name, e->t->name)))
+            goto done;
+    } else if (!h && !alias) {
+        size_t n = free_groups(&s, g, 3);
+        if (n > 1) {
+            why = "the embedding has a known name but more than one other [vocab_size, hidden] "
+                  "matrix could be the head";
+            goto doubt;
+        }
+        if (n == 1) {
+            h = g[0];
+            take_group(&s, h->group, h->t->name, NULL);
+        }
+    }
+    if (!v->head_name && (h || alias) && (rc = set_name(&v->head_name, h ? h->t->name : alias)))
+        goto done;
+    /* the head's bias: "X.bias" beside any name of the head (or of a lone
+     * embedding: a Linear holding the one tied matrix) */
+    const vtensor *hv = v->head_name ? by_name(&s, v->head_name) : e;
+    for (size_t i = 0; hv && i < s.n && !v->head_bias_name; i++) {
+        const vtensor *x = &s.v[i];
+        if (x->matrix && x->group == hv->group)
+            sibling_bias(v, x->t->name, V, &v->head_bias_name);
+    }
+    vtensor *b = by_name(&s, v->head_bias_name);
+    if (b)
+        b->taken = true;
+    for (size_t i = 0; i < s.n; i++)
+        if (!s.v[i].taken) {
+            why = "a tensor with a vocab_size dimension is neither the embedding, the head nor "
+                  "its bias";
+            goto doubt;
+        }
+    v->roles_certain = true;
+    goto done;
+doubt:
+    rc = describe_candidates(v, &s, V ? V : (uint64_t)(cfg_vocab > 0 ? cfg_vocab : 0), why);
+done:
+    json_decref(s.sharing);
+    free(s.v);
+    return rc;
+}
+
+/* Find the embedding, head and head bias, and whether embedding and head are
+ * tied (see the search above; --embedding-tensors overrides it). */
+int fz_view_find_roles(fz_view *v, const json_t *config, int *tie_out, uint64_t *embed_rows)
+{
+    const json_t *cfg_tie = json_object_get(config, "tie_word_embeddings");
+    int rc = v->opts.embedding_tensors ? roles_from_option(v) : roles_by_search(v, config);
+    if (rc)
+        return rc;
+    if (!v->roles_certain) {
+        /* keep only what known names say (used when the vocabulary stays) */
+        char *e = v->embed_name, *h = v->head_name;
+        v->embed_name = v->head_name = NULL;
+        for (int i = 0; embed_names[i] && e; i++)
+            if (!strcmp(e, embed_names[i]))
+                v->embed_name = e;
+        for (int i = 0; head_names[i] && h; i++)
+            if (!strcmp(h, head_names[i]))
+                v->head_name = h;
+        if (!v->embed_name)
+            free(e);
+        if (!v->head_name)
+            free(h);
+        free(v->head_bias_name);
+        v->head_bias_name = NULL;
     }
     uint32_t fe = 0, fh = 0;
     const fz_tensor *e = v->embed_name ? find_tensor(v, v->embed_name, &fe) : NULL;
@@ -108,11 +500,36 @@ int fz_view_find_roles(fz_view *v, const json_t *config, int *tie_out)
                       memcmp(e->shape, h->shape, sizeof e->shape[0] * (size_t)e->ndim) == 0;
     v->tied = e && (!h || (fe == fh && same_view(e, h)) || (json_is_true(cfg_tie) && same_shape));
     *tie_out = tie;
+    *embed_rows = e && e->ndim ? e->shape[0] : 0;
     return 0;
 }
 
-/* Rules for a resized tensor with `src_rows` rows, from the token plan. */
-static int rules_for(const fz_view *v, uint64_t src_rows, fz_row_rule **out, size_t *n)
+int fz_view_check_roles(const fz_view *v)
+{
+    const fz_meta_out *m = &v->meta;
+    if (!m->resize || v->roles_certain)
+        return 0;
+    fz_buf b = FZ_BUF_INIT;
+    for (size_t i = 0; i < m->n_added_tokens && i < 4; i++)
+        fz_buf_printf(&b, "%s%s", i ? ", " : " (", m->added_tokens[i]);
+    if (m->n_added_tokens)
+        fz_buf_printf(&b, "%s)", m->n_added_tokens > 4 ? ", ..." : "");
+    int rc = fz_error_set(
+        FZ_EINVAL,
+        "%s: the vocabulary changes (%llu -> %llu tokens%s) but fzfs cannot tell which tensors "
+        "are the input embedding and the output head: %s. Name them with --embedding-tensors "
+        "EMB[,HEAD] (the head's bias is found by itself), or keep the vocabulary "
+        "(--skip-default-tokens, no --add-tokens)",
+        v->src.ckpt, (unsigned long long)m->old_vocab, (unsigned long long)m->new_vocab,
+        b.data ? (char *)b.data : "", v->roles_doubt ? v->roles_doubt : "no candidates");
+    fz_buf_free(&b);
+    return rc;
+}
+
+/* Rules for a resized tensor with `src_rows` rows, from the token plan. A
+ * head bias follows finalize (HF's resize): a new token's entry is the old
+ * bias's mean whatever the token's init, and existing entries stay. */
+static int rules_for(const fz_view *v, uint64_t src_rows, bool bias, fz_row_rule **out, size_t *n)
 {
     const fz_meta_out *m = &v->meta;
     fz_row_rule *r = calloc(m->n_inits ? m->n_inits : 1, sizeof *r);
@@ -121,11 +538,12 @@ static int rules_for(const fz_view *v, uint64_t src_rows, fz_row_rule **out, siz
     size_t k = 0;
     for (size_t i = 0; i < m->n_inits; i++) {
         const fz_row_init *in = &m->inits[i];
-        if (in->row >= m->new_vocab)
+        if (in->row >= m->rows)
             continue;
-        if (in->kind == FZ_INIT_MEAN) {
-            if (in->row < src_rows)
-                continue; /* mean on an existing row: finalize leaves it as is */
+        if (bias) {
+            if (in->new_token && in->row < src_rows) /* a padding row taken by a new token */
+                r[k++] = (fz_row_rule){in->row, FZ_ROW_MEAN, 0};
+        } else if (in->kind == FZ_INIT_MEAN) {
             r[k++] = (fz_row_rule){in->row, FZ_ROW_MEAN, 0};
         } else if (in->kind == FZ_INIT_ZERO) {
             r[k++] = (fz_row_rule){in->row, FZ_ROW_ZERO, 0};
@@ -241,10 +659,10 @@ int fz_view_build_recipes(fz_view *v)
             uint64_t rows = t->ndim ? t->shape[0] : 1;
             fz_row_rule *rules = NULL;
             size_t nrules = 0;
-            if (o->role && v->meta.n_added > 0 && t->ndim >= 1) {
-                if ((rc = rules_for(v, rows, &rules, &nrules)))
+            if (o->role && v->meta.resize && t->ndim >= 1) {
+                if ((rc = rules_for(v, rows, !strcmp(o->role, "head bias"), &rules, &nrules)))
                     goto done;
-                rows = v->meta.new_vocab;
+                rows = v->meta.rows;
             }
             fz_recipe *rc_ = &v->recipes[v->nrecipes];
             rc = fz_recipe_init(rc_, v->files[f].fd, v->files[f].path, t, out, rows, rules,

@@ -208,10 +208,93 @@ static void test_errors(void **state)
                  "init copy:5000: not an existing token id");
 }
 
+/* An embedding with more rows than tokens keeps them: the new token's row
+ * is inside, gets its init explicitly (mean included), vocab_size stays. */
+static void test_padded_rows(void **state)
+{
+    (void)state;
+    fixture f;
+    fz_meta_out o;
+    fx_load(&f, "tok_nopad");
+    f.in.embed_rows = 400;
+    build(&f, NULL, &o);
+    assert_true(o.resize);
+    assert_int_equal(o.new_vocab, 301);
+    assert_int_equal(o.rows, 400);
+    assert_int_equal(o.n_inits, 1);
+    assert_int_equal(o.inits[0].row, 300);
+    assert_int_equal(o.inits[0].kind, FZ_INIT_ZERO);
+    assert_true(o.inits[0].new_token);
+    json_t *cfg = fx_json(&o.config_json);
+    assert_int_equal(json_integer_value(json_object_get(cfg, "vocab_size")), 400);
+    json_decref(cfg);
+    fz_meta_out_free(&o);
+    fx_free(&f);
+
+    fx_load(&f, "tok_nopad");
+    f.in.embed_rows = 400;
+    build(&f, "special_tokens: [\"<|x|>\"]\n", &o);
+    assert_int_equal(o.rows, 400);
+    assert_int_equal(o.n_inits, 1);
+    assert_int_equal(o.inits[0].row, 300);
+    assert_int_equal(o.inits[0].kind, FZ_INIT_MEAN);
+    fz_meta_out_free(&o);
+    fx_free(&f);
+
+    /* no padding: rows follow the tokenizer, mean rows need no entry */
+    fx_load(&f, "tok_nopad");
+    f.in.embed_rows = 300;
+    build(&f, "special_tokens: [\"<|x|>\"]\n", &o);
+    assert_int_equal(o.rows, 301);
+    assert_int_equal(o.n_inits, 0);
+    fz_meta_out_free(&o);
+    fx_free(&f);
+
+    /* nothing added and the tokenizer fits: no resize */
+    fx_load(&f, "tok_pad");
+    f.in.embed_rows = 400;
+    build(&f, NULL, &o);
+    assert_false(o.resize);
+    fz_meta_out_free(&o);
+    fx_free(&f);
+}
+
+/* A role token the vocabulary lacks is added on load (the next id), before
+ * the plan's own tokens, and makes the rows grow even with nothing else. */
+static void test_role_token_missing(void **state)
+{
+    (void)state;
+    fixture f;
+    fz_meta_out o;
+    fx_load(&f, "tok_nopad");
+    f.in.tokenizer_config = fx_text("{\"eos_token\": \"<|eot|>\"}", "tokenizer_config.json");
+    build(&f, NULL, &o);
+    assert_int_equal(o.old_vocab, 300);
+    assert_int_equal(o.n_role_added, 1);
+    assert_int_equal(o.n_added, 2);
+    assert_added(&o, 0, "<|eot|>", 300);
+    assert_added(&o, 1, "[PAD]", 301);
+    assert_int_equal(o.n_inits, 1); /* [PAD] zero; <|eot|> mean (grown row, no entry) */
+    assert_int_equal(o.inits[0].row, 301);
+    assert_false(o.tokenizer_json_unchanged);
+    fz_meta_out_free(&o);
+    fx_free(&f);
+
+    fx_load(&f, "tok_nopad");
+    f.in.tokenizer_config = fx_text("{\"eos_token\": \"<|eot|>\"}", "tokenizer_config.json");
+    f.in.skip_default_tokens = true;
+    build(&f, NULL, &o);
+    assert_true(o.resize);
+    assert_int_equal(o.rows, 301);
+    fz_meta_out_free(&o);
+    fx_free(&f);
+}
+
 int main(void)
 {
     fz_log_set_level(FZ_LOG_ERROR);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_padded_rows),     cmocka_unit_test(test_role_token_missing),
         cmocka_unit_test(test_chatml),          cmocka_unit_test(test_default_pad),
         cmocka_unit_test(test_if_missing_false_reassigns), cmocka_unit_test(test_reassign_existing),
         cmocka_unit_test(test_lists_and_order), cmocka_unit_test(test_errors),

@@ -97,6 +97,8 @@ static fz_view *build(const char *src, bool safetensors)
     o.safetensors = safetensors;
     o.generation_config = "carry";
     o.device = "cpu";
+    /* the run has no embedding: a vocabulary change would be refused */
+    o.skip_default_tokens = true;
     fz_view *v = NULL;
     if (fz_view_build(&v, &o) != 0)
         fail_msg("build %s: %s", src, fz_error_msg());

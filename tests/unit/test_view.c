@@ -1,0 +1,338 @@
+/* The view without FUSE (view/build.c, tree.c, shards.c, tensors.c, quant.c,
+ * plan.c, read.c): for examples/tiny-run (real torch checkpoints, two .bin
+ * shards, tied embedding, no pad token) under several option sets:
+ *  - every file's segment table is ordered, gap-free and covers [0, size);
+ *  - every weight file parses with our own readers (zip + pickle, safetensors)
+ *    from the bytes fz_view_read serves, and torch zip records come in torch's
+ *    order (data.pkl, byteorder, data/..., version);
+ *  - an index's total_size is the sum of the tensors it lists, and every
+ *    weight_map file exists in the tree;
+ *  - fz_view_direct agrees with fz_view_read on every range it accepts
+ *    (segment edges, odd ranges, whole files);
+ *  - the plan (text and JSON) names what the view holds. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "formats/safetensors.h"
+#include "formats/torchbin.h"
+#include "formats/zip.h"
+#include "util/buf.h"
+#include "util/error.h"
+#include "view/view.h"
+
+static char tiny[1024];
+
+static fz_view *build(fz_view_opts o)
+{
+    o.src = tiny;
+    o.generation_config = o.generation_config ? o.generation_config : "carry";
+    o.device = "cpu";
+    fz_view *v = NULL;
+    int rc = fz_view_build(&v, &o);
+    if (rc)
+        fail_msg("fz_view_build: %s", fz_error_msg());
+    return v;
+}
+
+static uint8_t *read_all(fz_view *v, uint32_t i)
+{
+    const fz_node *n = fz_view_node(v, i);
+    uint8_t *b = malloc(n->size ? n->size : 1);
+    assert_non_null(b);
+    assert_int_equal(fz_view_read(v, i, 0, n->size, b), 0);
+    return b;
+}
+
+static bool ends_with(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && strcmp(s + a - b, suf) == 0;
+}
+
+static int memfd_of(const uint8_t *b, uint64_t n)
+{
+    int fd = memfd_create("fzview", 0);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, b, n), (ssize_t)n);
+    return fd;
+}
+
+static uint32_t find_node(fz_view *v, const char *path)
+{
+    for (uint32_t i = 0; i < fz_view_node_count(v); i++)
+        if (!strcmp(fz_view_node(v, i)->path, path))
+            return i;
+    return UINT32_MAX;
+}
+
+/* A node's segments tile [0, size) in order. */
+static void check_segments(const fz_node *n)
+{
+    uint64_t at = 0;
+    for (uint32_t s = 0; s < n->nsegs; s++) {
+        assert_int_equal(n->segs[s].off, at);
+        assert_true(n->segs[s].len > 0);
+        at += n->segs[s].len;
+    }
+    assert_int_equal(at, n->size);
+}
+
+/* fz_view_direct vs fz_view_read on [off, off+len). */
+static void check_range(fz_view *v, uint32_t i, const uint8_t *all, uint64_t off, uint64_t len)
+{
+    fz_piece p[16];
+    size_t np = 0;
+    if (!fz_view_direct(v, i, off, len, p, 16, &np))
+        return;
+    uint64_t at = off;
+    for (size_t k = 0; k < np; k++) {
+        uint8_t *buf = malloc(p[k].len ? p[k].len : 1);
+        assert_non_null(buf);
+        if (p[k].mem)
+            memcpy(buf, p[k].mem, p[k].len);
+        else
+            assert_int_equal(pread(p[k].fd, buf, p[k].len, (off_t)p[k].off), (ssize_t)p[k].len);
+        assert_memory_equal(buf, all + at, p[k].len);
+        at += p[k].len;
+        free(buf);
+    }
+    assert_int_equal(at, off + len);
+}
+
+static void check_direct(fz_view *v, uint32_t i, const uint8_t *all)
+{
+    const fz_node *n = fz_view_node(v, i);
+    check_range(v, i, all, 0, n->size);
+    for (uint32_t s = 0; s < n->nsegs; s++) {
+        uint64_t a = n->segs[s].off, l = n->segs[s].len;
+        check_range(v, i, all, a, l);
+        if (l > 2)
+            check_range(v, i, all, a + 1, l - 2);
+        if (s + 1 < n->nsegs && l > 1)
+            check_range(v, i, all, a + l - 1, 2); /* across a boundary */
+    }
+    uint64_t seed = 12345;
+    for (int k = 0; k < 50 && n->size > 1; k++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        uint64_t off = (seed >> 11) % n->size;
+        uint64_t len = 1 + (seed >> 37) % (n->size - off);
+        check_range(v, i, all, off, len);
+    }
+}
+
+/* A torch zip's records in torch's order, each parsed by our readers. */
+static void check_bin(const fz_node *n, const uint8_t *all, size_t *ntensors)
+{
+    int fd = memfd_of(all, n->size);
+    fz_zip_dir d = {0};
+    assert_int_equal(fz_zip_read_dir(fd, n->path, n->size, &d), 0);
+    assert_true(d.n >= 3);
+    assert_true(ends_with(d.v[0].name, "/data.pkl"));
+    assert_true(ends_with(d.v[1].name, "/byteorder"));
+    assert_true(ends_with(d.v[d.n - 1].name, "/version"));
+    for (size_t k = 2; k + 1 < d.n; k++)
+        assert_non_null(strstr(d.v[k].name, "/data/"));
+    const fz_zip_entry *bo = &d.v[1];
+    assert_int_equal(bo->size, 6);
+    assert_memory_equal(all + bo->data_offset, "little", 6);
+    fz_zip_dir_free(&d);
+    fz_tensor_list l = {0};
+    if (fz_torchbin_read(fd, n->path, &l) != 0)
+        fail_msg("%s", fz_error_msg());
+    *ntensors += l.n;
+    fz_tensor_list_free(&l);
+    close(fd);
+}
+
+static void check_st(const fz_node *n, const uint8_t *all, size_t *ntensors)
+{
+    int fd = memfd_of(all, n->size);
+    fz_tensor_list l = {0};
+    if (fz_st_read(fd, n->path, n->size, &l) != 0)
+        fail_msg("%s", fz_error_msg());
+    *ntensors += l.n;
+    fz_tensor_list_free(&l);
+    close(fd);
+}
+
+static void check_index(fz_view *v, const fz_node *n, const uint8_t *all)
+{
+    json_error_t e;
+    json_t *j = json_loadb((const char *)all, n->size, 0, &e);
+    assert_non_null(j);
+    json_t *wm = json_object_get(j, "weight_map");
+    assert_true(json_is_object(wm));
+    const char *name;
+    json_t *file;
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s", n->path);
+    char *slash = strrchr(dir, '/');
+    json_object_foreach(wm, name, file) {
+        char p[2048];
+        if (slash)
+            snprintf(p, sizeof p, "%.*s/%s", (int)(slash - dir), dir, json_string_value(file));
+        else
+            snprintf(p, sizeof p, "%s", json_string_value(file));
+        assert_true(find_node(v, p) != UINT32_MAX);
+    }
+    assert_true(json_integer_value(json_object_get(json_object_get(j, "metadata"),
+                                                   "total_size")) > 0);
+    json_decref(j);
+}
+
+/* Walk every file of the view and check it. Returns the tensors parsed. */
+static size_t check_view(fz_view *v)
+{
+    size_t ntensors = 0, nweights = 0;
+    for (uint32_t i = 0; i < fz_view_node_count(v); i++) {
+        const fz_node *n = fz_view_node(v, i);
+        if (n->kind != FZ_NODE_FILE)
+            continue;
+        check_segments(n);
+        uint8_t *all = read_all(v, i);
+        check_direct(v, i, all);
+        if (ends_with(n->path, ".bin")) {
+            check_bin(n, all, &ntensors);
+            nweights++;
+        } else if (ends_with(n->path, ".safetensors")) {
+            check_st(n, all, &ntensors);
+            nweights++;
+        } else if (ends_with(n->path, ".index.json")) {
+            check_index(v, n, all);
+        } else if (ends_with(n->path, ".json")) {
+            json_error_t e;
+            json_t *j = json_loadb((const char *)all, n->size, 0, &e);
+            if (!j)
+                fail_msg("%s: not JSON: %s", n->path, e.text);
+            json_decref(j);
+        }
+        free(all);
+    }
+    assert_true(nweights > 0);
+    return ntensors;
+}
+
+static void test_default_bin(void **state)
+{
+    (void)state;
+    fz_view *v = build((fz_view_opts){0});
+    assert_true(check_view(v) > 0);
+    /* default layout: weights in checkpoints/checkpoint-200, symlinked at the root */
+    uint32_t l = find_node(v, "pytorch_model.bin.index.json");
+    assert_true(l != UINT32_MAX);
+    assert_int_equal(fz_view_node(v, l)->kind, FZ_NODE_SYMLINK);
+    assert_true(find_node(v, "checkpoints/checkpoint-200/pytorch_model-00001-of-00002.bin") !=
+                UINT32_MAX);
+    fz_view_free(v);
+}
+
+static void test_safetensors_bf16(void **state)
+{
+    (void)state;
+    fz_view *v = build((fz_view_opts){.safetensors = true, .dtype = "bfloat16"});
+    check_view(v);
+    fz_view_free(v);
+}
+
+static void test_bin_cast_float16_root_copy(void **state)
+{
+    (void)state;
+    fz_view *v = build((fz_view_opts){.dtype = "float16", .root_copy = true});
+    check_view(v);
+    assert_int_equal(find_node(v, "checkpoints"), UINT32_MAX);
+    fz_view_free(v);
+}
+
+static void test_reshard(void **state)
+{
+    (void)state;
+    fz_view *one = build((fz_view_opts){.safetensors = true, .root_copy = true});
+    fz_view *many =
+        build((fz_view_opts){.safetensors = true, .root_copy = true, .max_shard_size = 8192});
+    size_t a = check_view(one), b = check_view(many);
+    assert_int_equal(a, b); /* the same tensors, in more files */
+    uint32_t files_one = 0, files_many = 0;
+    for (uint32_t i = 0; i < fz_view_node_count(one); i++)
+        files_one += ends_with(fz_view_node(one, i)->path, ".safetensors");
+    for (uint32_t i = 0; i < fz_view_node_count(many); i++)
+        files_many += ends_with(fz_view_node(many, i)->path, ".safetensors");
+    assert_true(files_many > files_one);
+    fz_view_free(one);
+    fz_view_free(many);
+}
+
+static void test_quantized(void **state)
+{
+    (void)state;
+    fz_view *v = build((fz_view_opts){.quantize = "int8-weight-only", .root_copy = true});
+    check_view(v);
+    fz_view_free(v);
+}
+
+static void test_plan_names_what_the_view_holds(void **state)
+{
+    (void)state;
+    fz_view *v = build((fz_view_opts){0});
+    fz_buf b = FZ_BUF_INIT;
+    assert_int_equal(fz_view_plan_json(v, &b), 0);
+    json_error_t e;
+    json_t *j = json_loadb((const char *)b.data, b.len, 0, &e);
+    assert_non_null(j);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "checkpoint"), "step")),
+                     200);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "tokens"),
+                                                        "new_vocab")),
+                     261);
+    assert_string_equal(json_string_value(json_object_get(j, "embedding")),
+                        "model.embed_tokens.weight");
+    assert_true(json_is_true(json_object_get(j, "tied")));
+    json_decref(j);
+    fz_buf_free(&b);
+
+    char *text = NULL;
+    size_t tlen = 0;
+    FILE *f = open_memstream(&text, &tlen);
+    assert_int_equal(fz_view_plan_text(v, f), 0);
+    fclose(f);
+    assert_non_null(strstr(text, "checkpoint-200"));
+    assert_non_null(strstr(text, "[PAD]"));
+    free(text);
+    fz_view_free(v);
+}
+
+static void test_total_bytes(void **state)
+{
+    (void)state;
+    fz_view *v = build((fz_view_opts){0});
+    uint64_t sum = 0;
+    for (uint32_t i = 0; i < fz_view_node_count(v); i++)
+        if (fz_view_node(v, i)->kind == FZ_NODE_FILE)
+            sum += fz_view_node(v, i)->size;
+    assert_int_equal(fz_view_total_bytes(v), sum);
+    fz_view_free(v);
+}
+
+int main(void)
+{
+    snprintf(tiny, sizeof tiny, "%s/tiny-run", FZ_SOURCE_EXAMPLES_DIR);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_default_bin),
+        cmocka_unit_test(test_safetensors_bf16),
+        cmocka_unit_test(test_bin_cast_float16_root_copy),
+        cmocka_unit_test(test_reshard),
+        cmocka_unit_test(test_quantized),
+        cmocka_unit_test(test_plan_names_what_the_view_holds),
+        cmocka_unit_test(test_total_bytes),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -2,8 +2,6 @@
  * float formatting both Python and serde_json use. */
 #include "formats/jsonout.h"
 
-#include <errno.h>
-
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -293,12 +291,12 @@ static int emit_value(const json_t *v, const emit_style *st, int depth, fz_buf *
     if (!v)
         return fz_error_set(FZ_EINVAL, "JSON emitter: NULL value");
     switch (json_typeof(v)) {
-    case JSON_OBJECT: return emit_object(v, st, depth, out);
+    case JSON_OBJECT: {
+        const char *big = fz_json_bigint_digits(v);
+        return big ? fz_buf_puts(out, big) : emit_object(v, st, depth, out);
+    }
     case JSON_ARRAY: return emit_array(v, st, depth, out);
     case JSON_STRING:
-        if (json_string_length(v) > FZ_BIGINT_TAG_LEN &&
-            memcmp(json_string_value(v), FZ_BIGINT_TAG, FZ_BIGINT_TAG_LEN) == 0)
-            return fz_buf_puts(out, json_string_value(v) + FZ_BIGINT_TAG_LEN);
         return emit_string(json_string_value(v), json_string_length(v), st->ensure_ascii, out);
     case JSON_INTEGER: return fz_buf_printf(out, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
     case JSON_REAL:
@@ -336,87 +334,235 @@ int fz_json_emit_tokenizers(const json_t *v, fz_buf *out)
     return rc;
 }
 
-/* Integers beyond 64 bits (transformers writes model_max_length =
- * int(1e30) when a tokenizer has none) do not fit jansson's json_int_t.
- * Rather than fail, or turn every integer into a real, such a literal is
- * parsed as a tagged string (FZ_BIGINT_TAG + its digits) that the emitter
- * writes back as the same bare digits: the value round-trips exactly and
- * nothing in fzfs reads it as a number. Returns a new text (caller frees),
- * or NULL when no literal needed rewriting. */
-static char *tag_big_integers(const char *text, size_t len, size_t *out_len)
+/* Integers beyond 64 bits.
+ *
+ * transformers writes model_max_length = int(1e30) when a tokenizer has none;
+ * jansson's json_int_t is 64 bits and refuses it. Turning it (or every
+ * integer) into a real would change the file, so such a literal is carried
+ * as a big integer node: an object with exactly one member, key BIGINT_KEY,
+ * value a string of the digits. The emitters write the digits bare.
+ *
+ * Why this node and not a tagged string (what fzfs did before): a tag inside
+ * a string is in band. Any string of a source file that begins with the tag
+ * was written raw, so a hostile tokenizer_config.json value could close the
+ * number and add members (auto_map: code run with trust_remote_code). The key
+ * here is not valid UTF-8 (0xFF never occurs in UTF-8): jansson rejects
+ * invalid UTF-8 in every text it parses and in every checked constructor
+ * (json_string, json_object_set...), so neither a source file nor a string
+ * fzfs builds from one can produce it; only json_object_set_new_nocheck below
+ * does. json_deep_copy copies keys verbatim, so copies stay big integers.
+ * Why not a side table keyed by the json_t pointer: callers deep-copy and free
+ * trees, so a pointer does not name a value for long, and every emitter call
+ * would need the table. Last guard: a node is a big integer only while its
+ * digits are an integer literal, so nothing else is ever written raw. */
+#define BIGINT_KEY "\xff" "fz-bigint"
+
+static bool integer_literal(const char *s, size_t n)
 {
-    fz_buf b = FZ_BUF_INIT;
-    size_t i = 0, copied = 0;
-    bool in_str = false, changed = false;
-    while (i < len) {
-        char c = text[i];
-        if (in_str) {
-            if (c == '\\')
-                i++;
-            else if (c == '"')
-                in_str = false;
-            i++;
-            continue;
-        }
-        if (c == '"') {
-            in_str = true;
-            i++;
-            continue;
-        }
-        if (c != '-' && (c < '0' || c > '9')) {
-            i++;
-            continue;
-        }
-        size_t start = i, digits = 0;
-        bool integral = true;
-        if (text[i] == '-')
-            i++;
-        while (i < len && ((text[i] >= '0' && text[i] <= '9') || text[i] == '.' || text[i] == 'e' ||
-                           text[i] == 'E' || text[i] == '+' || text[i] == '-')) {
-            if (text[i] >= '0' && text[i] <= '9')
-                digits++;
-            else
-                integral = false;
-            i++;
-        }
-        if (!integral || digits < 19)
-            continue;
-        char num[64];
-        size_t n = i - start;
-        if (n >= sizeof num)
-            n = sizeof num - 1;
-        memcpy(num, text + start, n);
-        num[n] = '\0';
-        errno = 0;
-        (void)strtoll(num, NULL, 10);
-        if (errno != ERANGE && i - start < sizeof num)
-            continue;
-        if (fz_buf_append(&b, text + copied, start - copied) || fz_buf_puts(&b, "\"") ||
-            fz_buf_puts(&b, FZ_BIGINT_TAG_JSON) || fz_buf_append(&b, text + start, i - start) ||
-            fz_buf_puts(&b, "\"")) {
-            fz_buf_free(&b);
-            return NULL;
-        }
-        copied = i;
-        changed = true;
-    }
-    if (!changed || fz_buf_append(&b, text + copied, len - copied)) {
-        fz_buf_free(&b);
+    size_t i = n > 0 && s[0] == '-' ? 1 : 0;
+    if (i == n || (s[i] == '0' && n - i > 1))
+        return false;
+    for (; i < n; i++)
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+    return true;
+}
+
+json_t *fz_json_bigint(const char *digits)
+{
+    if (!digits || !integer_literal(digits, strlen(digits)))
+        return NULL;
+    json_t *o = json_object(), *d = json_string(digits);
+    if (!o || !d || json_object_set_new_nocheck(o, BIGINT_KEY, d)) {
+        json_decref(o);
         return NULL;
     }
-    return (char *)fz_buf_steal(&b, out_len);
+    return o;
+}
+
+const char *fz_json_bigint_digits(const json_t *v)
+{
+    if (!json_is_object(v) || json_object_size(v) != 1)
+        return NULL;
+    const json_t *d = json_object_get(v, BIGINT_KEY);
+    if (!json_is_string(d) || !integer_literal(json_string_value(d), json_string_length(d)))
+        return NULL;
+    return json_string_value(d);
+}
+
+/* A literal that jansson would refuse only for its size: an integer literal
+ * outside [INT64_MIN, INT64_MAX]. */
+static bool beyond_int64(const char *s, size_t n)
+{
+    if (!integer_literal(s, n))
+        return false;
+    bool neg = s[0] == '-';
+    size_t nd = n - neg;
+    if (nd != 19)
+        return nd > 19;
+    return memcmp(s + neg, neg ? "9223372036854775808" : "9223372036854775807", 19) > 0;
+}
+
+/* One big literal: the ordinal of its value among all scalar values of the
+ * document (keys excluded) in document order, and where its text is. */
+typedef struct {
+    size_t ordinal, start, len;
+} big_lit;
+
+typedef struct {
+    big_lit *v;
+    size_t n, cap;
+} big_list;
+
+static int big_push(big_list *l, size_t ordinal, size_t start, size_t len)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 8;
+        big_lit *nv = realloc(l->v, cap * sizeof *nv);
+        if (!nv)
+            return fz_error_set(FZ_ENOMEM, "out of memory");
+        l->v = nv;
+        l->cap = cap;
+    }
+    l->v[l->n++] = (big_lit){ordinal, start, len};
+    return 0;
+}
+
+static bool json_ws(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/* Find the big integer literals of text, numbering scalar values as jansson
+ * will place them (a string followed by ':' is a key, not a value). Texts
+ * jansson rejects may be numbered wrongly: they never get past json_loadb. */
+static int find_big_literals(const char *text, size_t len, big_list *out)
+{
+    size_t i = 0, ordinal = 0;
+    while (i < len) {
+        char c = text[i];
+        if (c == '"') {
+            for (i++; i < len && text[i] != '"'; i++)
+                if (text[i] == '\\')
+                    i++;
+            i++;
+            size_t k = i;
+            while (k < len && json_ws(text[k]))
+                k++;
+            if (k >= len || text[k] != ':')
+                ordinal++;
+        } else if (c == '-' || (c >= '0' && c <= '9')) {
+            size_t start = i;
+            while (i < len && ((text[i] >= '0' && text[i] <= '9') || text[i] == '.' || text[i] == 'e' ||
+                               text[i] == 'E' || text[i] == '+' || text[i] == '-'))
+                i++;
+            if (beyond_int64(text + start, i - start)) {
+                int rc = big_push(out, ordinal, start, i - start);
+                if (rc)
+                    return rc;
+            }
+            ordinal++;
+        } else if (c >= 'a' && c <= 'z') {
+            while (i < len && text[i] >= 'a' && text[i] <= 'z')
+                i++;
+            ordinal++;
+        } else {
+            i++;
+        }
+    }
+    return 0;
+}
+
+typedef struct {
+    const char *text;
+    const big_list *lits;
+    size_t ordinal, next;
+} placer;
+
+/* Replace scalar number p->lits[p->next].ordinal (parsed from the placeholder
+ * null) by a big integer node holding the literal's digits. */
+static int place_scalar(placer *p, const json_t *cur, json_t **repl)
+{
+    *repl = NULL;
+    if (p->next < p->lits->n && p->lits->v[p->next].ordinal == p->ordinal) {
+        const big_lit *b = &p->lits->v[p->next++];
+        if (!json_is_null(cur))
+            return fz_error_set(FZ_EFORMAT, "the integer beyond 64 bits at byte %zu was not found again (an "
+                                            "fzfs bug: please report it with this file)", b->start);
+        char *digits = strndup(p->text + b->start, b->len);
+        *repl = digits ? fz_json_bigint(digits) : NULL;
+        free(digits);
+        if (!*repl)
+            return fz_error_set(FZ_ENOMEM, "out of memory");
+    }
+    p->ordinal++;
+    return 0;
+}
+
+static int place_bigints(placer *p, json_t *v)
+{
+    int rc = 0;
+    json_t *repl;
+    if (json_is_array(v)) {
+        for (size_t i = 0; rc == 0 && i < json_array_size(v); i++) {
+            json_t *e = json_array_get(v, i);
+            if (json_is_object(e) || json_is_array(e))
+                rc = place_bigints(p, e);
+            else if ((rc = place_scalar(p, e, &repl)) == 0 && repl && json_array_set_new(v, i, repl))
+                rc = fz_error_set(FZ_ENOMEM, "out of memory");
+        }
+    } else if (json_is_object(v)) {
+        for (void *it = json_object_iter(v); rc == 0 && it; it = json_object_iter_next(v, it)) {
+            json_t *e = json_object_iter_value(it);
+            if (json_is_object(e) || json_is_array(e))
+                rc = place_bigints(p, e);
+            else if ((rc = place_scalar(p, e, &repl)) == 0 && repl && json_object_iter_set_new(v, it, repl))
+                rc = fz_error_set(FZ_ENOMEM, "out of memory");
+        }
+    }
+    return rc;
 }
 
 json_t *fz_json_parse(const char *text, size_t len, const char *path)
 {
     json_error_t err;
-    size_t tlen = 0;
-    char *tagged = tag_big_integers(text, len, &tlen);
-    json_t *v = tagged ? json_loadb(tagged, tlen, JSON_REJECT_DUPLICATES, &err)
-                       : json_loadb(text, len, JSON_REJECT_DUPLICATES, &err);
-    free(tagged);
-    if (!v)
-        fz_error_set(FZ_EFORMAT, "%s: invalid JSON at line %d column %d: %s", path ? path : "<json>",
-                     err.line, err.column, err.text);
+    big_list lits = {0};
+    char *copy = NULL;
+    json_t *v = NULL;
+    const char *name = path ? path : "<json>";
+    if (find_big_literals(text, len, &lits))
+        goto done;
+    if (lits.n) {
+        /* each big literal becomes null padded to its length: line and
+         * column numbers of errors stay those of the file */
+        if (!(copy = malloc(len ? len : 1))) {
+            fz_error_set(FZ_ENOMEM, "out of memory");
+            goto done;
+        }
+        memcpy(copy, text, len);
+        for (size_t i = 0; i < lits.n; i++) {
+            memset(copy + lits.v[i].start, ' ', lits.v[i].len);
+            memcpy(copy + lits.v[i].start, "null", 4);
+        }
+    }
+    v = json_loadb(copy ? copy : text, len, JSON_REJECT_DUPLICATES, &err);
+    if (!v) {
+        fz_error_set(FZ_EFORMAT, "%s: invalid JSON at line %d column %d: %s", name, err.line, err.column,
+                     err.text);
+        goto done;
+    }
+    placer p = {text, &lits, 0, 0};
+    int rc = place_bigints(&p, v);
+    if (rc == 0 && p.next != lits.n)
+        rc = fz_error_set(FZ_EFORMAT, "an integer beyond 64 bits was not found again (an fzfs bug: "
+                                      "please report it with this file)");
+    if (rc) {
+        fz_error_prefix(rc, "%s", name);
+        json_decref(v);
+        v = NULL;
+    }
+done:
+    free(lits.v);
+    free(copy);
     return v;
 }

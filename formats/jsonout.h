@@ -44,14 +44,20 @@ void fz_json_format_real(double d, char *buf);
  * >= 32 bytes. */
 void fz_json_format_real_rust(double d, char *buf);
 
-/* Integer literals beyond 64 bits are parsed as strings carrying this tag
- * followed by their digits, and emitted back as the bare digits. */
-#define FZ_BIGINT_TAG "\001fz-bigint:"
-#define FZ_BIGINT_TAG_JSON "\\u0001fz-bigint:"
-#define FZ_BIGINT_TAG_LEN (sizeof FZ_BIGINT_TAG - 1)
+/* Integer literals beyond 64 bits (transformers writes model_max_length =
+ * int(1e30)) do not fit json_int_t. fz_json_parse carries each one as a
+ * "big integer" node that only fzfs can make (see jsonout.c for why it
+ * cannot be forged from any input) and the emitters write its digits back
+ * bare; every string is always written as an escaped string. */
+/* A new big integer node for digits (an integer literal: -?(0|[1-9][0-9]*)),
+ * or NULL if digits is not one or memory runs out. */
+json_t *fz_json_bigint(const char *digits);
+/* The digits of a big integer node, or NULL if v is not one. */
+const char *fz_json_bigint_digits(const json_t *v);
 
 /* Parse a JSON document (object or array) from memory with integer/real
- * distinction and key order kept, rejecting duplicate keys. NULL on error
+ * distinction and key order kept, rejecting duplicate keys; integers
+ * beyond 64 bits become big integer nodes. NULL on error
  * with the detail set ("PATH: invalid JSON at line L column C: reason"; the
  * code is FZ_EFORMAT). Caller json_decref()s. */
 json_t *fz_json_parse(const char *text, size_t len, const char *path);

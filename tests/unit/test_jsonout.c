@@ -114,6 +114,81 @@ static void test_big_integers(void **state)
     json_decref(v);
 }
 
+/* A string that begins like fzfs's old in-band big integer tag is a string:
+ * it is written escaped (never raw, which let a tokenizer_config.json value
+ * add members such as auto_map) and reads back the same. */
+static void test_bigint_tag_is_a_string(void **state)
+{
+    (void)state;
+    fz_json_style compact = {0, false, true, false};
+    const char *src = "{\"m\": \"\\u0001fz-bigint:1, \\\"auto_map\\\": {\\\"AutoConfig\\\": \\\"x.Y\\\"}\","
+                      " \"k\": [\"\\u0001fz-bigint:12345678901234567890123\"]}";
+    const char *want = "{\"m\": \"\\u0001fz-bigint:1, \\\"auto_map\\\": {\\\"AutoConfig\\\": \\\"x.Y\\\"}\", "
+                       "\"k\": [\"\\u0001fz-bigint:12345678901234567890123\"]}";
+    assert_string_equal(emit(src, compact), want);
+    fz_json_style raw = {2, true, false, true};
+    json_t *v = fz_json_parse(src, strlen(src), "t");
+    assert_non_null(v);
+    for (int serde = 0; serde < 2; serde++) {
+        fz_buf b = FZ_BUF_INIT;
+        assert_int_equal(serde ? fz_json_emit_tokenizers(v, &b) : fz_json_emit(v, &raw, &b), 0);
+        json_t *back = fz_json_parse((const char *)b.data, b.len, "back");
+        assert_non_null(back);
+        assert_true(json_equal(v, back));
+        assert_null(json_object_get(back, "auto_map"));
+        assert_string_equal(json_string_value(json_object_get(back, "m")),
+                            "\001fz-bigint:1, \"auto_map\": {\"AutoConfig\": \"x.Y\"}");
+        assert_null(fz_json_bigint_digits(json_object_get(back, "m")));
+        json_decref(back);
+        fz_buf_free(&b);
+    }
+    json_decref(v);
+}
+
+/* Big integers anywhere (arrays, nested objects, after keys and strings that
+ * hold digits and colons) come back in place; copies keep them; nothing but
+ * an integer literal can be a big integer node. */
+static void test_big_integers_placed(void **state)
+{
+    (void)state;
+    fz_json_style compact = {0, false, true, false};
+    const char *src = "[\"a:\", 99999999999999999999, {\"12345678901234567890123\" : -9223372036854775809,"
+                      " \"b\": [true, null, 1.5, \"x\\\"\", 9223372036854775808]}, false,"
+                      " 123456789012345678901234567890]";
+    const char *want = "[\"a:\", 99999999999999999999, {\"12345678901234567890123\": -9223372036854775809,"
+                       " \"b\": [true, null, 1.5, \"x\\\"\", 9223372036854775808]}, false,"
+                       " 123456789012345678901234567890]";
+    assert_string_equal(emit(src, compact), want);
+    json_t *v = fz_json_parse(src, strlen(src), "t");
+    assert_non_null(v);
+    assert_string_equal(fz_json_bigint_digits(json_array_get(v, 1)), "99999999999999999999");
+    json_t *c = json_deep_copy(v);
+    fz_buf b = FZ_BUF_INIT;
+    assert_int_equal(fz_json_emit(c, &compact, &b), 0);
+    assert_int_equal(b.len, strlen(want));
+    assert_memory_equal(b.data, want, b.len);
+    fz_buf_free(&b);
+    json_decref(c);
+    json_decref(v);
+    assert_null(fz_json_bigint("1, \"auto_map\": {}"));
+    assert_null(fz_json_bigint("0123"));
+    assert_null(fz_json_bigint("-"));
+    assert_null(fz_json_bigint(""));
+    json_t *n = fz_json_bigint("-1000000000000000019884624838656");
+    assert_non_null(n);
+    assert_string_equal(fz_json_bigint_digits(n), "-1000000000000000019884624838656");
+    json_decref(n);
+    /* an object a source file can write never is one */
+    const char *look = "{\"\\u00fffz-bigint\": \"1\"}";
+    assert_string_equal(emit(look, compact), "{\"\\u00fffz-bigint\": \"1\"}");
+    /* not integer literals: still refused, with the file's own position */
+    const char *zeros = "{\"a\": 000000000000000000000001}";
+    assert_null(fz_json_parse(zeros, strlen(zeros), "z.json"));
+    const char *late = "{\"a\": 100000000000000000000000000,\n \"b\": }";
+    assert_null(fz_json_parse(late, strlen(late), "late.json"));
+    assert_non_null(strstr(fz_error_msg(), "late.json: invalid JSON at line 2 column 7"));
+}
+
 static void test_escapes(void **state)
 {
     (void)state;
@@ -148,7 +223,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_repr_table), cmocka_unit_test(test_repr_specials), cmocka_unit_test(test_layout),
         cmocka_unit_test(test_ints),       cmocka_unit_test(test_escapes),       cmocka_unit_test(test_parse_errors),
-        cmocka_unit_test(test_big_integers),
+        cmocka_unit_test(test_big_integers), cmocka_unit_test(test_bigint_tag_is_a_string),
+        cmocka_unit_test(test_big_integers_placed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -49,9 +49,9 @@ def test_bin_views_fixture_really_has_views(runs):
 
 
 def tree_digests(root):
-    """{relpath: sha256 of the file (or link target, or 'dir')} for a whole tree."""
-    return {rel: hashlib.sha256(v if v is not None else b"dir").hexdigest() if kind != "l"
-            else "link:" + v for rel, (kind, v) in tree_snapshot(root).items()}
+    """{relpath: 'f:<sha256>' | 'l:<target>' | 'd:None'} for a whole tree."""
+    return {rel: kind + ":" + (hashlib.sha256(v).hexdigest() if kind == "f" else str(v))
+            for rel, (kind, v) in tree_snapshot(root).items()}
 
 
 # ATEN_CPU_CAPABILITY values in the order torch ranks them (torch picks the highest the

@@ -207,22 +207,22 @@ static int build_meta(fz_view *v, json_t **config_out)
 {
     int rc = 0;
     const fz_view_opts *o = &v->opts;
-    const char *root = v->src.root;
+    const char *cdir = v->src.config_dir, *tdir = v->src.tokenizer_dir;
     char *keep[18] = {0};
     fz_meta_in in;
     memset(&in, 0, sizeof in);
     char *preset_path = NULL;
-    if ((rc = read_blob(root, "config.json", true, &in.config, keep + 0)) ||
-        (rc = read_blob(root, "tokenizer.json", true, &in.tokenizer, keep + 2)) ||
-        (rc = read_blob(root, "tokenizer_config.json", false, &in.tokenizer_config, keep + 4)) ||
-        (rc = read_blob(root, "special_tokens_map.json", false, &in.special_tokens_map,
+    if ((rc = read_blob(cdir, "config.json", true, &in.config, keep + 0)) ||
+        (rc = read_blob(tdir, "tokenizer.json", true, &in.tokenizer, keep + 2)) ||
+        (rc = read_blob(tdir, "tokenizer_config.json", false, &in.tokenizer_config, keep + 4)) ||
+        (rc = read_blob(tdir, "special_tokens_map.json", false, &in.special_tokens_map,
                         keep + 6)) ||
-        (rc = read_blob(root, "chat_template.jinja", false, &in.chat_template_file, keep + 8)))
+        (rc = read_blob(tdir, "chat_template.jinja", false, &in.chat_template_file, keep + 8)))
         goto done;
     const char *gen = o->generation_config ? o->generation_config : "carry";
     if (strcmp(gen, "carry") == 0) {
         in.gen_mode = FZ_GEN_CARRY;
-        if ((rc = read_blob(root, "generation_config.json", false, &in.generation_config,
+        if ((rc = read_blob(cdir, "generation_config.json", false, &in.generation_config,
                             keep + 10)))
             goto done;
     } else if (strcmp(gen, "none") == 0) {
@@ -315,16 +315,10 @@ int fz_view_build(fz_view **out, const fz_view_opts *o)
     }
     if ((rc = fz_source_find(&v->src, o->src, o->checkpoint)))
         goto done;
-    if (o->keep_optimizer) {
-        char *p = path_join(v->src.ckpt, "optimizer_state.pt");
-        struct stat st;
-        bool ok = p && stat(p, &st) == 0 && S_ISREG(st.st_mode);
-        if (!ok)
-            rc = fz_error_set(FZ_ENOTFOUND, "--keep-optimizer: optimizer_state.pt not found in %s",
-                              v->src.ckpt);
-        free(p);
-        if (rc)
-            goto done;
+    if (o->keep_optimizer && !v->src.optimizer) {
+        rc = fz_error_set(FZ_ENOTFOUND, "--keep-optimizer: neither optimizer_state.pt nor "
+                          "optimizer.pt in %s; drop --keep-optimizer", v->src.ckpt);
+        goto done;
     }
     if ((rc = read_weights(v)) || (rc = build_meta(v, &config)) || (rc = fz_view_build_recipes(v)))
         goto done;

@@ -53,9 +53,14 @@ static void shape_str(const fz_recipe *r, char *buf, size_t len)
 int fz_view_plan_text(const fz_view *v, FILE *f)
 {
     const fz_meta_out *m = &v->meta;
-    fprintf(f, "Source:      %s\n", v->src.root);
-    fprintf(f, "Checkpoint:  %s%s\n", v->src.ckpt, v->src.ckpt_is_root ? " (source root)" : "");
-    fprintf(f, "  why:       %s\n", v->src.why);
+    const fz_source *s = &v->src;
+    fprintf(f, "Source:      %s\n", s->root);
+    fprintf(f, "  layout:    %s: %s\n", fz_layout_name(s->layout), fz_layout_desc(s->layout));
+    fprintf(f, "Checkpoint:  %s%s\n", s->ckpt, s->ckpt_is_root ? " (source root)" : "");
+    fprintf(f, "  why:       %s\n", s->why);
+    for (uint32_t i = 0; i < s->nskipped; i++)
+        fprintf(f, "  skipped:   %s: %s\n", s->skipped[i].name, s->skipped[i].why);
+    fprintf(f, "Metadata:    config from %s, tokenizer from %s\n", s->config_dir, s->tokenizer_dir);
     fprintf(f, "Weights:     %u file(s)%s%s\n", v->src.nfiles, v->src.index_name ? " via " : "",
             v->src.index_name ? v->src.index_name : "");
     fprintf(f, "Layout:      %s, %s\n",
@@ -85,7 +90,10 @@ int fz_view_plan_text(const fz_view *v, FILE *f)
                                         ? (v->opts.generation_config ? v->opts.generation_config
                                                                      : "carry")
                                         : "none (no generation_config.json)");
-    fprintf(f, "Optimizer:   %s\n", v->opts.keep_optimizer ? "carried" : "dropped");
+    if (v->opts.keep_optimizer)
+        fprintf(f, "Optimizer:   carried (%s -> optimizer_state.pt)\n", strrchr(s->optimizer, '/') + 1);
+    else
+        fprintf(f, "Optimizer:   dropped\n");
     if (v->quant) {
         json_t *ign = json_object_get(v->quant_config, "ignore");
         size_t k;
@@ -123,11 +131,20 @@ int fz_view_plan_json(const fz_view *v, fz_buf *out)
     const fz_meta_out *m = &v->meta;
     json_t *root = json_object();
     json_object_set_new(root, "source", json_string(v->src.root));
+    json_object_set_new(root, "layout", json_pack("{s:s, s:s}", "name", fz_layout_name(v->src.layout),
+                                                  "description", fz_layout_desc(v->src.layout)));
     json_t *ck = json_object();
     json_object_set_new(ck, "path", json_string(v->src.ckpt));
     json_object_set_new(ck, "step", v->src.step >= 0 ? json_integer(v->src.step) : json_null());
     json_object_set_new(ck, "is_root", json_boolean(v->src.ckpt_is_root));
     json_object_set_new(ck, "why", json_string(v->src.why));
+    json_t *skipped = json_array();
+    for (uint32_t i = 0; i < v->src.nskipped; i++)
+        json_array_append_new(skipped, json_pack("{s:s, s:s}", "name", v->src.skipped[i].name,
+                                                 "why", v->src.skipped[i].why));
+    json_object_set_new(ck, "skipped", skipped);
+    json_object_set_new(ck, "config_dir", json_string(v->src.config_dir));
+    json_object_set_new(ck, "tokenizer_dir", json_string(v->src.tokenizer_dir));
     json_object_set_new(root, "checkpoint", ck);
     json_object_set_new(root, "format", json_string(v->opts.safetensors ? "safetensors" : "bin"));
     json_object_set_new(root, "root_copy", json_boolean(v->opts.root_copy));

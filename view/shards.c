@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <zlib.h>
 
 #include "formats/jsonout.h"
@@ -30,14 +31,16 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Model source files: the top-level SRC *.py files (, not hidden, regular files after
- * following symlinks) and .package_files_copied, copied through as spans. */
+/* Model source files: the top-level *.py files (not hidden, regular files after
+ * following symlinks) and .package_files_copied of the directory config.json
+ * comes from, copied through as spans. */
 static int add_sources(fz_view *v, uint32_t root)
 {
     int rc = 0;
-    DIR *d = opendir(v->src.root);
+    const char *dir = v->src.config_dir;
+    DIR *d = opendir(dir);
     if (!d)
-        return fz_error_set(FZ_EIO, "%s: cannot read directory", v->src.root);
+        return fz_error_set(FZ_EIO, "%s: cannot read directory", dir);
     char **names = NULL;
     size_t n = 0;
     struct dirent *e;
@@ -60,14 +63,14 @@ static int add_sources(fz_view *v, uint32_t root)
     if (n)
         qsort(names, n, sizeof *names, cmp_str);
     for (size_t i = 0; i < n && rc == 0; i++) {
-        size_t pl = strlen(v->src.root) + strlen(names[i]) + 2;
+        size_t pl = strlen(dir) + strlen(names[i]) + 2;
         char *p = malloc(pl);
         struct stat st;
         if (!p) {
             rc = fz_error_set(FZ_ENOMEM, "out of memory");
             break;
         }
-        snprintf(p, pl, "%s/%s", v->src.root, names[i]);
+        snprintf(p, pl, "%s/%s", dir, names[i]);
         if (stat(p, &st) == 0 && S_ISREG(st.st_mode))
             rc = fz_tree_span_file(v, root, names[i], p);
         free(p);
@@ -359,6 +362,29 @@ static json_t *component(const char *key, uint64_t size)
     return c;
 }
 
+/* The timestamp of a source without a manifest (a flat HF dir, a Trainer
+ * checkpoint): the newest mtime of the weight files read, in UTC, as
+ * Python's datetime.fromtimestamp(t, timezone.utc).isoformat() writes it
+ * (microseconds only when non-zero). Deterministic for an unchanged source,
+ * and Forgather's checkpoint search (fromisoformat) reads it correctly. */
+static const char *weights_time(const fz_view *v, char buf[40])
+{
+    int64_t ns = 0;
+    for (uint32_t i = 0; i < v->src.nfiles && i < v->nfiles; i++)
+        if (v->files[i].mtime_ns > ns)
+            ns = v->files[i].mtime_ns;
+    time_t sec = (time_t)(ns / 1000000000);
+    long us = (long)(ns % 1000000000 / 1000);
+    struct tm tm;
+    if (!gmtime_r(&sec, &tm))
+        memset(&tm, 0, sizeof tm);
+    size_t o = strftime(buf, 40, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (us)
+        o += (size_t)snprintf(buf + o, 40 - o, ".%06ld", us);
+    snprintf(buf + o, 40 - o, "+00:00");
+    return buf;
+}
+
 /* checkpoint_manifest.json in finalize's schema (FORMATS.md §8). */
 static int manifest_json(fz_view *v, uint32_t ckdir, uint64_t optimizer_size, fz_buf *out)
 {
@@ -372,11 +398,9 @@ static int manifest_json(fz_view *v, uint32_t ckdir, uint64_t optimizer_size, fz
     json_t *m = json_object(), *comps = json_object(), *meta = json_object();
     json_object_set_new(m, "checkpoint_path", json_string(v->dest_ckpt_dir));
     json_object_set_new(m, "world_size", json_integer(1));
-    /* A source without a manifest (flat HF dir) has no timestamp to carry;
-     * a fixed one keeps the output deterministic and parseable by
-     * Forgather's checkpoint search (datetime.fromisoformat). */
-    json_object_set_new(m, "timestamp",
-                        json_string(v->src.timestamp ? v->src.timestamp : "1970-01-01T00:00:00"));
+    char when[40];
+    json_object_set_new(m, "timestamp", json_string(v->src.timestamp ? v->src.timestamp
+                                                                      : weights_time(v, when)));
     json_object_set_new(comps, "model", component("model", model));
     if (v->opts.keep_optimizer)
         json_object_set_new(comps, "optimizer", component("optimizer", optimizer_size));
@@ -478,16 +502,9 @@ int fz_view_build_tree(fz_view *v)
     if (!v->opts.root_copy) {
         uint64_t opt_size = 0;
         if (v->opts.keep_optimizer) {
-            size_t l = strlen(v->src.ckpt) + 20;
-            char *p = malloc(l);
-            if (!p) {
-                rc = fz_error_set(FZ_ENOMEM, "out of memory");
-                goto done;
-            }
-            snprintf(p, l, "%s/optimizer_state.pt", v->src.ckpt);
-            rc = fz_tree_span_file(v, wdir, "optimizer_state.pt", p);
-            free(p);
-            if (rc)
+            /* Forgather's name whatever the source called it (Trainer: optimizer.pt):
+             * DEST is a Forgather checkpoint whose manifest lists the component. */
+            if ((rc = fz_tree_span_file(v, wdir, "optimizer_state.pt", v->src.optimizer)))
                 goto done;
             opt_size = v->nodes[v->nnodes - 1].size;
         }

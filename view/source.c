@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
+#include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,28 +96,45 @@ static void read_manifest(const char *dir, char **timestamp, char **torch_versio
     free(path);
 }
 
-/* Seconds since the epoch of a naive ISO-8601 local time
- * ("2026-01-24T10:30:45.123456"), as Python's fromisoformat().timestamp(). */
+/* Seconds since the epoch of an ISO-8601 time as Python's
+ * fromisoformat().timestamp() reads it: naive = local time
+ * ("2026-01-24T10:30:45.123456"), or with "Z" / "+HH:MM" / "-HH:MM" (the
+ * form fzfs writes for a source without a manifest). */
 static bool parse_iso(const char *s, double *out)
 {
     struct tm tm;
     memset(&tm, 0, sizeof tm);
     int n = 0;
     if (sscanf(s, "%4d-%2d-%2d%*1[T ]%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
-               &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &n) < 6)
+               &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &n) < 6 || n == 0)
         return false;
+    const char *p = s + n;
     double frac = 0;
-    if (s[n] == '.') {
+    if (*p == '.') {
         double scale = 0.1;
-        for (const char *p = s + n + 1; *p >= '0' && *p <= '9'; p++, scale /= 10)
+        for (p++; *p >= '0' && *p <= '9'; p++, scale /= 10)
             frac += (*p - '0') * scale;
     }
     tm.tm_year -= 1900;
     tm.tm_mon -= 1;
-    tm.tm_isdst = -1;
-    time_t t = mktime(&tm);
-    if (t == (time_t)-1)
-        return false;
+    time_t t;
+    int oh = 0, om = 0;
+    if (*p == 'Z' || *p == '+' || *p == '-') {
+        if (*p != 'Z' && sscanf(p + 1, "%2d:%2d", &oh, &om) != 2 &&
+            sscanf(p + 1, "%2d%2d", &oh, &om) != 2)
+            return false;
+        if (oh > 23 || om > 59 || oh < 0 || om < 0)
+            return false;
+        t = timegm(&tm);
+        if (t == (time_t)-1)
+            return false;
+        t -= (*p == '-' ? -1 : 1) * (time_t)(oh * 3600 + om * 60);
+    } else {
+        tm.tm_isdst = -1;
+        t = mktime(&tm);
+        if (t == (time_t)-1)
+            return false;
+    }
     *out = (double)t + frac;
     return true;
 }
@@ -205,84 +224,349 @@ done:
     return rc;
 }
 
-static int pick_latest(fz_source *s, const char *cdir)
+/* One checkpoint-* entry of a directory. */
+typedef struct {
+    char *name, *path;
+    int64_t step;     /* N of checkpoint-N, -1 when not digits */
+    bool dir, valid;  /* a directory / a directory holding weights */
+    double t;         /* Forgather order: manifest timestamp, else directory mtime */
+    bool t_manifest;  /* t came from the manifest */
+    char *ts, *tv;    /* manifest timestamp and pytorch_version */
+    int64_t gstep;    /* Trainer order: global_step from trainer_state.json, else N */
+    bool gstep_state; /* gstep came from trainer_state.json */
+} fz_cand;
+
+static void cands_free(fz_cand *c, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(c[i].name);
+        free(c[i].path);
+        free(c[i].ts);
+        free(c[i].tv);
+    }
+    free(c);
+}
+
+static int cmp_cand(const void *a, const void *b)
+{
+    const fz_cand *x = a, *y = b;
+    if (x->step != y->step)
+        return x->step < y->step ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+/* Every "checkpoint-*" entry of `dir`, sorted by step then name. */
+static int scan_checkpoints(const char *dir, fz_cand **out, size_t *n)
 {
     int rc = 0;
-    DIR *d = opendir(cdir);
+    size_t cap = 0;
+    fz_cand *c = NULL;
+    *out = NULL;
+    *n = 0;
+    DIR *d = opendir(dir);
     if (!d)
-        return fz_error_set(FZ_EIO, "%s: cannot read directory: %s", cdir, strerror(errno));
-    char *best = NULL, *best_ts = NULL, *best_tv = NULL;
-    double best_t = 0;
-    int64_t best_step = -1;
-    unsigned seen = 0, valid = 0;
+        return fz_error_set(FZ_EIO, "%s: cannot read directory: %s", dir, strerror(errno));
     struct dirent *e;
     while ((e = readdir(d))) {
         if (strncmp(e->d_name, "checkpoint-", 11) != 0)
             continue;
-        seen++;
-        char *p = join(cdir, e->d_name);
-        if (!p) {
+        if (*n == cap) {
+            size_t nc = cap ? cap * 2 : 8;
+            fz_cand *g = realloc(c, nc * sizeof *g);
+            if (!g) {
+                rc = fz_error_set(FZ_ENOMEM, "out of memory");
+                break;
+            }
+            c = g;
+            cap = nc;
+        }
+        fz_cand *k = &c[*n];
+        memset(k, 0, sizeof *k);
+        (*n)++;
+        if (!(k->name = strdup(e->d_name)) || !(k->path = join(dir, e->d_name))) {
             rc = fz_error_set(FZ_ENOMEM, "out of memory");
             break;
         }
-        if (!is_dir(p) || !fz_source_has_weights(p)) {
-            free(p);
-            continue;
-        }
-        valid++;
-        char *ts, *tv;
-        double t;
-        read_manifest(p, &ts, &tv);
-        if (!ts || !parse_iso(ts, &t)) {
-            struct stat st;
-            t = stat(p, &st) == 0 ? (double)st.st_mtim.tv_sec + st.st_mtim.tv_nsec * 1e-9 : 0;
-        }
-        int64_t step = parse_step(e->d_name);
-        if (!best || t > best_t || (t == best_t && (step > best_step ||
-                                                    (step == best_step && strcmp(p, best) > 0)))) {
-            free(best);
-            free(best_ts);
-            free(best_tv);
-            best = p;
-            best_ts = ts;
-            best_tv = tv;
-            best_t = t;
-            best_step = step;
-        } else {
-            free(p);
-            free(ts);
-            free(tv);
-        }
+        k->step = parse_step(k->name);
+        k->dir = is_dir(k->path);
+        k->valid = k->dir && fz_source_has_weights(k->path);
     }
     closedir(d);
-    if (rc == 0 && best) {
-        s->ckpt = best;
-        s->step = best_step;
-        s->timestamp = best_ts;
-        s->pytorch_version = best_tv;
+    if (rc) {
+        cands_free(c, *n);
+        *n = 0;
+        return rc;
+    }
+    if (*n)
+        qsort(c, *n, sizeof *c, cmp_cand);
+    *out = c;
+    return 0;
+}
+
+static int add_skipped(fz_source *s, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int add_skipped(fz_source *s, const char *name, const char *fmt, ...)
+{
+    fz_skipped *g = realloc(s->skipped, (s->nskipped + 1) * sizeof *g);
+    if (!g)
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    s->skipped = g;
+    fz_skipped *k = &g[s->nskipped];
+    char why[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    k->name = strdup(name);
+    k->why = strdup(why);
+    if (!k->name || !k->why) {
+        free(k->name);
+        free(k->why);
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    }
+    s->nskipped++;
+    return 0;
+}
+
+/* The reason an entry that is not a checkpoint with weights was passed over. */
+static int skip_invalid(fz_source *s, const fz_cand *k)
+{
+    return add_skipped(s, k->name, "%s", !k->dir ? "not a directory"
+                                                 : "no weights (no model.safetensors[.index.json] "
+                                                   "or pytorch_model.bin[.index.json])");
+}
+
+/* Forgather: SRC/checkpoints/checkpoint-*, the newest by manifest timestamp
+ * (else directory mtime), ties broken by step (FORMATS.md §1). */
+static int pick_forgather(fz_source *s, const char *cdir)
+{
+    fz_cand *c;
+    size_t n, best = SIZE_MAX;
+    unsigned valid = 0;
+    int rc = scan_checkpoints(cdir, &c, &n);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        fz_cand *k = &c[i];
+        if (!k->valid)
+            continue;
+        valid++;
+        read_manifest(k->path, &k->ts, &k->tv);
+        k->t_manifest = k->ts && parse_iso(k->ts, &k->t);
+        if (!k->t_manifest) {
+            struct stat st;
+            k->t = stat(k->path, &st) == 0
+                       ? (double)st.st_mtim.tv_sec + st.st_mtim.tv_nsec * 1e-9 : 0;
+        }
+        const fz_cand *b = best == SIZE_MAX ? NULL : &c[best];
+        if (!b || k->t > b->t ||
+            (k->t == b->t && (k->step > b->step ||
+                              (k->step == b->step && strcmp(k->path, b->path) > 0))))
+            best = i;
+    }
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        if (i == best)
+            continue;
+        if (!c[i].valid)
+            rc = skip_invalid(s, &c[i]);
+        else if (c[i].t_manifest)
+            rc = add_skipped(s, c[i].name, "older (manifest timestamp %s)", c[i].ts);
+        else
+            rc = add_skipped(s, c[i].name, "older (no manifest timestamp: directory mtime)");
+    }
+    if (rc == 0 && best != SIZE_MAX) {
+        fz_cand *b = &c[best];
+        s->ckpt = b->path;
+        s->step = b->step;
+        s->timestamp = b->ts;
+        s->pytorch_version = b->tv;
+        b->path = b->ts = b->tv = NULL;
         fz_buf why = FZ_BUF_INIT;
         fz_buf_printf(&why, "newest of %u valid checkpoint(s) in %s (by manifest timestamp, "
                       "falling back to directory mtime; ties broken by step)", valid, cdir);
         s->why = (char *)fz_buf_steal(&why, NULL);
-        return 0;
     }
-    free(best);
-    free(best_ts);
-    free(best_tv);
-    if (rc)
+    cands_free(c, n);
+    if (rc || best != SIZE_MAX)
         return rc;
     if (fz_source_has_weights(s->root)) {
-        fz_warn("%s: no valid checkpoint (%u checkpoint-* entries looked at); using the weights "
-                "at the source root", cdir, seen);
+        fz_warn("%s: no valid checkpoint (%zu checkpoint-* entries looked at); using the weights "
+                "at the source root", cdir, n);
         s->ckpt = strdup(s->root);
         s->ckpt_is_root = true;
         s->why = strdup("checkpoints/ holds no checkpoint with weights; the source root does");
         return 0;
     }
     return fz_error_set(FZ_ENOTFOUND,
-                        "%s: no valid checkpoint: looked at %u checkpoint-* entries (none holds "
+                        "%s: no valid checkpoint: looked at %zu checkpoint-* entries (none holds "
                         "model.safetensors[.index.json] or pytorch_model.bin[.index.json]) and the "
-                        "source root has no weights either", cdir, seen);
+                        "source root has no weights either", cdir, n);
+}
+
+/* global_step of a Trainer checkpoint's trainer_state.json into k->gstep;
+ * N when the file does not exist. A file that exists but is not understood
+ * is an error: choosing by a guess could publish the wrong checkpoint. */
+static int read_global_step(fz_cand *k)
+{
+    char *path = join(k->path, "trainer_state.json"), *text = NULL;
+    size_t len;
+    json_t *j = NULL;
+    k->gstep = k->step;
+    k->gstep_state = false;
+    if (!path)
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    int rc = fz_read_file(path, 256u << 20, &text, &len);
+    if (rc == FZ_ENOTFOUND) {
+        fz_error_clear();
+        rc = 0;
+        goto done;
+    }
+    if (rc)
+        goto done;
+    if (!(j = fz_json_parse(text, len, path))) {
+        char *msg = strdup(fz_error_msg());
+        rc = fz_error_set(FZ_EFORMAT, "%s; fix or remove this checkpoint, or choose another "
+                          "with -c", msg ? msg : path);
+        free(msg);
+        goto done;
+    }
+    json_t *g = json_is_object(j) ? json_object_get(j, "global_step") : NULL;
+    if (!json_is_integer(g) || json_integer_value(g) < 0) {
+        rc = fz_error_set(FZ_EFORMAT, "%s: no non-negative integer \"global_step\"; fix or remove "
+                          "this checkpoint, or choose another with -c", path);
+        goto done;
+    }
+    k->gstep = (int64_t)json_integer_value(g);
+    k->gstep_state = true;
+done:
+    json_decref(j);
+    free(text);
+    free(path);
+    return rc;
+}
+
+/* HF Trainer output_dir: SRC/checkpoint-N. With weights at the root
+ * (trainer.save_model()) the root wins and every checkpoint is skipped;
+ * otherwise the highest global_step (trainer_state.json, else N), ties
+ * broken by N, never by mtime. `c` holds the root's checkpoint-* entries. */
+static int pick_trainer(fz_source *s, fz_cand *c, size_t n)
+{
+    int rc = 0;
+    size_t best = SIZE_MAX;
+    unsigned valid = 0;
+    if (fz_source_has_weights(s->root)) {
+        s->layout = FZ_LAYOUT_TRAINER_FINAL;
+        for (size_t i = 0; i < n && rc == 0; i++)
+            rc = c[i].valid ? add_skipped(s, c[i].name, "the model saved at the source root wins")
+                            : skip_invalid(s, &c[i]);
+        if (rc)
+            return rc;
+        s->ckpt = strdup(s->root);
+        s->ckpt_is_root = true;
+        s->why = strdup("a model saved at the source root (trainer.save_model()) next to "
+                        "checkpoint-N directories: the root model is the final one");
+        return 0;
+    }
+    s->layout = FZ_LAYOUT_TRAINER;
+    for (size_t i = 0; i < n; i++) {
+        fz_cand *k = &c[i];
+        if (!k->valid || k->step < 0)
+            continue;
+        valid++;
+        if ((rc = read_global_step(k)))
+            return rc;
+        const fz_cand *b = best == SIZE_MAX ? NULL : &c[best];
+        if (!b || k->gstep > b->gstep || (k->gstep == b->gstep && k->step > b->step))
+            best = i;
+    }
+    if (best == SIZE_MAX)
+        return fz_error_set(FZ_ENOTFOUND,
+                            "%s: %zu checkpoint-* entries and none is a checkpoint-<number> "
+                            "directory holding model.safetensors[.index.json] or "
+                            "pytorch_model.bin[.index.json]; the source root has no weights "
+                            "either. Point SRC or -c at a directory that holds weights", s->root, n);
+    const fz_cand *b = &c[best];
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        const fz_cand *k = &c[i];
+        if (i == best)
+            continue;
+        if (!k->valid)
+            rc = skip_invalid(s, k);
+        else if (k->step < 0)
+            rc = add_skipped(s, k->name, "not named checkpoint-<number>");
+        else if (k->gstep_state)
+            rc = add_skipped(s, k->name, "lower global_step %lld", (long long)k->gstep);
+        else
+            rc = add_skipped(s, k->name, "lower step %lld (no trainer_state.json)",
+                             (long long)k->gstep);
+    }
+    if (rc)
+        return rc;
+    s->ckpt = strdup(b->path);
+    s->step = b->step;
+    fz_buf why = FZ_BUF_INIT;
+    fz_buf_printf(&why, "highest %s (%lld) of %u checkpoint-N director%s with weights (by "
+                  "trainer_state.json global_step, else N; never by mtime)",
+                  b->gstep_state ? "global_step" : "step", (long long)b->gstep, valid,
+                  valid == 1 ? "y" : "ies");
+    s->why = (char *)fz_buf_steal(&why, NULL);
+    return 0;
+}
+
+/* SRC without checkpoints/: a Trainer output_dir, a checkpoint-N directory
+ * itself, or a flat model directory. */
+static int pick_no_checkpoints_dir(fz_source *s)
+{
+    fz_cand *c;
+    size_t n;
+    int rc = scan_checkpoints(s->root, &c, &n);
+    if (rc)
+        return rc;
+    if (n) {
+        rc = pick_trainer(s, c, n);
+        cands_free(c, n);
+        return rc;
+    }
+    free(c);
+    if (!fz_source_has_weights(s->root))
+        return fz_error_set(FZ_ENOTFOUND, "%s: no checkpoints/ directory, no checkpoint-N "
+                            "directories and no weights at the source root; point SRC at a "
+                            "training output or model directory", s->root);
+    const char *base = strrchr(s->root, '/');
+    s->step = parse_step(base ? base + 1 : s->root);
+    s->ckpt = strdup(s->root);
+    s->ckpt_is_root = true;
+    if (s->step >= 0) {
+        s->layout = FZ_LAYOUT_CHECKPOINT;
+        fz_buf why = FZ_BUF_INIT;
+        fz_buf_printf(&why, "the source is a checkpoint-N directory holding weights (step %lld "
+                      "kept)", (long long)s->step);
+        s->why = (char *)fz_buf_steal(&why, NULL);
+    } else {
+        s->layout = FZ_LAYOUT_MODEL;
+        s->why = strdup("no checkpoints/ directory: weights from the source root");
+    }
+    return 0;
+}
+
+/* `dir` of the pair (root, ckpt) that holds `name`: the root when it does,
+ * else the checkpoint when it does, else the root (whose missing file then
+ * gives the error). */
+static char *meta_dir(const fz_source *s, const char *name)
+{
+    const char *d = !is_file(s->root, name) && is_file(s->ckpt, name) ? s->ckpt : s->root;
+    return strdup(d);
+}
+
+static int find_optimizer(fz_source *s)
+{
+    static const char *const names[] = {"optimizer_state.pt", "optimizer.pt"};
+    for (size_t i = 0; i < 2; i++)
+        if (is_file(s->ckpt, names[i]))
+            return (s->optimizer = join(s->ckpt, names[i])) ? 0
+                                                            : fz_error_set(FZ_ENOMEM, "out of memory");
+    return 0;
 }
 
 int fz_source_find(fz_source *s, const char *src, const char *ckpt_opt)
@@ -308,6 +592,7 @@ int fz_source_find(fz_source *s, const char *src, const char *ckpt_opt)
                               rp);
             goto done;
         }
+        s->layout = FZ_LAYOUT_EXPLICIT;
         s->ckpt = strdup(rp);
         s->ckpt_is_root = strcmp(rp, s->root) == 0;
         const char *base = strrchr(rp, '/');
@@ -322,26 +607,26 @@ int fz_source_find(fz_source *s, const char *src, const char *ckpt_opt)
             goto done;
         }
         if (lstat(cdir, &st) != 0) {
-            free(cdir);
-            if (!fz_source_has_weights(s->root)) {
-                rc = fz_error_set(FZ_ENOTFOUND, "%s: no checkpoints/ directory and no weights at "
-                                  "the source root", s->root);
-                goto done;
-            }
-            s->ckpt = strdup(s->root);
-            s->ckpt_is_root = true;
-            s->why = strdup("no checkpoints/ directory: weights from the source root");
+            rc = pick_no_checkpoints_dir(s);
         } else {
-            rc = pick_latest(s, cdir);
-            free(cdir);
-            if (rc)
-                goto done;
+            s->layout = FZ_LAYOUT_FORGATHER;
+            rc = pick_forgather(s, cdir);
         }
+        free(cdir);
+        if (rc)
+            goto done;
     }
     if (!s->ckpt || !s->why) {
         rc = fz_error_set(FZ_ENOMEM, "out of memory");
         goto done;
     }
+    if (!(s->config_dir = meta_dir(s, "config.json")) ||
+        !(s->tokenizer_dir = meta_dir(s, "tokenizer.json"))) {
+        rc = fz_error_set(FZ_ENOMEM, "out of memory");
+        goto done;
+    }
+    if ((rc = find_optimizer(s)))
+        goto done;
     rc = list_weight_files(s);
 done:
     if (rc)
@@ -349,11 +634,51 @@ done:
     return rc;
 }
 
+const char *fz_layout_name(fz_layout l)
+{
+    switch (l) {
+    case FZ_LAYOUT_FORGATHER: return "forgather";
+    case FZ_LAYOUT_TRAINER: return "hf-trainer";
+    case FZ_LAYOUT_TRAINER_FINAL: return "hf-trainer+final-model";
+    case FZ_LAYOUT_CHECKPOINT: return "checkpoint-dir";
+    case FZ_LAYOUT_MODEL: return "hf-model";
+    case FZ_LAYOUT_EXPLICIT: return "explicit";
+    }
+    return "?";
+}
+
+const char *fz_layout_desc(fz_layout l)
+{
+    switch (l) {
+    case FZ_LAYOUT_FORGATHER:
+        return "Forgather training output (checkpoints/checkpoint-N)";
+    case FZ_LAYOUT_TRAINER:
+        return "Hugging Face Trainer output_dir (checkpoint-N directories at the root)";
+    case FZ_LAYOUT_TRAINER_FINAL:
+        return "Hugging Face Trainer output_dir with a final model saved at the root";
+    case FZ_LAYOUT_CHECKPOINT:
+        return "a single checkpoint-N directory";
+    case FZ_LAYOUT_MODEL:
+        return "a flat Hugging Face model directory";
+    case FZ_LAYOUT_EXPLICIT:
+        return "checkpoint chosen with -c";
+    }
+    return "?";
+}
+
 void fz_source_free(fz_source *s)
 {
     free(s->root);
     free(s->ckpt);
     free(s->why);
+    for (uint32_t i = 0; i < s->nskipped; i++) {
+        free(s->skipped[i].name);
+        free(s->skipped[i].why);
+    }
+    free(s->skipped);
+    free(s->config_dir);
+    free(s->tokenizer_dir);
+    free(s->optimizer);
     free(s->timestamp);
     free(s->pytorch_version);
     free(s->index_name);

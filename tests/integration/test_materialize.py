@@ -512,11 +512,15 @@ def _check_manifest(r, cdir, shards, index):
         assert m["timestamp"] == srcm["timestamp"], "timestamp must be carried from the source manifest"
         assert m["pytorch_version"] == srcm["pytorch_version"]
     else:
-        # No source manifest (flat source): unspecified; null or an ISO time, deterministic
-        # either way (test_determinism). Forgather parses it with datetime.fromisoformat.
-        if m["timestamp"] is not None:
-            import datetime
-            datetime.datetime.fromisoformat(m["timestamp"])
+        # No source manifest (flat source): the newest mtime of the weight files read, in
+        # UTC as datetime.fromtimestamp(t, utc).isoformat() writes it (Forgather parses it
+        # with datetime.fromisoformat).
+        import datetime
+        ns = max(os.stat(os.path.join(r.exp["ckpt_dir"], n)).st_mtime_ns
+                 for n in r.exp["src_files"])
+        want = datetime.datetime.fromtimestamp(ns // 10**9, datetime.timezone.utc)
+        want = want.replace(microsecond=(ns // 1000) % 10**6).isoformat()
+        assert m["timestamp"] == want, (m["timestamp"], want)
     assert m["training_args_hash"] is None and m["forgather_version"] is None
     assert m["metadata"] == {"finalized": True}
     want_keys = ["model"] + (["optimizer"] if o["keep_opt"] else [])

@@ -7,7 +7,6 @@
 #include <string.h>
 
 #include "fz_config.h"
-#include "transform/quantize.h"
 #include "util/error.h"
 #include "util/log.h"
 
@@ -200,6 +199,129 @@ static int usage_error(const char *cmd, const char *fmt, const char *arg)
     return FZ_EUSAGE;
 }
 
+/* getopt's tables for one command, from the option table: its long options
+ * and its short-option string (so -f is only known to mount). */
+static void getopt_tables(fz_cmd cmd, struct option *longopts, char *shortopts)
+{
+    size_t k = 0, sl = 0;
+    shortopts[sl++] = ':';
+    for (size_t i = 0; i < NOPT; i++) {
+        if (!(table[i].cmds & (1u << cmd)))
+            continue;
+        longopts[k++] = table[i].opt;
+        if (table[i].opt.val < 256) {
+            shortopts[sl++] = (char)table[i].opt.val;
+            if (table[i].opt.has_arg == required_argument)
+                shortopts[sl++] = ':';
+        }
+    }
+    memset(&longopts[k], 0, sizeof longopts[k]);
+    shortopts[sl] = 0;
+}
+
+static int append_fuse_opts(fz_cli *c, const char *cmd, const char *arg)
+{
+    size_t old = c->fuse_opts ? strlen(c->fuse_opts) : 0;
+    char *n = realloc(c->fuse_opts, old + strlen(arg) + 2);
+    if (!n)
+        return usage_error(cmd, "out of memory (%s)", arg);
+    if (old)
+        n[old++] = ',';
+    strcpy(n + old, arg);
+    c->fuse_opts = n;
+    return 0;
+}
+
+/* Apply one option `o` (value `arg`) of command `ci` to *c. Returns 0,
+ * FZ_CLI_EXIT_OK (help printed) or FZ_EUSAGE (message printed). */
+static int apply_option(fz_cli *c, size_t ci, int o, char *arg)
+{
+    const char *cmd = commands[ci].name;
+    fz_view_opts *v = &c->view;
+    switch (o) {
+    case O_CHECKPOINT: v->checkpoint = arg; break;
+    case O_ADD_TOKENS: v->add_tokens = arg; break;
+    case O_SKIP_DEFAULT: v->skip_default_tokens = true; break;
+    case O_TEMPLATE: v->chat_template_path = arg; break;
+    case O_NO_AUTO_STOP: v->no_auto_stop_tokens = true; break;
+    case O_STOP_TOKENS: v->stop_tokens = arg; break;
+    case O_GENCONFIG: v->generation_config = arg; break;
+    case O_KEEP_OPT: v->keep_optimizer = true; break;
+    case O_ROOT_COPY: v->root_copy = true; break;
+    case O_SAFETENSORS: v->safetensors = true; break;
+    case O_HUB: v->hub = v->safetensors = v->root_copy = true; break;
+    case O_DTYPE: v->dtype = arg; break;
+    case O_DEVICE: v->device = arg; break;
+    case O_QUANTIZE: v->quantize = arg; break;
+    case O_EMBEDDING: v->embedding_tensors = arg; break;
+    case O_QUANTIZE_IGNORE: v->quantize_ignore = arg; break;
+    case O_MAX_SHARD:
+        if (fz_cli_parse_size(arg, &v->max_shard_size) != 0 || v->max_shard_size == 0)
+            return usage_error(cmd, "--max-shard-size must be a size such as 2G or 500M, got '%s'",
+                               arg);
+        break;
+    case O_DRY_RUN: c->dry_run = true; break;
+    case O_JSON: c->json = true; break;
+    case O_PROGRESS: c->progress = 1; break;
+    case O_NO_PROGRESS: c->progress = 0; break;
+    case O_FOREGROUND: c->foreground = true; break;
+    case O_LOG_FILE: c->log_file = arg; break;
+    case O_CACHE_DIR: c->cache_dir = arg; break;
+    case O_NO_CACHE: c->no_cache = true; break;
+    case O_FILL_CACHE: c->fill_cache = true; break;
+    case O_CACHE_SIZE:
+        if (fz_cli_parse_size(arg, &c->cache_size) != 0 || c->cache_size < (1u << 20))
+            return usage_error(cmd, "--cache-size must be a size of at least 1M (e.g. 512M, 16G), "
+                                    "got '%s'", arg);
+        break;
+    case O_FUSE_OPTS: return append_fuse_opts(c, cmd, arg);
+    case O_WORKERS: {
+        char *end;
+        long w = strtol(arg, &end, 10);
+        if (*end || w < 1 || w > 1024)
+            return usage_error(cmd, "--workers must be an integer in 1..1024, got '%s'", arg);
+        c->workers = (int)w;
+        break;
+    }
+    case O_LOG_LEVEL: {
+        fz_log_level lvl;
+        if (fz_log_parse_level(arg, &lvl) != 0)
+            return usage_error(cmd, "%s", fz_error_msg());
+        fz_log_set_level(lvl);
+        break;
+    }
+    case O_HELP: cmd_help(stdout, ci); return FZ_CLI_EXIT_OK;
+    default: return usage_error(cmd, "%s", "internal error: unhandled option");
+    }
+    return 0;
+}
+
+/* The command's operands (SRC, DEST, MNT, cache action). */
+static int take_operands(fz_cli *c, const char *cmd, int n, char **pos)
+{
+    int want = c->cmd == FZ_CMD_MATERIALIZE || c->cmd == FZ_CMD_MOUNT ? 2 : 1;
+    static const char *const expects[] = {
+        [FZ_CMD_MATERIALIZE] = "expects SRC and DEST (%s)",
+        [FZ_CMD_PLAN] = "expects SRC (%s)",
+        [FZ_CMD_MOUNT] = "expects SRC and MNT (%s)",
+        [FZ_CMD_UMOUNT] = "expects MNT (%s)",
+        [FZ_CMD_CACHE] = "expects one of stats, verify, clear (%s)",
+    };
+    if (n != want)
+        return usage_error(cmd, expects[c->cmd], n < want ? "missing" : "too many arguments");
+    switch (c->cmd) {
+    case FZ_CMD_MATERIALIZE: c->view.src = pos[0]; c->dest = pos[1]; break;
+    case FZ_CMD_MOUNT: c->view.src = pos[0]; c->mnt = pos[1]; break;
+    case FZ_CMD_UMOUNT: c->mnt = pos[0]; break;
+    case FZ_CMD_CACHE: c->cache_action = pos[0]; break;
+    default: c->view.src = pos[0]; break;
+    }
+    if (c->cmd == FZ_CMD_CACHE && strcmp(c->cache_action, "stats") &&
+        strcmp(c->cache_action, "verify") && strcmp(c->cache_action, "clear"))
+        return usage_error(cmd, "expects one of stats, verify, clear, got '%s'", c->cache_action);
+    return 0;
+}
+
 int fz_cli_parse(fz_cli *c, int argc, char **argv)
 {
     memset(c, 0, sizeof *c);
@@ -228,138 +350,28 @@ int fz_cli_parse(fz_cli *c, int argc, char **argv)
     c->cmd = commands[ci].cmd;
 
     struct option longopts[NOPT + 1];
-    size_t k = 0;
-    for (size_t i = 0; i < NOPT; i++)
-        if (table[i].cmds & (1u << c->cmd))
-            longopts[k++] = table[i].opt;
-    memset(&longopts[k], 0, sizeof longopts[k]);
-    /* Short options too come from the table, so -f is only known to mount. */
-    char shortopts[2 * NOPT + 2] = ":";
-    size_t sl = 1;
-    for (size_t i = 0; i < NOPT; i++)
-        if ((table[i].cmds & (1u << c->cmd)) && table[i].opt.val < 256) {
-            shortopts[sl++] = (char)table[i].opt.val;
-            if (table[i].opt.has_arg == required_argument)
-                shortopts[sl++] = ':';
-        }
-    shortopts[sl] = 0;
-
+    char shortopts[2 * NOPT + 2];
+    getopt_tables(c->cmd, longopts, shortopts);
     optind = 1;
     opterr = 0;
-    int o;
     char **av = argv + 1;
-    int ac = argc - 1;
+    int ac = argc - 1, o, rc;
     while ((o = getopt_long(ac, av, shortopts, longopts, NULL)) != -1) {
-        switch (o) {
-        case O_CHECKPOINT: c->view.checkpoint = optarg; break;
-        case O_ADD_TOKENS: c->view.add_tokens = optarg; break;
-        case O_SKIP_DEFAULT: c->view.skip_default_tokens = true; break;
-        case O_TEMPLATE: c->view.chat_template_path = optarg; break;
-        case O_NO_AUTO_STOP: c->view.no_auto_stop_tokens = true; break;
-        case O_STOP_TOKENS: c->view.stop_tokens = optarg; break;
-        case O_GENCONFIG: c->view.generation_config = optarg; break;
-        case O_KEEP_OPT: c->view.keep_optimizer = true; break;
-        case O_ROOT_COPY: c->view.root_copy = true; break;
-        case O_SAFETENSORS: c->view.safetensors = true; break;
-        case O_HUB: c->view.hub = c->view.safetensors = c->view.root_copy = true; break;
-        case O_DTYPE: c->view.dtype = optarg; break;
-        case O_DEVICE: c->view.device = optarg; break;
-        case O_QUANTIZE: c->view.quantize = optarg; break;
-        case O_EMBEDDING: c->view.embedding_tensors = optarg; break;
-        case O_QUANTIZE_IGNORE: c->view.quantize_ignore = optarg; break;
-        case O_MAX_SHARD:
-            if (fz_cli_parse_size(optarg, &c->view.max_shard_size) != 0 ||
-                c->view.max_shard_size == 0)
-                return usage_error(cmd, "--max-shard-size must be a size such as 2G or 500M, "
-                                   "got '%s'", optarg);
-            break;
-        case O_DRY_RUN: c->dry_run = true; break;
-        case O_JSON: c->json = true; break;
-        case O_PROGRESS: c->progress = 1; break;
-        case O_NO_PROGRESS: c->progress = 0; break;
-        case O_FOREGROUND: c->foreground = true; break;
-        case O_LOG_FILE: c->log_file = optarg; break;
-        case O_CACHE_DIR: c->cache_dir = optarg; break;
-        case O_NO_CACHE: c->no_cache = true; break;
-        case O_FILL_CACHE: c->fill_cache = true; break;
-        case O_CACHE_SIZE:
-            if (fz_cli_parse_size(optarg, &c->cache_size) != 0 || c->cache_size < (1u << 20))
-                return usage_error(cmd, "--cache-size must be a size of at least 1M (e.g. 512M, "
-                                        "16G), got '%s'", optarg);
-            break;
-        case O_FUSE_OPTS: {
-            size_t old = c->fuse_opts ? strlen(c->fuse_opts) : 0;
-            char *n = realloc(c->fuse_opts, old + strlen(optarg) + 2);
-            if (!n)
-                return usage_error(cmd, "out of memory (%s)", optarg);
-            if (old)
-                n[old++] = ',';
-            strcpy(n + old, optarg);
-            c->fuse_opts = n;
-            break;
-        }
-        case O_WORKERS: {
-            char *end;
-            long w = strtol(optarg, &end, 10);
-            if (*end || w < 1 || w > 1024)
-                return usage_error(cmd, "--workers must be an integer in 1..1024, got '%s'", optarg);
-            c->workers = (int)w;
-            break;
-        }
-        case O_LOG_LEVEL: {
-            fz_log_level lvl;
-            if (fz_log_parse_level(optarg, &lvl) != 0)
-                return usage_error(cmd, "%s", fz_error_msg());
-            fz_log_set_level(lvl);
-            break;
-        }
-        case O_HELP: cmd_help(stdout, ci); return FZ_CLI_EXIT_OK;
-        case ':': return usage_error(cmd, "option '%s' needs a value", av[optind - 1]);
-        default: return usage_error(cmd, "unknown option '%s'", av[optind - 1]);
-        }
+        if (o == ':')
+            return usage_error(cmd, "option '%s' needs a value", av[optind - 1]);
+        if (o == '?')
+            return usage_error(cmd, "unknown option '%s'", av[optind - 1]);
+        if ((rc = apply_option(c, ci, o, optarg)))
+            return rc;
     }
-    int npos = ac - optind;
-    int want = c->cmd == FZ_CMD_MATERIALIZE || c->cmd == FZ_CMD_MOUNT ? 2 : 1;
-    static const char *const expects[] = {
-        [FZ_CMD_MATERIALIZE] = "expects SRC and DEST (%s)",
-        [FZ_CMD_PLAN] = "expects SRC (%s)",
-        [FZ_CMD_MOUNT] = "expects SRC and MNT (%s)",
-        [FZ_CMD_UMOUNT] = "expects MNT (%s)",
-        [FZ_CMD_CACHE] = "expects one of stats, verify, clear (%s)",
-    };
-    if (npos != want)
-        return usage_error(cmd, expects[c->cmd], npos < want ? "missing" : "too many arguments");
-    switch (c->cmd) {
-    case FZ_CMD_MATERIALIZE: c->view.src = av[optind]; c->dest = av[optind + 1]; break;
-    case FZ_CMD_MOUNT: c->view.src = av[optind]; c->mnt = av[optind + 1]; break;
-    case FZ_CMD_UMOUNT: c->mnt = av[optind]; break;
-    case FZ_CMD_CACHE: c->cache_action = av[optind]; break;
-    default: c->view.src = av[optind]; break;
-    }
-    if (c->cmd == FZ_CMD_CACHE && strcmp(c->cache_action, "stats") &&
-        strcmp(c->cache_action, "verify") && strcmp(c->cache_action, "clear"))
-        return usage_error(cmd, "expects one of stats, verify, clear, got '%s'", c->cache_action);
+    if ((rc = take_operands(c, cmd, ac - optind, av + optind)))
+        return rc;
     if (c->fill_cache && c->no_cache)
         return usage_error(cmd, "%s", "--fill-cache and --no-cache exclude each other");
-    if (c->view.dtype && strcmp(c->view.dtype, "bfloat16") && strcmp(c->view.dtype, "float16") &&
-        strcmp(c->view.dtype, "float32")) {
-        bool quantish = strstr(c->view.dtype, "int") || strstr(c->view.dtype, "fp8") ||
-                        strstr(c->view.dtype, "float8");
-        return usage_error(cmd,
-                           quantish ? "--dtype must be one of bfloat16, float16, float32, got '%s' "
-                                      "(integer and float8 weights come from --quantize, e.g. "
-                                      "--quantize int8-weight-only)"
-                                    : "--dtype must be one of bfloat16, float16, float32, got '%s'",
-                           c->view.dtype);
-    }
-    if (c->view.quantize && !fz_qscheme_find(c->view.quantize)) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "--quantize must be one of %s, got '%%s'", fz_qscheme_names());
-        return usage_error(cmd, msg, c->view.quantize);
-    }
-    if (c->view.device && strcmp(c->view.device, "cpu"))
-        return usage_error(cmd, "--device %s: fzfs computes on the CPU only (use cpu)",
-                           c->view.device);
+    /* View option values and combinations: the view's own rules (the ones
+     * fz_view_build applies), reported here with the --help hint. */
+    if (fz_view_opts_check(&c->view) != 0)
+        return usage_error(cmd, "%s", fz_error_msg());
     return 0;
 }
 

@@ -95,17 +95,23 @@ static int read_blob(const char *dir, const char *name, bool required, fz_blob *
     return 0;
 }
 
-static int validate_opts(const fz_view_opts *o)
+int fz_view_opts_check(const fz_view_opts *o)
 {
     if (o->device && strcmp(o->device, "cpu") != 0)
         return fz_error_set(FZ_EUSAGE, "--device %s: fzfs computes on the CPU only; use --device "
                             "cpu", o->device);
     if (o->dtype && strcmp(o->dtype, "bfloat16") && strcmp(o->dtype, "float16") &&
-        strcmp(o->dtype, "float32"))
+        strcmp(o->dtype, "float32")) {
+        bool quantish = strstr(o->dtype, "int") || strstr(o->dtype, "fp8") ||
+                        strstr(o->dtype, "float8");
         return fz_error_set(FZ_EUSAGE, "--dtype must be one of bfloat16, float16, float32, got "
-                            "'%s'", o->dtype);
+                            "'%s'%s", o->dtype,
+                            quantish ? " (integer and float8 weights come from --quantize, e.g. "
+                                       "--quantize int8-weight-only)"
+                                     : "");
+    }
     if (o->quantize && !fz_qscheme_find(o->quantize))
-        return fz_error_set(FZ_EUSAGE, "--quantize must be one of (%s), got '%s'",
+        return fz_error_set(FZ_EUSAGE, "--quantize must be one of %s, got '%s'",
                             fz_qscheme_names(), o->quantize);
     if (o->quantize_ignore) {
         regex_t re;
@@ -120,7 +126,8 @@ static int validate_opts(const fz_view_opts *o)
         return fz_error_set(FZ_EUSAGE, "--hub writes no checkpoint, so it excludes "
                             "--keep-optimizer (materialize without --hub to keep optimizer state)");
     if (o->root_copy && o->keep_optimizer)
-        return fz_error_set(FZ_EINVAL, "--root-copy and --keep-optimizer are mutually exclusive");
+        return fz_error_set(FZ_EUSAGE, "--root-copy and --keep-optimizer are mutually exclusive "
+                            "(the optimizer state lives in the checkpoint directory)");
     return 0;
 }
 
@@ -304,7 +311,7 @@ int fz_view_build(fz_view **out, const fz_view_opts *o)
         return fz_error_set(FZ_ENOMEM, "out of memory");
     pthread_mutex_init(&v->crc_lock, NULL);
     v->embed_recipe = UINT32_MAX;
-    if ((rc = dup_opts(v, o)) || (rc = validate_opts(&v->opts)))
+    if ((rc = dup_opts(v, o)) || (rc = fz_view_opts_check(&v->opts)))
         goto done;
     if (v->opts.quantize) {
         v->quant = fz_qscheme_find(v->opts.quantize);

@@ -83,6 +83,11 @@ typedef struct {
  * FZ_EDENIED / FZ_ERANGE (malformed inputs), FZ_EINVAL, FZ_EIO, FZ_ENOMEM.
  * On success the caller owns *out (fz_view_free). */
 int fz_view_build(fz_view **out, const fz_view_opts *o);
+
+/* Check option values and combinations without touching the disk (the
+ * checks fz_view_build starts with). FZ_EUSAGE with a message that says
+ * what to use instead; 0 when the options are consistent. */
+int fz_view_opts_check(const fz_view_opts *o);
 void fz_view_free(fz_view *v);
 
 /* Node table: index 0 is the root. Stable for the life of the view. */

@@ -154,7 +154,7 @@ def test_add_tokens_file_missing(fzfs, runs, tmp_path):
 def test_root_copy_with_keep_optimizer(fzfs, runs, tmp_path):
     parent, dest = out_dir(tmp_path)
     p = fzfs.run("materialize", runs.src("llama-tied-bin"), dest, "--root-copy", "--keep-optimizer")
-    assert_refused(p, parent, dest, ["--root-copy", "root-copy"])
+    assert_refused(p, parent, dest, ["--root-copy", "root-copy"], code=2)
 
 
 def test_keep_optimizer_without_optimizer_state(fzfs, runs, tmp_path):

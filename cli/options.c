@@ -72,7 +72,7 @@ static const struct {
     {{"generation-config", required_argument, 0, O_GENCONFIG}, "carry|none|PATH|NAME",
      "generation_config.json: carry the source's (default), none, or a preset", V},
     {{"keep-optimizer", no_argument, 0, O_KEEP_OPT}, NULL,
-     "carry optimizer_state.pt into the checkpoint", V},
+     "carry optimizer_state.pt (a Trainer's optimizer.pt) into the checkpoint", V},
     {{"root-copy", no_argument, 0, O_ROOT_COPY}, NULL,
      "weights at the root, no checkpoints/ (excludes --keep-optimizer)", V},
     {{"hub", no_argument, 0, O_HUB}, NULL,

@@ -75,16 +75,15 @@ static inline char *fz_fuzz_strdup(const uint8_t *data, size_t size)
 }
 
 /* A whole file from the test data directory (FZ_FUZZ_DATA, set by meson):
- * the fixed half of a harness's input. Aborts if missing. */
+ * the fixed half of a harness's input. NULL if it does not exist. */
 static inline char *fz_fuzz_read_data(const char *rel, size_t *len)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", FZ_FUZZ_DATA, rel);
     FILE *f = fopen(path, "rb");
-    if (!f) {
-        perror(path);
-        abort();
-    }
+    *len = 0;
+    if (!f)
+        return NULL;
     size_t cap = 1 << 16, n = 0;
     char *b = malloc(cap);
     for (size_t got; b && (got = fread(b + n, 1, cap - n, f)) > 0;) {

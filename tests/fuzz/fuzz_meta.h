@@ -72,8 +72,9 @@ static inline void fz_fuzz_check_meta(const fz_meta_out *o)
     fz_tok_free(&t);
 }
 
-/* A fixture directory under tests/unit/data as fz_meta_in (buffers leak on
- * purpose: loaded once per process). */
+/* A fixture directory under tests/unit/data as fz_meta_in: config.json,
+ * tokenizer.json, tokenizer_config.json and generation_config.json if there
+ * is one (buffers kept for the process: loaded once). */
 static inline void fz_fuzz_load_fixture(fz_meta_in *in, const char *dir)
 {
     static const struct {
@@ -83,6 +84,7 @@ static inline void fz_fuzz_load_fixture(fz_meta_in *in, const char *dir)
         {"config.json", offsetof(fz_meta_in, config)},
         {"tokenizer.json", offsetof(fz_meta_in, tokenizer)},
         {"tokenizer_config.json", offsetof(fz_meta_in, tokenizer_config)},
+        {"generation_config.json", offsetof(fz_meta_in, generation_config)},
     };
     char rel[256];
     memset(in, 0, sizeof *in);
@@ -91,6 +93,7 @@ static inline void fz_fuzz_load_fixture(fz_meta_in *in, const char *dir)
         snprintf(rel, sizeof rel, "%s/%s", dir, files[i].name);
         b->data = fz_fuzz_read_data(rel, &b->len);
         b->path = files[i].name;
+        FZ_FUZZ_CHECK(b->data || i == 3, "fixture %s is missing", rel);
     }
     in->gen_mode = FZ_GEN_CARRY;
     in->tie_word_embeddings = 1;

@@ -2,10 +2,14 @@
  * addtokens.c, config.c and genconfig.c behind fz_meta_build) on fuzzed
  * tokenizer files.
  *
- * The input is up to four NUL-separated parts: tokenizer.json,
- * tokenizer_config.json, special_tokens_map.json and an add-tokens YAML (an
- * empty or missing part is an absent file; without a YAML the default PAD
- * plan applies). config.json is the real one of tests/unit/data/tok_pad.
+ * The input is up to eight NUL-separated parts: tokenizer.json,
+ * tokenizer_config.json, special_tokens_map.json, an add-tokens YAML,
+ * config.json, generation_config.json, an inference preset and a
+ * --stop-tokens list. An empty or missing part is an absent file (without a
+ * YAML the default PAD plan applies; with a preset its translation replaces
+ * the carried generation config), except config.json and
+ * generation_config.json, which default to the real ones of
+ * tests/unit/data/tok_pad.
  * Promises checked: a successful build passes fz_fuzz_check_meta
  * (fuzz_meta.h); a failure sets an error. */
 #include "fuzz_meta.h"
@@ -20,10 +24,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         loaded = true;
     }
     char *text = fz_fuzz_strdup(data, size);
-    fz_blob part[4] = {{NULL, 0, "tokenizer.json"}, {NULL, 0, "tokenizer_config.json"},
-                       {NULL, 0, "special_tokens_map.json"}, {NULL, 0, "tokens.yaml"}};
+    fz_blob part[8] = {{NULL, 0, "tokenizer.json"},  {NULL, 0, "tokenizer_config.json"},
+                       {NULL, 0, "special_tokens_map.json"}, {NULL, 0, "tokens.yaml"},
+                       {NULL, 0, "config.json"},     {NULL, 0, "generation_config.json"},
+                       {NULL, 0, "preset.json"},     {NULL, 0, "--stop-tokens"}};
     size_t start = 0;
-    for (int k = 0; k < 4 && start <= size; k++) {
+    for (int k = 0; k < 8 && start <= size; k++) {
         const char *nul = memchr(text + start, '\0', size - start);
         size_t end = nul ? (size_t)(nul - text) : size;
         if (end > start) {
@@ -38,6 +44,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     in.tokenizer_config = part[1];
     in.special_tokens_map = part[2];
     in.add_tokens_yaml = part[3];
+    if (part[4].data)
+        in.config = part[4];
+    if (part[5].data)
+        in.generation_config = part[5];
+    if (part[6].data) {
+        in.gen_mode = FZ_GEN_PRESET;
+        in.preset = part[6];
+    }
+    in.stop_tokens = part[7].data; /* NUL-terminated: the end of the input or a separator */
     fz_error_clear();
     int rc = fz_meta_build(&in, &out);
     if (rc) {

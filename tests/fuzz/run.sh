@@ -76,6 +76,17 @@ seed_files() { # target max_len dir
           if [ -n "$y" ]; then cat "$y"; fi; } > "$d/$(basename "$dir").$k"
         k=$((k + 1))
       done
+    done
+    # with config.json, generation_config.json, a preset and --stop-tokens
+    dir=$here/tests/unit/data/tok_pad
+    for y in "$here"/examples/generation_config/*.json; do
+      { for f in tokenizer.json tokenizer_config.json special_tokens_map.json add_tokens config.json \
+                 generation_config.json; do
+          if [ -f "$dir/$f" ]; then cat "$dir/$f"; fi
+          printf '\0'
+        done
+        cat "$y"; printf '\0<|EOS|>,<|PAD|>'; } > "$d/preset.$k"
+      k=$((k + 1))
     done ;;
   esac
 }

@@ -16,6 +16,9 @@
 #                       (default: a temporary directory, removed at the end)
 #   FZFS_FUZZ_TIMEOUT   seconds one input may take (default 10)
 set -euo pipefail
+# One compound command: bash parses it whole before running it, so editing
+# this file while it runs (a long session) cannot change what runs.
+{
 here=$(cd "$(dirname "$0")/../.." && pwd)
 fz="$here/tests/fuzz"
 bdir=${FZFS_FUZZ_BUILD_DIR:-$here/build-fuzz}
@@ -141,3 +144,4 @@ done <<< "$table"
 echo "== fuzz summary (${secs}s per target)"
 printf '%b' "$summary"
 exit $status
+}

@@ -1,6 +1,7 @@
 /* Tensor recipes: gather, resize with row rules, cast, and arbitrary byte
  * ranges. The "source" is a raw little-endian storage written to a temp
  * file: the recipe only ever sees (fd, offset, strides), never a container. */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -211,6 +212,69 @@ static void test_source_vanished(void **state)
     close(fd);
 }
 
+/* The mean row, needed by many threads at once: computed once (no lock held
+ * while it is), the same bytes for every reader; a failed computation
+ * (source truncated) wakes the waiters, each of which then fails too. */
+#define MEAN_ROWS 2000
+#define MEAN_COLS 64
+#define MEAN_THREADS 8
+
+typedef struct {
+    fz_recipe *r;
+    int rc;
+    float row[MEAN_COLS];
+} mean_job;
+
+static void *mean_worker(void *arg)
+{
+    mean_job *j = arg;
+    j->rc = fz_recipe_produce(j->r, (uint64_t)MEAN_ROWS * MEAN_COLS * 4, MEAN_COLS * 4,
+                              (uint8_t *)j->row);
+    return NULL;
+}
+
+static void run_mean_threads(fz_recipe *r, mean_job *jobs)
+{
+    pthread_t th[MEAN_THREADS];
+    for (int i = 0; i < MEAN_THREADS; i++) {
+        jobs[i].r = r;
+        assert_int_equal(pthread_create(&th[i], NULL, mean_worker, &jobs[i]), 0);
+    }
+    for (int i = 0; i < MEAN_THREADS; i++)
+        pthread_join(th[i], NULL);
+}
+
+static void test_mean_concurrent(void **state)
+{
+    (void)state;
+    static float v[MEAN_ROWS * MEAN_COLS];
+    static mean_job jobs[MEAN_THREADS];
+    int fd = make_storage(MEAN_ROWS * MEAN_COLS, v);
+    fz_tensor t = tensor2d(MEAN_ROWS, MEAN_COLS, MEAN_COLS, 1, 0, MEAN_ROWS * MEAN_COLS);
+    fz_recipe r;
+    assert_int_equal(fz_recipe_init(&r, fd, "mem", &t, FZ_DT_F32, MEAN_ROWS + 1, NULL, 0), 0);
+    run_mean_threads(&r, jobs);
+    for (int c = 0; c < MEAN_COLS; c++) {
+        double sum = 0;
+        for (int i = 0; i < MEAN_ROWS; i++)
+            sum += v[i * MEAN_COLS + c];
+        float want = (float)(sum / MEAN_ROWS);
+        for (int k = 0; k < MEAN_THREADS; k++) {
+            assert_int_equal(jobs[k].rc, 0);
+            assert_memory_equal(&jobs[k].row[c], &want, sizeof want);
+        }
+    }
+    fz_recipe_free(&r);
+
+    assert_int_equal(fz_recipe_init(&r, fd, "mem", &t, FZ_DT_F32, MEAN_ROWS + 1, NULL, 0), 0);
+    assert_int_equal(ftruncate(fd, 4096), 0);
+    run_mean_threads(&r, jobs);
+    for (int k = 0; k < MEAN_THREADS; k++)
+        assert_int_equal(jobs[k].rc, FZ_EIO);
+    fz_recipe_free(&r);
+    close(fd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -218,6 +282,7 @@ int main(void)
         cmocka_unit_test(test_partial_view_offset), cmocka_unit_test(test_cast_any_range),
         cmocka_unit_test(test_resize_rules),        cmocka_unit_test(test_resize_shrink_and_bias),
         cmocka_unit_test(test_bad_rules),           cmocka_unit_test(test_source_vanished),
+        cmocka_unit_test(test_mean_concurrent),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

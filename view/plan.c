@@ -156,6 +156,7 @@ int fz_view_plan_json(const fz_view *v, fz_buf *out)
     json_object_set_new(tok, "new_vocab", json_integer((json_int_t)m->new_vocab));
     json_object_set_new(tok, "added", json_integer((json_int_t)m->n_added));
     json_object_set_new(tok, "rows", json_integer((json_int_t)m->rows));
+    json_object_set_new(tok, "role_tokens_added", json_integer((json_int_t)m->n_role_added));
     json_t *added = json_array();
     for (size_t i = 0; i < m->n_added_tokens; i++)
         json_array_append_new(added, json_pack("{s:s, s:I}", "token", m->added_tokens[i], "id",

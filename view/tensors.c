@@ -374,11 +374,11 @@ static int roles_by_search(fz_view *v, const json_t *config)
     bool order_known = v->src.kind == FZ_W_BIN || v->src.kind == FZ_W_BIN_INDEX;
     vtensor *e = by_name(&s, v->embed_name), *h = by_name(&s, v->head_name);
     vtensor *g[3];
-    const char *alias = NULL;
+    const char *alias = NULL, *halias = NULL;
     if (e)
         take_group(&s, e->group, e->t->name, h ? NULL : &alias);
     if (h)
-        take_group(&s, h->group, h->t->name, NULL);
+        take_group(&s, h->group, h->t->name, e ? NULL : &halias);
     if (!e && !h) {
         size_t n = free_groups(&s, g, 3);
         if (n == 0) {
@@ -408,13 +408,16 @@ static int roles_by_search(fz_view *v, const json_t *config)
         if ((rc = set_name(&v->embed_name, e->t->name)))
             goto done;
     } else if (!e) {
-        if (free_groups(&s, g, 3) != 1) {
+        if (halias) { /* another name over the head's storage: the tied embedding */
+            e = by_name(&s, halias);
+        } else if (free_groups(&s, g, 3) == 1) {
+            e = g[0];
+            take_group(&s, e->group, e->t->name, NULL);
+        } else {
             why = "the head has a known name but no single [vocab_size, hidden] matrix is left "
                   "for the embedding";
             goto doubt;
         }
-        e = g[0];
-        take_group(&s, e->group, e->t->name, NULL);
         if ((rc = set_name(&v->embed_name, e->t->name)))
             goto done;
     } else if (!h && !alias) {

@@ -87,6 +87,39 @@ class NamedLM(PreTrainedModel):
         return CausalLMOutput(logits=self.out(self.backbone(input_ids)))
 
 
+class TokEmbLM(PreTrainedModel):
+    """backbone.tok_emb (unknown) with lm_head (a known name), no bias."""
+    config_class = EmbTestConfig
+    _tied_weights_keys = {"lm_head.weight": "backbone.tok_emb.weight"}
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.backbone = nn.Module()
+        self.backbone.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.backbone.mix = nn.Linear(config.d_model, config.d_model)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+
+    def _init_weights(self, module):
+        pass
+
+    def get_input_embeddings(self):
+        return self.backbone.tok_emb
+
+    def set_input_embeddings(self, value):
+        self.backbone.tok_emb = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def forward(self, input_ids=None, **kwargs):
+        x = self.backbone.tok_emb(input_ids)
+        return CausalLMOutput(logits=self.lm_head(x + nn.functional.gelu(self.backbone.mix(x))))
+
+
 class PlainLM(PreTrainedModel):
     config_class = EmbTestConfig
     _tied_weights_keys = {"q.weight": "p.weight"}
@@ -127,7 +160,7 @@ def _spread(model, seed):
             p.copy_(torch.randn(p.shape, generator=g) * 0.1)
 
 
-def make_custom_run(path, cls, tied, fmt, seed, tok=None):
+def make_custom_run(path, cls, tied, fmt, seed, tok=None, nshards=2):
     """A Forgather-style run of custom class `cls` (NamedLM / PlainLM): config, tokenizer
     and model code at the root, weights in checkpoints/checkpoint-100 (.bin or safetensors,
     sharded with an index, as the trainer writes them). Returns the source model."""
@@ -154,11 +187,11 @@ def make_custom_run(path, cls, tied, fmt, seed, tok=None):
     os.makedirs(ckpt)
     sd = make_runs.state_dict_for_save(model)
     if fmt == "bin":
-        make_runs.write_bin_sharded(sd, ckpt, 2)
+        make_runs.write_bin_sharded(sd, ckpt, nshards)
     else:
         # safetensors cannot hold two names over one storage: tied runs keep one copy
         sd = {k: v.clone() for k, v in sd.items()}
-        make_runs.write_st_sharded(sd, ckpt, 2)
+        make_runs.write_st_sharded(sd, ckpt, nshards)
     make_runs.write_training_state(model, ckpt, 100, os.path.basename(path),
                                    make_runs.ts(1), small_optimizer=True)
     return model
@@ -232,6 +265,21 @@ def test_unknown_names_found(fzfs, session_tmp, tied, fmt):
     plan = fzfs.run("plan", src)
     assert plan.returncode == 0, plan.stderr
     assert "backbone.token_table.weight" in plan.stdout and "out.bias" in plan.stdout
+    dest = os.path.join(base, os.path.basename(base) + "-dest")
+    p = materialize(fzfs, src, dest)
+    assert p.returncode == 0, p.stderr
+    check_release(dest, model, old, {old: "zero"})
+
+
+@pytest.mark.parametrize("tied,nshards", [(False, 2), (True, 1), (True, 2)],
+                         ids=["untied", "tied-one-storage", "tied-copies"])
+def test_unknown_embedding_known_head(fzfs, session_tmp, tied, nshards):
+    """backbone.tok_emb.weight with a head called lm_head.weight (issue 7's model): the other
+    name over the head's storage, or the one [vocab, hidden] matrix left, is the embedding."""
+    base = os.path.join(session_tmp, "emb", f"tokemb-{tied}-{nshards}")
+    src = os.path.join(base, os.path.basename(base))  # a module name of its own (remote code)
+    model = make_custom_run(src, "TokEmbLM", tied, "bin", seed=14, nshards=nshards)
+    old = model.config.vocab_size
     dest = os.path.join(base, os.path.basename(base) + "-dest")
     p = materialize(fzfs, src, dest)
     assert p.returncode == 0, p.stderr

@@ -288,6 +288,16 @@ static void test_role_token_missing(void **state)
     assert_int_equal(o.rows, 301);
     fz_meta_out_free(&o);
     fx_free(&f);
+    /* the YAML moves eos off the load-added token: the copy of its (mean) row
+     * is the mean, not an error */
+    fx_load(&f, "tok_nopad");
+    f.in.tokenizer_config = fx_text("{\"eos_token\": \"<|eot|>\"}", "tokenizer_config.json");
+    build(&f, "eos_token: \"<|im_end|>\"\n", &o);
+    assert_int_equal(o.n_added, 2);
+    assert_added(&o, 1, "<|im_end|>", 301);
+    assert_int_equal(o.n_inits, 0);
+    fz_meta_out_free(&o);
+    fx_free(&f);
 }
 
 int main(void)

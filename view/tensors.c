@@ -265,7 +265,8 @@ static int set_name(char **slot, const char *name)
 }
 
 /* Describe the vocabulary tensors for the refusal message. */
-static int describe_candidates(fz_view *v, const vset *s, uint64_t V, const char *why)
+static int describe_candidates(fz_view *v, const vset *s, uint64_t V, bool order_known,
+                               const char *why)
 {
     fz_buf b = FZ_BUF_INIT;
     int rc = fz_buf_printf(&b, "%s", why);
@@ -276,17 +277,19 @@ static int describe_candidates(fz_view *v, const vset *s, uint64_t V, const char
         rc = fz_buf_printf(&b, "; tensors with a dimension of %llu:", (unsigned long long)V);
     for (size_t i = 0; i < s->n && i < 16 && rc == 0; i++) {
         const fz_tensor *t = s->v[i].t;
-        rc = fz_buf_printf(&b, "%s %s [", i ? "," : "", t->name);
+        rc = fz_buf_printf(&b, "%s %s [", i ? ";" : "", t->name);
         for (int d = 0; d < t->ndim && rc == 0; d++)
             rc = fz_buf_printf(&b, "%s%llu", d ? ", " : "", (unsigned long long)t->shape[d]);
         if (rc == 0)
-            rc = fz_buf_printf(&b, "] %s, tensor %zu of %zu", fz_dtype_torch_name(t->dtype),
-                               s->v[i].order + 1, s->total);
+            rc = fz_buf_printf(&b, "] %s", fz_dtype_torch_name(t->dtype));
+        if (rc == 0 && order_known)
+            rc = fz_buf_printf(&b, ", tensor %zu of %zu in the state dict", s->v[i].order + 1,
+                               s->total);
         if (rc == 0 && s->v[i].group != (int)i)
             rc = fz_buf_printf(&b, ", same storage as %s", s->v[s->v[i].group].t->name);
     }
     if (rc == 0 && s->n > 16)
-        rc = fz_buf_printf(&b, ", and %zu more", s->n - 16);
+        rc = fz_buf_printf(&b, "; and %zu more", s->n - 16);
     if (rc == 0 && fz_buf_putc(&b, '\0') == 0) {
         free(v->roles_doubt);
         v->roles_doubt = (char *)b.data;
@@ -362,6 +365,7 @@ static int roles_by_search(fz_view *v, const json_t *config)
     uint64_t H = hidden > 0 ? (uint64_t)hidden : 0;
     if (known && known->ndim == 2)
         H = known->shape[1];
+    bool order_known = v->src.kind == FZ_W_BIN || v->src.kind == FZ_W_BIN_INDEX;
     s.sharing = read_param_sharing(v);
     if (V == 0) {
         why = cfg_vocab > 0 ? "no tensor has config.json's vocab_size rows and no embedding has a "
@@ -371,7 +375,6 @@ static int roles_by_search(fz_view *v, const json_t *config)
     }
     if ((rc = collect(v, V, H, &s)))
         goto done;
-    bool order_known = v->src.kind == FZ_W_BIN || v->src.kind == FZ_W_BIN_INDEX;
     vtensor *e = by_name(&s, v->embed_name), *h = by_name(&s, v->head_name);
     vtensor *g[3];
     const char *alias = NULL, *halias = NULL;
@@ -454,7 +457,8 @@ static int roles_by_search(fz_view *v, const json_t *config)
     v->roles_certain = true;
     goto done;
 doubt:
-    rc = describe_candidates(v, &s, V ? V : (uint64_t)(cfg_vocab > 0 ? cfg_vocab : 0), why);
+    rc = describe_candidates(v, &s, V ? V : (uint64_t)(cfg_vocab > 0 ? cfg_vocab : 0),
+                             order_known, why);
 done:
     json_decref(s.sharing);
     free(s.v);
@@ -521,10 +525,12 @@ int fz_view_check_roles(const fz_view *v)
         FZ_EINVAL,
         "%s: the vocabulary changes (%llu -> %llu tokens%s) but fzfs cannot tell which tensors "
         "are the input embedding and the output head: %s. Name them with --embedding-tensors "
-        "EMB[,HEAD] (the head's bias is found by itself), or keep the vocabulary "
-        "(--skip-default-tokens, no --add-tokens)",
+        "EMB[,HEAD] (the head's bias is found by itself)%s",
         v->src.ckpt, (unsigned long long)m->old_vocab, (unsigned long long)m->new_vocab,
-        b.data ? (char *)b.data : "", v->roles_doubt ? v->roles_doubt : "no candidates");
+        b.data ? (char *)b.data : "", v->roles_doubt ? v->roles_doubt : "no candidates",
+        m->n_role_added ? "; the tokenizer files name role tokens their vocabulary lacks, so "
+                          "the vocabulary changes whatever the options"
+                        : ", or keep the vocabulary (--skip-default-tokens, no --add-tokens)");
     fz_buf_free(&b);
     return rc;
 }

@@ -552,7 +552,7 @@ json_t *fz_json_parse(const char *text, size_t len, const char *path)
         goto done;
     }
     placer p = {text, &lits, 0, 0};
-    int rc = place_bigints(&p, v);
+    int rc = lits.n ? place_bigints(&p, v) : 0;
     if (rc == 0 && p.next != lits.n)
         rc = fz_error_set(FZ_EFORMAT, "an integer beyond 64 bits was not found again (an fzfs bug: "
                                       "please report it with this file)");

@@ -8,6 +8,29 @@
 
 #define FZ_CACHE_VERIFY_STEP 64
 
+/* The error of a maintenance call on a damaged environment. */
+static int damaged(fz_cache *c)
+{
+    return fz_error_set(FZ_EIO, "cache %s is damaged; run `fzfs cache clear` to recreate it",
+                        c->dir);
+}
+
+/* An LMDB error: damage, or "cache DIR: what: error". */
+static int lmdb_fail(fz_cache *c, const char *what, int mrc)
+{
+    if (fz_cache_lmdb_damage(c, mrc))
+        return damaged(c);
+    return fz_error_set(FZ_EIO, "cache %s: %s: %s", c->dir, what, mdb_strerror(mrc));
+}
+
+/* fn(c, arg) inside a guard; damage found before or during it is FZ_EIO. */
+static int run(fz_cache *c, int (*fn)(fz_cache *c, void *arg), void *arg)
+{
+    if (atomic_load(&c->broken))
+        return damaged(c);
+    int rc = fz_cache_guarded(c, fn, arg);
+    return rc == FZ_CACHE_FAULT ? damaged(c) : rc;
+}
 
 int fz_cache_flush(fz_cache *c)
 {
@@ -20,17 +43,16 @@ int fz_cache_flush(fz_cache *c)
     return 0;
 }
 
-int fz_cache_get_stats(fz_cache *c, fz_cache_stats *out)
+static int stats_guarded(fz_cache *c, void *arg)
 {
-    memset(out, 0, sizeof *out);
-    fz_cache_flush(c);
+    fz_cache_stats *out = arg;
     MDB_txn *txn;
     MDB_cursor *cur = NULL;
     MDB_val k, v;
     MDB_stat s;
     int mrc = fz_cache_txn_begin(c, MDB_RDONLY, &txn);
     if (mrc)
-        return fz_error_set(FZ_EIO, "cache: read transaction: %s", mdb_strerror(mrc));
+        return lmdb_fail(c, "read transaction", mrc);
     uint64_t ctr[FZ_NCTR];
     for (int i = 0; i < FZ_NCTR; i++)
         ctr[i] = fz_cache_meta_get(c, txn, fz_cache_ctr_names[i]) + atomic_load(&c->delta[i]);
@@ -51,8 +73,15 @@ int fz_cache_get_stats(fz_cache *c, fz_cache_stats *out)
     }
     fz_cache_txn_end(c, txn, false);
     if (mrc)
-        return fz_error_set(FZ_EIO, "cache: cursor: %s", mdb_strerror(mrc));
+        return lmdb_fail(c, "cursor", mrc);
     return 0;
+}
+
+int fz_cache_get_stats(fz_cache *c, fz_cache_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    fz_cache_flush(c);
+    return run(c, stats_guarded, out);
 }
 
 /* Delete `keys` (and their access times) in one write txn; count them as
@@ -62,7 +91,7 @@ static int delete_keys(fz_cache *c, const uint8_t *keys, size_t n)
     MDB_txn *txn;
     int mrc = fz_cache_txn_begin(c, 0, &txn);
     if (mrc)
-        return fz_error_set(FZ_EIO, "cache: write transaction: %s", mdb_strerror(mrc));
+        return lmdb_fail(c, "write transaction", mrc);
     for (size_t i = 0; i < n && !mrc; i++) {
         MDB_val k = {FZ_CACHE_KEYLEN, (void *)(keys + i * FZ_CACHE_KEYLEN)};
         mrc = mdb_del(txn, c->dbi_data, &k, NULL);
@@ -74,23 +103,27 @@ static int delete_keys(fz_cache *c, const uint8_t *keys, size_t n)
     }
     if (mrc) {
         fz_cache_txn_end(c, txn, false);
-        return fz_error_set(FZ_EIO, "cache: deleting bad values: %s", mdb_strerror(mrc));
+        return lmdb_fail(c, "deleting bad values", mrc);
     }
     if ((mrc = fz_cache_txn_end(c, txn, true)))
-        return fz_error_set(FZ_EIO, "cache: commit: %s", mdb_strerror(mrc));
+        return lmdb_fail(c, "commit", mrc);
     atomic_fetch_add(&c->delta[FZ_CTR_CORRUPT], n);
     return 0;
 }
 
-int fz_cache_verify(fz_cache *c, uint64_t *checked, uint64_t *bad)
+typedef struct {
+    uint64_t checked;
+    uint8_t *badkeys; /* freed by fz_cache_verify, also after a fault */
+    size_t nbad, capbad;
+} fz_verify;
+
+static int verify_guarded(fz_cache *c, void *arg)
 {
+    fz_verify *vf = arg;
     int rc = 0;
     uint8_t last[FZ_CACHE_KEYLEN];
     bool have_last = false, end = false;
-    uint8_t *badkeys = NULL;
-    size_t nbad = 0, capbad = 0;
-    *checked = *bad = 0;
-    fz_cache_flush(c);
+    uint64_t *checked = &vf->checked;
     /* Walk the data DB in short read txns of FZ_CACHE_VERIFY_STEP values so
      * a long verify pins no old pages. */
     while (!end) {
@@ -99,12 +132,12 @@ int fz_cache_verify(fz_cache *c, uint64_t *checked, uint64_t *bad)
         MDB_val k, v;
         int mrc = fz_cache_txn_begin(c, MDB_RDONLY, &txn);
         if (mrc) {
-            rc = fz_error_set(FZ_EIO, "cache: read transaction: %s", mdb_strerror(mrc));
+            rc = lmdb_fail(c, "read transaction", mrc);
             goto done;
         }
         if ((mrc = mdb_cursor_open(txn, c->dbi_data, &cur))) {
             fz_cache_txn_end(c, txn, false);
-            rc = fz_error_set(FZ_EIO, "cache: cursor: %s", mdb_strerror(mrc));
+            rc = lmdb_fail(c, "cursor", mrc);
             goto done;
         }
         if (have_last) {
@@ -130,19 +163,19 @@ int fz_cache_verify(fz_cache *c, uint64_t *checked, uint64_t *bad)
             }
             (*checked)++;
             if (!ok && k.mv_size == FZ_CACHE_KEYLEN) {
-                if (nbad == capbad) {
-                    size_t cap = capbad ? 2 * capbad : 16;
-                    uint8_t *p = realloc(badkeys, cap * FZ_CACHE_KEYLEN);
+                if (vf->nbad == vf->capbad) {
+                    size_t cap = vf->capbad ? 2 * vf->capbad : 16;
+                    uint8_t *p = realloc(vf->badkeys, cap * FZ_CACHE_KEYLEN);
                     if (!p) {
                         mdb_cursor_close(cur);
                         fz_cache_txn_end(c, txn, false);
                         rc = fz_error_set(FZ_ENOMEM, "out of memory");
                         goto done;
                     }
-                    badkeys = p;
-                    capbad = cap;
+                    vf->badkeys = p;
+                    vf->capbad = cap;
                 }
-                memcpy(badkeys + nbad++ * FZ_CACHE_KEYLEN, k.mv_data, FZ_CACHE_KEYLEN);
+                memcpy(vf->badkeys + vf->nbad++ * FZ_CACHE_KEYLEN, k.mv_data, FZ_CACHE_KEYLEN);
             }
             if (i + 1 < FZ_CACHE_VERIFY_STEP)
                 mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
@@ -151,32 +184,50 @@ int fz_cache_verify(fz_cache *c, uint64_t *checked, uint64_t *bad)
         mdb_cursor_close(cur);
         fz_cache_txn_end(c, txn, false);
         if (mrc && mrc != MDB_NOTFOUND) {
-            rc = fz_error_set(FZ_EIO, "cache: reading values: %s", mdb_strerror(mrc));
+            rc = lmdb_fail(c, "reading values", mrc);
             goto done;
         }
     }
-    if (nbad)
-        rc = delete_keys(c, badkeys, nbad);
-    *bad = nbad;
+    if (vf->nbad)
+        rc = delete_keys(c, vf->badkeys, vf->nbad);
 done:
-    free(badkeys);
     return rc;
+}
+
+int fz_cache_verify(fz_cache *c, uint64_t *checked, uint64_t *bad)
+{
+    fz_verify vf = {0};
+    fz_cache_flush(c);
+    int rc = run(c, verify_guarded, &vf);
+    free(vf.badkeys);
+    *checked = vf.checked;
+    *bad = rc ? 0 : vf.nbad;
+    return rc;
+}
+
+static int clear_guarded(fz_cache *c, void *arg)
+{
+    (void)arg;
+    MDB_txn *txn;
+    int mrc = fz_cache_txn_begin(c, 0, &txn);
+    if (mrc)
+        return lmdb_fail(c, "write transaction", mrc);
+    if ((mrc = mdb_drop(txn, c->dbi_data, 0)) || (mrc = mdb_drop(txn, c->dbi_atime, 0)) ||
+        (mrc = mdb_drop(txn, c->dbi_meta, 0))) {
+        fz_cache_txn_end(c, txn, false);
+        return lmdb_fail(c, "clear", mrc);
+    }
+    if ((mrc = fz_cache_txn_end(c, txn, true)))
+        return lmdb_fail(c, "clear: commit", mrc);
+    return 0;
 }
 
 int fz_cache_clear(fz_cache *c)
 {
     fz_cache_flush(c);
-    MDB_txn *txn;
-    int mrc = fz_cache_txn_begin(c, 0, &txn);
-    if (mrc)
-        return fz_error_set(FZ_EIO, "cache: write transaction: %s", mdb_strerror(mrc));
-    if ((mrc = mdb_drop(txn, c->dbi_data, 0)) || (mrc = mdb_drop(txn, c->dbi_atime, 0)) ||
-        (mrc = mdb_drop(txn, c->dbi_meta, 0))) {
-        fz_cache_txn_end(c, txn, false);
-        return fz_error_set(FZ_EIO, "cache: clear: %s", mdb_strerror(mrc));
-    }
-    if ((mrc = fz_cache_txn_end(c, txn, true)))
-        return fz_error_set(FZ_EIO, "cache: clear: commit: %s", mdb_strerror(mrc));
+    int rc = run(c, clear_guarded, NULL);
+    if (rc)
+        return rc;
     for (int i = 0; i < FZ_NCTR; i++)
         atomic_store(&c->delta[i], 0);
     pthread_mutex_lock(&c->q_lock);

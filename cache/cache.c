@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -48,7 +49,7 @@ char *fz_cache_default_dir(void)
 }
 
 /* mkdir -p */
-static int make_dirs(const char *dir)
+int fz_cache_make_dirs(const char *dir)
 {
     char path[PATH_MAX];
     size_t n = strlen(dir);
@@ -124,22 +125,112 @@ static void destroy_locks(fz_cache *c)
     pthread_cond_destroy(&c->q_idle);
 }
 
+typedef struct {
+    const char *dir;
+    uint64_t map_size;
+    bool fresh;
+    char *why;
+    size_t whylen;
+} fz_env_args;
+
+/* mdb_env_open and the databases, inside a guard. 0, 1 (damaged, why
+ * says how) or a negative FZ_E* code. */
+static int env_open_guarded(fz_cache *c, void *arg)
+{
+    fz_env_args *a = arg;
+    MDB_txn *txn;
+    int mrc;
+    /* NOTLS: read txns are not tied to threads (FUSE workers, compute pool).
+     * NOSYNC without WRITEMAP: a crash may lose the last commits, never
+     * corrupt the tree; fz_cache_close syncs. Without WRITEMAP the map is
+     * only read, so only reads can fault (damage.c). */
+    if ((mrc = mdb_env_open(c->env, a->dir, MDB_NOTLS | MDB_NOSYNC, 0644))) {
+        if (mrc != MDB_INVALID && mrc != MDB_VERSION_MISMATCH && mrc != MDB_CORRUPTED)
+            return lmdb_error(a->dir, "mdb_env_open", mrc);
+        snprintf(a->why, a->whylen, "mdb_env_open: %s", mdb_strerror(mrc));
+        return 1;
+    }
+    if (!a->map_size && a->fresh && (mrc = mdb_env_set_mapsize(c->env, FZ_CACHE_DEFAULT_MAP)))
+        return lmdb_error(a->dir, "mdb_env_set_mapsize", mrc);
+    MDB_envinfo info;
+    MDB_stat est;
+    mdb_env_info(c->env, &info);
+    mdb_env_stat(c->env, &est);
+    c->map_size = info.me_mapsize;
+    c->psize = est.ms_psize;
+    if (!(mrc = mdb_txn_begin(c->env, NULL, 0, &txn))) {
+        fz_cache_guard_note(txn, false);
+        if ((mrc = mdb_dbi_open(txn, "data", MDB_CREATE, &c->dbi_data)) ||
+            (mrc = mdb_dbi_open(txn, "atime", MDB_CREATE, &c->dbi_atime)) ||
+            (mrc = mdb_dbi_open(txn, "meta", MDB_CREATE, &c->dbi_meta)))
+            mdb_txn_abort(txn);
+        else
+            mrc = mdb_txn_commit(txn);
+        fz_cache_guard_note(NULL, false);
+    }
+    if (!mrc)
+        return fz_cache_walk_check(c, a->why, a->whylen);
+    if (mrc != MDB_CORRUPTED && mrc != MDB_PAGE_NOTFOUND && mrc != MDB_INCOMPATIBLE &&
+        mrc != MDB_BAD_DBI)
+        return lmdb_error(a->dir, "opening the databases", mrc);
+    snprintf(a->why, a->whylen, "opening the databases: %s", mdb_strerror(mrc));
+    return 1;
+}
+
+/* Create and open c->env in dir. Returns 0, 1 when the environment is
+ * damaged (why says how; c->env closed) or a negative FZ_E* code. */
+static int open_env(fz_cache *c, const char *dir, uint64_t map_size, char *why, size_t whylen)
+{
+    int mrc, rc;
+    char datafile[PATH_MAX];
+    struct stat st;
+    if ((mrc = mdb_env_create(&c->env)))
+        return lmdb_error(dir, "mdb_env_create", mrc);
+    mdb_env_set_assert(c->env, fz_cache_on_assert);
+    /* map_size 0 keeps an existing environment's size (so `fzfs cache
+     * stats` does not resize the map under a running mount). */
+    snprintf(datafile, sizeof datafile, "%s/data.mdb", dir);
+    fz_env_args a = {dir, map_size, stat(datafile, &st) != 0 || st.st_size == 0, why, whylen};
+    if ((map_size && (mrc = mdb_env_set_mapsize(c->env, map_size))) ||
+        (mrc = mdb_env_set_maxdbs(c->env, 4)) ||
+        (mrc = mdb_env_set_maxreaders(c->env, FZ_CACHE_MAXREADERS))) {
+        rc = lmdb_error(dir, "configuring the environment", mrc);
+    } else if ((rc = fz_cache_guarded(c, env_open_guarded, &a)) == FZ_CACHE_FAULT) {
+        /* (fz_cache_guarded marked c broken, with a warning: the caller
+         * recreates the environment or runs without it.) */
+        snprintf(why, whylen, "a fault reading data.mdb");
+        rc = 1;
+    }
+    if (rc == 0)
+        return 0;
+    mdb_env_close(c->env);
+    c->env = NULL;
+    return rc;
+}
+
 int fz_cache_open(fz_cache **out, const char *dir, uint64_t map_size)
 {
-    int rc = 0, mrc;
+    return fz_cache_open_flags(out, dir, map_size, 0);
+}
+
+int fz_cache_open_flags(fz_cache **out, const char *dir, uint64_t map_size, unsigned flags)
+{
+    int rc = 0;
     bool registered = false, locks = false;
-    MDB_txn *txn = NULL;
     struct stat st;
+    char why[600];
     *out = NULL;
     fz_cache *c = calloc(1, sizeof *c);
     if (!c)
         return fz_error_set(FZ_ENOMEM, "out of memory");
+    c->lock_fd = -1;
     c->touched = calloc(FZ_CACHE_TOUCH_MAX, sizeof *c->touched);
-    if (!c->touched) {
+    c->dir = strdup(dir);
+    if (!c->touched || !c->dir) {
         rc = fz_error_set(FZ_ENOMEM, "out of memory");
         goto done;
     }
-    if ((rc = make_dirs(dir)))
+    if ((rc = fz_cache_make_dirs(dir)))
         goto done;
     if (stat(dir, &st) != 0) {
         rc = fz_error_set(FZ_EIO, "cache directory %s: %s", dir, strerror(errno));
@@ -159,58 +250,55 @@ int fz_cache_open(fz_cache **out, const char *dir, uint64_t map_size)
     pthread_cond_init(&c->q_idle, NULL);
     locks = true;
 
-    if ((mrc = mdb_env_create(&c->env))) {
-        rc = lmdb_error(dir, "mdb_env_create", mrc);
+    fz_cache_guard_install();
+    /* Shared for as long as the cache is open (damage.c: the lock). */
+    if ((c->lock_fd = fz_cache_lock_open(dir)) < 0) {
+        rc = c->lock_fd;
         goto done;
     }
-    /* map_size 0 keeps an existing environment's size (so `fzfs cache
-     * stats` does not resize the map under a running mount). */
-    char datafile[PATH_MAX];
-    snprintf(datafile, sizeof datafile, "%s/data.mdb", dir);
-    bool fresh = stat(datafile, &st) != 0;
-    if ((map_size && (mrc = mdb_env_set_mapsize(c->env, map_size))) ||
-        (mrc = mdb_env_set_maxdbs(c->env, 4)) ||
-        (mrc = mdb_env_set_maxreaders(c->env, FZ_CACHE_MAXREADERS))) {
-        rc = lmdb_error(dir, "configuring the environment", mrc);
+    int e = fz_cache_lock(c->lock_fd, LOCK_SH);
+    if (e) {
+        rc = fz_error_set(FZ_EIO, "cache %s: cannot lock: %s", dir, strerror(-e));
         goto done;
     }
-    /* NOTLS: read txns are not tied to threads (FUSE workers, compute pool).
-     * NOSYNC without WRITEMAP: a crash may lose the last commits, never
-     * corrupt the tree; fz_cache_close syncs. */
-    if ((mrc = mdb_env_open(c->env, dir, MDB_NOTLS | MDB_NOSYNC, 0644))) {
-        rc = lmdb_error(dir, "mdb_env_open", mrc);
+    c->opening = true;
+    int damaged = fz_cache_check_file(dir, why, sizeof why);
+    if (!damaged && (damaged = open_env(c, dir, map_size, why, sizeof why)) < 0) {
+        rc = damaged;
         goto done;
     }
-    if (!map_size && fresh && (mrc = mdb_env_set_mapsize(c->env, FZ_CACHE_DEFAULT_MAP))) {
-        rc = lmdb_error(dir, "mdb_env_set_mapsize", mrc);
+    if (damaged && (flags & FZ_CACHE_NO_REPAIR)) {
+        rc = fz_error_set(FZ_EIO, "cache %s is damaged: %s. Run `fzfs cache clear` to recreate it",
+                          dir, why);
         goto done;
     }
-    MDB_envinfo info;
-    MDB_stat est;
-    mdb_env_info(c->env, &info);
-    mdb_env_stat(c->env, &est);
-    c->map_size = info.me_mapsize;
-    c->psize = est.ms_psize;
-    if ((mrc = mdb_txn_begin(c->env, NULL, 0, &txn)) ||
-        (mrc = mdb_dbi_open(txn, "data", MDB_CREATE, &c->dbi_data)) ||
-        (mrc = mdb_dbi_open(txn, "atime", MDB_CREATE, &c->dbi_atime)) ||
-        (mrc = mdb_dbi_open(txn, "meta", MDB_CREATE, &c->dbi_meta))) {
-        rc = lmdb_error(dir, "opening the databases", mrc);
-        goto done;
+    if (damaged) {
+        /* Recreate it empty, unless another process has it open. */
+        if (fz_cache_lock(c->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+            rc = fz_error_set(FZ_EIO,
+                              "cache %s is damaged (%s) and another fzfs process uses it. Run "
+                              "`fzfs cache clear` once no mount uses it to recreate it",
+                              dir, why);
+            goto done;
+        }
+        if ((rc = fz_cache_remove_env(dir)))
+            goto done;
+        fz_warn("cache %s was damaged (%s): recreated it empty (`fzfs cache clear` does the "
+                "same by hand)",
+                dir, why);
+        fz_cache_lock(c->lock_fd, LOCK_SH);
+        if ((rc = open_env(c, dir, map_size, why, sizeof why)) == 1)
+            rc = fz_error_set(FZ_EIO, "cache %s: a new environment is damaged too: %s", dir, why);
+        if (rc)
+            goto done;
     }
-    mrc = mdb_txn_commit(txn);
-    txn = NULL;
-    if (mrc) {
-        rc = lmdb_error(dir, "opening the databases", mrc);
-        goto done;
-    }
+    c->opening = false;
+    atomic_store(&c->broken, false);
     if ((rc = fz_cache_writer_start(c)))
         goto done;
     *out = c;
     c = NULL;
 done:
-    if (txn)
-        mdb_txn_abort(txn);
     if (c) {
         if (c->env)
             mdb_env_close(c->env);
@@ -218,10 +306,23 @@ done:
             destroy_locks(c);
         if (registered)
             unregister_open(c);
+        if (c->lock_fd >= 0)
+            close(c->lock_fd);
         free(c->touched);
+        free(c->dir);
         free(c);
     }
     return rc;
+}
+
+static int close_guarded(fz_cache *c, void *arg)
+{
+    (void)arg;
+    int mrc = atomic_load(&c->broken) ? 0 : mdb_env_sync(c->env, 1);
+    if (mrc)
+        fz_log(FZ_LOG_WARNING, "cache: mdb_env_sync: %s", mdb_strerror(mrc));
+    mdb_env_close(c->env);
+    return 0;
 }
 
 void fz_cache_close(fz_cache *c)
@@ -229,13 +330,12 @@ void fz_cache_close(fz_cache *c)
     if (!c)
         return;
     fz_cache_writer_stop(c);
-    int mrc = mdb_env_sync(c->env, 1);
-    if (mrc)
-        fz_log(FZ_LOG_WARNING, "cache: mdb_env_sync: %s", mdb_strerror(mrc));
-    mdb_env_close(c->env);
+    fz_cache_guarded(c, close_guarded, NULL);
     destroy_locks(c);
     unregister_open(c);
+    close(c->lock_fd);
     free(c->touched);
+    free(c->dir);
     free(c);
 }
 
@@ -243,9 +343,13 @@ int fz_cache_txn_begin(fz_cache *c, unsigned flags, MDB_txn **txn)
 {
     for (int attempt = 0;; attempt++) {
         pthread_rwlock_rdlock(&c->txn_lock);
+        fz_cache_guard_note(NULL, true);
         int mrc = mdb_txn_begin(c->env, NULL, flags, txn);
-        if (mrc == 0)
+        if (mrc == 0) {
+            fz_cache_guard_note(*txn, true);
             return 0;
+        }
+        fz_cache_guard_note(NULL, false);
         pthread_rwlock_unlock(&c->txn_lock);
         if (mrc != MDB_MAP_RESIZED || attempt > 0)
             return mrc;
@@ -270,6 +374,7 @@ int fz_cache_txn_end(fz_cache *c, MDB_txn *txn, bool commit)
         mrc = mdb_txn_commit(txn);
     else
         mdb_txn_abort(txn);
+    fz_cache_guard_note(NULL, false);
     pthread_rwlock_unlock(&c->txn_lock);
     return mrc;
 }
@@ -293,21 +398,26 @@ uint64_t fz_cache_used_bytes(fz_cache *c, MDB_txn *txn)
 
 /* ---- fetch ---- */
 
-/* Look key up in LMDB; on a sound value of len bytes copy its bytes
- * [off, off+n) to out. Returns 1 (hit), 0 (absent), -1 (present but
- * unsound: counted and queued for deletion) or -2 (LMDB error, logged). */
-static int lookup(fz_cache *c, const fz_cache_key *key, uint64_t len, uint64_t off, uint64_t n,
-                  uint8_t *out)
+typedef struct {
+    const fz_cache_key *key;
+    uint64_t len, off, n;
+    uint8_t *out;
+} fz_lookup_args;
+
+/* lookup's LMDB part, inside a guard: 1, 0, -1 or -2 as below. */
+static int lookup_guarded(fz_cache *c, void *arg)
 {
+    const fz_lookup_args *a = arg;
     uint8_t kb[FZ_CACHE_KEYLEN];
     MDB_txn *txn;
     MDB_val k = {FZ_CACHE_KEYLEN, kb}, v;
     uint64_t vl = 0;
     const uint8_t *payload;
-    fz_cache_key_encode(key, kb);
+    fz_cache_key_encode(a->key, kb);
     int mrc = fz_cache_txn_begin(c, MDB_RDONLY, &txn);
     if (mrc) {
-        fz_log(FZ_LOG_WARNING, "cache: read transaction: %s", mdb_strerror(mrc));
+        if (!fz_cache_lmdb_damage(c, mrc))
+            fz_log(FZ_LOG_WARNING, "cache: read transaction: %s", mdb_strerror(mrc));
         return -2;
     }
     mrc = mdb_get(txn, c->dbi_data, &k, &v);
@@ -315,17 +425,34 @@ static int lookup(fz_cache *c, const fz_cache_key *key, uint64_t len, uint64_t o
     if (mrc == MDB_NOTFOUND) {
         res = 0;
     } else if (mrc) {
-        fz_log(FZ_LOG_WARNING, "cache: mdb_get: %s", mdb_strerror(mrc));
+        if (!fz_cache_lmdb_damage(c, mrc))
+            fz_log(FZ_LOG_WARNING, "cache: mdb_get: %s", mdb_strerror(mrc));
         res = -2;
-    } else if (fz_cache_value_parse(v.mv_data, v.mv_size, key, &vl, &payload) && vl == len &&
-               fz_cache_value_check(v.mv_data, off, n)) {
+    } else if (fz_cache_value_parse(v.mv_data, v.mv_size, a->key, &vl, &payload) &&
+               vl == a->len && fz_cache_value_check(v.mv_data, a->off, a->n)) {
         /* The pointer is into the map: valid only until the txn ends. */
-        memcpy(out, payload + off, (size_t)n);
+        memcpy(a->out, payload + a->off, (size_t)a->n);
         res = 1;
     } else {
         res = -1;
     }
     fz_cache_txn_end(c, txn, false);
+    return res;
+}
+
+/* Look key up in LMDB; on a sound value of len bytes copy its bytes
+ * [off, off+n) to out. Returns 1 (hit), 0 (absent), -1 (present but
+ * unsound: counted and queued for deletion) or -2 (LMDB error, logged, or
+ * a damaged environment). */
+static int lookup(fz_cache *c, const fz_cache_key *key, uint64_t len, uint64_t off, uint64_t n,
+                  uint8_t *out)
+{
+    if (atomic_load(&c->broken))
+        return -2;
+    fz_lookup_args a = {key, len, off, n, out};
+    int res = fz_cache_guarded(c, lookup_guarded, &a);
+    if (res == FZ_CACHE_FAULT)
+        return -2;
     if (res == -1) {
         fz_log(FZ_LOG_WARNING,
                "cache: value %016llx%016llx/%llu failed verification; recomputing",
@@ -443,7 +570,7 @@ int fz_cache_fetch_range(fz_cache *c, const fz_cache_key *key, uint64_t len, uin
         return fz_error_set(FZ_EINVAL, "cache: range [%llu, +%llu) outside a chunk of %llu",
                             (unsigned long long)off, (unsigned long long)n,
                             (unsigned long long)len);
-    if (!c) {
+    if (!c || atomic_load(&c->broken)) {
         if (off == 0 && n == len)
             return fill(arg, out, len);
         uint8_t *chunk = malloc(len ? (size_t)len : 1);

@@ -43,6 +43,20 @@ void fz_cache_key_for(fz_cache_key *k, const void *text, uint64_t len, uint64_t 
  * Errors: FZ_EIO (with the LMDB message or errno), FZ_EEXIST (already open
  * in this process), FZ_EINVAL (bad path), FZ_ENOMEM. */
 int fz_cache_open(fz_cache **out, const char *dir, uint64_t map_size);
+/* The same with flags. Damage (cache/damage.c): a data.mdb that is not a
+ * whole LMDB environment is removed and recreated empty (with a warning)
+ * when no other process has the cache open, else FZ_EIO naming `fzfs
+ * cache clear`; with FZ_CACHE_NO_REPAIR (stats, verify) it is FZ_EIO and
+ * nothing is touched. Damage found later (a file truncated while mapped,
+ * corrupt pages) makes the handle compute without LMDB from then on
+ * (warned once); fetch never fails because of it, stats/verify/clear
+ * return FZ_EIO. */
+#define FZ_CACHE_NO_REPAIR 1u
+int fz_cache_open_flags(fz_cache **out, const char *dir, uint64_t map_size, unsigned flags);
+/* `fzfs cache clear`: remove the environment in dir (created if missing)
+ * so the next open starts empty; FZ_EIO, touching nothing, while another
+ * process has the cache open. */
+int fz_cache_reset(const char *dir);
 /* Flush pending writes, mdb_env_sync, close. NULL is accepted. */
 void fz_cache_close(fz_cache *c);
 /* Default directory: $XDG_CACHE_HOME/fzfs or ~/.cache/fzfs (caller frees;

@@ -5,8 +5,10 @@
 #ifndef FZ_CACHE_CACHE_INT_H
 #define FZ_CACHE_CACHE_INT_H
 
+#include <limits.h>
 #include <lmdb.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -61,6 +63,11 @@ enum { FZ_FLIGHT_FILLING, FZ_FLIGHT_DONE, FZ_FLIGHT_FAILED };
 enum { FZ_CTR_HITS, FZ_CTR_MISSES, FZ_CTR_FILLS, FZ_CTR_CORRUPT, FZ_CTR_EVICTIONS, FZ_NCTR };
 
 struct fz_cache {
+    char *dir;
+    int lock_fd; /* fzfs.lock, flock()ed shared while open */
+    /* Set once damage was seen (damage.c): no LMDB call is made again. */
+    _Atomic bool broken;
+    bool opening; /* fz_cache_open is deciding: damage is not warned */
     MDB_env *env;
     MDB_dbi dbi_data;  /* key -> header + bytes */
     MDB_dbi dbi_atime; /* key -> u64 access sequence (LRU side table) */
@@ -108,6 +115,52 @@ static inline uint64_t fz_cache_get_le64(const uint8_t *p)
         v = v << 8 | p[i];
     return v;
 }
+
+/* damage.c: see the block comment there. */
+/* 0 when dir/data.mdb is absent, empty or whole by its meta pages; 1 with
+ * a reason in why when it is damaged. */
+int fz_cache_check_file(const char *dir, char *why, size_t whylen);
+/* 1 (why says what) when a walk over every database of the open
+ * environment finds damage; run inside a guard. */
+int fz_cache_walk_check(fz_cache *c, char *why, size_t whylen);
+/* Open dir/fzfs.lock: the fd, or a negative FZ_E* code. */
+int fz_cache_lock_open(const char *dir);
+/* flock(fd, how), retried on EINTR: 0 or -errno. */
+int fz_cache_lock(int fd, int how);
+/* Remove dir's data.mdb and lock.mdb (caller holds the lock exclusively). */
+int fz_cache_remove_env(const char *dir);
+/* mkdir -p (cache.c). */
+int fz_cache_make_dirs(const char *dir);
+
+/* Every LMDB call runs inside a guard: fz_cache_guarded(c, fn, arg) runs
+ * fn(c, arg) so that a SIGBUS, a SIGSEGV or an LMDB
+ * assertion inside it returns FZ_CACHE_FAULT from fz_cache_guarded, after
+ * aborting fn's live transaction (fz_cache_txn_begin/end record it),
+ * releasing txn_lock and marking c broken. */
+#define FZ_CACHE_FAULT INT_MIN
+int fz_cache_guarded(fz_cache *c, int (*fn)(fz_cache *c, void *arg), void *arg);
+/* Install the SIGBUS/SIGSEGV handler the guards need (fz_cache_open does). */
+void fz_cache_guard_install(void);
+typedef struct fz_cache_guard {
+    sigjmp_buf jb;
+    struct fz_cache_guard *prev;
+    fz_cache *c;
+    MDB_txn *txn; /* the live transaction (fz_cache_txn_begin/end keep it) */
+    bool locked;  /* txn_lock held shared */
+    int fault;    /* the signal, or -1 for an assertion */
+    char what[200];
+} fz_cache_guard;
+void fz_cache_guard_push(fz_cache_guard *g, fz_cache *c);
+void fz_cache_guard_pop(fz_cache_guard *g);
+void fz_cache_guard_recover(fz_cache_guard *g);
+/* Record the innermost guard's live transaction and lock state. */
+void fz_cache_guard_note(MDB_txn *txn, bool locked);
+/* mdb_env_set_assert callback: back to the guard instead of abort(). */
+void fz_cache_on_assert(MDB_env *env, const char *msg);
+/* Mark c broken (warn once, naming `fzfs cache clear`). */
+void fz_cache_set_damaged(fz_cache *c, const char *what);
+/* When mrc says the environment is damaged: mark c broken, return true. */
+bool fz_cache_lmdb_damage(fz_cache *c, int mrc);
 
 /* value.c: keys */
 void fz_cache_key_encode(const fz_cache_key *k, uint8_t out[FZ_CACHE_KEYLEN]);

@@ -46,6 +46,8 @@ static void append(fz_cache *c, fz_cache_op *op)
 void fz_cache_queue_put(fz_cache *c, const fz_cache_key *key, const uint8_t *bytes, uint64_t len)
 {
     uint64_t hl = fz_cache_header_len(len), vlen = hl + len;
+    if (atomic_load(&c->broken))
+        return;
     /* A value this large against the map would evict everything else on
      * every store (and may not fit at all): compute it each time instead. */
     if (vlen > c->map_size / 3) {
@@ -310,19 +312,18 @@ static int write_group(fz_cache *c, const fz_cache_op *from, const fz_cache_op *
     return fz_cache_txn_end(c, txn, true);
 }
 
-/* Commit a detached batch, in groups of at most FZ_CACHE_TXN_MAX value
- * bytes; the first group also carries the touches and counters. */
-static void process(fz_cache *c, const fz_cache_op *ops, const fz_cache_key *touched, unsigned nt)
+typedef struct {
+    const fz_cache_op *ops;
+    const fz_cache_key *touched;
+    unsigned nt;
+    const uint64_t *deltas;
+} fz_batch;
+
+static int process_guarded(fz_cache *c, void *arg)
 {
-    uint64_t deltas[FZ_NCTR];
-    bool any = ops || nt;
-    for (int i = 0; i < FZ_NCTR; i++) {
-        deltas[i] = atomic_exchange(&c->delta[i], 0);
-        any |= deltas[i] != 0;
-    }
-    if (!any)
-        return;
-    const fz_cache_op *from = ops;
+    const fz_batch *b = arg;
+    const uint64_t *deltas = b->deltas;
+    const fz_cache_op *from = b->ops;
     bool first = true;
     while (first || from) {
         const fz_cache_op *to = from;
@@ -334,20 +335,26 @@ static void process(fz_cache *c, const fz_cache_op *ops, const fz_cache_key *tou
             nops++;
             to = to->next;
         }
+        const fz_cache_key *touched = first ? b->touched : NULL;
+        unsigned nt = first ? b->nt : 0;
         int mrc = 0;
         if (need)
             mrc = evict(c, need, false);
-        if (mrc)
+        if (mrc && !fz_cache_lmdb_damage(c, mrc))
             fz_log(FZ_LOG_WARNING, "cache: eviction: %s", mdb_strerror(mrc));
-        mrc = write_group(c, from, to, first ? touched : NULL, first ? nt : 0,
-                          first ? deltas : NULL);
+        if (atomic_load(&c->broken))
+            return 0;
+        mrc = write_group(c, from, to, touched, nt, first ? deltas : NULL);
         if (mrc == MDB_MAP_FULL) {
             int erc = evict(c, need, true);
-            if (erc)
+            if (erc && !fz_cache_lmdb_damage(c, erc))
                 fz_log(FZ_LOG_WARNING, "cache: eviction: %s", mdb_strerror(erc));
-            mrc = write_group(c, from, to, first ? touched : NULL, first ? nt : 0,
-                              first ? deltas : NULL);
+            if (atomic_load(&c->broken))
+                return 0;
+            mrc = write_group(c, from, to, touched, nt, first ? deltas : NULL);
         }
+        if (fz_cache_lmdb_damage(c, mrc))
+            return 0;
         if (mrc) {
             fz_log(mrc == MDB_MAP_FULL ? FZ_LOG_DEBUG : FZ_LOG_WARNING,
                    "cache: %zu writes not stored: %s", nops, mdb_strerror(mrc));
@@ -358,6 +365,24 @@ static void process(fz_cache *c, const fz_cache_op *ops, const fz_cache_key *tou
         first = false;
         from = to;
     }
+    return 0;
+}
+
+/* Commit a detached batch, in groups of at most FZ_CACHE_TXN_MAX value
+ * bytes; the first group also carries the touches and counters. A
+ * damaged environment drops the batch (damage.c). */
+static void process(fz_cache *c, const fz_cache_op *ops, const fz_cache_key *touched, unsigned nt)
+{
+    uint64_t deltas[FZ_NCTR];
+    bool any = ops || nt;
+    for (int i = 0; i < FZ_NCTR; i++) {
+        deltas[i] = atomic_exchange(&c->delta[i], 0);
+        any |= deltas[i] != 0;
+    }
+    if (!any || atomic_load(&c->broken))
+        return;
+    fz_batch b = {ops, touched, nt, deltas};
+    fz_cache_guarded(c, process_guarded, &b);
 }
 
 static bool deltas_pending(fz_cache *c)

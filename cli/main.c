@@ -144,7 +144,15 @@ static int cmd_cache(fz_cli *c)
     int rc = 0;
     if (!dir)
         return fail(fz_error_set(FZ_ENOMEM, "out of memory"));
-    if ((rc = fz_cache_open(&cache, dir, c->cache_size)))
+    if (!strcmp(c->cache_action, "clear")) {
+        /* Removes the environment (damaged or not); refused while another
+         * fzfs process has the cache open. */
+        if (!(rc = fz_cache_reset(dir)))
+            printf("cache: %s\ncleared\n", dir);
+        goto done;
+    }
+    /* stats and verify report damage; they never repair it. */
+    if ((rc = fz_cache_open_flags(&cache, dir, c->cache_size, FZ_CACHE_NO_REPAIR)))
         goto done;
     if (!strcmp(c->cache_action, "stats")) {
         fz_cache_stats s;
@@ -164,10 +172,6 @@ static int cmd_cache(fz_cli *c)
             goto done;
         printf("cache: %s\nchecked: %llu\nbad: %llu\n", dir, (unsigned long long)checked,
                (unsigned long long)bad);
-    } else {
-        if ((rc = fz_cache_clear(cache)))
-            goto done;
-        printf("cache: %s\ncleared\n", dir);
     }
 done:
     fz_cache_close(cache);

@@ -206,9 +206,12 @@ static int serve(fz_fs *fs, struct fuse_session *se, const char *mnt, const char
             rc = fz_error_set(FZ_ENOMEM, "out of memory");
             goto done;
         }
-        if ((rc = fz_cache_open(&cache, cache_dir, o->cache_size)))
-            goto done;
-        fz_view_set_cache(fs->v, cache, true);
+        /* A cache is an optimisation: one that cannot be opened (damaged
+         * and in use elsewhere, unwritable, ...) is a warning. */
+        if (fz_cache_open(&cache, cache_dir, o->cache_size) == 0)
+            fz_view_set_cache(fs->v, cache, true);
+        else
+            fz_warn("cache %s unavailable, serving without it: %s", cache_dir, fz_error_msg());
     }
     int nthreads = o->compute_threads;
     if (nthreads <= 0) {

@@ -1,7 +1,9 @@
 /* The LMDB chunk cache: fill once then hit, persistence, corrupt values
  * (flipped through a raw LMDB transaction) recomputed and counted, single
  * flight under concurrency, a map far smaller than the data, clear, verify,
- * partial-range fetches, and two processes sharing one environment. */
+ * partial-range fetches, two processes sharing one environment, and a
+ * damaged data.mdb (truncated before opening and while mapped, garbage):
+ * recreated, reported, or computed around, never a crash. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -635,6 +639,144 @@ static void test_hit_throughput(void **state)
     free(d);
 }
 
+/* ---- damage ---- */
+
+static void fill_some(const char *d, int n, uint64_t len)
+{
+    fz_cache *c;
+    uint8_t *b = malloc(len);
+    assert_int_equal(fz_cache_open(&c, d, 64ull << 20), 0);
+    for (int i = 0; i < n; i++) {
+        fill_ctx f = {.seed = (uint64_t)i};
+        fz_cache_key k = key_of("damage", (uint64_t)i);
+        assert_int_equal(fz_cache_fetch(c, &k, len, b, fill, &f, true), 0);
+    }
+    fz_cache_close(c);
+    free(b);
+}
+
+static off_t data_size(const char *d)
+{
+    char p[512];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/data.mdb", d);
+    assert_int_equal(stat(p, &st), 0);
+    return st.st_size;
+}
+
+static void truncate_data(const char *d, off_t size)
+{
+    char p[512];
+    snprintf(p, sizeof p, "%s/data.mdb", d);
+    assert_int_equal(truncate(p, size), 0);
+}
+
+static void test_truncated_before_open(void **state)
+{
+    (void)state;
+    char *d = tmpdir();
+    fz_cache *c = NULL;
+    fill_some(d, 8, 300000);
+    off_t full = data_size(d);
+    truncate_data(d, full / 2);
+    /* stats/verify open without repairing: an error naming the way out */
+    assert_int_equal(fz_cache_open_flags(&c, d, 0, FZ_CACHE_NO_REPAIR), FZ_EIO);
+    assert_null(c);
+    assert_non_null(strstr(fz_error_msg(), "truncated"));
+    assert_non_null(strstr(fz_error_msg(), "fzfs cache clear"));
+    assert_int_equal(data_size(d), full / 2); /* untouched */
+    /* a user of the cache recreates it (nobody else has it open) */
+    assert_int_equal(fz_cache_open(&c, d, 0), 0);
+    fz_cache_stats s = stats(c);
+    assert_int_equal(s.entries, 0);
+    fill_ctx f = {.seed = 3};
+    fz_cache_key k = key_of("damage", 3);
+    uint8_t b[1000];
+    assert_int_equal(fz_cache_fetch(c, &k, sizeof b, b, fill, &f, true), 0);
+    check_bytes(b, 3, 0, sizeof b);
+    fz_cache_close(c);
+    /* garbage where the meta pages were */
+    char p[512];
+    snprintf(p, sizeof p, "%s/data.mdb", d);
+    FILE *fp = fopen(p, "r+b");
+    assert_non_null(fp);
+    for (int i = 0; i < 8192; i++)
+        fputc(byte_at(9, (uint64_t)i), fp);
+    fclose(fp);
+    uint64_t checked, bad;
+    assert_int_equal(fz_cache_open_flags(&c, d, 0, FZ_CACHE_NO_REPAIR), FZ_EIO);
+    assert_int_equal(fz_cache_open(&c, d, 0), 0);
+    assert_int_equal(fz_cache_verify(c, &checked, &bad), 0);
+    assert_int_equal(checked, 0);
+    fz_cache_close(c);
+    rmtree(d);
+    free(d);
+}
+
+static void test_truncated_while_mapped(void **state)
+{
+    (void)state;
+    char *d = tmpdir();
+    fz_cache *c;
+    uint64_t len = 300000, checked, bad;
+    uint8_t *b = malloc(len);
+    fill_some(d, 8, len);
+    assert_int_equal(fz_cache_open(&c, d, 0), 0);
+    truncate_data(d, 3 * 4096); /* the meta pages survive; the tree's pages are gone */
+    for (int i = 0; i < 8; i++) {
+        fill_ctx f = {.seed = (uint64_t)i};
+        fz_cache_key k = key_of("damage", (uint64_t)i);
+        memset(b, 0, len);
+        assert_int_equal(fz_cache_fetch(c, &k, len, b, fill, &f, true), 0);
+        assert_int_equal(f.calls, 1); /* computed: the stored value is unreachable */
+        check_bytes(b, (uint64_t)i, 0, len);
+    }
+    fz_cache_stats s;
+    assert_int_equal(fz_cache_get_stats(c, &s), FZ_EIO);
+    assert_non_null(strstr(fz_error_msg(), "fzfs cache clear"));
+    assert_int_equal(fz_cache_verify(c, &checked, &bad), FZ_EIO);
+    fz_cache_close(c);
+    /* the next open finds it truncated and starts over */
+    assert_int_equal(fz_cache_open(&c, d, 0), 0);
+    assert_int_equal(stats(c).entries, 0);
+    fz_cache_close(c);
+    free(b);
+    rmtree(d);
+    free(d);
+}
+
+static void test_reset_refused_while_in_use(void **state)
+{
+    (void)state;
+    char *d = tmpdir(), p[512];
+    fill_some(d, 2, 1000);
+    off_t size = data_size(d);
+    /* another process's shared lock (another open file description) */
+    snprintf(p, sizeof p, "%s/fzfs.lock", d);
+    int fd = open(p, O_RDWR);
+    assert_true(fd >= 0);
+    assert_int_equal(flock(fd, LOCK_SH), 0);
+    assert_int_equal(fz_cache_reset(d), FZ_EIO);
+    assert_non_null(strstr(fz_error_msg(), "in use"));
+    assert_int_equal(data_size(d), size);
+    /* a damaged cache in use is not recreated under its user either */
+    truncate_data(d, size / 2);
+    fz_cache *c = NULL;
+    assert_int_equal(fz_cache_open(&c, d, 0), FZ_EIO);
+    assert_non_null(strstr(fz_error_msg(), "fzfs cache clear"));
+    assert_int_equal(data_size(d), size / 2);
+    close(fd);
+    assert_int_equal(fz_cache_reset(d), 0);
+    snprintf(p, sizeof p, "%s/data.mdb", d);
+    struct stat st;
+    assert_int_equal(stat(p, &st), -1);
+    assert_int_equal(fz_cache_open(&c, d, 0), 0);
+    assert_int_equal(stats(c).entries, 0);
+    fz_cache_close(c);
+    rmtree(d);
+    free(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -650,6 +792,9 @@ int main(void)
         cmocka_unit_test(test_clear),
         cmocka_unit_test(test_two_processes),
         cmocka_unit_test(test_hit_throughput),
+        cmocka_unit_test(test_truncated_before_open),
+        cmocka_unit_test(test_truncated_while_mapped),
+        cmocka_unit_test(test_reset_refused_while_in_use),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

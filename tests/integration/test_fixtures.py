@@ -13,6 +13,7 @@ import torch
 import finalize_ref as ref
 from conftest import EXAMPLES, MAKE_RUNS, tree_snapshot
 
+CAST_VECTORS = os.path.join(os.path.dirname(MAKE_RUNS), "make_cast_vectors.py")
 RUNS = ["llama-tied-bin", "llama-untied-st", "custom-code", "flat-hf", "bin-views", "nopad-tied-bin", "tiny-run"]
 
 
@@ -71,9 +72,10 @@ def _capability(value):
 
 
 def test_fixtures_are_the_same_bytes_on_every_cpu_capability(tmp_path):
-    """Every run make_runs.py writes must be byte-identical whichever SIMD kernels torch
-    uses (the committed examples/tiny-run is compared with a run made on another CPU):
-    generate them all under each ATEN_CPU_CAPABILITY torch offers on this CPU."""
+    """Every run make_runs.py writes (and the cast vectors header) must be byte-identical
+    whichever SIMD kernels torch uses (the committed examples/tiny-run is compared with a
+    run made on another CPU): generate them under each ATEN_CPU_CAPABILITY torch offers
+    on this CPU."""
     order = CAPABILITIES.get(platform.machine())
     if order is None:
         pytest.skip(f"no ATEN_CPU_CAPABILITY list for {platform.machine()}")
@@ -92,6 +94,9 @@ def test_fixtures_are_the_same_bytes_on_every_cpu_capability(tmp_path):
         r = subprocess.run([sys.executable, MAKE_RUNS, str(out)], env=env, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-2000:]
         digests[cap] = tree_digests(str(out))
+        r = subprocess.run([sys.executable, CAST_VECTORS], env=env, capture_output=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        digests[cap]["cast_vectors.h"] = "f:" + hashlib.sha256(r.stdout).hexdigest()
     print(f"compared {sorted(digests)}; not run: {skipped}")
     if len(digests) < 2 and platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip(f"only {sorted(digests)} runnable here ({skipped})")

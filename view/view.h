@@ -127,6 +127,17 @@ struct fz_cache;
  * kept only when `store`. Call before the first fz_view_read. */
 void fz_view_set_cache(fz_view *v, struct fz_cache *c, bool store);
 
+/* For metadata checks (verify/), never for serving: the bytes of deferred
+ * segment `seg` of file node `node` (segs[seg].len bytes into out) made from
+ * the record CRCs known so far and 0 for the others, so the archive's
+ * structure is readable without reading any record. FZ_EINVAL if the
+ * segment is not deferred, FZ_ENOMEM. */
+int fz_view_peek_deferred(fz_view *v, uint32_t node, uint32_t seg, uint8_t *out);
+/* The source tensor names the view gave the input embedding, output head
+ * and head bias roles (each NULL when none); valid for the view's life. */
+void fz_view_role_names(const fz_view *v, const char **embedding, const char **head,
+                        const char **head_bias);
+
 /* Human-readable plan (what the view contains and why) / JSON plan. */
 int fz_view_plan_text(const fz_view *v, FILE *f);
 int fz_view_plan_json(const fz_view *v, fz_buf *out);

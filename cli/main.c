@@ -13,6 +13,7 @@
 #include "materialize/materialize.h"
 #include "util/error.h"
 #include "util/log.h"
+#include "verify/verify.h"
 #include "view/view.h"
 
 static int exit_code(int rc)
@@ -179,6 +180,29 @@ done:
     return rc ? fail(rc) : 0;
 }
 
+static int cmd_verify(fz_cli *c)
+{
+    fz_vfs fs;
+    fz_vreport r = {0};
+    fz_buf b = FZ_BUF_INIT;
+    int rc = fz_vfs_open_dir(&fs, c->dir);
+    if (rc)
+        return fail(rc);
+    if ((rc = fz_verify(&fs, NULL, &r)) == 0) {
+        if (c->json && (rc = fz_vreport_json(&r, c->dir, &b)) == 0)
+            fwrite(b.data, 1, b.len, stdout);
+        else if (!c->json)
+            fz_vreport_print(&r, stdout);
+    }
+    if (rc == 0)
+        fz_info("%s: %zu problem%s", c->dir, r.n, r.n == 1 ? "" : "s");
+    fz_vfs_close(&fs);
+    fz_buf_free(&b);
+    size_t n = r.n;
+    fz_vreport_free(&r);
+    return rc ? fail(rc) : n ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
     fz_cli c;
@@ -208,6 +232,9 @@ int main(int argc, char **argv)
         break;
     case FZ_CMD_CACHE:
         rc = cmd_cache(&c);
+        break;
+    case FZ_CMD_VERIFY:
+        rc = cmd_verify(&c);
         break;
     default:
         rc = 2;

@@ -56,7 +56,8 @@ static const struct {
 #define P (1u << FZ_CMD_PLAN)
 #define MT (1u << FZ_CMD_MOUNT)
 #define C (1u << FZ_CMD_CACHE)
-#define ALL (V | (1u << FZ_CMD_UMOUNT) | C)
+#define VF (1u << FZ_CMD_VERIFY)
+#define ALL (V | (1u << FZ_CMD_UMOUNT) | C | VF)
     {{"checkpoint", required_argument, 0, O_CHECKPOINT}, "PATH",
      "source checkpoint directory (default: the latest under SRC/checkpoints/)", V},
     {{"add-tokens", required_argument, 0, O_ADD_TOKENS}, "YAML", "tokens to add (add-tokens YAML)",
@@ -94,7 +95,7 @@ static const struct {
     {{"embedding-tensors", required_argument, 0, O_EMBEDDING}, "EMB[,HEAD]",
      "input embedding (then output head; its bias is found) to resize, overriding the search", V},
     {{"dry-run", no_argument, 0, O_DRY_RUN}, NULL, "report what would be done; write nothing", M},
-    {{"json", no_argument, 0, O_JSON}, NULL, "print the plan as JSON", P},
+    {{"json", no_argument, 0, O_JSON}, NULL, "print the plan (verify: the problems) as JSON", P | VF},
     {{"workers", required_argument, 0, O_WORKERS}, "N", "worker threads (default: one per core)",
      M | MT},
     {{"foreground", no_argument, 0, O_FOREGROUND}, NULL,
@@ -120,6 +121,7 @@ static const struct {
 #undef P
 #undef MT
 #undef C
+#undef VF
 #undef ALL
 };
 #define NOPT (sizeof table / sizeof table[0])
@@ -138,6 +140,9 @@ static const struct {
     {"umount", FZ_CMD_UMOUNT, "MNT", "unmount an fzfs mount"},
     {"cache", FZ_CMD_CACHE, "stats|verify|clear [--cache-dir DIR]",
      "show, check or empty the cache of computed chunks"},
+    {"verify", FZ_CMD_VERIFY, "DIR [--json]",
+     "check a HuggingFace model directory for problems that break loading; one line per "
+     "problem, exit 1 if any"},
 };
 #define NCMD (sizeof commands / sizeof commands[0])
 
@@ -306,6 +311,7 @@ static int take_operands(fz_cli *c, const char *cmd, int n, char **pos)
         [FZ_CMD_MOUNT] = "expects SRC and MNT (%s)",
         [FZ_CMD_UMOUNT] = "expects MNT (%s)",
         [FZ_CMD_CACHE] = "expects one of stats, verify, clear (%s)",
+        [FZ_CMD_VERIFY] = "expects DIR (%s)",
     };
     if (n != want)
         return usage_error(cmd, expects[c->cmd], n < want ? "missing" : "too many arguments");
@@ -314,6 +320,7 @@ static int take_operands(fz_cli *c, const char *cmd, int n, char **pos)
     case FZ_CMD_MOUNT: c->view.src = pos[0]; c->mnt = pos[1]; break;
     case FZ_CMD_UMOUNT: c->mnt = pos[0]; break;
     case FZ_CMD_CACHE: c->cache_action = pos[0]; break;
+    case FZ_CMD_VERIFY: c->dir = pos[0]; break;
     default: c->view.src = pos[0]; break;
     }
     if (c->cmd == FZ_CMD_CACHE && strcmp(c->cache_action, "stats") &&

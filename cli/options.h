@@ -16,6 +16,7 @@ typedef enum {
     FZ_CMD_MOUNT,
     FZ_CMD_UMOUNT,
     FZ_CMD_CACHE,
+    FZ_CMD_VERIFY,
 } fz_cmd;
 
 typedef struct {
@@ -24,6 +25,7 @@ typedef struct {
     const char *dest;  /* materialize: DEST */
     const char *mnt;   /* mount, umount: MNT */
     const char *cache_action; /* cache: stats | verify | clear */
+    const char *dir;   /* verify: DIR */
     bool dry_run;
     bool json;
     int workers;

@@ -25,6 +25,7 @@
 #include "fs/pidfile.h"
 #include "util/error.h"
 #include "util/log.h"
+#include "verify/verify.h"
 
 #define FZ_FUSE_SUPER_MAGIC 0x65735546
 #define FZ_READY_TIMEOUT_MS 30000
@@ -394,6 +395,9 @@ int fz_mount_serve(fz_view *v, const char *mnt_in, const fz_mount_opts *o_in)
     int rc;
     if (!realpath(mnt_in, mnt))
         return fz_error_set(FZ_ENOTFOUND, "Mount point %s: %s", mnt_in, strerror(errno));
+    /* What is mounted must pass `fzfs verify` (headers only: no tensor is computed). */
+    if ((rc = fz_verify_gate_view(v, mnt_in)))
+        return rc;
     fz_mount_opts opts = *o_in, *o = &opts;
     const char *log_file = o->log_file || o->foreground ? absolute(o->log_file, logpath)
                                                          : default_log_file(logpath);

@@ -42,6 +42,9 @@ int fz_mount_check_dir(const char *mnt);
  * with its message) if the mount failed or did not answer in 30 s. Call
  * with no other threads running (fork).
  *
+ * The view is checked with verify/ first; one that fails is not mounted
+ * (FZ_EFORMAT, the problems logged).
+ *
  * Errors: FZ_EIO (fuse_session_new / mount failed, readiness not reached
  * within 30 s), FZ_EUSAGE (bad -o option), FZ_ENOMEM. */
 int fz_mount_serve(fz_view *v, const char *mnt, const fz_mount_opts *o);

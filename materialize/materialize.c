@@ -18,6 +18,7 @@
 #include "util/error.h"
 #include "util/io.h"
 #include "util/log.h"
+#include "verify/verify.h"
 
 #define FZ_CHUNK (4u << 20)
 
@@ -360,6 +361,9 @@ int fz_materialize(fz_view *v, const char *dest, const fz_mat_opts *o)
                           (int)fz_stop_signal);
         goto done;
     }
+    /* What is published must pass `fzfs verify`. */
+    if ((rc = fz_verify_gate_dir(tmp, v, dest)))
+        goto done;
     if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dest, RENAME_NOREPLACE) != 0) {
         rc = fz_error_set(errno == EEXIST ? FZ_EEXIST : FZ_EIO, "%s: cannot rename into place: %s",
                           dest, strerror(errno));

@@ -49,7 +49,11 @@ typedef struct {
  * weights (param_sharing: the index's groups of names of one tensor, or NULL). */
 void fz_vcheck_model(fz_vctx *c, const fz_vtensor *t, size_t n, const json_t *param_sharing);
 
+/* Lines reported per kind of repeated problem before "... and N more". */
+#define FZ_VERIFY_LIST_MAX 5
+
 /* An integer JSON value that is a valid id / size (>= 0). */
 bool fz_vjson_uint(const json_t *v, int64_t *out);
+bool fz_vends_with(const char *s, const char *suffix);
 
 #endif

@@ -3,6 +3,7 @@
  * roles the caller knows (the view's), module names, and the [vocab_size,
  * hidden] shape; then their rows, tie_word_embeddings and
  * quantization_config are checked against what is stored. */
+#include <regex.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -89,11 +90,14 @@ static bool shared(const json_t *sharing, const char *a, const char *b)
     return false;
 }
 
-/* The architecture has an output head (a causal or masked LM, seq2seq). */
+/* The architecture has an output head (a causal or masked LM, seq2seq);
+ * without "architectures", assume it has. */
 static bool has_lm_head(const json_t *config)
 {
     const json_t *archs = json_object_get(config, "architectures"), *a;
     size_t i;
+    if (!json_array_size(archs))
+        return true;
     json_array_foreach(archs, i, a) {
         const char *s = json_string_value(a);
         if (s && (strstr(s, "CausalLM") || strstr(s, "LMHead") ||
@@ -134,12 +138,6 @@ static void check_tie(fz_vctx *c, const fz_vtensor *t, size_t n, const vrole *ro
         fz_vfail(c, "config.json", "tie_word_embeddings is false but no output head is stored "
                     "(only the embedding '%s'): the head would be randomly initialised",
                     emb->t->name);
-}
-
-static bool ends_with(const char *s, const char *suffix)
-{
-    size_t a = strlen(s), b = strlen(suffix);
-    return a >= b && strcmp(s + a - b, suffix) == 0;
 }
 
 /* The tensor `<module>.<suffix>` if stored. */
@@ -185,15 +183,96 @@ static void check_ct_module(fz_vctx *c, const fz_vtensor *t, size_t n, const fz_
     }
 }
 
-static void check_quant(fz_vctx *c, const fz_vtensor *t, size_t n)
+/* quantization_config.ignore covers `module` (a name, or "re:" + a regex;
+ * one POSIX cannot compile counts as covering it). */
+static bool ignored(const json_t *ignore, const char *module)
+{
+    const json_t *x;
+    size_t k;
+    json_array_foreach(ignore, k, x) {
+        const char *m = json_string_value(x);
+        regex_t re;
+        if (!m)
+            continue;
+        if (strncmp(m, "re:", 3) != 0) {
+            if (!strcmp(m, module))
+                return true;
+            continue;
+        }
+        if (regcomp(&re, m + 3, REG_EXTENDED | REG_NOSUB) != 0)
+            return true;
+        bool hit = regexec(&re, module, 0, NULL, 0) == 0;
+        regfree(&re);
+        if (hit)
+            return true;
+    }
+    return false;
+}
+
+/* Some config group targets "Linear". */
+static bool targets_linear(const json_t *qc)
+{
+    const char *key;
+    const json_t *g, *x;
+    size_t i;
+    json_object_foreach((json_t *)json_object_get(qc, "config_groups"), key, g)
+        json_array_foreach(json_object_get(g, "targets"), i, x)
+            if (is(json_string_value(x), "Linear"))
+                return true;
+    return false;
+}
+
+/* Linear weights stored plain that the config neither quantizes nor ignores:
+ * a 2-D floating "<m>.weight" without one row per token and not an
+ * embedding (view/quant.c's notion of a Linear target). */
+static void check_unquantized(fz_vctx *c, const fz_vtensor *t, size_t n, const vrole *roles,
+                              const json_t *qc, size_t nct)
+{
+    const json_t *ig = json_object_get(qc, "ignore");
+    const fz_vtensor *first = NULL;
+    size_t count = 0;
+    if (!targets_linear(qc))
+        return;
+    for (size_t i = 0; i < n; i++) {
+        const fz_tensor *x = t[i].t;
+        size_t l = strlen(x->name);
+        if (roles[i] != R_NONE || x->ndim != 2 || !fz_vends_with(x->name, ".weight") ||
+            !fz_dtype_is_float(x->dtype) || x->dtype == FZ_DT_F8_E4M3 ||
+            x->dtype == FZ_DT_F8_E5M2 || strstr(x->name, "embed"))
+            continue;
+        char *m = strndup(x->name, l - 7);
+        if (!m) {
+            c->err = fz_error_set(FZ_ENOMEM, "out of memory");
+            return;
+        }
+        if (!ignored(ig, m)) {
+            if (nct && count < FZ_VERIFY_LIST_MAX)
+                fz_vfail(c, t[i].file, "'%s' is stored unquantized but quantization_config "
+                         "targets Linear layers and does not ignore '%s'", x->name, m);
+            if (!first)
+                first = &t[i];
+            count++;
+        }
+        free(m);
+    }
+    if (!nct && first)
+        fz_vfail(c, "config.json", "quantization_config is compressed-tensors but no stored tensor "
+                 "is quantized (no *.weight_scale or *.weight_packed; '%s' and %zu more Linear "
+                 "weights are plain and not in its ignore list)", first->t->name, count - 1);
+    else if (count > FZ_VERIFY_LIST_MAX)
+        fz_vfail(c, "config.json", "... and %zu more Linear weights stored unquantized",
+                 count - FZ_VERIFY_LIST_MAX);
+}
+
+static void check_quant(fz_vctx *c, const fz_vtensor *t, size_t n, const vrole *roles)
 {
     const json_t *qc = json_object_get(c->config, "quantization_config");
     size_t nct = 0, ngptq = 0;
     const fz_vtensor *first = NULL;
     for (size_t i = 0; i < n; i++) {
         const char *s = t[i].t->name;
-        bool ct = ends_with(s, ".weight_scale") || ends_with(s, ".weight_packed");
-        bool gptq = ends_with(s, ".qweight");
+        bool ct = fz_vends_with(s, ".weight_scale") || fz_vends_with(s, ".weight_packed");
+        bool gptq = fz_vends_with(s, ".qweight");
         nct += ct;
         ngptq += gptq;
         if ((ct || gptq) && !first)
@@ -202,8 +281,8 @@ static void check_quant(fz_vctx *c, const fz_vtensor *t, size_t n)
     if (!qc || json_is_null(qc)) {
         if (first)
             fz_vfail(c, first->file, "'%s' (and %zu more) are quantized tensors but config.json "
-                        "has no quantization_config: transformers would not load them",
-                        first->t->name, nct + ngptq - 1);
+                     "has no quantization_config: transformers would not load them",
+                     first->t->name, nct + ngptq - 1);
         return;
     }
     const char *method = json_string_value(json_object_get(qc, "quant_method"));
@@ -214,7 +293,7 @@ static void check_quant(fz_vctx *c, const fz_vtensor *t, size_t n)
     if (!strcmp(method, "gptq") || !strcmp(method, "awq")) {
         if (!ngptq)
             fz_vfail(c, "config.json", "quantization_config is %s but no stored tensor is "
-                        "quantized (no *.qweight)", method);
+                     "quantized (no *.qweight)", method);
         return;
     }
     if (strcmp(method, "compressed-tensors") != 0)
@@ -223,18 +302,12 @@ static void check_quant(fz_vctx *c, const fz_vtensor *t, size_t n)
     const char *status = json_string_value(json_object_get(qc, "quantization_status"));
     if (is(format, "dense") || (status && strcmp(status, "compressed")))
         return; /* the weights are stored unquantized */
-    if (!nct) {
-        fz_vfail(c, "config.json", "quantization_config is compressed-tensors (%s) but no stored "
-                    "tensor is quantized (no *.weight_scale or *.weight_packed)",
-                    format ? format : "no format");
-        return;
-    }
     for (size_t i = 0; i < n; i++) {
         const char *s = t[i].t->name;
         size_t mlen = strlen(s) - strlen(".weight_packed");
-        if (ends_with(s, ".weight_scale"))
+        if (fz_vends_with(s, ".weight_scale"))
             check_ct_module(c, t, n, &t[i], format);
-        else if (ends_with(s, ".weight_packed") && !part(t, n, s, mlen, "weight_scale"))
+        else if (fz_vends_with(s, ".weight_packed") && !part(t, n, s, mlen, "weight_scale"))
             fz_vfail(c, t[i].file, "'%s' has no %.*s.weight_scale", s, (int)mlen, s);
     }
     const json_t *ig = json_object_get(qc, "ignore"), *x;
@@ -243,8 +316,9 @@ static void check_quant(fz_vctx *c, const fz_vtensor *t, size_t n)
         const char *m = json_string_value(x);
         if (m && strncmp(m, "re:", 3) && part(t, n, m, strlen(m), "weight_scale"))
             fz_vfail(c, "config.json", "quantization_config.ignore lists '%s' but it is stored "
-                        "quantized", m);
+                     "quantized", m);
     }
+    check_unquantized(c, t, n, roles, qc, nct);
 }
 
 void fz_vcheck_model(fz_vctx *c, const fz_vtensor *t, size_t n, const json_t *sharing)
@@ -260,7 +334,7 @@ void fz_vcheck_model(fz_vctx *c, const fz_vtensor *t, size_t n, const json_t *sh
     /* a head's bias: <head module>.bias, one row per token */
     for (size_t i = 0; i < n; i++) {
         size_t l = strlen(t[i].t->name);
-        if (roles[i] != R_HEAD || l < 7 || !ends_with(t[i].t->name, ".weight"))
+        if (roles[i] != R_HEAD || l < 7 || !fz_vends_with(t[i].t->name, ".weight"))
             continue;
         const fz_vtensor *b = part(t, n, t[i].t->name, l - 7, "bias");
         if (b && b->t->ndim == 1)
@@ -282,7 +356,7 @@ void fz_vcheck_model(fz_vctx *c, const fz_vtensor *t, size_t n, const json_t *sh
     }
     if (c->config) {
         check_tie(c, t, n, roles, sharing);
-        check_quant(c, t, n);
+        check_quant(c, t, n, roles);
     }
     free(roles);
 }

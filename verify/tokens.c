@@ -206,9 +206,10 @@ void fz_vcheck_tokens(fz_vctx *c)
         int64_t id = 0;
         const char *s = token_at_or_above(&k, tj, k.limit, &id);
         fz_vfail(c, "tokenizer.json", "the tokenizer has %lld tokens but %s %lld rows: token "
-                    "'%s' (id %lld) and any above have no embedding row", (long long)k.len,
-                    c->vocab >= 0 ? "config.json vocab_size gives the embedding" : "the embedding has",
-                    (long long)k.limit, s ? s : "?", (long long)id);
+                 "'%s' (id %lld) and any above have no embedding row", (long long)k.len,
+                 c->vocab >= 0 ? "config.json vocab_size gives the embedding"
+                               : "the embedding has",
+                 (long long)k.limit, s ? s : "?", (long long)id);
     }
     check_roles(c, &k, "tokenizer_config.json");
     check_roles(c, &k, "special_tokens_map.json");

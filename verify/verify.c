@@ -105,6 +105,12 @@ bool fz_vjson_uint(const json_t *v, int64_t *out)
     return true;
 }
 
+bool fz_vends_with(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
 /* Append component `comp` (len bytes) to the physical path in p. */
 static bool path_push(char *p, size_t cap, const char *comp, size_t len)
 {

@@ -14,9 +14,6 @@
 #include "util/error.h"
 #include "verify/internal.h"
 
-/* Lines reported per kind of index mismatch before "... and N more". */
-#define FZ_VERIFY_LIST_MAX 5
-
 typedef struct {
     char *name;       /* as referenced (root-relative) */
     bool present, ok; /* the file exists; its header was read */
@@ -30,16 +27,10 @@ typedef struct {
     size_t n, cap;
 } wfiles;
 
-static bool ends_with(const char *s, const char *suffix)
-{
-    size_t a = strlen(s), b = strlen(suffix);
-    return a >= b && strcmp(s + a - b, suffix) == 0;
-}
-
 static bool is_weight_name(const char *n)
 {
-    return ends_with(n, ".safetensors") ||
-           (strncmp(n, "pytorch_model", 13) == 0 && ends_with(n, ".bin"));
+    return fz_vends_with(n, ".safetensors") ||
+           (strncmp(n, "pytorch_model", 13) == 0 && fz_vends_with(n, ".bin"));
 }
 
 static const fz_tensor *sort_base;
@@ -88,7 +79,7 @@ static wfile *get_file(fz_vctx *c, wfiles *F, const char *name)
         return NULL;
     }
     F->n++;
-    f->st = ends_with(name, ".safetensors");
+    f->st = fz_vends_with(name, ".safetensors");
     char *phys = NULL;
     fz_vkind kind;
     uint64_t size;
@@ -96,7 +87,8 @@ static wfile *get_file(fz_vctx *c, wfiles *F, const char *name)
     if (fz_vresolve(c, name, &phys, &kind, &size) != FZ_VR_OK || kind != FZ_VK_FILE)
         goto done;
     f->present = true;
-    if (!f->st && !ends_with(name, ".bin") && !ends_with(name, ".pt") && !ends_with(name, ".pth")) {
+    if (!f->st && !fz_vends_with(name, ".bin") && !fz_vends_with(name, ".pt") &&
+        !fz_vends_with(name, ".pth")) {
         fz_vfail(c, name, "not a weight file type transformers reads (.safetensors or .bin)");
         goto done;
     }
@@ -315,7 +307,8 @@ void fz_vcheck_weights(fz_vctx *c)
     bool any = false;
     for (size_t i = 0; i < c->nroot && !c->err; i++) {
         const char *n = c->root[i];
-        if (!ends_with(n, ".safetensors.index.json") && !ends_with(n, ".bin.index.json"))
+        if (!fz_vends_with(n, ".safetensors.index.json") &&
+            !fz_vends_with(n, ".bin.index.json"))
             continue;
         json_t *idx = fz_vload_json(c, n);
         wfile **set = NULL;
@@ -324,7 +317,7 @@ void fz_vcheck_weights(fz_vctx *c)
         if (idx)
             check_index(c, &F, n, idx, &set, &nset);
         /* shards of this index's naming that it does not reference */
-        const char *e = ends_with(n, ".safetensors.index.json") ? ".safetensors" : ".bin";
+        const char *e = fz_vends_with(n, ".safetensors.index.json") ? ".safetensors" : ".bin";
         size_t stem = strlen(n) - strlen(e) - strlen(".index.json"), sl;
         for (size_t k = 0; idx && k < c->nroot && !c->err; k++)
             if (shard_name(c->root[k], e, &sl) && sl == stem && !strncmp(c->root[k], n, sl) &&
@@ -355,12 +348,12 @@ void fz_vcheck_weights(fz_vctx *c)
         if (!f || !f->present)
             continue;
         any = true;
-        bool shard = shard_name(n, ends_with(n, ".bin") ? ".bin" : ".safetensors", &sl);
+        bool shard = shard_name(n, fz_vends_with(n, ".bin") ? ".bin" : ".safetensors", &sl);
         if (shard) {
             char *iname = NULL;
             bool has_index = false;
             if (asprintf(&iname, "%.*s%s.index.json", (int)sl, n,
-                         ends_with(n, ".bin") ? ".bin" : ".safetensors") > 0) {
+                         fz_vends_with(n, ".bin") ? ".bin" : ".safetensors") > 0) {
                 for (size_t k = 0; k < c->nroot && !has_index; k++)
                     has_index = !strcmp(c->root[k], iname);
                 if (!has_index)

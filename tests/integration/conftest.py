@@ -185,6 +185,9 @@ def materialized(fzfs, runs, inputs, session_tmp, home):
             os.makedirs(parent)
             dest = os.path.join(parent, "%s-out%03d" % (run, counter[0]))
             proc = fzfs.run("materialize", runs.src(run), dest, *opts)
+            if proc.returncode == 0 and "--dry-run" not in opts:  # every DEST passes verify
+                v = fzfs.run("verify", dest)
+                assert v.returncode == 0, f"fzfs verify {dest}:\n{v.stdout}{v.stderr}"
             exp = finalize_ref.expectation(runs.src(run), runs.info(run), opts, home)
             cache[key] = Result(run, opts, dest, proc, exp)
         return cache[key]

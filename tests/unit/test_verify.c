@@ -161,8 +161,9 @@ static void test_tokenizer(void **state)
                                 "embedding 4 rows: token '<new>' (id 4)");
     done(d);
     d = good_dir(false);
-    put(d, "tokenizer_config.json", "{\"eos_token\": {\"content\": \"<end>\"}, \"pad_token\": "
-                                    "null, \"added_tokens_decoder\": {\"3\": {\"content\": \"b\"}}}");
+    put(d, "tokenizer_config.json",
+        "{\"eos_token\": {\"content\": \"<end>\"}, \"pad_token\": null, "
+        "\"added_tokens_decoder\": {\"3\": {\"content\": \"b\"}}}");
     expect(d, "tokenizer_config.json", "eos_token '<end>' is not in the tokenizer's vocabulary");
     expect(d, "tokenizer_config.json", "added_tokens_decoder gives 'b' id 3 but tokenizer.json "
                                        "has another id");
@@ -183,7 +184,8 @@ static void test_tie(void **state)
     (void)state;
     char *d = good_dir(false);
     config(d, 4, "true", "");
-    expect(d, "model.safetensors", "tie_word_embeddings: true but 'lm_head.weight' is stored apart");
+    expect(d, "model.safetensors",
+           "tie_word_embeddings: true but 'lm_head.weight' is stored apart");
     done(d);
     d = good_dir(true);
     config(d, 4, "false", "");
@@ -222,12 +224,13 @@ static void test_index(void **state)
                                               "hold 160 bytes");
     index_json(d, "model-00001-of-00001.safetensors", "160",
                ", \"extra.weight\": \"model-00001-of-00001.safetensors\"");
-    expect(d, "model.safetensors.index.json", "puts 'extra.weight' in "
-                                              "model-00001-of-00001.safetensors, which has no such");
+    expect(d, "model.safetensors.index.json",
+           "puts 'extra.weight' in model-00001-of-00001.safetensors, which has no such");
     index_json(d, "model-00001-of-00001.safetensors", "160",
                ", \"more.weight\": \"model-00002-of-00002.safetensors\"");
-    expect(d, "model.safetensors.index.json", "names 'model-00002-of-00002.safetensors' (for "
-                                              "'more.weight' and maybe more), which does not exist");
+    expect(d, "model.safetensors.index.json",
+           "names 'model-00002-of-00002.safetensors' (for 'more.weight' and maybe more), which "
+           "does not exist");
     index_json(d, "model-00001-of-00001.safetensors", "160", "");
     sh("cp '%s/st_nometa.safetensors' '%s/model-00002-of-00002.safetensors'", DATA, d);
     expect(d, "model-00002-of-00002.safetensors", "a shard that model.safetensors.index.json does "
@@ -257,13 +260,59 @@ static void test_headers(void **state)
     done(d);
 }
 
+/* examples/tiny-run's checkpoint-200 (torch .bin shards and Forgather's
+ * index) with the run's config and tokenizer: a real model directory. Its
+ * tied embedding and head are two copies in two shards, and the trainer's
+ * index has no param_sharing: declared untied, it is consistent. */
+static char *tiny_model_dir(void)
+{
+    char *d = strdup("/tmp/fz_test_verify_tiny_XXXXXX");
+    assert_non_null(mkdtemp(d));
+    sh("cd '%s/tiny-run' && cp config.json tokenizer.json tokenizer_config.json "
+       "checkpoints/checkpoint-200/pytorch_model* '%s/'", FZ_SOURCE_EXAMPLES_DIR, d);
+    sh("sed -i 's/\"tie_word_embeddings\": true/\"tie_word_embeddings\": false/' "
+       "'%s/config.json'", d);
+    return d;
+}
+
+/* Tied copies in two shards: a problem unless the index's param_sharing
+ * says they are one tensor (as fzfs's .bin index does). */
+static void test_tie_param_sharing(void **state)
+{
+    (void)state;
+    char *d = tiny_model_dir();
+    expect_clean(d);
+    sh("sed -i 's/\"tie_word_embeddings\": false/\"tie_word_embeddings\": true/' "
+       "'%s/config.json'", d);
+    expect(d, "pytorch_model-00002-of-00002.bin", "tie_word_embeddings: true but "
+           "'lm_head.weight' is stored apart from the embedding 'model.embed_tokens.weight'");
+    sh("sed -i 's/\"metadata\": {/\"metadata\": {\"param_sharing\": "
+       "[[\"lm_head.weight\", \"model.embed_tokens.weight\"]], /' "
+       "'%s/pytorch_model.bin.index.json'", d);
+    expect_clean(d);
+    done(d);
+}
+
 static void test_quantization(void **state)
 {
     (void)state;
-    char *d = good_dir(false);
-    config(d, 4, "false", ", \"quantization_config\": {\"quant_method\": \"compressed-tensors\", "
-                          "\"format\": \"pack-quantized\", \"quantization_status\": \"compressed\"}");
-    expect(d, "config.json", "no stored tensor is quantized");
+    char *d = tiny_model_dir();
+    expect_clean(d);
+    sh("sed -i 's/\"vocab_size\"/\"quantization_config\": {\"quant_method\": "
+       "\"compressed-tensors\", \"format\": \"pack-quantized\", \"quantization_status\": "
+       "\"compressed\", \"config_groups\": {\"group_0\": {\"targets\": [\"Linear\"]}}, "
+       "\"ignore\": [\"lm_head\"]}, \"vocab_size\"/' '%s/config.json'", d);
+    expect(d, "config.json", "no stored tensor is quantized (no *.weight_scale or *.weight_packed; "
+                             "'model.layers.0.self_attn.q_proj.weight' and 13 more");
+    done(d);
+    /* every Linear in the ignore list (by name and by regex): consistent */
+    d = tiny_model_dir();
+    sh("sed -i 's/\"vocab_size\"/\"quantization_config\": {\"quant_method\": "
+       "\"compressed-tensors\", \"format\": \"pack-quantized\", \"quantization_status\": "
+       "\"compressed\", \"config_groups\": {\"group_0\": {\"targets\": [\"Linear\"]}}, "
+       "\"ignore\": [\"lm_head\", \"re:.*[.]mlp[.].*\", \"re:.*self_attn.*\"]}, "
+       "\"vocab_size\"/' '%s/config.json'", d);
+    expect_clean(d);
     done(d);
 }
 
@@ -368,7 +417,7 @@ int main(void)
         cmocka_unit_test(test_index),        cmocka_unit_test(test_headers),
         cmocka_unit_test(test_quantization), cmocka_unit_test(test_symlinks),
         cmocka_unit_test(test_json_output),  cmocka_unit_test(test_view),
-        cmocka_unit_test(test_view_gate),
+        cmocka_unit_test(test_view_gate),    cmocka_unit_test(test_tie_param_sharing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,6 +3,7 @@
  * role token named in tokenizer_config.json / special_tokens_map.json must
  * be in the vocabulary; every token id in config.json, generation_config.json
  * and added_tokens_decoder must name a token and an embedding row. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -175,9 +176,10 @@ static void check_roles(fz_vctx *c, const vtok *k, const char *file)
         check_token(c, k, file, "additional_special_tokens entry", x);
     json_object_foreach(json_object_get(j, "added_tokens_decoder"), key, x) {
         char *end;
+        errno = 0;
         long long id = strtoll(key, &end, 10);
         const char *s = json_string_value(json_object_get(x, "content"));
-        if (*end || id < 0 || !s) {
+        if (*end || end == key || errno || id < 0 || !s) {
             fz_vfail(c, file, "added_tokens_decoder['%s'] is not an id with a content", key);
             continue;
         }

@@ -138,6 +138,10 @@ fz_vres fz_vresolve(fz_vctx *c, const char *path, char **phys, fz_vkind *kind, u
             c->err = fz_error_set(FZ_ENOMEM, "out of memory");
         goto out;
     }
+    if (path[0] == '/') {
+        res = FZ_VR_ESCAPES;
+        goto out;
+    }
     strcpy(rest, path);
     for (;;) {
         char *r = rest;

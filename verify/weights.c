@@ -17,6 +17,7 @@
 typedef struct {
     char *name;       /* as referenced (root-relative) */
     bool present, ok; /* the file exists; its header was read */
+    bool outside;     /* the name leads outside the directory */
     bool st;          /* safetensors (else torch zip) */
     fz_tensor_list t;
     size_t *byname; /* tensor indices sorted by name */
@@ -84,7 +85,9 @@ static wfile *get_file(fz_vctx *c, wfiles *F, const char *name)
     fz_vkind kind;
     uint64_t size;
     int fd = -1, rc;
-    if (fz_vresolve(c, name, &phys, &kind, &size) != FZ_VR_OK || kind != FZ_VK_FILE)
+    fz_vres res = fz_vresolve(c, name, &phys, &kind, &size);
+    f->outside = res == FZ_VR_ESCAPES;
+    if (res != FZ_VR_OK || kind != FZ_VK_FILE)
         goto done;
     f->present = true;
     if (!f->st && !fz_vends_with(name, ".bin") && !fz_vends_with(name, ".pt") &&
@@ -220,8 +223,8 @@ static void check_index(fz_vctx *c, wfiles *F, const char *iname, const json_t *
             set = ns;
             set[nset++] = f;
             if (!f->present)
-                fz_vfail(c, iname, "weight_map names '%s' (for '%s' and maybe more), which "
-                            "does not exist", f->name, key);
+                fz_vfail(c, iname, "weight_map names '%s' (for '%s' and maybe more), which %s",
+                         f->name, key, f->outside ? "is outside the directory" : "does not exist");
         }
         if (f->ok && !find_in(f, key) && absent++ < FZ_VERIFY_LIST_MAX)
             fz_vfail(c, iname, "weight_map puts '%s' in %s, which has no such tensor", key,

@@ -23,7 +23,7 @@ def complete(*words):
 
 def test_commands():
     got = complete("")
-    for c in ("materialize", "plan", "mount", "umount", "cache"):
+    for c in ("materialize", "plan", "mount", "umount", "cache", "verify"):
         assert c in got
     assert complete("ma") == ["materialize"]
 

@@ -17,8 +17,8 @@ meson test -C build --print-errorlogs
 echo "== unit tests (ASan + UBSan build)"
 meson test -C build-asan --print-errorlogs
 
-echo "== fuzzing (libFuzzer: regression inputs, then ${FZFS_FUZZ_SECONDS:-25}s per target)"
-FZFS_FUZZ_SECONDS=${FZFS_FUZZ_SECONDS:-25} bash tests/fuzz/run.sh
+echo "== fuzzing (libFuzzer: regression inputs, then ${FZFS_FUZZ_SECONDS:-20}s per target)"
+FZFS_FUZZ_SECONDS=${FZFS_FUZZ_SECONDS:-20} bash tests/fuzz/run.sh
 
 echo "== integration tests"
 export FZFS_BIN="$here/build/fzfs"

@@ -44,7 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             fz_fuzz_check_error(rc);
             continue;
         }
-        fz_fuzz_check_meta(&out);
+        fz_fuzz_check_meta(&in, &out);
         fz_meta_out_free(&out);
     }
     free(text);

@@ -1,8 +1,9 @@
 /* What the add-tokens and tokenizer harnesses check about a successful
  * fz_meta_build: every file it writes is a JSON object the reader accepts;
  * the token plan is consistent (new ids are old_vocab, old_vocab + 1, ...;
- * row inits sorted, unique, inside the new vocabulary and copying only old
- * rows); and the tokenizer files it wrote, loaded again, give each new token
+ * rows and resize follow the vocabulary and in->embed_rows; row inits sorted,
+ * unique, inside the rows, copying only old rows, mean only for new tokens);
+ * and the tokenizer files it wrote, loaded again, give each new token
  * the id (= embedding row) the plan initialised. */
 #ifndef FZ_TESTS_FUZZ_META_H
 #define FZ_TESTS_FUZZ_META_H
@@ -22,7 +23,7 @@ static inline void fz_fuzz_json_object(const fz_buf *b, const char *what)
     json_decref(v);
 }
 
-static inline void fz_fuzz_check_meta(const fz_meta_out *o)
+static inline void fz_fuzz_check_meta(const fz_meta_in *in, const fz_meta_out *o)
 {
     fz_fuzz_json_object(&o->config_json, "config.json");
     fz_fuzz_json_object(&o->tokenizer_json, "tokenizer.json");
@@ -40,14 +41,22 @@ static inline void fz_fuzz_check_meta(const fz_meta_out *o)
         FZ_FUZZ_CHECK(o->added_ids[i] == o->old_vocab + i, "new token '%s' has id %llu, not %llu",
                       o->added_tokens[i], (unsigned long long)o->added_ids[i],
                       (unsigned long long)(o->old_vocab + i));
+    uint64_t R = in->embed_rows;
+    FZ_FUZZ_CHECK(o->rows == (R > o->new_vocab ? R : o->new_vocab), "%llu rows for %llu tokens",
+                  (unsigned long long)o->rows, (unsigned long long)o->new_vocab);
+    FZ_FUZZ_CHECK(o->resize == (o->n_added > 0 || (R && o->new_vocab > R)), "resize %d",
+                  (int)o->resize);
     for (size_t i = 0; i < o->n_inits; i++) {
         const fz_row_init *r = &o->inits[i];
-        FZ_FUZZ_CHECK(o->n_added > 0, "row inits without a resize");
-        FZ_FUZZ_CHECK(r->row < o->new_vocab, "init of row %llu past the vocabulary",
-                      (unsigned long long)r->row);
+        FZ_FUZZ_CHECK(o->resize, "row inits without a resize");
+        FZ_FUZZ_CHECK(r->row < o->rows, "init of row %llu past the %llu rows",
+                      (unsigned long long)r->row, (unsigned long long)o->rows);
         FZ_FUZZ_CHECK(i == 0 || o->inits[i - 1].row < r->row, "row inits not sorted and unique");
-        FZ_FUZZ_CHECK(r->kind == FZ_INIT_ZERO || r->kind == FZ_INIT_COPY, "init kind %d",
-                      (int)r->kind);
+        FZ_FUZZ_CHECK(r->new_token == (r->row >= o->old_vocab), "row %llu new_token %d",
+                      (unsigned long long)r->row, (int)r->new_token);
+        FZ_FUZZ_CHECK(r->kind == FZ_INIT_ZERO || r->kind == FZ_INIT_COPY ||
+                          (r->kind == FZ_INIT_MEAN && r->new_token),
+                      "init kind %d for row %llu", (int)r->kind, (unsigned long long)r->row);
         FZ_FUZZ_CHECK(r->kind != FZ_INIT_COPY || r->copy_from < o->old_vocab,
                       "row %llu copies row %llu, not an old row", (unsigned long long)r->row,
                       (unsigned long long)r->copy_from);

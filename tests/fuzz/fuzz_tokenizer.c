@@ -2,10 +2,10 @@
  * addtokens.c, config.c and genconfig.c behind fz_meta_build) on fuzzed
  * tokenizer files.
  *
- * The input is up to eight NUL-separated parts: tokenizer.json,
+ * The input is up to nine NUL-separated parts: tokenizer.json,
  * tokenizer_config.json, special_tokens_map.json, an add-tokens YAML,
- * config.json, generation_config.json, an inference preset and a
- * --stop-tokens list. An empty or missing part is an absent file (without a
+ * config.json, generation_config.json, an inference preset, a --stop-tokens
+ * list and the embedding's row count in decimal (absent: unknown). An empty or missing part is an absent file (without a
  * YAML the default PAD plan applies; with a preset its translation replaces
  * the carried generation config), except config.json and
  * generation_config.json, which default to the real ones of
@@ -24,12 +24,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         loaded = true;
     }
     char *text = fz_fuzz_strdup(data, size);
-    fz_blob part[8] = {{NULL, 0, "tokenizer.json"},  {NULL, 0, "tokenizer_config.json"},
+    fz_blob part[9] = {{NULL, 0, "tokenizer.json"},  {NULL, 0, "tokenizer_config.json"},
                        {NULL, 0, "special_tokens_map.json"}, {NULL, 0, "tokens.yaml"},
                        {NULL, 0, "config.json"},     {NULL, 0, "generation_config.json"},
-                       {NULL, 0, "preset.json"},     {NULL, 0, "--stop-tokens"}};
+                       {NULL, 0, "preset.json"},     {NULL, 0, "--stop-tokens"},
+                       {NULL, 0, "embedding rows"}};
     size_t start = 0;
-    for (int k = 0; k < 8 && start <= size; k++) {
+    for (int k = 0; k < 9 && start <= size; k++) {
         const char *nul = memchr(text + start, '\0', size - start);
         size_t end = nul ? (size_t)(nul - text) : size;
         if (end > start) {
@@ -53,12 +54,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         in.preset = part[6];
     }
     in.stop_tokens = part[7].data; /* NUL-terminated: the end of the input or a separator */
+    in.embed_rows = part[8].data ? strtoull(part[8].data, NULL, 10) : 0;
     fz_error_clear();
     int rc = fz_meta_build(&in, &out);
     if (rc) {
         fz_fuzz_check_error(rc);
     } else {
-        fz_fuzz_check_meta(&out);
+        fz_fuzz_check_meta(&in, &out);
         fz_meta_out_free(&out);
     }
     free(text);

@@ -90,6 +90,15 @@ seed_files() { # target max_len dir
         done
         cat "$y"; printf '\0<|EOS|>,<|PAD|>'; } > "$d/preset.$k"
       k=$((k + 1))
+    done
+    # a padded embedding (more rows than tokens) and one the tokenizer outgrew
+    for rows in 320 296; do
+      { for f in tokenizer.json tokenizer_config.json special_tokens_map.json; do
+          if [ -f "$dir/$f" ]; then cat "$dir/$f"; fi
+          printf '\0'
+        done
+        cat "$here/examples/add_tokens/chatml.yaml"; printf '\0\0\0\0\0%s' "$rows"; } > "$d/rows.$k"
+      k=$((k + 1))
     done ;;
   esac
 }

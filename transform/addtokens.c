@@ -173,6 +173,46 @@ static int parse_list(yctx *c, const char *key, yaml_node_t *v, char ***out, siz
     return 0;
 }
 
+/* An add-tokens file is a mapping of roles and two lists: a few levels
+ * deep and a few KiB. libyaml's scanner costs O(depth^2) (100k levels: a
+ * minute), so the depth is checked on the event stream, which stops at
+ * the cap, before the document is loaded; the size before anything. */
+#define FZ_ADDTOK_MAX_BYTES (1u << 20)
+#define FZ_ADDTOK_MAX_DEPTH 64
+
+static int check_shape(const char *text, size_t len, const char *path)
+{
+    yaml_parser_t p;
+    yaml_event_t e;
+    int depth = 0, rc = 0;
+    if (len > FZ_ADDTOK_MAX_BYTES)
+        return fz_error_set(FZ_EINVAL,
+                            "%s: %zu bytes; an add-tokens file is at most 1 MiB (a mapping of "
+                            "roles and two lists of tokens): is this the right file?",
+                            path, len);
+    if (!yaml_parser_initialize(&p))
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
+    /* (A syntax error ends the walk: the load below reports it.) */
+    while (rc == 0 && yaml_parser_parse(&p, &e)) {
+        yaml_event_type_t t = e.type;
+        if (t == YAML_MAPPING_START_EVENT || t == YAML_SEQUENCE_START_EVENT)
+            depth++;
+        else if (t == YAML_MAPPING_END_EVENT || t == YAML_SEQUENCE_END_EVENT)
+            depth--;
+        if (depth > FZ_ADDTOK_MAX_DEPTH)
+            rc = fz_error_set(FZ_EINVAL,
+                              "%s: line %zu: nested deeper than %d levels; an add-tokens file "
+                              "is a mapping of roles and two lists of tokens",
+                              path, e.start_mark.line + 1, FZ_ADDTOK_MAX_DEPTH);
+        yaml_event_delete(&e);
+        if (t == YAML_STREAM_END_EVENT)
+            break;
+    }
+    yaml_parser_delete(&p);
+    return rc;
+}
+
 int fz_addtok_parse(const char *text, size_t len, const char *path, fz_addtok_spec *spec)
 {
     yaml_parser_t parser;
@@ -181,6 +221,8 @@ int fz_addtok_parse(const char *text, size_t len, const char *path, fz_addtok_sp
     int rc = 0;
     yctx c = {&doc, path};
     memset(spec, 0, sizeof *spec);
+    if ((rc = check_shape(text, len, path)))
+        return rc;
     if (!yaml_parser_initialize(&parser))
         return fz_error_set(FZ_ENOMEM, "out of memory");
     yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);

@@ -208,6 +208,50 @@ static void test_errors(void **state)
                  "init copy:5000: not an existing token id");
 }
 
+/* Depth and size are capped before libyaml loads the document (its
+ * scanner is quadratic in depth: 100k levels took a minute). */
+static void test_depth_and_size_caps(void **state)
+{
+    (void)state;
+    size_t n = 200000;
+    char *deep = malloc(2 * n + 32);
+    assert_non_null(deep);
+    /* 65 levels of mappings: one level over the cap, named with its line */
+    size_t k = (size_t)sprintf(deep, "special_tokens: ");
+    for (int i = 0; i < 64; i++)
+        k += (size_t)sprintf(deep + k, "{a: ");
+    k += (size_t)sprintf(deep + k, "x");
+    for (int i = 0; i < 64; i++)
+        deep[k++] = '}';
+    deep[k++] = '\n';
+    deep[k] = '\0';
+    expect_error(deep, FZ_EINVAL, "my.yaml: line 1: nested deeper than 64 levels");
+    /* 200k levels of flow sequences: refused at the 65th, not scanned */
+    memset(deep, '[', n);
+    memset(deep + n, ']', n);
+    deep[2 * n] = '\0';
+    expect_error(deep, FZ_EINVAL, "nested deeper than 64 levels");
+    /* 64 levels are still parsed (and then refused for what they say) */
+    k = (size_t)sprintf(deep, "special_tokens: ");
+    for (int i = 0; i < 63; i++)
+        k += (size_t)sprintf(deep + k, "[");
+    k += (size_t)sprintf(deep + k, "x");
+    for (int i = 0; i < 63; i++)
+        deep[k++] = ']';
+    deep[k++] = '\n';
+    deep[k] = '\0';
+    expect_error(deep, FZ_EINVAL, "special_tokens[0]: must be a string");
+    free(deep);
+    /* over 1 MiB: refused before parsing */
+    size_t big = (1u << 20) + 1;
+    char *y = malloc(big + 1);
+    assert_non_null(y);
+    memset(y, '#', big);
+    y[big] = '\0';
+    expect_error(y, FZ_EINVAL, "my.yaml: 1048577 bytes; an add-tokens file is at most 1 MiB");
+    free(y);
+}
+
 /* An embedding with more rows than tokens keeps them: the new token's row
  * is inside, gets its init explicitly (mean included), vocab_size stays. */
 static void test_padded_rows(void **state)
@@ -308,6 +352,7 @@ int main(void)
         cmocka_unit_test(test_chatml),          cmocka_unit_test(test_default_pad),
         cmocka_unit_test(test_if_missing_false_reassigns), cmocka_unit_test(test_reassign_existing),
         cmocka_unit_test(test_lists_and_order), cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_depth_and_size_caps),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -21,19 +21,37 @@
  * What it deliberately does not do: protocol 0/1 text opcodes, NEWOBJ, sets,
  * LONG4, or any object that is not a flat str -> tensor dict at the top. */
 
+int fz_pk_charge(pk_machine *m, size_t bytes)
+{
+    /* The machine's memory is bounded by a small multiple of the input
+     * (PK_MEM_FACTOR): one-byte opcodes that each make an object or copy
+     * a reference must not turn a 64 MB pickle into gigabytes. */
+    if (bytes > m->mem_max - m->mem)
+        return fz_error_set(FZ_ERANGE,
+                            "%s: the pickle (%zu bytes) needs more than %zu bytes of memory to "
+                            "unpickle (a state dict needs a few times its size): not a plain "
+                            "state dict, or damaged",
+                            m->path, m->len, m->mem_max);
+    m->mem += bytes;
+    return 0;
+}
+
 int fz_pk_grow(void *pp, size_t *cap, size_t need, size_t elsz, size_t limit, const char *what,
-                const char *path)
+               pk_machine *m)
 {
     void **p = pp;
     if (need <= *cap)
         return 0;
     if (need > limit)
-        return fz_error_set(FZ_ERANGE, "%s: pickle %s exceeds %zu entries", path, what, limit);
+        return fz_error_set(FZ_ERANGE, "%s: pickle %s exceeds %zu entries", m->path, what, limit);
     size_t c = *cap ? *cap * 2 : 16;
     while (c < need)
         c *= 2;
     if (c > limit)
         c = limit;
+    int rc = fz_pk_charge(m, (c - *cap) * elsz);
+    if (rc)
+        return rc;
     void *n = realloc(*p, c * elsz);
     if (!n)
         return fz_error_set(FZ_ENOMEM, "out of memory");
@@ -60,7 +78,7 @@ static size_t floor_sp(const pk_machine *m)
 int fz_pk_push(pk_machine *m, pk_val v)
 {
     int rc = fz_pk_grow(&m->stack, &m->scap, m->sp + 1, sizeof *m->stack, PK_MAX_STACK, "stack",
-                        m->path);
+                        m);
     if (rc)
         return rc;
     m->stack[m->sp++] = v;
@@ -86,13 +104,15 @@ static int pop_mark(pk_machine *m, size_t *start)
 int fz_pk_new_obj(pk_machine *m, uint8_t kind, const pk_val *items, size_t n, pk_val *out)
 {
     int rc = fz_pk_grow(&m->objs, &m->ocap, m->nobjs + 1, sizeof *m->objs, PK_MAX_INPUT,
-                        "objects", m->path);
+                        "objects", m);
     if (rc)
         return rc;
     pk_obj *o = &m->objs[m->nobjs];
     o->n = o->cap = 0;
     o->items = NULL;
     if (n) {
+        if ((rc = fz_pk_charge(m, n * sizeof *items)))
+            return rc;
         if (!(o->items = malloc(n * sizeof *items)))
             return fz_error_set(FZ_ENOMEM, "out of memory");
         memcpy(o->items, items, n * sizeof *items);
@@ -109,7 +129,7 @@ static int obj_append(pk_machine *m, pk_obj *o, const pk_val *items, size_t n)
     if (n == 0)
         return 0;
     int rc = fz_pk_grow(&o->items, &cap, (size_t)o->n + n, sizeof *items, PK_MAX_INPUT, "container",
-                  m->path);
+                  m);
     if (rc)
         return rc;
     o->cap = (uint32_t)cap;
@@ -180,7 +200,7 @@ static int memo_put(pk_machine *m, uint64_t idx)
                             (unsigned long long)idx, PK_MAX_MEMO);
     size_t old = m->memo_cap;
     int rc = fz_pk_grow(&m->memo, &m->memo_cap, idx + 1, sizeof *m->memo, PK_MAX_MEMO, "memo",
-                        m->path);
+                        m);
     if (rc)
         return rc;
     memset(m->memo + old, 0, (m->memo_cap - old) * sizeof *m->memo);
@@ -241,7 +261,7 @@ static int step(pk_machine *m, bool *stop)
         return 0;
     case '(':
         if ((rc = fz_pk_grow(&m->marks, &m->mcap, m->nmarks + 1, sizeof *m->marks, PK_MAX_MARKS,
-                             "marks", m->path)))
+                             "marks", m)))
             return rc;
         m->marks[m->nmarks++] = m->sp;
         return 0;
@@ -382,6 +402,8 @@ int fz_pickle_read_state_dict(const uint8_t *data, size_t len, const char *path,
                               fz_pickle_dict *out)
 {
     pk_machine m = {.d = data, .len = len, .path = path};
+    m.mem_max = len > (SIZE_MAX - PK_MEM_BASE) / PK_MEM_FACTOR ? SIZE_MAX
+                                                               : PK_MEM_FACTOR * len + PK_MEM_BASE;
     bool stop = false;
     pk_val top = {0};
     int rc = 0;

@@ -98,7 +98,7 @@ int fz_pk_persid(pk_machine *m)
         return fz_error_set(FZ_ERANGE, "%s: storage '%.*s' size overflows", m->path,
                             (int)key->u.s.len, (const char *)m->d + key->u.s.off);
     if ((rc = fz_pk_grow(&m->sto, &m->stocap, m->nsto + 1, sizeof *m->sto, PK_MAX_INPUT, "storages",
-                   m->path)))
+                   m)))
         return rc;
     m->sto[m->nsto] = s;
     pk_val v = {.kind = V_STORAGE};
@@ -164,7 +164,7 @@ static int rebuild_tensor(pk_machine *m, const pk_obj *a, bool v3, pk_val *out)
         t.stride[i] = stride[i];
     }
     if ((rc = fz_pk_grow(&m->ten, &m->tencap, m->nten + 1, sizeof *m->ten, PK_MAX_INPUT, "tensors",
-                   m->path)))
+                   m)))
         return rc;
     m->ten[m->nten] = t;
     out->kind = V_TENSOR;

@@ -15,6 +15,12 @@
 #define PK_MAX_STACK (1u << 20)
 #define PK_MAX_MARKS (1u << 16)
 #define PK_MAX_MEMO (1u << 20)
+/* Memory the machine may allocate: PK_MEM_FACTOR bytes per input byte
+ * plus PK_MEM_BASE (fz_pk_charge). torch.save of a state dict needs about
+ * 4.3 (35k tensors, counting the arrays' doubling slack); one-byte opcodes
+ * that each make an object need 16 and more. */
+#define PK_MEM_FACTOR 8u
+#define PK_MEM_BASE (1u << 20)
 
 enum { V_UNSET, V_NONE, V_BOOL, V_INT, V_FLOAT, V_STR, V_BYTES, V_TUPLE, V_LIST, V_DICT,
        V_GLOBAL, V_STORAGE, V_TENSOR };
@@ -73,12 +79,16 @@ typedef struct {
     size_t nsto, stocap;
     pk_tensor *ten;
     size_t nten, tencap;
+    size_t mem, mem_max; /* bytes allocated so far, and the bound */
 } pk_machine;
 
 /* Grow *pp (an array of elsz-byte items, capacity *cap) to hold `need`;
- * FZ_ERANGE past `limit` (naming `what`), FZ_ENOMEM. */
+ * FZ_ERANGE past `limit` (naming `what`) or past m's memory bound,
+ * FZ_ENOMEM. */
 int fz_pk_grow(void *pp, size_t *cap, size_t need, size_t elsz, size_t limit, const char *what,
-               const char *path);
+               pk_machine *m);
+/* Count `bytes` more against m's memory bound; FZ_ERANGE past it. */
+int fz_pk_charge(pk_machine *m, size_t bytes);
 /* FZ_EFORMAT "<path>: bad pickle at offset N: <what>". */
 int fz_pk_bad(pk_machine *m, const char *what);
 int fz_pk_push(pk_machine *m, pk_val v);

@@ -200,9 +200,10 @@ static void test_limits(void **state)
     RAW(&b, ".");
     assert_int_equal(run(&b, &d), FZ_ERANGE);
     fz_buf_free(&b);
-    /* Deeply nested tuples ((((...)))) are fine: no recursion anywhere. */
+    /* Deeply nested tuples ((((...)))) are fine: no recursion anywhere
+     * (20000 levels: within the memory bound, see test_memory_bound). */
     RAW(&b, "\x80\x02)");
-    for (int i = 0; i < 100000; i++)
+    for (int i = 0; i < 20000; i++)
         assert_int_equal(fz_buf_putc(&b, (char)0x85), 0);
     RAW(&b, ".");
     assert_int_equal(run(&b, &d), FZ_EFORMAT); /* not a dict */
@@ -218,6 +219,33 @@ static void test_limits(void **state)
     assert_non_null(strstr(fz_error_msg(), "9 dimensions"));
     fz_buf_free(&b);
     tensor_with(&b, "K\x01\x85", "K\x01K\x01\x86");
+    assert_int_equal(run(&b, &d), FZ_EFORMAT);
+    fz_buf_free(&b);
+}
+
+/* The machine's memory is bounded by a multiple of the pickle's size:
+ * NONE, TUPLE1, APPEND adds a one-item tuple to a list per 3 bytes (48
+ * bytes of objects), so 3 MB of it would take 48 MB and more; it is
+ * refused once past 8 bytes per input byte (plus 1 MiB). */
+static void test_memory_bound(void **state)
+{
+    (void)state;
+    fz_buf b = FZ_BUF_INIT;
+    fz_pickle_dict d;
+    RAW(&b, "\x80\x02]");
+    for (int i = 0; i < 1000000; i++)
+        RAW(&b, "N\x85" "a");
+    RAW(&b, ".");
+    assert_int_equal(run(&b, &d), FZ_ERANGE);
+    assert_non_null(strstr(fz_error_msg(), "m.bin: the pickle (3000004 bytes) needs more than"));
+    assert_non_null(strstr(fz_error_msg(), "bytes of memory"));
+    fz_buf_free(&b);
+    /* the same shape, small: within the fixed allowance, read to the end
+     * (and refused for what it is: a list, not a state dict) */
+    RAW(&b, "\x80\x02]");
+    for (int i = 0; i < 1000; i++)
+        RAW(&b, "N\x85" "a");
+    RAW(&b, ".");
     assert_int_equal(run(&b, &d), FZ_EFORMAT);
     fz_buf_free(&b);
 }
@@ -352,7 +380,7 @@ int main(void)
         cmocka_unit_test(test_minimal),     cmocka_unit_test(test_denied_globals),
         cmocka_unit_test(test_malformed),   cmocka_unit_test(test_limits),
         cmocka_unit_test(test_duplicate_names), cmocka_unit_test(test_roundtrip),
-        cmocka_unit_test(test_many),
+        cmocka_unit_test(test_many),        cmocka_unit_test(test_memory_bound),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -344,7 +344,7 @@ int fz_cli_parse(fz_cli *c, int argc, char **argv)
         return FZ_CLI_EXIT_OK;
     }
     if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) {
-        printf("fzfs %s\n", FZ_VERSION);
+        printf("fzfs %s (libfuse %s)\n", FZ_VERSION, FZ_LIBFUSE_VERSION);
         return FZ_CLI_EXIT_OK;
     }
     size_t ci = NCMD;

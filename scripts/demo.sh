@@ -6,7 +6,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 FZFS_NO_PYTHON=1 bash "$here/scripts/install-deps.sh"
 bash "$here/scripts/build.sh"
-meson install -C "$here/build" --quiet
+meson install -C "$here/build" --quiet --skip-subprojects
 fzfs=$(command -v fzfs || echo /usr/local/bin/fzfs)
 echo "== installed: $("$fzfs" --version) at $fzfs"
 

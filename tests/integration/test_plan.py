@@ -19,7 +19,10 @@ def test_help_and_version(fzfs):
                 "--root-copy", "--safetensors", "--dtype", "--device", "--dry-run", "--log-level"):
         assert opt in p.stdout, f"materialize --help does not mention {opt}"
     p = fzfs.run("--version")
-    assert p.returncode == 0 and p.stdout.strip(), p.stderr
+    assert p.returncode == 0 and p.stdout.startswith("fzfs "), p.stderr
+    # libfuse 3.16+ (the system's or the pinned subproject): FUSE passthrough is available
+    lf = p.stdout.split("(libfuse ")[1].rstrip(")\n").split(".")
+    assert (int(lf[0]), int(lf[1])) >= (3, 16), p.stdout
 
 
 @pytest.mark.parametrize("run,opts,must_mention", [

@@ -85,6 +85,10 @@ struct fz_view {
 
 /* view/build.c helpers used by the other view files. */
 int fz_view_open_source_file(fz_view *v, const char *path, uint32_t *idx);
+/* The index of the view file held open as fd, UINT32_MAX if none. *hint
+ * (the last answer; start at 0) is tried first: callers going through
+ * recipes in order find each in O(1), as recipes come file by file. */
+uint32_t fz_view_file_of_fd(const fz_view *v, int fd, uint32_t *hint);
 
 /* view/tensors.c: find the embedding, head, head bias and tying (sets
  * v->embed_name, head_name, head_bias_name, tied, roles_certain; *tie_out =

@@ -37,12 +37,10 @@ static int read_range(fz_view *v, uint32_t node, uint64_t off, uint64_t len, uin
 /* ---- cache keys ---- */
 
 /* The source file held open as fd (NULL if none: then nothing is cached). */
-static const fz_srcfile *file_of_fd(const fz_view *v, int fd)
+static const fz_srcfile *file_of_fd(const fz_view *v, int fd, uint32_t *hint)
 {
-    for (uint32_t i = 0; i < v->nfiles; i++)
-        if (v->files[i].fd == fd)
-            return &v->files[i];
-    return NULL;
+    uint32_t i = fz_view_file_of_fd(v, fd, hint);
+    return i == UINT32_MAX ? NULL : &v->files[i];
 }
 
 static int put_identity(fz_buf *t, const fz_srcfile *f)
@@ -60,9 +58,10 @@ static int make_recipe_keys(fz_view *v)
     fz_cache_key *keys = calloc(v->nrecipes ? v->nrecipes : 1, sizeof *keys);
     if (!keys)
         return fz_error_set(FZ_ENOMEM, "out of memory");
+    uint32_t hint = 0;
     for (uint32_t i = 0; i < v->nrecipes && rc == 0; i++) {
         const fz_recipe *r = &v->recipes[i];
-        const fz_srcfile *f = file_of_fd(v, r->fd);
+        const fz_srcfile *f = file_of_fd(v, r->fd, &hint);
         uint64_t span_off;
         keys[i].chunk = UINT64_MAX;
         if (!f || fz_recipe_is_span(r, &span_off))
@@ -149,10 +148,11 @@ static int record_key(const fz_view *v, uint32_t zi, size_t rec, fz_cache_key *k
                                (unsigned long long)h.lo);
             break;
         case FZ_SEG_SPAN:
-            if (!(f = file_of_fd(v, s->u.span.fd))) {
+            if (s->u.span.src >= v->nfiles || v->files[s->u.span.src].fd != s->u.span.fd) {
                 rc = -1;
                 break;
             }
+            f = &v->files[s->u.span.src];
             if (!(rc = fz_buf_puts(&t, "span ")) && !(rc = put_identity(&t, f)))
                 rc = fz_buf_printf(&t, " off=%llu len=%llu\n",
                                    (unsigned long long)(s->u.span.off + so),

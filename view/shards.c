@@ -82,7 +82,7 @@ static int add_sources(fz_view *v, uint32_t root)
 }
 
 /* The data segment of a recipe: a span when no op applies, else computed. */
-static fz_seg tensor_seg(const fz_view *v, uint32_t recipe, int32_t zrec)
+static fz_seg tensor_seg(const fz_view *v, uint32_t recipe, int32_t zrec, uint32_t *hint)
 {
     const fz_recipe *r = &v->recipes[recipe];
     fz_seg s = {.len = r->nbytes, .zrec = zrec};
@@ -91,9 +91,8 @@ static fz_seg tensor_seg(const fz_view *v, uint32_t recipe, int32_t zrec)
         s.kind = FZ_SEG_SPAN;
         s.u.span.fd = r->fd;
         s.u.span.off = off;
-        for (uint32_t f = 0; f < v->nfiles; f++)
-            if (v->files[f].fd == r->fd)
-                s.u.span.src = f;
+        uint32_t src = fz_view_file_of_fd(v, r->fd, hint);
+        s.u.span.src = src == UINT32_MAX ? 0 : src; /* (every recipe's fd is a view file) */
     } else {
         s.kind = FZ_SEG_COMPUTED;
         s.u.recipe = recipe;
@@ -181,7 +180,7 @@ static int add_bin_shard(fz_view *v, uint32_t dir, const uint32_t *outs, uint32_
     if ((rc = fz_tree_keep(v, pkl_data)))
         goto done;
     static const uint8_t byteorder[] = "little", version[] = "3\n";
-    uint32_t ns = 0;
+    uint32_t ns = 0, hint = 0;
     uint64_t pos = 0;
     for (size_t i = 0; i < nrec; i++) {
         const fz_zipw_rec *zr = &zv->L.rec[i];
@@ -199,7 +198,7 @@ static int add_bin_shard(fz_view *v, uint32_t dir, const uint32_t *outs, uint32_
         else if (i == nrec - 1)
             d.u.lit = version;
         else
-            d = tensor_seg(v, recipe_of_rec[i - 2], (int32_t)i);
+            d = tensor_seg(v, recipe_of_rec[i - 2], (int32_t)i, &hint);
         if (d.kind == FZ_SEG_LITERAL) {
             zv->crc[i] = (uint32_t)crc32(0L, d.u.lit, (uInt)d.len);
             zv->crc_known[i] = true;
@@ -260,7 +259,7 @@ static int add_st_shard(fz_view *v, uint32_t dir, const uint32_t *outs, uint32_t
     uint8_t *h = fz_buf_steal(&hdr, &hlen);
     if ((rc = fz_tree_keep(v, h)))
         goto done;
-    uint32_t ns = 0;
+    uint32_t ns = 0, hint = 0;
     segs[ns++] = (fz_seg){.kind = FZ_SEG_LITERAL, .len = hlen, .zrec = -1, .u.lit = h};
     for (size_t j = 0; j < n; j++) {
         size_t i = order[j];
@@ -268,7 +267,7 @@ static int add_st_shard(fz_view *v, uint32_t dir, const uint32_t *outs, uint32_t
             rc = fz_error_set(FZ_EINVAL, "%s: internal error: safetensors layout has a gap", name);
             goto done;
         }
-        fz_seg s = tensor_seg(v, recipe[i], -1);
+        fz_seg s = tensor_seg(v, recipe[i], -1, &hint);
         if (s.len)
             segs[ns++] = s;
         pos += s.len;

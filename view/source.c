@@ -15,6 +15,7 @@
 #include "formats/jsonout.h"
 #include "util/buf.h"
 #include "util/error.h"
+#include "util/hindex.h"
 #include "util/io.h"
 #include "util/log.h"
 
@@ -150,11 +151,23 @@ static bool safe_name(const char *n)
     return n[0] && strcmp(n, ".") && strcmp(n, "..") && !strchr(n, '/');
 }
 
+typedef struct {
+    char *const *files;
+    const char *name;
+} name_ctx;
+
+static bool same_name(const void *ctx, uint32_t k)
+{
+    const name_ctx *c = ctx;
+    return strcmp(c->files[k], c->name) == 0;
+}
+
 static int list_weight_files(fz_source *s)
 {
     int rc = 0;
     char *path = NULL, *text = NULL;
     json_t *j = NULL;
+    fz_hindex seen = {0};
     size_t len;
     for (size_t i = 0; i < 4; i++)
         if (is_file(s->ckpt, weight_names[i])) {
@@ -192,6 +205,12 @@ static int list_weight_files(fz_source *s)
     }
     const char *key;
     json_t *val;
+    /* the distinct file names, found through a hash index (100k tensors
+     * over many shards: no scan of the names so far per tensor) */
+    if (fz_hindex_init(&seen, json_object_size(wm))) {
+        rc = fz_error_set(FZ_ENOMEM, "out of memory");
+        goto done;
+    }
     json_object_foreach(wm, key, val)
     {
         const char *f = json_string_value(val);
@@ -199,11 +218,10 @@ static int list_weight_files(fz_source *s)
             rc = fz_error_set(FZ_EFORMAT, "%s: weight_map[\"%s\"] is not a file name", path, key);
             goto done;
         }
-        bool seen = false;
-        for (uint32_t k = 0; k < s->nfiles && !seen; k++)
-            seen = strcmp(s->files[k], f) == 0;
-        if (!seen) {
-            if (!(s->files[s->nfiles] = strdup(f))) {
+        name_ctx nc = {s->files, f};
+        uint64_t h = fz_hindex_hash(f, strlen(f));
+        if (fz_hindex_find(&seen, h, same_name, &nc) == UINT32_MAX) {
+            if (!(s->files[s->nfiles] = strdup(f)) || fz_hindex_put(&seen, h, s->nfiles)) {
                 rc = fz_error_set(FZ_ENOMEM, "out of memory");
                 goto done;
             }
@@ -218,6 +236,7 @@ static int list_weight_files(fz_source *s)
             goto done;
         }
 done:
+    fz_hindex_free(&seen);
     json_decref(j);
     free(text);
     free(path);

@@ -558,6 +558,7 @@ static int pick_no_checkpoints_dir(fz_source *s)
     s->ckpt_is_root = true;
     if (s->step >= 0) {
         s->layout = FZ_LAYOUT_CHECKPOINT;
+        read_manifest(s->root, &s->timestamp, &s->pytorch_version); /* as -c does */
         fz_buf why = FZ_BUF_INIT;
         fz_buf_printf(&why, "the source is a checkpoint-N directory holding weights (step %lld "
                       "kept)", (long long)s->step);

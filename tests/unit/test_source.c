@@ -269,6 +269,14 @@ static void test_checkpoint_dir_as_src(void **state)
     assert_int_equal(s.layout, FZ_LAYOUT_CHECKPOINT);
     assert_int_equal(s.step, 42);
     assert_true(s.ckpt_is_root);
+    assert_null(s.timestamp);
+    fz_source_free(&s);
+    /* Its manifest is carried, as with -c. */
+    put("checkpoint-42/checkpoint_manifest.json",
+        "{\"timestamp\": \"2026-03-01T10:00:00\", \"pytorch_version\": \"2.9.1\"}");
+    assert_int_equal(fz_source_find(&s, p, NULL), 0);
+    assert_string_equal(s.timestamp, "2026-03-01T10:00:00");
+    assert_string_equal(s.pytorch_version, "2.9.1");
     fz_source_free(&s);
     /* Trainer output_dir whose checkpoints hold no weights, and no root weights. */
     dir("out");

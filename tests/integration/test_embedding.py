@@ -340,6 +340,23 @@ def test_uninformative_names_refused_then_named(fzfs, session_tmp, fmt):
     check_release(dest, model, old, {old: "zero"})
 
 
+def test_embedding_tensors_emb_only_tied(fzfs, session_tmp):
+    """--embedding-tensors EMB on a tied model: the head over the same storage and the head's
+    bias are found from it (the search alone finds them too: one matrix under two names)."""
+    base = os.path.join(session_tmp, "emb", "plain-tied")
+    src = os.path.join(base, os.path.basename(base))
+    model = make_custom_run(src, "PlainLM", True, "bin", seed=15, nshards=1)
+    old = model.config.vocab_size
+    for label, opts in (("search", ()), ("named", ("--embedding-tensors", "p.weight"))):
+        plan = fzfs.run("plan", src, *opts)
+        assert plan.returncode == 0, plan.stderr
+        assert "Head:        q.weight, bias q.bias" in plan.stdout, plan.stdout
+        dest = os.path.join(base, f"{os.path.basename(base)}-{label}")
+        p = materialize(fzfs, src, dest, *opts)
+        assert p.returncode == 0, p.stderr
+        check_release(dest, model, old, {old: "zero"})
+
+
 def test_extra_vocab_tensor_refused(fzfs, session_tmp):
     """A vocab-sized tensor that is neither embedding, head nor its bias (here a second
     [vocab] vector) makes the guess uncertain even with telling names."""

@@ -57,9 +57,21 @@ int fz_mount_check_dir(const char *mnt)
 /* ---- serving ------------------------------------------------------- */
 
 /* libfuse's own messages (e.g. why a mount failed): keep the last one so a
- * daemon can hand it to the parent, and pass them to our log. */
+ * daemon can hand it to the parent, and pass them to our log. libfuse logs
+ * from any of its threads: each thread assembles its own line, and the last
+ * error is shared under a lock (fuse_last copies it out). */
+static pthread_mutex_t fz_fuse_lock = PTHREAD_MUTEX_INITIALIZER;
 static char fz_fuse_last[512];
-static char fz_fuse_line[512];
+static _Thread_local char fz_fuse_line[512];
+
+/* The last libfuse error ("" if none) into out[n]. */
+static const char *fuse_last(char *out, size_t n)
+{
+    pthread_mutex_lock(&fz_fuse_lock);
+    snprintf(out, n, "%s", fz_fuse_last);
+    pthread_mutex_unlock(&fz_fuse_lock);
+    return out;
+}
 
 static void fuse_log_hook(enum fuse_log_level level, const char *fmt, va_list ap)
 {
@@ -72,8 +84,11 @@ static void fuse_log_hook(enum fuse_log_level level, const char *fmt, va_list ap
     while (l && fz_fuse_line[l - 1] == '\n')
         fz_fuse_line[--l] = 0;
     const char *msg = strncmp(fz_fuse_line, "fuse: ", 6) ? fz_fuse_line : fz_fuse_line + 6;
-    if (level <= FUSE_LOG_ERR)
+    if (level <= FUSE_LOG_ERR) {
+        pthread_mutex_lock(&fz_fuse_lock);
         snprintf(fz_fuse_last, sizeof fz_fuse_last, "%s", msg);
+        pthread_mutex_unlock(&fz_fuse_lock);
+    }
     fz_log(level <= FUSE_LOG_ERR ? FZ_LOG_ERROR : FZ_LOG_DEBUG, "fuse: %s", msg);
     fz_fuse_line[0] = 0;
 }
@@ -160,6 +175,20 @@ static char *base_opts(const char *src)
     return out;
 }
 
+/* User -o options libfuse would accept but fzfs cannot honour. */
+static int check_fuse_opts(const char *opts)
+{
+    for (const char *p = opts; p && *p;) {
+        size_t n = strcspn(p, ",");
+        if (n == 2 && strncmp(p, "rw", 2) == 0)
+            return fz_error_set(FZ_EUSAGE, "-o rw: an fzfs mount is read-only (its files are "
+                                "generated from SRC); drop -o rw, or use fzfs materialize for "
+                                "a writable copy");
+        p += n + (p[n] == ',');
+    }
+    return 0;
+}
+
 static int session_new(fz_fs *fs, const fz_mount_opts *o, struct fuse_session **out)
 {
     char *base = base_opts(o->src);
@@ -167,14 +196,18 @@ static int session_new(fz_fs *fs, const fz_mount_opts *o, struct fuse_session **
         return fz_error_set(FZ_ENOMEM, "out of memory");
     char *argv[] = {"fzfs", "-o", base, "-o", (char *)o->fuse_opts, NULL};
     struct fuse_args args = FUSE_ARGS_INIT(o->fuse_opts && *o->fuse_opts ? 5 : 3, argv);
+    char last[sizeof fz_fuse_last];
+    pthread_mutex_lock(&fz_fuse_lock);
     fz_fuse_last[0] = 0;
+    pthread_mutex_unlock(&fz_fuse_lock);
     fz_fuse_line[0] = 0;
     *out = fuse_session_new(&args, &fz_fs_ops, sizeof fz_fs_ops, fs);
     fuse_opt_free_args(&args);
     free(base);
     if (!*out)
         return fz_error_set(FZ_EUSAGE, "cannot set up the FUSE session%s%s",
-                            fz_fuse_last[0] ? ": " : "", fz_fuse_last);
+                            fuse_last(last, sizeof last)[0] ? ": " : "", last);
+    fs->se = *out;
     return 0;
 }
 
@@ -227,8 +260,9 @@ static int serve(fz_fs *fs, struct fuse_session *se, const char *mnt, const char
     }
     handlers = true;
     if (fuse_session_mount(se, mnt) != 0) {
-        rc = fz_error_set(FZ_EIO, "cannot mount on %s%s%s", mnt, fz_fuse_last[0] ? ": " : "",
-                          fz_fuse_last);
+        char last[sizeof fz_fuse_last];
+        rc = fz_error_set(FZ_EIO, "cannot mount on %s%s%s", mnt,
+                          fuse_last(last, sizeof last)[0] ? ": " : "", last);
         goto done;
     }
     mounted = true;
@@ -409,6 +443,7 @@ int fz_mount_serve(fz_view *v, const char *mnt_in, const fz_mount_opts *o_in)
     if (!fs)
         return fz_error_set(FZ_ENOMEM, "out of memory");
     fs->v = v;
+    fz_view_log_changes(v); /* the daemon log says which source changed */
     fs->nnodes = fz_view_node_count(v);
     fs->uid = getuid();
     fs->gid = getgid();
@@ -422,7 +457,7 @@ int fz_mount_serve(fz_view *v, const char *mnt_in, const fz_mount_opts *o_in)
 
     fuse_set_log_func(fuse_log_hook);
     /* Created before any fork so a bad -o option is reported here. */
-    if ((rc = session_new(fs, o, &se)))
+    if ((rc = check_fuse_opts(o->fuse_opts)) || (rc = session_new(fs, o, &se)))
         goto done;
 
     if (o->foreground) {

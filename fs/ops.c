@@ -16,6 +16,8 @@
 
 /* The view never changes while mounted: let the kernel cache for a day. */
 #define FZ_FS_TIMEOUT 86400.0
+/* The view's permission bits without write bits: the mount is read-only. */
+#define FZ_FS_PERM 0555
 /* Most segments touched by a read answered in the worker; reads spanning
  * more (tiny segments, e.g. a torch zip's headers) go through fz_view_read. */
 #define FZ_FS_MAX_FAST_SEGS 16
@@ -51,7 +53,7 @@ static void fill_stat(fz_fs *fs, uint32_t idx, struct stat *st)
     st->st_mtim = st->st_ctim = st->st_atim = fs->mtime;
     switch (n->kind) {
     case FZ_NODE_DIR:
-        st->st_mode = S_IFDIR | 0755;
+        st->st_mode = S_IFDIR | (n->mode & FZ_FS_PERM);
         st->st_nlink = 2;
         for (uint32_t i = 0; i < n->nchildren; i++)
             if (fz_view_node(fs->v, n->children[i])->kind == FZ_NODE_DIR)
@@ -64,7 +66,7 @@ static void fill_stat(fz_fs *fs, uint32_t idx, struct stat *st)
         st->st_size = (off_t)strlen(n->target);
         break;
     case FZ_NODE_FILE:
-        st->st_mode = S_IFREG | 0644;
+        st->st_mode = S_IFREG | (n->mode & FZ_FS_PERM);
         st->st_nlink = 1;
         st->st_size = (off_t)n->size;
         break;
@@ -266,6 +268,12 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         fuse_reply_err(req, EROFS);
         return;
     }
+    /* A file whose source changed is not opened (the view logs which). */
+    int rc = fz_view_check_node(fs_of(req)->v, idx);
+    if (rc) {
+        fuse_reply_err(req, fz_error_errno(rc));
+        return;
+    }
     /* Never direct_io: it defeats the page cache, readahead and mmap. */
     fi->keep_cache = 1;
     fi->direct_io = 0;
@@ -299,15 +307,17 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
     fuse_reply_statfs(req, &sv);
 }
 
+/* Log a failed read and answer it. A read of a file whose source changed
+ * is not logged again: the view logged the change once, naming the source. */
 static void reply_read_error(fz_fs *fs, fuse_req_t req, uint32_t node, uint64_t off,
                              uint64_t len, int rc)
 {
     const char *path = fz_view_node(fs->v, node)->path, *msg = fz_error_msg();
     bool named = strncmp(msg, path, strlen(path)) == 0; /* fz_view_read names the file */
-    fz_log(FZ_LOG_ERROR, "read %s%s[%llu, +%llu): %s", named ? "" : path, named ? "" : " ",
-           (unsigned long long)off, (unsigned long long)len, msg);
-    (void)rc;
-    fuse_reply_err(req, EIO);
+    if (!fz_view_node_stale(fs->v, node))
+        fz_log(FZ_LOG_ERROR, "read %s%s[%llu, +%llu): %s", named ? "" : path, named ? "" : " ",
+               (unsigned long long)off, (unsigned long long)len, msg);
+    fuse_reply_err(req, fz_error_errno(rc));
 }
 
 /* ---- compute pool ---------------------------------------------------- */
@@ -431,6 +441,16 @@ static void pool_submit(fz_fs *fs, fuse_req_t req, uint32_t node, uint64_t off, 
  * page-cache misses on unchanged bytes; nothing here ever waits on another
  * FUSE request (the deadlock of peers-and-design B.3).
  *
+ * A source that changes (truncated, rewritten in place) must never show:
+ * fz_view_direct checks the node's sources before handing out span pieces
+ * (a changed one sends the read to the pool, which answers EIO). A change
+ * during the splice itself cannot be undone: libfuse sends what the source
+ * gave, and the kernel takes a short reply for end of file - it shrinks
+ * the file and caches zero-filled page tails. So the node is checked again
+ * after replying, and if a source changed meanwhile the kernel is told to
+ * drop the inode's cached pages and attributes: the next stat gets the
+ * view's size again and the next read fails with EIO.
+ *
  * Deliberately not done: splitting a mixed read into a fast part and a
  * computed part (the pool computes the whole range; a 1 MiB read rarely
  * straddles), and source-read errors on the splice path cannot be logged
@@ -483,6 +503,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         }
     }
     fuse_reply_data(req, bv, FUSE_BUF_SPLICE_MOVE);
+    if (fz_view_check_node(fs->v, idx) != 0 && fs->se)
+        fuse_lowlevel_notify_inval_inode(fs->se, ino, 0, 0);
 }
 
 const struct fuse_lowlevel_ops fz_fs_ops = {

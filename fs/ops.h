@@ -37,6 +37,7 @@ typedef struct {
     gid_t gid;
     fz_fs_pool pool;
     const char *mnt; /* for log lines */
+    struct fuse_session *se; /* for cache invalidation notices; set before serving */
 } fz_fs;
 
 extern const struct fuse_lowlevel_ops fz_fs_ops;

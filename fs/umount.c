@@ -37,8 +37,10 @@ static void unescape(char *s)
     *w = 0;
 }
 
-/* The topmost mount at `path`: its device and filesystem type. */
-static bool find_mount(const char *path, unsigned *maj, unsigned *min, char *fstype, size_t n)
+/* The topmost mount at `path`: its device, filesystem type and source
+ * (both of at most 255 bytes, into fstype[256] and source[256]). */
+static bool find_mount(const char *path, unsigned *maj, unsigned *min, char *fstype,
+                       char *source)
 {
     FILE *f = fopen("/proc/self/mountinfo", "r");
     if (!f)
@@ -54,12 +56,14 @@ static bool find_mount(const char *path, unsigned *maj, unsigned *min, char *fst
         unescape(mp);
         if (strcmp(mp, path) || !(sep = strstr(line, " - ")))
             continue;
-        char ty[256];
-        if (sscanf(sep + 3, "%255s", ty) != 1)
+        char ty[256], so[256];
+        if (sscanf(sep + 3, "%255s %255s", ty, so) != 2)
             continue;
+        unescape(so);
         *maj = ma;
         *min = mi;
-        snprintf(fstype, n, "%s", ty);
+        snprintf(fstype, 256, "%s", ty);
+        snprintf(source, 256, "%s", so);
         found = true; /* keep going: the last one listed is on top */
     }
     free(line);
@@ -115,16 +119,21 @@ static int run_fusermount(const char *path, bool lazy)
 
 int fz_umount(const char *mnt)
 {
-    char path[PATH_MAX], fstype[256], pidpath[PATH_MAX] = "";
+    char path[PATH_MAX], fstype[256], source[256], pidpath[PATH_MAX] = "";
     unsigned maj, min;
     int rc = mount_path(mnt, path, sizeof path);
     if (rc)
         return rc;
-    if (!find_mount(path, &maj, &min, fstype, sizeof fstype))
+    if (!find_mount(path, &maj, &min, fstype, source))
         return fz_error_set(FZ_ENOTFOUND, "%s: not mounted", mnt);
-    if (strcmp(fstype, "fuse.fzfs"))
-        return fz_error_set(FZ_EINVAL, "%s: not an fzfs mount (filesystem type %s)", mnt, fstype);
     pid_t pid = fz_pidfile_daemon(maj, min, pidpath, sizeof pidpath);
+    /* Ours: a FUSE mount of type fuse.fzfs, or, whatever -o subtype= made
+     * the type, one whose daemon (alive or dead) left our pid file. */
+    bool fuse = strcmp(fstype, "fuse") == 0 || strncmp(fstype, "fuse.", 5) == 0;
+    bool pidfile = pid > 0 || (pidpath[0] && access(pidpath, F_OK) == 0);
+    if (!fuse || (strcmp(fstype, "fuse.fzfs") && !pidfile))
+        return fz_error_set(FZ_EINVAL, "%s: not an fzfs mount (filesystem type %s, source %s)",
+                            mnt, fstype, source);
     unsigned long long start = fz_proc_start(pid);
     bool alive = pid > 0;
 

@@ -94,6 +94,24 @@ static void *worker(void *arg)
     return NULL;
 }
 
+/* Test hook (tests/integration/test_mount_trust.py): with
+ * FZFS_TEST_PAUSE_BEFORE_PUBLISH=FIFO, block after every byte is written
+ * and before the last source check until a byte is read from FIFO, so a
+ * test can change a source at exactly that point. */
+static void test_pause(void)
+{
+    const char *fifo = getenv("FZFS_TEST_PAUSE_BEFORE_PUBLISH");
+    char c;
+    if (!fifo || !*fifo)
+        return;
+    int fd = open(fifo, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        while (read(fd, &c, 1) < 0 && errno == EINTR)
+            ;
+        close(fd);
+    }
+}
+
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st;
@@ -127,13 +145,13 @@ static int make_tree(fz_view *v, const char *tmp, int *fds)
         if ((size_t)snprintf(path, sizeof path, "%s/%s", tmp, nd->path) >= sizeof path)
             return fz_error_set(FZ_ERANGE, "%s/%s: path too long", tmp, nd->path);
         if (nd->kind == FZ_NODE_DIR) {
-            if (mkdir(path, 0755) != 0)
+            if (mkdir(path, nd->mode) != 0)
                 return fz_error_set(FZ_EIO, "%s: mkdir: %s", path, strerror(errno));
         } else if (nd->kind == FZ_NODE_SYMLINK) {
             if (symlink(nd->target, path) != 0)
                 return fz_error_set(FZ_EIO, "%s: symlink: %s", path, strerror(errno));
         } else {
-            fds[i] = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+            fds[i] = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, nd->mode);
             if (fds[i] < 0)
                 return fz_error_set(FZ_EIO, "%s: create: %s", path, strerror(errno));
             if (ftruncate(fds[i], (off_t)nd->size) != 0)
@@ -304,7 +322,7 @@ int fz_materialize(fz_view *v, const char *dest, const fz_mat_opts *o)
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
 
-    if (mkdir(tmp, 0755) != 0) {
+    if (mkdir(tmp, fz_view_node(v, 0)->mode) != 0) {
         rc = fz_error_set(FZ_EIO, "%s: cannot create: %s", tmp, strerror(errno));
         goto done;
     }
@@ -364,6 +382,13 @@ int fz_materialize(fz_view *v, const char *dest, const fz_mat_opts *o)
     /* What is published must pass `fzfs verify`. */
     if ((rc = fz_verify_gate_dir(tmp, v, dest)))
         goto done;
+    test_pause();
+    /* Every read was checked against its source; a source changed after
+     * its last read would still make DEST disagree with SRC: look again. */
+    if ((rc = fz_view_check_sources(v))) {
+        rc = fz_error_prefix(rc, "%s: not written", dest);
+        goto done;
+    }
     if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dest, RENAME_NOREPLACE) != 0) {
         rc = fz_error_set(errno == EEXIST ? FZ_EEXIST : FZ_EIO, "%s: cannot rename into place: %s",
                           dest, strerror(errno));

@@ -53,6 +53,8 @@ int fz_view_open_source_file(fz_view *v, const char *path, uint32_t *idx)
     s->dev = st.st_dev;
     s->ino = st.st_ino;
     s->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+    s->mode = st.st_mode & 0777;
+    atomic_init(&s->changed, false);
     *idx = v->nfiles++;
     return 0;
 }
@@ -340,8 +342,8 @@ int fz_view_build(fz_view **out, const fz_view_opts *o)
     if ((rc = read_weights(v)) || (rc = build_meta(v, &config)) || (rc = fz_view_build_recipes(v)))
         goto done;
     fz_view_merge_tied_head(v);
-    if (!(rc = fz_view_assign_shards(v)))
-        rc = fz_view_build_tree(v);
+    if (!(rc = fz_view_assign_shards(v)) && !(rc = fz_view_build_tree(v)))
+        rc = fz_view_index_sources(v);
 done:
     json_decref(config);
     if (rc) {
@@ -380,7 +382,7 @@ void fz_view_free(fz_view *v)
     for (uint32_t i = 0; i < v->nouts; i++)
         free(v->outs[i].name);
     free(v->outs);
-    for (uint32_t i = 0; i < v->nshards; i++)
+    for (uint32_t i = 0; v->shard_names && i < v->nshards; i++) /* NULL: failed before */
         free(v->shard_names[i]);
     free(v->shard_names);
     if (v->tensors)

@@ -3,6 +3,7 @@
 #define FZ_VIEW_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/types.h>
 
 #include "cache/cache.h"
@@ -13,7 +14,9 @@
 #include "view/source.h"
 #include "view/view.h"
 
-/* A source file held open for the life of the view. */
+/* A source file held open for the life of the view: its identity when the
+ * view was built (view/read.c checks it where bytes are served), its
+ * permission bits, and whether it has been seen changed (sticky). */
 typedef struct {
     char *path;
     int fd;
@@ -21,6 +24,8 @@ typedef struct {
     dev_t dev;
     ino_t ino;
     int64_t mtime_ns;
+    mode_t mode;
+    atomic_bool changed;
 } fz_srcfile;
 
 /* A torch zip being served: its layout and the memo of record CRCs. */
@@ -72,6 +77,14 @@ struct fz_view {
     uint32_t nzips;
     pthread_mutex_t crc_lock;
 
+    /* Source files each node is made from (view/read.c): node i's are
+     * deps[dep_start[i] .. dep_start[i+1]); recipe_file[r] is recipe r's
+     * source file (UINT32_MAX: none). All three arrays are kept in lits. */
+    uint32_t *dep_start, *deps, *recipe_file;
+    /* Permission bits of generated directories and files (from SRC's). */
+    mode_t dir_mode, file_mode;
+    bool log_changes; /* fz_view_log_changes */
+
     uint8_t **lits; /* literal buffers owned by the view */
     uint32_t nlits, caplits;
 
@@ -82,6 +95,10 @@ struct fz_view {
     bool cache_store;
     fz_cache_key *recipe_keys;
 };
+
+/* view/read.c: index which source files every node and recipe reads
+ * (after the tree is built, before any read). */
+int fz_view_index_sources(fz_view *v);
 
 /* view/build.c helpers used by the other view files. */
 int fz_view_open_source_file(fz_view *v, const char *path, uint32_t *idx);

@@ -10,9 +10,11 @@
  * (recipe identity, chunk index); a record CRC is a 4-byte entry keyed by
  * the description of the record's data. The bytes are the same either way:
  * the cache only remembers what fz_recipe_produce returned. */
+#include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <zlib.h>
 
 #include "fz_config.h"
@@ -83,6 +85,151 @@ static int make_recipe_keys(fz_view *v)
     return 0;
 }
 
+/* ---- source identity ----
+ *
+ * Bytes are only served while the source files they come from are what the
+ * view was built from. A file truncated under the view would otherwise give
+ * short reads (the kernel takes a short FUSE reply for end of file and
+ * shrinks the mounted file), and one rewritten in place would give new
+ * bytes under headers, sizes and CRCs computed from the old ones. The held
+ * fd is fstat'ed: a file replaced by rename keeps serving its old inode,
+ * which is consistent, so only changes to the inode itself count. */
+
+/* Indexes of the source files of node i's segments (deps) and of every
+ * recipe (recipe_file). Build time, single-threaded. */
+int fz_view_index_sources(fz_view *v)
+{
+    uint32_t *start = calloc((size_t)v->nnodes + 1, sizeof *start);
+    uint32_t *rf = malloc((v->nrecipes ? v->nrecipes : 1) * sizeof *rf);
+    uint32_t *deps = NULL, *seen = calloc(v->nfiles ? v->nfiles : 1, sizeof *seen);
+    size_t n = 0, cap = 0;
+    int rc = 0;
+    if (!start || !rf || !seen) {
+        rc = fz_error_set(FZ_ENOMEM, "out of memory");
+        goto done;
+    }
+    uint32_t hint = 0;
+    for (uint32_t r = 0; r < v->nrecipes; r++)
+        rf[r] = fz_view_file_of_fd(v, v->recipes[r].fd, &hint);
+    /* seen[f] == node + 1: file f already listed for this node. */
+    for (uint32_t i = 0; i < v->nnodes; i++) {
+        const fz_node *nd = &v->nodes[i];
+        start[i] = (uint32_t)n;
+        for (uint32_t k = 0; nd->kind == FZ_NODE_FILE && k < nd->nsegs; k++) {
+            const fz_seg *sg = &nd->segs[k];
+            uint32_t f = sg->kind == FZ_SEG_SPAN       ? sg->u.span.src
+                         : sg->kind == FZ_SEG_COMPUTED ? rf[sg->u.recipe]
+                                                       : UINT32_MAX;
+            if (f >= v->nfiles || seen[f] == i + 1)
+                continue;
+            seen[f] = i + 1;
+            if (n == cap) {
+                cap = cap ? 2 * cap : 64;
+                uint32_t *d = realloc(deps, cap * sizeof *d);
+                if (!d) {
+                    rc = fz_error_set(FZ_ENOMEM, "out of memory");
+                    goto done;
+                }
+                deps = d;
+            }
+            deps[n++] = f;
+        }
+    }
+    start[v->nnodes] = (uint32_t)n;
+    if (!deps && !(deps = malloc(sizeof *deps))) {
+        rc = fz_error_set(FZ_ENOMEM, "out of memory");
+        goto done;
+    }
+    /* The view keeps the arrays (fz_tree_keep frees one it cannot keep). */
+    uint32_t **mine[] = {&start, &deps, &rf}, **dst[] = {&v->dep_start, &v->deps, &v->recipe_file};
+    for (int k = 0; k < 3; k++) {
+        uint32_t *p = *mine[k];
+        *mine[k] = NULL;
+        if (rc)
+            free(p);
+        else if ((rc = fz_tree_keep(v, (uint8_t *)p)) == 0)
+            *dst[k] = p;
+    }
+done:
+    free(start);
+    free(deps);
+    free(rf);
+    free(seen);
+    return rc;
+}
+
+static int64_t mtime_ns(const struct stat *st)
+{
+    return (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+}
+
+/* Check source file fi; `what` names the file being served, or is NULL. */
+static int check_file(fz_view *v, uint32_t fi, const char *what)
+{
+    fz_srcfile *f = &v->files[fi];
+    const char *sep = what ? ": " : "";
+    struct stat st;
+    what = what ? what : "";
+    if (atomic_load_explicit(&f->changed, memory_order_relaxed))
+        return fz_error_set(FZ_EIO, "%s%ssource %s changed after fzfs opened it; remount (or "
+                            "rerun) to use the new contents", what, sep, f->path);
+    if (fstat(f->fd, &st) != 0)
+        return fz_error_set(FZ_EIO, "%s%scannot stat source %s: %s", what, sep, f->path,
+                            strerror(errno));
+    if (st.st_dev == f->dev && st.st_ino == f->ino && (uint64_t)st.st_size == f->size &&
+        mtime_ns(&st) == f->mtime_ns)
+        return 0;
+    char was[80], now[80];
+    snprintf(was, sizeof was, "%" PRIu64 " bytes, mtime %lld.%09lld", f->size,
+             (long long)(f->mtime_ns / 1000000000), (long long)(f->mtime_ns % 1000000000));
+    snprintf(now, sizeof now, "%lld bytes, mtime %lld.%09ld", (long long)st.st_size,
+             (long long)st.st_mtim.tv_sec, (long)st.st_mtim.tv_nsec);
+    if (!atomic_exchange(&f->changed, true) && v->log_changes)
+        fz_log(FZ_LOG_ERROR, "%s%ssource %s changed after fzfs opened it (was %s, now %s): "
+               "every file made from it fails with an I/O error from now on; remount to serve "
+               "the new contents", what, sep, f->path, was, now);
+    return fz_error_set(FZ_EIO, "%s%ssource %s changed after fzfs opened it (was %s, now %s); "
+                        "remount (or rerun) to use the new contents", what, sep, f->path, was,
+                        now);
+}
+
+void fz_view_log_changes(fz_view *v)
+{
+    v->log_changes = true;
+}
+
+int fz_view_check_node(fz_view *v, uint32_t node)
+{
+    if (node >= v->nnodes || !v->dep_start)
+        return 0;
+    for (uint32_t k = v->dep_start[node]; k < v->dep_start[node + 1]; k++) {
+        int rc = check_file(v, v->deps[k], v->nodes[node].path);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+int fz_view_check_sources(fz_view *v)
+{
+    for (uint32_t f = 0; f < v->nfiles; f++) {
+        int rc = check_file(v, f, NULL);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+bool fz_view_node_stale(const fz_view *v, uint32_t node)
+{
+    if (node >= v->nnodes || !v->dep_start)
+        return false;
+    for (uint32_t k = v->dep_start[node]; k < v->dep_start[node + 1]; k++)
+        if (atomic_load_explicit(&v->files[v->deps[k]].changed, memory_order_relaxed))
+            return true;
+    return false;
+}
+
 /* Index of the first segment of n that ends after off. */
 static uint32_t first_seg(const fz_node *n, uint64_t off)
 {
@@ -97,13 +244,13 @@ static uint32_t first_seg(const fz_node *n, uint64_t off)
     return lo;
 }
 
-bool fz_view_direct(const fz_view *v, uint32_t node, uint64_t off, uint64_t len, fz_piece *pieces,
+bool fz_view_direct(fz_view *v, uint32_t node, uint64_t off, uint64_t len, fz_piece *pieces,
                     size_t max, size_t *n_out)
 {
     if (node >= v->nnodes || v->nodes[node].kind != FZ_NODE_FILE)
         return false;
     const fz_node *n = &v->nodes[node];
-    if (off > n->size || len > n->size - off)
+    if (off > n->size || len > n->size - off || fz_view_check_node(v, node) != 0)
         return false;
     size_t k = 0;
     for (uint32_t i = first_seg(n, off); i < n->nsegs && len > 0; i++, k++) {
@@ -195,14 +342,22 @@ void fz_view_set_cache(fz_view *v, struct fz_cache *c, bool store)
 /* ---- computed segments ---- */
 
 typedef struct {
-    fz_recipe *r;
+    fz_view *v;
+    uint32_t ri;
     uint64_t off;
 } fz_chunk_fill;
 
+/* A chunk for the cache: checked against its source after computing, so
+ * bytes computed from a changed source are never stored under the key of
+ * the old one. */
 static int fill_chunk(void *arg, uint8_t *out, uint64_t len)
 {
     fz_chunk_fill *f = arg;
-    return fz_recipe_produce(f->r, f->off, len, out);
+    int rc = fz_recipe_produce(&f->v->recipes[f->ri], f->off, len, out);
+    uint32_t src = f->v->recipe_file ? f->v->recipe_file[f->ri] : UINT32_MAX;
+    if (rc == 0 && src != UINT32_MAX)
+        rc = check_file(f->v, src, NULL);
+    return rc;
 }
 
 /* Bytes [off, off+len) of recipe ri's output. */
@@ -218,7 +373,7 @@ static int read_computed(fz_view *v, uint32_t ri, uint64_t off, uint64_t len, ui
         uint64_t in = off - start;
         uint64_t n = clen - in < len ? clen - in : len;
         fz_cache_key key = v->recipe_keys[ri];
-        fz_chunk_fill f = {r, start};
+        fz_chunk_fill f = {v, ri, start};
         key.chunk = ci;
         int rc = fz_cache_fetch_range(c, &key, clen, in, n, out, fill_chunk, &f, v->cache_store);
         if (rc)
@@ -270,6 +425,8 @@ static int fill_crc(void *arg, uint8_t *out, uint64_t len)
     if (len != 4)
         return fz_error_set(FZ_EINVAL, "internal error: CRC entry of %" PRIu64 " bytes", len);
     int rc = compute_record_crc(f->v, f->zi, f->rec, &crc);
+    if (rc == 0) /* as fill_chunk: never store a CRC of changed bytes */
+        rc = fz_view_check_node(f->v, f->v->zips[f->zi].node);
     for (int i = 0; rc == 0 && i < 4; i++)
         out[i] = (uint8_t)(crc >> (8 * i));
     return rc;
@@ -407,5 +564,12 @@ int fz_view_read(fz_view *v, uint32_t node, uint64_t off, uint64_t len, void *bu
         return fz_error_set(FZ_EINVAL, "%s: read [%llu, +%llu) past the end (%llu)", n->path,
                             (unsigned long long)off, (unsigned long long)len,
                             (unsigned long long)n->size);
-    return read_range(v, node, off, len, buf);
+    /* Checked before (nothing is computed from a changed source) and after
+     * (a change during the read is not served). */
+    int rc = fz_view_check_node(v, node);
+    if (rc == 0)
+        rc = read_range(v, node, off, len, buf);
+    if (rc == 0)
+        rc = fz_view_check_node(v, node);
+    return rc;
 }

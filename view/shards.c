@@ -31,9 +31,52 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Model source files: the top-level *.py files (not hidden, regular files after
- * following symlinks) and .package_files_copied of the directory config.json
- * comes from, copied through as spans. */
+/* Whether resolved path `real` lies under resolved directory `dir`. */
+static bool under(const char *real, const char *dir)
+{
+    size_t l = dir ? strlen(dir) : 0;
+    return dir && strncmp(real, dir, l) == 0 && (real[l] == '/' || l == 1);
+}
+
+/* Where to copy source file `p` from: *out = p itself, or for a symlink its
+ * target when that resolves inside SRC or the directory listed (`roots`,
+ * resolved, either may be NULL); NULL (skip) when it is not a regular file.
+ * A symlink leading elsewhere is refused: copying it would publish (or, with
+ * allow_other, show to other users) a file the run never contained, e.g.
+ * one from the user's home. */
+static int copy_source(char *const roots[2], const char *p, char **out)
+{
+    struct stat st;
+    char *real = NULL;
+    *out = NULL;
+    if (lstat(p, &st) != 0)
+        return 0;
+    if (S_ISLNK(st.st_mode)) {
+        if (!(real = realpath(p, NULL)))
+            return 0; /* dangling: nothing to copy, as for any non-file */
+        if (!under(real, roots[0]) && !under(real, roots[1])) {
+            int rc = fz_error_set(FZ_EDENIED, "%s: a symlink to %s, outside the source "
+                                  "directory; fzfs copies only files inside SRC. Replace the "
+                                  "link with a copy of the file, or remove it", p, real);
+            free(real);
+            return rc;
+        }
+        if (stat(real, &st) != 0 || !S_ISREG(st.st_mode)) {
+            free(real);
+            return 0;
+        }
+        *out = real;
+        return 0;
+    }
+    if (!S_ISREG(st.st_mode))
+        return 0;
+    return (*out = strdup(p)) ? 0 : fz_error_set(FZ_ENOMEM, "out of memory");
+}
+
+/* Model source files: the top-level *.py files (not hidden; regular files,
+ * or symlinks to regular files inside SRC) and .package_files_copied of the
+ * directory config.json comes from, copied through as spans with their
+ * permissions. */
 static int add_sources(fz_view *v, uint32_t root)
 {
     int rc = 0;
@@ -62,19 +105,22 @@ static int add_sources(fz_view *v, uint32_t root)
     closedir(d);
     if (n)
         qsort(names, n, sizeof *names, cmp_str);
+    char *roots[2] = {n ? realpath(v->src.root, NULL) : NULL, n ? realpath(dir, NULL) : NULL};
     for (size_t i = 0; i < n && rc == 0; i++) {
         size_t pl = strlen(dir) + strlen(names[i]) + 2;
-        char *p = malloc(pl);
-        struct stat st;
+        char *p = malloc(pl), *from = NULL;
         if (!p) {
             rc = fz_error_set(FZ_ENOMEM, "out of memory");
             break;
         }
         snprintf(p, pl, "%s/%s", dir, names[i]);
-        if (stat(p, &st) == 0 && S_ISREG(st.st_mode))
-            rc = fz_tree_span_file(v, root, names[i], p);
+        if ((rc = copy_source(roots, p, &from)) == 0 && from)
+            rc = fz_tree_span_file(v, root, names[i], from);
+        free(from);
         free(p);
     }
+    free(roots[0]);
+    free(roots[1]);
     for (size_t i = 0; i < n; i++)
         free(names[i]);
     free(names);
@@ -425,6 +471,12 @@ int fz_view_build_tree(fz_view *v)
     bool st = v->opts.safetensors;
     fz_buf b = FZ_BUF_INIT;
     uint32_t *by_shard = NULL, *start = NULL;
+    /* Generated files and directories follow SRC's permissions (owner's
+     * read/write kept; no execute bits on files). */
+    struct stat sst;
+    mode_t sm = stat(v->src.root, &sst) == 0 ? sst.st_mode & 0777 : 0755;
+    v->dir_mode = sm | 0700;
+    v->file_mode = (sm & 0666) | 0600;
     if ((rc = fz_tree_dir(v, UINT32_MAX, "", &root)))
         return rc;
     if ((rc = steal_literal(v, root, "config.json", &m->config_json)) ||

@@ -33,6 +33,7 @@ static int new_node(fz_view *v, uint32_t parent, const char *name, fz_node_kind 
     fz_node *n = &v->nodes[i];
     memset(n, 0, sizeof *n);
     n->kind = kind;
+    n->mode = kind == FZ_NODE_DIR ? v->dir_mode : kind == FZ_NODE_FILE ? v->file_mode : 0777;
     n->parent = parent == UINT32_MAX ? 0 : parent;
     n->name = strdup(name);
     if (parent == UINT32_MAX || !v->nodes[parent].path[0]) {
@@ -121,7 +122,11 @@ int fz_tree_span_file(fz_view *v, uint32_t parent, const char *name, const char 
     s.u.span.fd = v->files[idx].fd;
     s.u.span.off = 0;
     s.u.span.src = idx;
-    return fz_tree_file(v, parent, name, &s, s.len ? 1 : 0, NULL);
+    uint32_t node;
+    if ((rc = fz_tree_file(v, parent, name, &s, s.len ? 1 : 0, &node)))
+        return rc;
+    v->nodes[node].mode = v->files[idx].mode; /* a copy keeps its source's permissions */
+    return 0;
 }
 
 int fz_tree_symlink(fz_view *v, uint32_t parent, const char *name, const char *target)

@@ -9,7 +9,8 @@
 int fz_tree_dir(fz_view *v, uint32_t parent, const char *name, uint32_t *out);
 /* Add a file made of one literal buffer; takes ownership of data (malloc'd). */
 int fz_tree_literal(fz_view *v, uint32_t parent, const char *name, uint8_t *data, uint64_t len);
-/* Add a file that is a whole source file (held open). */
+/* Add a file that is a whole source file (held open), with its permission
+ * bits; other nodes get v->dir_mode / v->file_mode. */
 int fz_tree_span_file(fz_view *v, uint32_t parent, const char *name, const char *src_path);
 /* Add a file with the given segments (copied; offsets filled in order). */
 int fz_tree_file(fz_view *v, uint32_t parent, const char *name, const fz_seg *segs, uint32_t n,

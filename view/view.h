@@ -75,6 +75,9 @@ typedef struct {
     fz_seg *segs;        /* FILE: ordered, contiguous, covering [0, size) */
     uint32_t nsegs;
     uint32_t zip;        /* FILE that is a torch zip: index + 1 of its layout, else 0 */
+    uint32_t mode;       /* permission bits in DEST: a copied file's are its source's, a
+                          * generated file's and a directory's follow SRC's directory
+                          * (owner rw kept); the mount shows them without write bits */
 } fz_node;
 
 /* Build the view of o->src. Errors (message names the file and problem):
@@ -95,8 +98,29 @@ uint32_t fz_view_node_count(const fz_view *v);
 const fz_node *fz_view_node(const fz_view *v, uint32_t i);
 
 /* Read file bytes [off, off+len) of node i into buf. The range must lie
- * within the file. Errors: FZ_EIO (a source read failed), FZ_ENOMEM, FZ_EINVAL. */
+ * within the file. Errors: FZ_EIO (a source read failed, or a source the
+ * file is made from changed: fz_view_check_node), FZ_ENOMEM, FZ_EINVAL. */
 int fz_view_read(fz_view *v, uint32_t node, uint64_t off, uint64_t len, void *buf);
+
+/* Whether the source files node i is made from are still what the view was
+ * built from: the held-open file's device, inode, size and mtime (fstat,
+ * about a microsecond each; no caching, so a check is always current). 0,
+ * or FZ_EIO naming the node and the changed source. A change is sticky: the
+ * node (and every node made from that source) fails from then on, even if
+ * the file is restored. With fz_view_log_changes, the first check that sees
+ * a source changed logs it (once per source, at ERROR; a mount's log says
+ * which source changed, materialize just fails). Nodes made only of literal
+ * bytes have no
+ * sources and always pass. fz_view_read checks before and after reading. */
+int fz_view_check_node(fz_view *v, uint32_t node);
+/* The same over every source file of the view (materialize, before it
+ * publishes DEST). */
+int fz_view_check_sources(fz_view *v);
+/* Log each source change once (call before serving from several threads). */
+void fz_view_log_changes(fz_view *v);
+/* Whether node i is made from a source already seen changed (no syscall:
+ * the sticky flags only). */
+bool fz_view_node_stale(const fz_view *v, uint32_t node);
 
 /* A piece of a file that needs no computation: literal bytes in memory, or
  * a span of a held-open source file. */
@@ -110,10 +134,14 @@ typedef struct {
 /* Resolve file bytes [off, off+len) of node i into at most `max` pieces, in
  * order, when every byte is literal or a source span (then *n is the count
  * and the result true); false when some byte must be computed (tensor
- * recipe, zip header) or more than `max` pieces would be needed: then read
- * with fz_view_read. The same segment table fz_view_read uses, so the FUSE
- * layer can splice spans without a second idea of where bytes live. */
-bool fz_view_direct(const fz_view *v, uint32_t node, uint64_t off, uint64_t len, fz_piece *pieces,
+ * recipe, zip header), more than `max` pieces would be needed, or a source
+ * of the node changed (fz_view_check_node, done here first): then read with
+ * fz_view_read, which reports the error. The same segment table
+ * fz_view_read uses, so the FUSE layer can splice spans without a second
+ * idea of where bytes live. A span piece is only valid while its source is
+ * unchanged: a caller that hands it on (splice) checks the node again
+ * afterwards, since the source may have changed under the transfer. */
+bool fz_view_direct(fz_view *v, uint32_t node, uint64_t off, uint64_t len, fz_piece *pieces,
                     size_t max, size_t *n);
 
 /* Record the CRC-32 of zip record `rec` of layout `zip` (from fz_node.zip - 1),

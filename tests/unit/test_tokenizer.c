@@ -178,6 +178,54 @@ static void test_unigram_and_missing(void **state)
     fx_free(&f);
 }
 
+/* Special tokens named by tokenizer_config.json but in no vocabulary are
+ * registered on load as transformers' fast tokenizer does: bos, eos, unk,
+ * sep, pad, cls, mask, then the additional ones, each new string taking the
+ * next id (the ids below are what AutoTokenizer gives for these files). */
+static void test_special_missing_added_on_load(void **state)
+{
+    (void)state;
+    fixture f;
+    fz_meta_out o;
+    fx_load(&f, "tok_nopad");
+    f.in.tokenizer = fx_text("{\"added_tokens\": [], \"model\": {\"type\": \"WordLevel\", "
+                             "\"unk_token\": \"<u>\", \"vocab\": {\"a\": 0, \"b\": 1}}}",
+                             "tokenizer.json");
+    f.in.tokenizer_config = fx_text("{\"bos_token\": \"a\", \"eos_token\": \"<e>\", \"unk_token\": "
+                                    "\"<u>\", \"mask_token\": \"<m>\", \"pad_token\": \"<p>\", "
+                                    "\"additional_special_tokens\": [\"<x>\", \"a\"]}",
+                                    "tokenizer_config.json");
+    f.in.skip_default_tokens = true;
+    assert_int_equal(fz_meta_build(&f.in, &o), 0);
+    assert_int_equal(o.old_vocab, 2);
+    assert_int_equal(o.n_role_added, 5);
+    assert_int_equal(o.new_vocab, 7);
+    assert_true(o.resize);
+    const char *want[] = {"<e>", "<u>", "<p>", "<m>", "<x>"};
+    json_t *tj = fx_json(&o.tokenizer_json), *list = json_object_get(tj, "added_tokens");
+    json_t *tc = fx_json(&o.tokenizer_config_json);
+    json_t *dec = json_object_get(tc, "added_tokens_decoder");
+    assert_int_equal(json_array_size(list), 5);
+    for (size_t i = 0; i < 5; i++) {
+        char key[8];
+        assert_string_equal(o.added_tokens[i], want[i]);
+        assert_int_equal(o.added_ids[i], 2 + i);
+        json_t *e = json_array_get(list, i);
+        assert_string_equal(json_string_value(json_object_get(e, "content")), want[i]);
+        assert_int_equal(json_integer_value(json_object_get(e, "id")), 2 + i);
+        assert_true(json_is_true(json_object_get(e, "special")));
+        assert_true(json_is_false(json_object_get(e, "normalized")));
+        snprintf(key, sizeof key, "%zu", 2 + i);
+        assert_string_equal(json_string_value(json_object_get(json_object_get(dec, key), "content")),
+                            want[i]);
+    }
+    assert_string_equal(json_string_value(json_object_get(tc, "eos_token")), "<e>");
+    json_decref(tj);
+    json_decref(tc);
+    fz_meta_out_free(&o);
+    fx_free(&f);
+}
+
 int main(void)
 {
     fz_log_set_level(FZ_LOG_ERROR);
@@ -186,6 +234,7 @@ int main(void)
         cmocka_unit_test(test_template_precedence),
         cmocka_unit_test(test_unigram_and_missing),
         cmocka_unit_test(test_added_ids_as_loaded),
+        cmocka_unit_test(test_special_missing_added_on_load),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -13,7 +13,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include "util/error.h"
 #include "util/io.h"
@@ -22,20 +21,11 @@
 
 #define FZ_CHUNK (4u << 20)
 
-/* One unit of work: a chunk of one segment of one file. */
-typedef struct {
-    uint32_t node;
-    int fd;
-    uint64_t off, len;
-    int32_t zip; /* zip layout index or -1 */
-    int32_t zrec;
-    uint32_t crc;
-} fz_job;
-
 typedef struct {
     fz_view *v;
-    fz_job *jobs;
+    const fz_extent *ext; /* the extents this pool writes */
     size_t njobs;
+    const int *fds;       /* per node */
     atomic_size_t next;
     atomic_uint_fast64_t done_bytes;
     atomic_int failed;
@@ -77,18 +67,16 @@ static void *worker(void *arg)
         size_t i = atomic_fetch_add(&p->next, 1);
         if (i >= p->njobs)
             break;
-        fz_job *j = &p->jobs[i];
-        int rc = fz_view_read(p->v, j->node, j->off, j->len, buf);
+        const fz_extent *e = &p->ext[i];
+        int rc = fz_view_read_extent(p->v, e, buf);
         if (rc == 0)
-            rc = fz_pwrite_full(j->fd, buf, (size_t)j->len, j->off,
-                                fz_view_node(p->v, j->node)->path);
+            rc = fz_pwrite_full(p->fds[e->node], buf, (size_t)e->len, e->off,
+                                fz_view_node(p->v, e->node)->path);
         if (rc) {
             pool_fail(p, rc);
             break;
         }
-        if (j->zrec >= 0)
-            j->crc = (uint32_t)crc32(crc32(0L, Z_NULL, 0), buf, (uInt)j->len);
-        atomic_fetch_add(&p->done_bytes, j->len);
+        atomic_fetch_add(&p->done_bytes, e->len);
     }
     free(buf);
     return NULL;
@@ -162,94 +150,6 @@ static int make_tree(fz_view *v, const char *tmp, int *fds)
     return 0;
 }
 
-/* Split every non-deferred segment into chunk jobs, in file order. */
-static int plan_jobs(fz_view *v, const int *fds, fz_job **out, size_t *nout)
-{
-    size_t cap = 256, n = 0;
-    fz_job *jobs = malloc(cap * sizeof *jobs);
-    if (!jobs)
-        return fz_error_set(FZ_ENOMEM, "out of memory");
-    for (uint32_t i = 0; i < fz_view_node_count(v); i++) {
-        const fz_node *nd = fz_view_node(v, i);
-        if (nd->kind != FZ_NODE_FILE)
-            continue;
-        for (uint32_t s = 0; s < nd->nsegs; s++) {
-            const fz_seg *sg = &nd->segs[s];
-            if (sg->kind == FZ_SEG_DEFERRED)
-                continue;
-            for (uint64_t o = 0; o < sg->len; o += FZ_CHUNK) {
-                if (n == cap) {
-                    fz_job *nj = realloc(jobs, 2 * cap * sizeof *jobs);
-                    if (!nj) {
-                        free(jobs);
-                        return fz_error_set(FZ_ENOMEM, "out of memory");
-                    }
-                    jobs = nj;
-                    cap *= 2;
-                }
-                uint64_t len = sg->len - o < FZ_CHUNK ? sg->len - o : FZ_CHUNK;
-                jobs[n++] = (fz_job){i,
-                                     fds[i],
-                                     sg->off + o,
-                                     len,
-                                     nd->zip ? (int32_t)nd->zip - 1 : -1,
-                                     nd->zip ? sg->zrec : -1,
-                                     0};
-            }
-        }
-    }
-    *out = jobs;
-    *nout = n;
-    return 0;
-}
-
-/* Zip record CRCs from the chunk CRCs (crc32_combine, in order), handed to
- * the view so that the headers it generates need no second read. */
-static void note_crcs(fz_view *v, const fz_job *jobs, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        if (jobs[i].zrec < 0) {
-            i++;
-            continue;
-        }
-        uint32_t crc = jobs[i].crc;
-        size_t k = i + 1;
-        for (; k < n && jobs[k].node == jobs[i].node && jobs[k].zrec == jobs[i].zrec; k++)
-            crc = (uint32_t)crc32_combine(crc, jobs[k].crc, (z_off_t)jobs[k].len);
-        fz_view_note_crc(v, (uint32_t)jobs[i].zip, jobs[i].zrec, crc);
-        i = k;
-    }
-}
-
-static int write_deferred(fz_view *v, const int *fds)
-{
-    uint8_t *buf = NULL;
-    size_t cap = 0;
-    int rc = 0;
-    for (uint32_t i = 0; i < fz_view_node_count(v) && rc == 0; i++) {
-        const fz_node *nd = fz_view_node(v, i);
-        if (nd->kind != FZ_NODE_FILE)
-            continue;
-        for (uint32_t s = 0; s < nd->nsegs && rc == 0; s++) {
-            const fz_seg *sg = &nd->segs[s];
-            if (sg->kind != FZ_SEG_DEFERRED)
-                continue;
-            if (sg->len > cap) {
-                free(buf);
-                cap = (size_t)sg->len;
-                if (!(buf = malloc(cap)))
-                    return fz_error_set(FZ_ENOMEM, "out of memory");
-            }
-            rc = fz_view_read(v, i, sg->off, sg->len, buf);
-            if (rc == 0)
-                rc = fz_pwrite_full(fds[i], buf, (size_t)sg->len, sg->off, nd->path);
-        }
-    }
-    free(buf);
-    return rc;
-}
-
 static void draw_progress(uint64_t done, uint64_t total, bool final)
 {
     double pct = total ? 100.0 * (double)done / (double)total : 100.0;
@@ -297,8 +197,8 @@ int fz_materialize(fz_view *v, const char *dest, const fz_mat_opts *o)
     char tmp[PATH_MAX], dcopy[PATH_MAX], bcopy[PATH_MAX];
     uint32_t n = fz_view_node_count(v);
     int *fds = NULL;
-    fz_job *jobs = NULL;
-    size_t njobs = 0;
+    fz_extent *ext = NULL;
+    size_t next = 0, nlate = 0;
     bool made = false;
     struct sigaction sa, old_int, old_term;
 
@@ -334,23 +234,37 @@ int fz_materialize(fz_view *v, const char *dest, const fz_mat_opts *o)
     }
     for (uint32_t i = 0; i < n; i++)
         fds[i] = -1;
-    if ((rc = make_tree(v, tmp, fds)) || (rc = plan_jobs(v, fds, &jobs, &njobs)))
+    if ((rc = make_tree(v, tmp, fds)) || (rc = fz_view_extents(v, FZ_CHUNK, &ext, &next)))
         goto done;
+    /* Late extents (zip headers) after all others: stable partition. */
+    for (size_t i = 0, k = 0; i < next; i++)
+        if (!ext[i].late) {
+            fz_extent e = ext[i];
+            memmove(&ext[k + 1], &ext[k], (i - k) * sizeof *ext);
+            ext[k++] = e;
+        }
+    for (size_t i = next; i > 0 && ext[i - 1].late; i--)
+        nlate++;
 
     int workers = o && o->workers > 0 ? o->workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (workers < 1)
         workers = 1;
-    fz_pool p = {.v = v, .jobs = jobs, .njobs = njobs, .tmp = tmp};
-    atomic_init(&p.next, 0);
+    /* Two passes over one pool: the extents, then the late ones (their
+     * bytes follow from what the first pass read). */
+    fz_pool p = {.v = v, .ext = ext, .njobs = next - nlate, .fds = fds, .tmp = tmp};
     atomic_init(&p.done_bytes, 0);
     atomic_init(&p.failed, 0);
     pthread_mutex_init(&p.err_lock, NULL);
-    rc = run_pool(&p, workers, o && o->progress, fz_view_total_bytes(v));
+    for (int pass = 0; pass < 2 && rc == 0; pass++) {
+        if (pass == 1) {
+            p.ext = ext + (next - nlate);
+            p.njobs = nlate;
+        }
+        atomic_init(&p.next, 0);
+        rc = run_pool(&p, workers, o && o->progress && pass == 0, fz_view_total_bytes(v));
+    }
     pthread_mutex_destroy(&p.err_lock);
     if (rc)
-        goto done;
-    note_crcs(v, jobs, njobs);
-    if ((rc = write_deferred(v, fds)))
         goto done;
     for (uint32_t i = 0; i < n; i++)
         if (fds[i] >= 0) {
@@ -403,7 +317,7 @@ done:
                 close(fds[i]);
         free(fds);
     }
-    free(jobs);
+    free(ext);
     if (made)
         remove_tree(tmp);
     sigaction(SIGINT, &old_int, NULL);

@@ -257,13 +257,23 @@ static int view_read(void *ctx, const char *path, uint64_t off, uint64_t len, vo
     return rc ? rc : fz_view_read(ctx, i, off, len, buf);
 }
 
+struct put_ctx {
+    int fd;
+    const char *path;
+};
+
+static int put_bytes(void *arg, uint64_t off, const uint8_t *p, uint64_t len)
+{
+    struct put_ctx *c = arg;
+    return fz_pwrite_full(c->fd, p, (size_t)len, off, c->path);
+}
+
 /* A sparse in-memory file of the node's size holding its literal bytes and
  * its zip headers: every header a reader looks at, and no tensor byte. */
 static int view_open(void *ctx, const char *path, int *out)
 {
     const fz_node *f;
     uint32_t ni;
-    uint8_t *tmp = NULL;
     int rc = view_node(ctx, path, FZ_NODE_FILE, &f, &ni);
     if (rc)
         return rc;
@@ -272,21 +282,9 @@ static int view_open(void *ctx, const char *path, int *out)
         return fz_error_set(FZ_EIO, "%s: memfd_create: %s", path, strerror(errno));
     if (ftruncate(fd, (off_t)f->size) != 0)
         rc = fz_error_set(FZ_EIO, "%s: cannot size a memfd: %s", path, strerror(errno));
-    for (uint32_t s = 0; rc == 0 && s < f->nsegs; s++) {
-        const fz_seg *sg = &f->segs[s];
-        if (sg->kind == FZ_SEG_LITERAL) {
-            rc = fz_pwrite_full(fd, sg->u.lit, (size_t)sg->len, sg->off, path);
-        } else if (sg->kind == FZ_SEG_DEFERRED) {
-            if (!(tmp = malloc(sg->len ? (size_t)sg->len : 1)))
-                rc = fz_error_set(FZ_ENOMEM, "out of memory");
-            if (rc == 0)
-                rc = fz_view_peek_deferred(ctx, ni, s, tmp);
-            if (rc == 0)
-                rc = fz_pwrite_full(fd, tmp, (size_t)sg->len, sg->off, path);
-            free(tmp);
-            tmp = NULL;
-        }
-    }
+    struct put_ctx pc = {fd, path};
+    if (rc == 0)
+        rc = fz_view_read_metadata(ctx, ni, put_bytes, &pc);
     if (rc) {
         close(fd);
         return rc;

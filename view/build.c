@@ -374,6 +374,7 @@ void fz_view_free(fz_view *v)
         fz_zipw_free(&v->zips[i].L);
         free(v->zips[i].crc);
         free(v->zips[i].crc_known);
+        fz_view_extents_free(v, i);
     }
     free(v->zips);
     for (uint32_t i = 0; i < v->nrecipes; i++)

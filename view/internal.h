@@ -14,6 +14,26 @@
 #include "view/source.h"
 #include "view/view.h"
 
+typedef enum {
+    FZ_SEG_LITERAL,  /* bytes generated at build time */
+    FZ_SEG_SPAN,     /* bytes of a source file */
+    FZ_SEG_COMPUTED, /* bytes of a tensor recipe */
+    FZ_SEG_DEFERRED, /* zip header / central directory: needs record CRCs */
+} fz_seg_kind;
+
+typedef struct fz_seg {
+    fz_seg_kind kind;
+    uint64_t off; /* offset in the file */
+    uint64_t len;
+    int32_t zrec; /* zip record whose data this segment is, or -1 */
+    union {
+        const uint8_t *lit;                          /* LITERAL: owned by the view */
+        struct { int fd; uint64_t off; uint32_t src; } span; /* SPAN: src = source file index */
+        uint32_t recipe;                             /* COMPUTED: index of the recipe */
+        struct { uint32_t zip; int32_t rec; } def;   /* DEFERRED: rec -1 = central directory */
+    } u;
+} fz_seg;
+
 /* A source file held open for the life of the view: its identity when the
  * view was built (view/read.c checks it where bytes are served), its
  * permission bits, and whether it has been seen changed (sticky). */
@@ -34,7 +54,17 @@ typedef struct {
     uint32_t node;
     uint32_t *crc;
     bool *crc_known;
+    /* What fz_view_read_extent learns (view/extents.c), per record: the
+     * CRC-32 and length of each extent of its data, and how many are in. */
+    struct fz_crcacc *acc;
 } fz_zipview;
+
+typedef struct fz_crcacc {
+    uint32_t npieces;
+    atomic_uint ndone;
+    uint32_t *crc;
+    uint64_t *len;
+} fz_crcacc;
 
 /* One tensor of the output, for the plan and the index. */
 typedef struct {
@@ -99,6 +129,12 @@ struct fz_view {
 /* view/read.c: index which source files every node and recipe reads
  * (after the tree is built, before any read). */
 int fz_view_index_sources(fz_view *v);
+
+/* view/read.c: record the CRC-32 of zip record `rec` of layout `zip`,
+ * computed by a caller that read the record's bytes (view/extents.c). */
+void fz_view_note_crc(fz_view *v, uint32_t zip, int32_t rec, uint32_t crc);
+/* view/extents.c: free what fz_view_extents allocated for zip zi. */
+void fz_view_extents_free(fz_view *v, uint32_t zi);
 
 /* view/build.c helpers used by the other view files. */
 int fz_view_open_source_file(fz_view *v, const char *path, uint32_t *idx);

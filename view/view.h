@@ -43,25 +43,7 @@ typedef struct fz_view fz_view;
 
 typedef enum { FZ_NODE_DIR, FZ_NODE_FILE, FZ_NODE_SYMLINK } fz_node_kind;
 
-typedef enum {
-    FZ_SEG_LITERAL,  /* bytes generated at build time */
-    FZ_SEG_SPAN,     /* bytes of a source file */
-    FZ_SEG_COMPUTED, /* bytes of a tensor recipe */
-    FZ_SEG_DEFERRED, /* zip header / central directory: needs record CRCs */
-} fz_seg_kind;
-
-typedef struct {
-    fz_seg_kind kind;
-    uint64_t off; /* offset in the file */
-    uint64_t len;
-    int32_t zrec; /* zip record whose data this segment is, or -1 */
-    union {
-        const uint8_t *lit;                          /* LITERAL: owned by the view */
-        struct { int fd; uint64_t off; uint32_t src; } span; /* SPAN: src = source file index */
-        uint32_t recipe;                             /* COMPUTED: index of the recipe */
-        struct { uint32_t zip; int32_t rec; } def;   /* DEFERRED: rec -1 = central directory */
-    } u;
-} fz_seg;
+struct fz_seg; /* a file's segments: private to view/ (view/internal.h) */
 
 typedef struct {
     char *name;          /* basename ("" for the root) */
@@ -72,9 +54,10 @@ typedef struct {
     uint32_t nchildren;
     char *target;        /* SYMLINK: relative target */
     uint64_t size;       /* FILE: exact size */
-    fz_seg *segs;        /* FILE: ordered, contiguous, covering [0, size) */
+    /* Private to view/: where the bytes come from (segments, zip layout). */
+    struct fz_seg *segs;
     uint32_t nsegs;
-    uint32_t zip;        /* FILE that is a torch zip: index + 1 of its layout, else 0 */
+    uint32_t zip;
     uint32_t mode;       /* permission bits in DEST: a copied file's are its source's, a
                           * generated file's and a directory's follow SRC's directory
                           * (owner rw kept); the mount shows them without write bits */
@@ -144,10 +127,28 @@ typedef struct {
 bool fz_view_direct(fz_view *v, uint32_t node, uint64_t off, uint64_t len, fz_piece *pieces,
                     size_t max, size_t *n);
 
-/* Record the CRC-32 of zip record `rec` of layout `zip` (from fz_node.zip - 1),
- * computed by a caller that already read the record's bytes through
- * fz_view_read (materialize does, so headers need no second pass). */
-void fz_view_note_crc(fz_view *v, uint32_t zip, int32_t rec, uint32_t crc);
+/* Writing a whole view out (materialize): every file as extents of at most
+ * `max_len` bytes, file by file, in order, covering each file exactly once.
+ * An extent marked `late` depends on the bytes of the others (a zip header
+ * whose CRC-32 covers records): read it after every other extent. */
+typedef struct {
+    uint32_t node;
+    uint64_t off, len;
+    bool late;
+    int32_t zip, rec; /* private to view/ */
+    uint32_t piece;   /* private to view/ */
+} fz_extent;
+
+/* Errors: FZ_ENOMEM. The caller frees *out; the view keeps what it needs
+ * to learn from fz_view_read_extent until it is freed. One extent list per
+ * view at a time. */
+int fz_view_extents(fz_view *v, uint64_t max_len, fz_extent **out, size_t *n);
+
+/* Read extent e (e->len bytes into buf) as fz_view_read does; the view also
+ * keeps what the bytes teach it (the CRC-32 of each zip record once all its
+ * extents are read), so late extents need no second pass over the records.
+ * Thread-safe; errors as fz_view_read. */
+int fz_view_read_extent(fz_view *v, const fz_extent *e, void *buf);
 
 struct fz_cache;
 /* Serve computed chunks (and zip record CRCs and mean reductions) through
@@ -155,12 +156,15 @@ struct fz_cache;
  * kept only when `store`. Call before the first fz_view_read. */
 void fz_view_set_cache(fz_view *v, struct fz_cache *c, bool store);
 
-/* For metadata checks (verify/), never for serving: the bytes of deferred
- * segment `seg` of file node `node` (segs[seg].len bytes into out) made from
- * the record CRCs known so far and 0 for the others, so the archive's
- * structure is readable without reading any record. FZ_EINVAL if the
- * segment is not deferred, FZ_ENOMEM. */
-int fz_view_peek_deferred(fz_view *v, uint32_t node, uint32_t seg, uint8_t *out);
+/* For metadata checks (verify/), never for serving: hand every byte range
+ * of file `node` that is metadata to emit(ctx, off, bytes, len) — generated
+ * bytes (config, headers, pickles) and zip headers made from the record CRCs
+ * known so far (0 for the others) — without reading or computing any tensor
+ * byte, so a container's structure is readable at no cost. Returns 0, the
+ * first non-zero emit result, or FZ_ENOMEM / FZ_EINVAL. */
+int fz_view_read_metadata(fz_view *v, uint32_t node,
+                          int (*emit)(void *ctx, uint64_t off, const uint8_t *p, uint64_t len),
+                          void *ctx);
 /* The source tensor names the view gave the input embedding, output head
  * and head bias roles (each NULL when none); valid for the view's life. */
 void fz_view_role_names(const fz_view *v, const char **embedding, const char **head,

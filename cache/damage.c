@@ -165,14 +165,19 @@ done:
 int fz_cache_walk_check(fz_cache *c, char *why, size_t whylen)
 {
     MDB_txn *txn;
-    MDB_envinfo info;
     MDB_val k, v;
-    int mrc = mdb_env_info(c->env, &info);
-    if (mrc || (mrc = mdb_txn_begin(c->env, NULL, MDB_RDONLY, &txn))) {
+    struct stat st;
+    char path[PATH_MAX];
+    int mrc = mdb_txn_begin(c->env, NULL, MDB_RDONLY, &txn);
+    if (mrc) {
         snprintf(why, whylen, "reading the environment: %s", mdb_strerror(mrc));
         return 1;
     }
     fz_cache_guard_note(txn, false);
+    /* Pages of this snapshot lie in the file as it is now (LMDB never
+     * shrinks it; other processes may have grown it since). */
+    snprintf(path, sizeof path, "%s/data.mdb", c->dir);
+    uint64_t npages = stat(path, &st) == 0 && c->psize ? (uint64_t)st.st_size / c->psize : 0;
     const MDB_dbi dbis[] = {0 /* the free list */, c->dbi_data, c->dbi_atime, c->dbi_meta};
     int bad = 0;
     for (size_t d = 0; d < sizeof dbis / sizeof *dbis && !bad; d++) {
@@ -195,7 +200,7 @@ int fz_cache_walk_check(fz_cache *c, char *why, size_t whylen)
                 size_t x;
                 memcpy(&x, p + i * sizeof(size_t), sizeof x);
                 pg = x;
-                bad = pg < 2 || pg > info.me_last_pgno;
+                bad = pg < 2 || pg >= npages;
             }
             if (bad)
                 snprintf(why, whylen, "a free-list record is damaged");

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from conftest import FZFS_ASAN_BIN, SANITIZER_ENV, Fzfs
 from test_mount import Mounter, is_mounted
 
 QUANT = ["--quantize", "int8-weight-only"]
@@ -194,6 +195,9 @@ def test_catches(fzfs, materialized, tmp_path, run, opts, edit):
     lines = p.stdout.splitlines()
     assert any(l.startswith(file + ": ") and words in l for l in lines), (
         f"no line '{file}: ...{words}...' in:\n{p.stdout}")
+    if FZFS_ASAN_BIN:  # the same report from the sanitizer build, and no sanitizer report
+        a = verify(Fzfs(FZFS_ASAN_BIN, fzfs.home, SANITIZER_ENV), d)
+        assert (a.returncode, a.stdout) == (p.returncode, p.stdout), a.stderr[-3000:]
 
 
 def test_json(fzfs, materialized, tmp_path):

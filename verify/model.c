@@ -59,11 +59,32 @@ static vrole role_of(const fz_vctx *c, const fz_tensor *t)
     return R_NONE;
 }
 
-static const fz_vtensor *find(const fz_vtensor *t, size_t n, const char *name)
+/* The set's tensors in state-dict order, and their indices sorted by name. */
+typedef struct {
+    const fz_vtensor *t;
+    size_t n;
+    size_t *byname;
+} vset;
+
+static int cmp_byname(const void *a, const void *b, void *base)
 {
-    for (size_t i = 0; i < n; i++)
-        if (!strcmp(t[i].t->name, name))
-            return &t[i];
+    const fz_vtensor *t = base;
+    return strcmp(t[*(const size_t *)a].t->name, t[*(const size_t *)b].t->name);
+}
+
+static const fz_vtensor *find(const vset *s, const char *name)
+{
+    size_t lo = 0, hi = s->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int k = strcmp(s->t[s->byname[mid]].t->name, name);
+        if (k == 0)
+            return &s->t[s->byname[mid]];
+        if (k < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
     return NULL;
 }
 
@@ -128,58 +149,58 @@ static void check_tie(fz_vctx *c, const fz_vtensor *t, size_t n, const vrole *ro
     bool one = head && (same_storage(emb, head) || shared(sharing, emb->t->name, head->t->name));
     if (json_is_true(tie) && head && !one)
         fz_vfail(c, head->file, "config.json says tie_word_embeddings: true but '%s' is stored "
-                    "apart from the embedding '%s' (not the same storage, not in the index's "
-                    "param_sharing): transformers ties them and drops its values",
-                    head->t->name, emb->t->name);
+                 "apart from the embedding '%s' (not the same storage, not in the index's "
+                 "param_sharing): transformers ties them and drops its values",
+                 head->t->name, emb->t->name);
     if (json_is_false(tie) && head && one)
         fz_vfail(c, "config.json", "tie_word_embeddings is false but '%s' and '%s' are stored "
-                    "as one tensor (saved tied)", emb->t->name, head->t->name);
+                 "as one tensor (saved tied)", emb->t->name, head->t->name);
     if (json_is_false(tie) && !head && has_lm_head(c->config))
         fz_vfail(c, "config.json", "tie_word_embeddings is false but no output head is stored "
-                    "(only the embedding '%s'): the head would be randomly initialised",
-                    emb->t->name);
+                 "(only the embedding '%s'): the head would be randomly initialised",
+                 emb->t->name);
 }
 
 /* The tensor `<module>.<suffix>` if stored. */
-static const fz_vtensor *part(const fz_vtensor *t, size_t n, const char *module, size_t mlen,
+static const fz_vtensor *part(const vset *S, const char *module, size_t mlen,
                               const char *suffix)
 {
     char name[1024];
     if ((size_t)snprintf(name, sizeof name, "%.*s.%s", (int)mlen, module, suffix) >= sizeof name)
         return NULL;
-    return find(t, n, name);
+    return find(S, name);
 }
 
-static void check_ct_module(fz_vctx *c, const fz_vtensor *t, size_t n, const fz_vtensor *scale,
+static void check_ct_module(fz_vctx *c, const vset *S, const fz_vtensor *scale,
                             const char *format)
 {
     const char *name = scale->t->name;
     size_t mlen = strlen(name) - strlen(".weight_scale");
-    const fz_vtensor *packed = part(t, n, name, mlen, "weight_packed");
-    const fz_vtensor *w = part(t, n, name, mlen, "weight");
-    const fz_vtensor *shape = part(t, n, name, mlen, "weight_shape");
+    const fz_vtensor *packed = part(S, name, mlen, "weight_packed");
+    const fz_vtensor *w = part(S, name, mlen, "weight");
+    const fz_vtensor *shape = part(S, name, mlen, "weight_shape");
     if (packed) {
         if (packed->t->dtype != FZ_DT_I32 || packed->t->ndim != 2)
             fz_vfail(c, packed->file, "'%s' must be a 2-D int32 tensor", packed->t->name);
         if (!shape || shape->t->dtype != FZ_DT_I64 || shape->t->ndim != 1 ||
             shape->t->shape[0] != 2)
             fz_vfail(c, packed->file, "'%s' has no %.*s.weight_shape (int64, 2 values)",
-                        packed->t->name, (int)mlen, name);
+                     packed->t->name, (int)mlen, name);
         if (w)
             fz_vfail(c, w->file, "'%s' is stored next to '%s'", w->t->name, packed->t->name);
     } else if (!w) {
         fz_vfail(c, scale->file, "'%s' quantizes nothing: no %.*s.weight or .weight_packed",
-                    name, (int)mlen, name);
+                 name, (int)mlen, name);
     } else if (is(format, "pack-quantized")) {
         fz_vfail(c, w->file, "'%s' is not packed but quantization_config.format is "
-                    "pack-quantized (expected %.*s.weight_packed)", w->t->name, (int)mlen, name);
+                 "pack-quantized (expected %.*s.weight_packed)", w->t->name, (int)mlen, name);
     } else if (is(format, "int-quantized") && w->t->dtype != FZ_DT_I8) {
         fz_vfail(c, w->file, "'%s' is %s but int-quantized weights are int8", w->t->name,
-                    fz_dtype_st_name(w->t->dtype));
+                 fz_dtype_st_name(w->t->dtype));
     } else if (is(format, "float-quantized") && w->t->dtype != FZ_DT_F8_E4M3 &&
                w->t->dtype != FZ_DT_F8_E5M2) {
         fz_vfail(c, w->file, "'%s' is %s but float-quantized weights are float8", w->t->name,
-                    fz_dtype_st_name(w->t->dtype));
+                 fz_dtype_st_name(w->t->dtype));
     }
 }
 
@@ -264,8 +285,10 @@ static void check_unquantized(fz_vctx *c, const fz_vtensor *t, size_t n, const v
                  count - FZ_VERIFY_LIST_MAX);
 }
 
-static void check_quant(fz_vctx *c, const fz_vtensor *t, size_t n, const vrole *roles)
+static void check_quant(fz_vctx *c, const vset *S, const vrole *roles)
 {
+    const fz_vtensor *t = S->t;
+    size_t n = S->n;
     const json_t *qc = json_object_get(c->config, "quantization_config");
     size_t nct = 0, ngptq = 0;
     const fz_vtensor *first = NULL;
@@ -306,15 +329,15 @@ static void check_quant(fz_vctx *c, const fz_vtensor *t, size_t n, const vrole *
         const char *s = t[i].t->name;
         size_t mlen = strlen(s) - strlen(".weight_packed");
         if (fz_vends_with(s, ".weight_scale"))
-            check_ct_module(c, t, n, &t[i], format);
-        else if (fz_vends_with(s, ".weight_packed") && !part(t, n, s, mlen, "weight_scale"))
+            check_ct_module(c, S, &t[i], format);
+        else if (fz_vends_with(s, ".weight_packed") && !part(S, s, mlen, "weight_scale"))
             fz_vfail(c, t[i].file, "'%s' has no %.*s.weight_scale", s, (int)mlen, s);
     }
     const json_t *ig = json_object_get(qc, "ignore"), *x;
     size_t k;
     json_array_foreach(ig, k, x) {
         const char *m = json_string_value(x);
-        if (m && strncmp(m, "re:", 3) && part(t, n, m, strlen(m), "weight_scale"))
+        if (m && strncmp(m, "re:", 3) && part(S, m, strlen(m), "weight_scale"))
             fz_vfail(c, "config.json", "quantization_config.ignore lists '%s' but it is stored "
                      "quantized", m);
     }
@@ -324,11 +347,17 @@ static void check_quant(fz_vctx *c, const fz_vtensor *t, size_t n, const vrole *
 void fz_vcheck_model(fz_vctx *c, const fz_vtensor *t, size_t n, const json_t *sharing)
 {
     vrole *roles = calloc(n ? n : 1, sizeof *roles);
+    vset set = {t, n, malloc((n ? n : 1) * sizeof(size_t))}, *S = &set;
     int64_t want = c->vocab;
-    if (!roles) {
+    if (!roles || !set.byname) {
+        free(roles);
+        free(set.byname);
         c->err = fz_error_set(FZ_ENOMEM, "out of memory");
         return;
     }
+    for (size_t i = 0; i < n; i++)
+        set.byname[i] = i;
+    qsort_r(set.byname, n, sizeof *set.byname, cmp_byname, (void *)t);
     for (size_t i = 0; i < n; i++)
         roles[i] = role_of(c, t[i].t);
     /* a head's bias: <head module>.bias, one row per token */
@@ -336,7 +365,7 @@ void fz_vcheck_model(fz_vctx *c, const fz_vtensor *t, size_t n, const json_t *sh
         size_t l = strlen(t[i].t->name);
         if (roles[i] != R_HEAD || l < 7 || !fz_vends_with(t[i].t->name, ".weight"))
             continue;
-        const fz_vtensor *b = part(t, n, t[i].t->name, l - 7, "bias");
+        const fz_vtensor *b = part(S, t[i].t->name, l - 7, "bias");
         if (b && b->t->ndim == 1)
             roles[b - t] = R_BIAS;
     }
@@ -350,13 +379,14 @@ void fz_vcheck_model(fz_vctx *c, const fz_vtensor *t, size_t n, const json_t *sh
             want = c->rows;
         if (rows != (uint64_t)want)
             fz_vfail(c, t[i].file, "'%s' has %llu rows but %s %lld", t[i].t->name,
-                        (unsigned long long)rows,
-                        c->vocab >= 0 ? "config.json vocab_size is" : "the embedding has",
-                        (long long)want);
+                     (unsigned long long)rows,
+                     c->vocab >= 0 ? "config.json vocab_size is" : "the embedding has",
+                     (long long)want);
     }
     if (c->config) {
         check_tie(c, t, n, roles, sharing);
-        check_quant(c, t, n, roles);
+        check_quant(c, S, roles);
     }
     free(roles);
+    free(set.byname);
 }

@@ -81,12 +81,12 @@ static void load_vocab(fz_vctx *c, const json_t *tj, vtok *k)
         int64_t in_vocab;
         if (fz_vjson_uint(json_object_get(k->vocab, s), &in_vocab) && in_vocab != id)
             fz_vfail(c, F, "added token '%s' has id %lld but model.vocab gives it %lld", s,
-                        (long long)id, (long long)in_vocab);
+                     (long long)id, (long long)in_vocab);
         snprintf(num, sizeof num, "%lld", (long long)id);
         const char *prev = json_string_value(json_object_get(byid, num));
         if (prev && strcmp(prev, s))
             fz_vfail(c, F, "added tokens '%s' and '%s' both have id %lld", prev, s,
-                        (long long)id);
+                     (long long)id);
         json_object_set_new(byid, num, json_string(s));
         json_object_set_new(k->other, s, json_integer((json_int_t)id));
         note_id(k, id);
@@ -122,10 +122,10 @@ static void check_id(fz_vctx *c, const vtok *k, const char *file, const char *ke
         fz_vfail(c, file, "%s %lld is negative", key, (long long)json_integer_value(v));
     } else if (k->limit >= 0 && id >= k->limit) {
         fz_vfail(c, file, "%s %lld is outside the embedding (%lld rows)", key, (long long)id,
-                    (long long)k->limit);
+                 (long long)k->limit);
     } else if (k->len >= 0 && id >= k->len) {
         fz_vfail(c, file, "%s %lld is not a token of the tokenizer (%lld tokens)", key,
-                    (long long)id, (long long)k->len);
+                 (long long)id, (long long)k->len);
     }
 }
 
@@ -157,10 +157,10 @@ static void check_token(fz_vctx *c, const vtok *k, const char *file, const char 
     int64_t id = lookup(k, s);
     if (id < 0)
         fz_vfail(c, file, "%s '%s' is not in the tokenizer's vocabulary (tokenizer.json)", key,
-                    s);
+                 s);
     else if (k->limit >= 0 && id >= k->limit)
         fz_vfail(c, file, "%s '%s' has id %lld, outside the embedding (%lld rows)", key, s,
-                    (long long)id, (long long)k->limit);
+                 (long long)id, (long long)k->limit);
 }
 
 static void check_roles(fz_vctx *c, const vtok *k, const char *file)
@@ -186,10 +186,10 @@ static void check_roles(fz_vctx *c, const vtok *k, const char *file)
         int64_t tid = k->len >= 0 ? lookup(k, s) : id;
         if (tid != id)
             fz_vfail(c, file, "added_tokens_decoder gives '%s' id %lld but tokenizer.json %s",
-                        s, id, tid < 0 ? "does not have it" : "has another id");
+                     s, id, tid < 0 ? "does not have it" : "has another id");
         else if (k->limit >= 0 && id >= k->limit)
             fz_vfail(c, file, "added_tokens_decoder id %lld ('%s') is outside the embedding "
-                        "(%lld rows)", id, s, (long long)k->limit);
+                     "(%lld rows)", id, s, (long long)k->limit);
     }
     json_decref(j);
 }

@@ -221,7 +221,7 @@ json_t *fz_vload_json(fz_vctx *c, const char *name)
         goto done;
     if (size > FZ_VERIFY_JSON_MAX) {
         fz_vfail(c, name, "%llu bytes: too large to be checked (limit %u MiB)",
-                    (unsigned long long)size, FZ_VERIFY_JSON_MAX >> 20);
+                 (unsigned long long)size, FZ_VERIFY_JSON_MAX >> 20);
         goto done;
     }
     if (!(text = malloc((size_t)size + 1))) {
@@ -261,7 +261,7 @@ static void walk(fz_vctx *c, const char *dir, int depth, size_t *entries)
         if (++*entries > FZ_VERIFY_MAX_ENTRIES) {
             if (*entries == FZ_VERIFY_MAX_ENTRIES + 1)
                 fz_vfail(c, "", "more than %d entries: symlinks past them were not checked",
-                            FZ_VERIFY_MAX_ENTRIES);
+                         FZ_VERIFY_MAX_ENTRIES);
             break;
         }
         if (asprintf(&p, "%s%s%s", dir, dir[0] ? "/" : "", names[i]) < 0) {
@@ -290,7 +290,7 @@ static void walk(fz_vctx *c, const char *dir, int depth, size_t *entries)
                     break;
                 case FZ_VR_ESCAPES:
                     fz_vfail(c, p, "symlink to '%s' points outside the directory (copy the "
-                                "file in, or link inside the directory)", target);
+                             "file in, or link inside the directory)", target);
                     break;
                 case FZ_VR_LOOP:
                     fz_vfail(c, p, "symlink loop through '%s'", target);

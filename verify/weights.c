@@ -34,11 +34,16 @@ static bool is_weight_name(const char *n)
            (strncmp(n, "pytorch_model", 13) == 0 && fz_vends_with(n, ".bin"));
 }
 
-static const fz_tensor *sort_base;
-
-static int cmp_byname(const void *a, const void *b)
+static int cmp_byname(const void *a, const void *b, void *base)
 {
-    return strcmp(sort_base[*(const size_t *)a].name, sort_base[*(const size_t *)b].name);
+    const fz_tensor *t = base;
+    return strcmp(t[*(const size_t *)a].name, t[*(const size_t *)b].name);
+}
+
+static int cmp_storage(const void *a, const void *b)
+{
+    const fz_tensor *x = *(const fz_tensor *const *)a, *y = *(const fz_tensor *const *)b;
+    return x->storage_id < y->storage_id ? -1 : x->storage_id > y->storage_id;
 }
 
 static const fz_tensor *find_in(const wfile *f, const char *name)
@@ -106,13 +111,12 @@ static wfile *get_file(fz_vctx *c, wfiles *F, const char *name)
     } else {
         for (size_t i = 0; i < f->t.n; i++)
             f->byname[i] = i;
-        sort_base = f->t.v;
-        qsort(f->byname, f->t.n, sizeof *f->byname, cmp_byname);
+        qsort_r(f->byname, f->t.n, sizeof *f->byname, cmp_byname, f->t.v);
         f->ok = true;
         for (size_t i = 1; i < f->t.n; i++)
             if (!strcmp(f->t.v[f->byname[i]].name, f->t.v[f->byname[i - 1]].name))
                 fz_vfail(c, name, "tensor '%s' is stored twice",
-                            f->t.v[f->byname[i]].name);
+                         f->t.v[f->byname[i]].name);
     }
 done:
     if (fd >= 0)
@@ -164,13 +168,20 @@ static void check_total(fz_vctx *c, const char *iname, const json_t *meta, wfile
         const wfile *f = set[k];
         if (!f->ok)
             return; /* already reported */
+        const fz_tensor **by = malloc((f->t.n ? f->t.n : 1) * sizeof *by);
+        if (!by) {
+            c->err = fz_error_set(FZ_ENOMEM, "out of memory");
+            return;
+        }
+        for (size_t i = 0; i < f->t.n; i++)
+            by[i] = &f->t.v[i];
+        qsort(by, f->t.n, sizeof *by, cmp_storage);
+        for (size_t i = 0; i < f->t.n; i++)
+            if (i == 0 || by[i]->storage_id != by[i - 1]->storage_id)
+                ok &= fz_add_u64(once, by[i]->storage_nbytes, &once);
+        free(by);
         for (size_t i = 0; i < f->t.n; i++) {
             const fz_tensor *t = &f->t.v[i];
-            bool first = true;
-            for (size_t j = 0; j < i && first; j++)
-                first = f->t.v[j].storage_id != t->storage_id;
-            if (first)
-                ok &= fz_add_u64(once, t->storage_nbytes, &once);
             const json_t *m = json_object_get(wm, t->name);
             if (json_is_string(m) && !strcmp(json_string_value(m), f->name)) {
                 ok &= fz_add_u64(per_name, t->storage_nbytes, &per_name);
@@ -181,7 +192,7 @@ static void check_total(fz_vctx *c, const char *iname, const json_t *meta, wfile
     uint64_t want = (uint64_t)total;
     if (ok && want != once && want != per_name && want != elems)
         fz_vfail(c, iname, "metadata.total_size is %llu but the tensors it maps hold %llu "
-                    "bytes", (unsigned long long)want, (unsigned long long)once);
+                 "bytes", (unsigned long long)want, (unsigned long long)once);
 }
 
 /* One index against the files and tensors present; *set gets its files. */
@@ -228,11 +239,11 @@ static void check_index(fz_vctx *c, wfiles *F, const char *iname, const json_t *
         }
         if (f->ok && !find_in(f, key) && absent++ < FZ_VERIFY_LIST_MAX)
             fz_vfail(c, iname, "weight_map puts '%s' in %s, which has no such tensor", key,
-                        f->name);
+                     f->name);
     }
     if (absent > FZ_VERIFY_LIST_MAX)
         fz_vfail(c, iname, "... and %zu more tensors missing from the files weight_map names",
-                    absent - FZ_VERIFY_LIST_MAX);
+                 absent - FZ_VERIFY_LIST_MAX);
     for (size_t k = 0; k < nset; k++)
         for (size_t i = 0; set[k]->ok && i < set[k]->t.n; i++) {
             const char *tn = set[k]->t.v[i].name;
@@ -240,11 +251,11 @@ static void check_index(fz_vctx *c, wfiles *F, const char *iname, const json_t *
             if ((!json_is_string(m) || strcmp(json_string_value(m), set[k]->name)) &&
                 unlisted++ < FZ_VERIFY_LIST_MAX)
                 fz_vfail(c, set[k]->name, "tensor '%s' is not mapped to this file by %s", tn,
-                            iname);
+                         iname);
         }
     if (unlisted > FZ_VERIFY_LIST_MAX)
         fz_vfail(c, iname, "... and %zu more stored tensors its weight_map does not map there",
-                    unlisted - FZ_VERIFY_LIST_MAX);
+                 unlisted - FZ_VERIFY_LIST_MAX);
     if (json_is_object(meta))
         check_total(c, iname, meta, set, nset, wm);
     *set_out = set;
@@ -281,7 +292,7 @@ static void model_set(fz_vctx *c, wfile **set, size_t nset, const json_t *sharin
                 if (find_in(set[j], t->name)) {
                     dup = true;
                     fz_vfail(c, set[k]->name, "tensor '%s' is also stored in %s", t->name,
-                                set[j]->name);
+                             set[j]->name);
                 }
             if (!dup)
                 all[n++] = (fz_vtensor){t, set[k]->name};
@@ -326,7 +337,7 @@ void fz_vcheck_weights(fz_vctx *c)
             if (shard_name(c->root[k], e, &sl) && sl == stem && !strncmp(c->root[k], n, sl) &&
                 !in_set(set, nset, c->root[k]))
                 fz_vfail(c, c->root[k], "a shard that %s does not reference (loaders "
-                            "ignore it, and the index may be stale)", n);
+                         "ignore it, and the index may be stale)", n);
         if (listed(model_indexes, n) && idx && !c->err)
             model_set(c, set, nset, json_object_get(json_object_get(idx, "metadata"),
                                                     "param_sharing"));
@@ -361,7 +372,7 @@ void fz_vcheck_weights(fz_vctx *c)
                     has_index = !strcmp(c->root[k], iname);
                 if (!has_index)
                     fz_vfail(c, n, "a shard but there is no %s: loaders will not find it",
-                                iname);
+                             iname);
                 free(iname);
             }
         }
@@ -370,7 +381,7 @@ void fz_vcheck_weights(fz_vctx *c)
     }
     if (!any && !c->err)
         fz_vfail(c, "", "no model weights (model.safetensors, pytorch_model.bin or a "
-                    "*.index.json)");
+                 "*.index.json)");
     for (size_t i = 0; i < F.n; i++) {
         free(F.v[i].name);
         free(F.v[i].byname);

@@ -23,8 +23,9 @@ typedef struct {
     size_t *byname; /* tensor indices sorted by name */
 } wfile;
 
+/* Every file read so far; each wfile stays where it is (sets point at them). */
 typedef struct {
-    wfile *v;
+    wfile **v;
     size_t n, cap;
 } wfiles;
 
@@ -66,11 +67,11 @@ static const fz_tensor *find_in(const wfile *f, const char *name)
 static wfile *get_file(fz_vctx *c, wfiles *F, const char *name)
 {
     for (size_t i = 0; i < F->n; i++)
-        if (strcmp(F->v[i].name, name) == 0)
-            return &F->v[i];
+        if (strcmp(F->v[i]->name, name) == 0)
+            return F->v[i];
     if (F->n == F->cap) {
         size_t cap = F->cap ? 2 * F->cap : 8;
-        wfile *nv = realloc(F->v, cap * sizeof *nv);
+        wfile **nv = realloc(F->v, cap * sizeof *nv);
         if (!nv) {
             c->err = fz_error_set(FZ_ENOMEM, "out of memory");
             return NULL;
@@ -78,13 +79,13 @@ static wfile *get_file(fz_vctx *c, wfiles *F, const char *name)
         F->v = nv;
         F->cap = cap;
     }
-    wfile *f = &F->v[F->n];
-    memset(f, 0, sizeof *f);
-    if (!(f->name = strdup(name))) {
+    wfile *f = calloc(1, sizeof *f);
+    if (!f || !(f->name = strdup(name))) {
+        free(f);
         c->err = fz_error_set(FZ_ENOMEM, "out of memory");
         return NULL;
     }
-    F->n++;
+    F->v[F->n++] = f;
     f->st = fz_vends_with(name, ".safetensors");
     char *phys = NULL;
     fz_vkind kind;
@@ -383,9 +384,10 @@ void fz_vcheck_weights(fz_vctx *c)
         fz_vfail(c, "", "no model weights (model.safetensors, pytorch_model.bin or a "
                  "*.index.json)");
     for (size_t i = 0; i < F.n; i++) {
-        free(F.v[i].name);
-        free(F.v[i].byname);
-        fz_tensor_list_free(&F.v[i].t);
+        free(F.v[i]->name);
+        free(F.v[i]->byname);
+        fz_tensor_list_free(&F.v[i]->t);
+        free(F.v[i]);
     }
     free(F.v);
     free(refd);

@@ -241,6 +241,33 @@ static void test_index(void **state)
     done(d);
 }
 
+/* Ten shards (more than the first allocation of the file table): every
+ * problem still names the right file. Each shard is st_nometa.safetensors
+ * (one tensor 'w'); the index maps 'w' to the first and 'xK' to shard K. */
+static void test_many_shards(void **state)
+{
+    (void)state;
+    char *d = good_dir(false);
+    char text[4096];
+    int k = snprintf(text, sizeof text, "{\"metadata\": {}, \"weight_map\": {\"w\": "
+                     "\"model-00001-of-00010.safetensors\"");
+    sh("rm '%s/model.safetensors'", d);
+    for (int i = 1; i <= 10; i++) {
+        sh("cp '%s/st_nometa.safetensors' '%s/model-%05d-of-00010.safetensors'", DATA, d, i);
+        if (i > 1)
+            k += snprintf(text + k, sizeof text - (size_t)k,
+                          ", \"x%d\": \"model-%05d-of-00010.safetensors\"", i, i);
+    }
+    snprintf(text + k, sizeof text - (size_t)k, "}}");
+    put(d, "model.safetensors.index.json", text);
+    expect(d, "model.safetensors.index.json", "puts 'x2' in model-00002-of-00010.safetensors");
+    expect(d, "model-00006-of-00010.safetensors", "tensor 'w' is not mapped to this file");
+    expect(d, "model-00010-of-00010.safetensors", "tensor 'w' is also stored in "
+                                                  "model-00001-of-00010.safetensors");
+    expect(d, "model.safetensors.index.json", "... and 4 more tensors missing");
+    done(d);
+}
+
 static void test_headers(void **state)
 {
     (void)state;
@@ -418,6 +445,7 @@ int main(void)
         cmocka_unit_test(test_quantization), cmocka_unit_test(test_symlinks),
         cmocka_unit_test(test_json_output),  cmocka_unit_test(test_view),
         cmocka_unit_test(test_view_gate),    cmocka_unit_test(test_tie_param_sharing),
+        cmocka_unit_test(test_many_shards),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

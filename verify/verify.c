@@ -153,7 +153,9 @@ fz_vres fz_vresolve(fz_vctx *c, const char *path, char **phys, fz_vkind *kind, u
         }
         size_t len = strcspn(r, "/");
         char *next = r + len;
-        if ((len == 1 && r[0] == '.')) {
+        if (*kind != FZ_VK_DIR)
+            break; /* a component under a file */
+        if (len == 1 && r[0] == '.') {
             memmove(rest, next, strlen(next) + 1);
             continue;
         }
@@ -170,8 +172,6 @@ fz_vres fz_vresolve(fz_vctx *c, const char *path, char **phys, fz_vkind *kind, u
             memmove(rest, next, strlen(next) + 1);
             continue;
         }
-        if (*kind != FZ_VK_DIR)
-            break; /* a component under a file */
         size_t dl = strlen(done);
         if (!path_push(done, CAP, r, len))
             break;

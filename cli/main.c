@@ -60,23 +60,16 @@ static int cmd_plan(fz_cli *c)
  * it already exists (reusing hits must not create a cache nobody asked
  * for), or the default one created when --fill-cache asks to fill it. A
  * cache that cannot be opened is a warning: materialize computes instead. */
-static fz_cache *materialize_cache(const fz_cli *c)
+static void materialize_cache(const fz_cli *c, fz_view *v)
 {
-    fz_cache *cache = NULL;
     struct stat st;
     if (c->no_cache)
-        return NULL;
-    char *dir = c->cache_dir ? strdup(c->cache_dir) : fz_cache_default_dir();
-    if (!dir)
-        return NULL;
-    if (c->cache_dir || c->fill_cache || stat(dir, &st) == 0) {
-        if (fz_cache_open(&cache, dir, c->cache_size) != 0) {
-            fz_warn("cache %s unavailable, computing without it: %s", dir, fz_error_msg());
-            cache = NULL;
-        }
-    }
+        return;
+    char *dir = c->cache_dir ? NULL : fz_cache_default_dir();
+    if (c->cache_dir || c->fill_cache || (dir && stat(dir, &st) == 0))
+        if (fz_view_open_cache(v, c->cache_dir, c->cache_size, c->fill_cache) != 0)
+            fz_warn("cache unavailable, computing without it: %s", fz_error_msg());
     free(dir);
-    return cache;
 }
 
 static int cmd_materialize(fz_cli *c)
@@ -95,15 +88,12 @@ static int cmd_materialize(fz_cli *c)
         fz_view_free(v);
         return rc ? fail(rc) : 0;
     }
-    fz_cache *cache = materialize_cache(c);
-    if (cache)
-        fz_view_set_cache(v, cache, c->fill_cache);
+    materialize_cache(c, v);
     fz_mat_opts mo = {.workers = c->workers,
                       .progress = c->progress < 0 ? isatty(2) != 0 : c->progress > 0};
     fz_info("Materializing %s -> %s", c->view.src, c->dest);
     rc = fz_materialize(v, c->dest, &mo);
     fz_view_free(v);
-    fz_cache_close(cache);
     if (rc)
         return fail(rc);
     fz_info("Done. Finalized model at: %s", c->dest);

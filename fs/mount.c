@@ -20,7 +20,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cache/cache.h"
 #include "fs/ops.h"
 #include "fs/pidfile.h"
 #include "util/error.h"
@@ -230,23 +229,12 @@ static int serve(fz_fs *fs, struct fuse_session *se, const char *mnt, const char
     pthread_t ready_th;
     fz_ready ready = {mnt, ready_fd, src, 0, false};
     struct fuse_loop_config *cfg = NULL;
-    fz_cache *cache = NULL;
-    char *cache_dir = NULL;
     char msg[1100];
 
-    if (o->use_cache) {
-        cache_dir = o->cache_dir ? strdup(o->cache_dir) : fz_cache_default_dir();
-        if (!cache_dir) {
-            rc = fz_error_set(FZ_ENOMEM, "out of memory");
-            goto done;
-        }
-        /* A cache is an optimisation: one that cannot be opened (damaged
-         * and in use elsewhere, unwritable, ...) is a warning. */
-        if (fz_cache_open(&cache, cache_dir, o->cache_size) == 0)
-            fz_view_set_cache(fs->v, cache, true);
-        else
-            fz_warn("cache %s unavailable, serving without it: %s", cache_dir, fz_error_msg());
-    }
+    /* Opened here, after the fork (an LMDB environment must not cross it);
+     * owned by the view. One that cannot be opened is a warning. */
+    if (o->use_cache && fz_view_open_cache(fs->v, o->cache_dir, o->cache_size, true) != 0)
+        fz_warn("cache unavailable, serving without it: %s", fz_error_msg());
     int nthreads = o->compute_threads;
     if (nthreads <= 0) {
         long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -305,11 +293,7 @@ done:
     if (cfg)
         fuse_loop_cfg_destroy(cfg);
     fuse_session_destroy(se);
-    if (cache) {
-        fz_view_set_cache(fs->v, NULL, false);
-        fz_cache_close(cache);
-    }
-    free(cache_dir);
+    fz_view_close_cache(fs->v); /* flushed before the pid file goes: umount waits for it */
     if (ready.pidfile) {
         char pidpath[PATH_MAX];
         if (fz_pidfile_path(pidpath, sizeof pidpath, major(ready.dev), minor(ready.dev),

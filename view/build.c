@@ -358,6 +358,7 @@ void fz_view_free(fz_view *v)
 {
     if (!v)
         return;
+    fz_view_close_cache(v);
     for (uint32_t i = 0; i < v->nnodes; i++) {
         fz_node *n = &v->nodes[i];
         free(n->name);

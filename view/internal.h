@@ -123,6 +123,7 @@ struct fz_view {
      * = UINT64_MAX when not cacheable); the array is kept in lits. */
     struct fz_cache *cache;
     bool cache_store;
+    struct fz_cache *owned_cache; /* opened by fz_view_open_cache, closed with the view */
     fz_cache_key *recipe_keys;
 };
 

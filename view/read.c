@@ -329,6 +329,31 @@ static int record_key(const fz_view *v, uint32_t zi, size_t rec, fz_cache_key *k
     return rc;
 }
 
+int fz_view_open_cache(fz_view *v, const char *dir, uint64_t size, bool store)
+{
+    fz_view_close_cache(v);
+    char *d = dir ? strdup(dir) : fz_cache_default_dir();
+    if (!d)
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    fz_cache *c = NULL;
+    int rc = fz_cache_open(&c, d, size);
+    free(d);
+    if (rc)
+        return rc;
+    v->owned_cache = c;
+    fz_view_set_cache(v, c, store);
+    return 0;
+}
+
+void fz_view_close_cache(fz_view *v)
+{
+    if (!v->owned_cache)
+        return;
+    fz_view_set_cache(v, NULL, false);
+    fz_cache_close(v->owned_cache);
+    v->owned_cache = NULL;
+}
+
 void fz_view_set_cache(fz_view *v, struct fz_cache *c, bool store)
 {
     if (c && !v->recipe_keys && make_recipe_keys(v) != 0) {

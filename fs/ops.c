@@ -8,8 +8,10 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include "util/error.h"
 #include "util/log.h"
@@ -419,19 +421,109 @@ static void pool_submit(fz_fs *fs, fuse_req_t req, uint32_t node, uint64_t off, 
     pthread_mutex_unlock(&p->lock);
 }
 
+/* ---- span replies through a pipe -------------------------------------- */
+
+/* Each FUSE worker thread's pipe: the bytes of a literal/span read are
+ * spliced into it first, so a source that ends early is seen before
+ * anything is sent, then the pipe is handed to libfuse, which splices it on
+ * into /dev/fuse. The write end is non-blocking: a pipe without room gives
+ * EAGAIN, never a wait on ourselves. */
+typedef struct {
+    int fd[2];
+    size_t cap;
+} fz_span_pipe;
+
+static pthread_key_t span_key;
+static pthread_once_t span_once = PTHREAD_ONCE_INIT;
+static bool span_key_ok;
+
+static void span_pipe_free(void *p)
+{
+    fz_span_pipe *sp = p;
+    close(sp->fd[0]);
+    close(sp->fd[1]);
+    free(sp);
+}
+
+static void span_key_make(void)
+{
+    span_key_ok = pthread_key_create(&span_key, span_pipe_free) == 0;
+}
+
+/* This thread's pipe with room for `need` bytes, or NULL (no pipe, or it
+ * cannot grow that far: an unprivileged user is held to pipe-max-size). */
+static fz_span_pipe *span_pipe(size_t need)
+{
+    pthread_once(&span_once, span_key_make);
+    if (!span_key_ok || need > INT32_MAX)
+        return NULL;
+    fz_span_pipe *sp = pthread_getspecific(span_key);
+    if (!sp) {
+        if (!(sp = malloc(sizeof *sp)))
+            return NULL;
+        if (pipe2(sp->fd, O_CLOEXEC) != 0) {
+            free(sp);
+            return NULL;
+        }
+        int cap = fcntl(sp->fd[0], F_GETPIPE_SZ);
+        sp->cap = cap > 0 ? (size_t)cap : 0;
+        if (fcntl(sp->fd[1], F_SETFL, O_NONBLOCK) != 0 || pthread_setspecific(span_key, sp)) {
+            span_pipe_free(sp);
+            return NULL;
+        }
+    }
+    if (sp->cap < need) {
+        int cap = fcntl(sp->fd[0], F_SETPIPE_SZ, (int)need);
+        if (cap < 0)
+            return NULL;
+        sp->cap = (size_t)cap;
+    }
+    return sp;
+}
+
+/* Empty the pipe (after a failed fill, or what libfuse left unread). */
+static void span_drain(fz_span_pipe *sp)
+{
+    char buf[4096];
+    int n;
+    while (ioctl(sp->fd[0], FIONREAD, &n) == 0 && n > 0)
+        if (read(sp->fd[0], buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf) <= 0)
+            break;
+}
+
+/* The pieces' bytes into the pipe, all of them: 0, or -1 if a source gave
+ * fewer bytes than asked (it ended early), failed, or the pipe is full. */
+static int span_fill(fz_span_pipe *sp, const fz_piece *pieces, size_t count)
+{
+    for (size_t k = 0; k < count; k++) {
+        off_t off = (off_t)pieces[k].off;
+        size_t left = (size_t)pieces[k].len;
+        while (left > 0) {
+            ssize_t r = pieces[k].mem ? write(sp->fd[1], pieces[k].mem + pieces[k].len - left, left)
+                                      : splice(pieces[k].fd, &off, sp->fd[1], NULL, left,
+                                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0)
+                return -1;
+            left -= (size_t)r;
+        }
+    }
+    return 0;
+}
+
 /* ---- read dispatch --------------------------------------------------- */
 
 /* Where a read is answered.
  *
  * A file is an ordered list of segments (view.h). A read whose range
- * touches only literal and span segments costs a memcpy or a pread: it is
- * answered right here in the FUSE worker, as one fuse_reply_data over a
- * buffer vector built from fz_view_direct's pieces - literal pieces point
- * into the view's own buffers, span pieces are (source fd, offset) buffers
- * with FUSE_BUF_IS_FD|FD_SEEK, so libfuse can splice them from the source
- * file's page cache into /dev/fuse when the kernel granted SPLICE_WRITE
- * (else it preads them). The view decides where every byte lives; this
- * layer only chooses between splicing and computing.
+ * touches only literal and span segments costs a memcpy or a splice: it is
+ * answered right here in the FUSE worker. Its pieces (fz_view_direct) go
+ * into this thread's pipe first - literal ones written, span ones spliced
+ * from the source file's page cache - and the pipe is handed to
+ * fuse_reply_data, which splices it on into /dev/fuse when the kernel
+ * granted SPLICE_WRITE (else reads it). The view decides where every byte
+ * lives; this layer only chooses between splicing and computing.
  *
  * A read touching a computed or deferred segment (casts, resized
  * embeddings, zip headers whose CRCs need computed records) may take
@@ -441,20 +533,20 @@ static void pool_submit(fz_fs *fs, fuse_req_t req, uint32_t node, uint64_t off, 
  * page-cache misses on unchanged bytes; nothing here ever waits on another
  * FUSE request (the deadlock of peers-and-design B.3).
  *
- * A source that changes (truncated, rewritten in place) must never show:
- * fz_view_direct checks the node's sources before handing out span pieces
- * (a changed one sends the read to the pool, which answers EIO). A change
- * during the splice itself cannot be undone: libfuse sends what the source
- * gave, and the kernel takes a short reply for end of file - it shrinks
- * the file and caches zero-filled page tails. So the node is checked again
- * after replying, and if a source changed meanwhile the kernel is told to
- * drop the inode's cached pages and attributes: the next stat gets the
- * view's size again and the next read fails with EIO.
+ * A source that changes (truncated, rewritten in place) must never show.
+ * The kernel takes a short reply for end of file: it would shrink the file
+ * and cache zero-filled page tails. So nothing is sent until every byte is
+ * in the pipe, and the node's sources are checked before (fz_view_direct)
+ * and after filling it; a source that ended early or changed sends the
+ * read to the pool, whose fz_view_read answers EIO (and logs the change
+ * once). A truncation after the fill makes the kernel fail the reply (the
+ * pipe's pages left the file: EIO); a write in place after it shows in that
+ * one reply (the pipe holds page references), so the node is checked once
+ * more after replying and the kernel told to drop the file's cached pages.
  *
  * Deliberately not done: splitting a mixed read into a fast part and a
  * computed part (the pool computes the whole range; a 1 MiB read rarely
- * straddles), and source-read errors on the splice path cannot be logged
- * here (libfuse turns them into the reply's errno itself). */
+ * straddles). */
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
@@ -483,26 +575,26 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         fuse_reply_buf(req, (const char *)pieces[0].mem, (size_t)len);
         return;
     }
-    union {
-        struct fuse_bufvec bv;
-        char space[sizeof(struct fuse_bufvec) + FZ_FS_MAX_FAST_SEGS * sizeof(struct fuse_buf)];
-    } u;
-    struct fuse_bufvec *bv = &u.bv;
-    memset(bv, 0, sizeof *bv);
-    bv->count = count;
-    for (size_t k = 0; k < count; k++) {
-        struct fuse_buf *b = &bv->buf[k];
-        memset(b, 0, sizeof *b);
-        b->size = (size_t)pieces[k].len;
-        if (pieces[k].mem) {
-            b->mem = (void *)pieces[k].mem;
-        } else {
-            b->flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY;
-            b->fd = pieces[k].fd;
-            b->pos = (off_t)pieces[k].off;
-        }
+    /* Room for every byte, a page more per piece (unaligned spans), and the
+     * reply header libfuse adds in its own pipe. */
+    fz_span_pipe *sp = span_pipe((size_t)len + (count + 1) * 4096);
+    if (!sp || span_fill(sp, pieces, count) != 0 || fz_view_check_node(fs->v, idx) != 0) {
+        /* No pipe, a source that ended early, or one changed under the
+         * splice: fz_view_read reads it exactly (pread, checks) and answers
+         * with the bytes or EIO. */
+        if (sp)
+            span_drain(sp);
+        pool_submit(fs, req, idx, o, len);
+        return;
     }
-    fuse_reply_data(req, bv, FUSE_BUF_SPLICE_MOVE);
+    struct fuse_bufvec bv = FUSE_BUFVEC_INIT((size_t)len);
+    bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_RETRY;
+    bv.buf[0].fd = sp->fd[0];
+    fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+    span_drain(sp);
+    /* The pipe holds references to the source's pages, not copies: a write
+     * in place before libfuse sent them shows through. Seen afterwards,
+     * the kernel drops what it cached of this file; later reads fail. */
     if (fz_view_check_node(fs->v, idx) != 0 && fs->se)
         fuse_lowlevel_notify_inval_inode(fs->se, ino, 0, 0);
 }

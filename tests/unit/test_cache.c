@@ -19,6 +19,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#include "tests/unit/helpers.h"
 #include <lmdb.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -27,20 +29,6 @@
 #include "util/error.h"
 
 /* ---- helpers ---- */
-
-static char *tmpdir(void)
-{
-    char *d = strdup("/tmp/fz_test_cache_XXXXXX");
-    assert_non_null(mkdtemp(d));
-    return d;
-}
-
-static void rmtree(const char *d)
-{
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", d);
-    assert_int_equal(system(cmd), 0);
-}
 
 /* Deterministic bytes for (seed, i). */
 static uint8_t byte_at(uint64_t seed, uint64_t i)
@@ -86,13 +74,6 @@ static fz_cache_key key_of(const char *text, uint64_t chunk)
     return k;
 }
 
-static fz_cache_stats stats(fz_cache *c)
-{
-    fz_cache_stats s;
-    assert_int_equal(fz_cache_get_stats(c, &s), 0);
-    return s;
-}
-
 /* Flip one byte of the stored value of k (the cache must be closed). */
 static void corrupt_value(const char *dir, const fz_cache_key *k, size_t at)
 {
@@ -128,7 +109,7 @@ static void corrupt_value(const char *dir, const fz_cache_key *k, size_t at)
 static void test_open_close_default_dir(void **state)
 {
     (void)state;
-    char *d = tmpdir();
+    char *d = fz_test_tmpdir("fz_test_cache");
     char nested[512];
     snprintf(nested, sizeof nested, "%s/a/b/fzfs", d);
     fz_cache *c = NULL;
@@ -140,14 +121,14 @@ static void test_open_close_default_dir(void **state)
     fz_cache *c2 = NULL;
     assert_int_equal(fz_cache_open(&c2, nested, 0), FZ_EEXIST);
     assert_null(c2);
-    fz_cache_stats s = stats(c);
+    fz_cache_stats s = fz_test_cache_stats(c);
     assert_int_equal(s.entries, 0);
     assert_int_equal(s.map_size, 64ull << 20);
     fz_cache_close(c);
     fz_cache_close(NULL);
     /* map_size 0 keeps the existing size. */
     assert_int_equal(fz_cache_open(&c, nested, 0), 0);
-    assert_int_equal(stats(c).map_size, 64ull << 20);
+    assert_int_equal(fz_test_cache_stats(c).map_size, 64ull << 20);
     fz_cache_close(c);
 
     char *old_xdg = getenv("XDG_CACHE_HOME") ? strdup(getenv("XDG_CACHE_HOME")) : NULL;
@@ -169,14 +150,14 @@ static void test_open_close_default_dir(void **state)
         unsetenv("HOME");
     free(old_xdg);
     free(old_home);
-    rmtree(d);
+    fz_test_rmtree(d);
     free(d);
 }
 
 static void test_fill_once_then_hit(void **state)
 {
     (void)state;
-    char *d = tmpdir();
+    char *d = fz_test_tmpdir("fz_test_cache");
     fz_cache *c;
     assert_int_equal(fz_cache_open(&c, d, 64ull << 20), 0);
     fill_ctx f = {.seed = 7};
@@ -210,7 +191,7 @@ static void test_fill_once_then_hit(void **state)
     check_bytes(b, 9, 0, 64);
     assert_int_equal(atomic_load(&f2.calls), 2);
 
-    fz_cache_stats s = stats(c);
+    fz_cache_stats s = fz_test_cache_stats(c);
     assert_int_equal(s.entries, 2);
     assert_int_equal(s.bytes, len + 10);
     assert_int_equal(s.fills, 4);
@@ -224,14 +205,14 @@ static void test_fill_once_then_hit(void **state)
     check_bytes(b, 3, 0, 32);
     fz_cache_close(c);
     free(b);
-    rmtree(d);
+    fz_test_rmtree(d);
     free(d);
 }
 
 static void test_fill_error_not_stored(void **state)
 {
     (void)state;
-    char *d = tmpdir();
+    char *d = fz_test_tmpdir("fz_test_cache");
     fz_cache *c;
     assert_int_equal(fz_cache_open(&c, d, 64ull << 20), 0);
     fz_cache_key k = key_of("failing", 0);
@@ -245,14 +226,14 @@ static void test_fill_error_not_stored(void **state)
     check_bytes(b, 1, 0, sizeof b);
     assert_int_equal(atomic_load(&f.calls), 2);
     fz_cache_close(c);
-    rmtree(d);
+    fz_test_rmtree(d);
     free(d);
 }
 
 static void test_persistence(void **state)
 {
     (void)state;
-    char *d = tmpdir();
+    char *d = fz_test_tmpdir("fz_test_cache");
     fz_cache *c;
     uint8_t b[4096];
     assert_int_equal(fz_cache_open(&c, d, 64ull << 20), 0);
@@ -273,19 +254,19 @@ static void test_persistence(void **state)
         check_bytes(b, 11 + i, 0, sizeof b);
     }
     assert_int_equal(atomic_load(&g.calls), 0);
-    fz_cache_stats s = stats(c);
+    fz_cache_stats s = fz_test_cache_stats(c);
     assert_int_equal(s.entries, 10);
     assert_int_equal(s.fills, 10); /* counted by the first open, persisted */
     assert_int_equal(s.hits, 10);
     fz_cache_close(c);
-    rmtree(d);
+    fz_test_rmtree(d);
     free(d);
 }
 
 static void test_corrupt_value_recomputed(void **state)
 {
     (void)state;
-    char *d = tmpdir();
+    char *d = fz_test_tmpdir("fz_test_cache");
     fz_cache *c;
     uint64_t len = 50000;
     uint8_t *b = malloc(len);
@@ -310,7 +291,7 @@ static void test_corrupt_value_recomputed(void **state)
     assert_int_equal(fz_cache_fetch(c, &k, len, b, fill, &f, true), 0);
     check_bytes(b, 21, 0, len);
     assert_int_equal(atomic_load(&f.calls), 2); /* the recomputed value was stored */
-    fz_cache_stats s = stats(c);
+    fz_cache_stats s = fz_test_cache_stats(c);
     assert_int_equal(s.corrupt, 1);
 
     /* verify finds the other one and deletes it. */
@@ -318,7 +299,7 @@ static void test_corrupt_value_recomputed(void **state)
     assert_int_equal(fz_cache_verify(c, &checked, &bad), 0);
     assert_int_equal(checked, 3);
     assert_int_equal(bad, 1);
-    s = stats(c);
+    s = fz_test_cache_stats(c);
     assert_int_equal(s.entries, 2);
     assert_int_equal(s.corrupt, 2);
     assert_int_equal(fz_cache_verify(c, &checked, &bad), 0);
@@ -332,10 +313,10 @@ static void test_corrupt_value_recomputed(void **state)
     assert_int_equal(fz_cache_fetch(c, &k3, len - 1, b, fill, &f3, true), 0);
     check_bytes(b, 23, 0, len - 1);
     assert_int_equal(atomic_load(&f3.calls), 2);
-    assert_int_equal(stats(c).corrupt, 3);
+    assert_int_equal(fz_test_cache_stats(c).corrupt, 3);
     fz_cache_close(c);
     free(b);
-    rmtree(d);
+    fz_test_rmtree(d);
     free(d);
 }
 
@@ -344,7 +325,7 @@ static void test_corrupt_value_recomputed(void **state)
 static void test_corrupt_block_range(void **state)
 {
     (void)state;
-    char *d = tmpdir();
+    char *d = fz_test_tmpdir("fz_test_cache");
     fz_cache *c;
     uint64_t len = 4u << 20, hdr = 48 + 8 * 64;
     uint8_t *b = malloc(len);
@@ -359,11 +340,11 @@ static void test_corrupt_block_range(void **state)
     assert_int_equal(fz_cache_fetch_range(c, &k, len, 0, 3 * 65536, b, fill, &f, true), 0);
     check_bytes(b, 41, 0, 3 * 65536);
     assert_int_equal(atomic_load(&f.calls), 1);
-    assert_int_equal(stats(c).corrupt, 0);
+    assert_int_equal(fz_test_cache_stats(c).corrupt, 0);
     assert_int_equal(fz_cache_fetch_range(c, &k, len, 3 * 65536 + 1, 10, b, fill, &f, true), 0);
     check_bytes(b, 41, 3 * 65536 + 1, 10);
     assert_int_equal(atomic_load(&f.calls), 2);
-    assert_int_equal(stats(c).corrupt, 1);
+    assert_int_equal(fz_test_cache_stats(c).corrupt, 1);
     assert_int_equal(fz_cache_fetch(c, &k, len, b, fill, &f, true), 0);
     check_bytes(b, 41, 0, len);
     assert_int_equal(atomic_load(&f.calls), 2);
@@ -372,7 +353,7 @@ static void test_corrupt_block_range(void **state)
     assert_int_equal(bad, 0);
     fz_cache_close(c);
     free(b);
-    rmtree(d);
+    fz_test_rmtree(d);
     free(d);
 }
 
@@ -398,7 +379,7 @@ static void test_single_flight(void **state)
 {
     (void)state;
     enum { N = 12 };
-    char *d = tmpdir();
+    char *d = fz_test_tmpdir("fz_test_cache");
     fz_cache *c;
     assert_int_equal(fz_cache_open(&c, d, 256ull << 20), 0);
     for (int round = 0; round < 3; round++) {
@@ -425,18 +406,18 @@ static void test_single_flight(void **state)
         assert_int_equal(atomic_load(&f.calls), 1);
         pthread_barrier_destroy(&bar);
     }
-    fz_cache_stats s = stats(c);
+    fz_cache_stats s = fz_test_cache_stats(c);
     assert_int_equal(s.fills, 3);
     assert_int_equal(s.hits, 3 * (N - 1));
     fz_cache_close(c);
-    rmtree(d);
+    fz_test_rmtree(d);
     free(d);
 }
 
 static void test_fetch_range(void **state)
 {
     (void)state;
-    char *d = tmpdir();
+    char *d = fz_test_tmpdir("fz_test_cache");
     fz_cache *c;
     assert_int_equal(fz_cache_open(&c, d, 64ull << 20), 0);
     fz_cache_key k = key_of("ranges", 0);
@@ -457,14 +438,14 @@ static void test_fetch_range(void **state)
     assert_int_equal(fz_cache_fetch_range(NULL, &k, len, 999, 1000, b, fill, &g, true), 0);
     check_bytes(b, 6, 999, 1000);
     fz_cache_close(c);
-    rmtree(d);
+    fz_test_rmtree(d);
     free(d);
 }
 
 static void test_tiny_map_evicts(void **state)
 {
     (void)state;
-    char *d = tmpdir();
+    char *d = fz_test_tmpdir("fz_test_cache");
     fz_cache *c;
     uint64_t len = 256u << 10;
     uint8_t *b = malloc(len);
@@ -480,7 +461,7 @@ static void test_tiny_map_evicts(void **state)
                 fz_cache_flush(c);
         }
     }
-    fz_cache_stats s = stats(c);
+    fz_cache_stats s = fz_test_cache_stats(c);
     printf("tiny map: %llu entries, %llu evictions, %llu fills, used %llu of %llu\n",
            (unsigned long long)s.entries, (unsigned long long)s.evictions,
            (unsigned long long)s.fills, (unsigned long long)s.used_bytes,
@@ -504,18 +485,18 @@ static void test_tiny_map_evicts(void **state)
         fz_cache_flush(c);
     }
     assert_int_equal(atomic_load(&fb.calls), 2);
-    assert_int_equal(stats(c).entries, s.entries);
+    assert_int_equal(fz_test_cache_stats(c).entries, s.entries);
     free(big);
     fz_cache_close(c);
     free(b);
-    rmtree(d);
+    fz_test_rmtree(d);
     free(d);
 }
 
 static void test_clear(void **state)
 {
     (void)state;
-    char *d = tmpdir();
+    char *d = fz_test_tmpdir("fz_test_cache");
     fz_cache *c;
     uint8_t b[1000];
     assert_int_equal(fz_cache_open(&c, d, 64ull << 20), 0);
@@ -524,9 +505,9 @@ static void test_clear(void **state)
         fz_cache_key k = key_of("clear", i);
         assert_int_equal(fz_cache_fetch(c, &k, sizeof b, b, fill, &f, true), 0);
     }
-    assert_int_equal(stats(c).entries, 5);
+    assert_int_equal(fz_test_cache_stats(c).entries, 5);
     assert_int_equal(fz_cache_clear(c), 0);
-    fz_cache_stats s = stats(c);
+    fz_cache_stats s = fz_test_cache_stats(c);
     assert_int_equal(s.entries, 0);
     assert_int_equal(s.bytes, 0);
     assert_int_equal(s.fills, 0);
@@ -537,9 +518,9 @@ static void test_clear(void **state)
     assert_int_equal(atomic_load(&f.calls), 6);
     fz_cache_close(c);
     assert_int_equal(fz_cache_open(&c, d, 0), 0);
-    assert_int_equal(stats(c).entries, 1);
+    assert_int_equal(fz_test_cache_stats(c).entries, 1);
     fz_cache_close(c);
-    rmtree(d);
+    fz_test_rmtree(d);
     free(d);
 }
 
@@ -548,7 +529,7 @@ static void test_clear(void **state)
 static void test_two_processes(void **state)
 {
     (void)state;
-    char *d = tmpdir();
+    char *d = fz_test_tmpdir("fz_test_cache");
     uint8_t b[70000];
     pid_t pid = fork();
     assert_true(pid >= 0);
@@ -581,12 +562,12 @@ static void test_two_processes(void **state)
             check_bytes(b, (uint64_t)who * 100 + i, 0, sizeof b);
         }
     assert_int_equal(atomic_load(&none.calls), 0);
-    fz_cache_stats s = stats(c);
+    fz_cache_stats s = fz_test_cache_stats(c);
     assert_int_equal(s.entries, 40);
     assert_int_equal(s.fills, 40);
     assert_int_equal(s.hits, 40);
     fz_cache_close(c);
-    rmtree(d);
+    fz_test_rmtree(d);
     free(d);
 }
 
@@ -594,7 +575,7 @@ static void test_two_processes(void **state)
 static void test_hit_throughput(void **state)
 {
     (void)state;
-    char *d = tmpdir();
+    char *d = fz_test_tmpdir("fz_test_cache");
     fz_cache *c;
     uint64_t len = 4u << 20;
     uint8_t *b = malloc(len);
@@ -635,7 +616,7 @@ static void test_hit_throughput(void **state)
            16 * (double)len / s / 1e6);
     fz_cache_close(c);
     free(b);
-    rmtree(d);
+    fz_test_rmtree(d);
     free(d);
 }
 
@@ -674,7 +655,7 @@ static void truncate_data(const char *d, off_t size)
 static void test_truncated_before_open(void **state)
 {
     (void)state;
-    char *d = tmpdir();
+    char *d = fz_test_tmpdir("fz_test_cache");
     fz_cache *c = NULL;
     fill_some(d, 8, 300000);
     off_t full = data_size(d);
@@ -687,7 +668,7 @@ static void test_truncated_before_open(void **state)
     assert_int_equal(data_size(d), full / 2); /* untouched */
     /* a user of the cache recreates it (nobody else has it open) */
     assert_int_equal(fz_cache_open(&c, d, 0), 0);
-    fz_cache_stats s = stats(c);
+    fz_cache_stats s = fz_test_cache_stats(c);
     assert_int_equal(s.entries, 0);
     fill_ctx f = {.seed = 3};
     fz_cache_key k = key_of("damage", 3);
@@ -709,14 +690,14 @@ static void test_truncated_before_open(void **state)
     assert_int_equal(fz_cache_verify(c, &checked, &bad), 0);
     assert_int_equal(checked, 0);
     fz_cache_close(c);
-    rmtree(d);
+    fz_test_rmtree(d);
     free(d);
 }
 
 static void test_truncated_while_mapped(void **state)
 {
     (void)state;
-    char *d = tmpdir();
+    char *d = fz_test_tmpdir("fz_test_cache");
     fz_cache *c;
     uint64_t len = 300000, checked, bad;
     uint8_t *b = malloc(len);
@@ -738,17 +719,17 @@ static void test_truncated_while_mapped(void **state)
     fz_cache_close(c);
     /* the next open finds it truncated and starts over */
     assert_int_equal(fz_cache_open(&c, d, 0), 0);
-    assert_int_equal(stats(c).entries, 0);
+    assert_int_equal(fz_test_cache_stats(c).entries, 0);
     fz_cache_close(c);
     free(b);
-    rmtree(d);
+    fz_test_rmtree(d);
     free(d);
 }
 
 static void test_reset_refused_while_in_use(void **state)
 {
     (void)state;
-    char *d = tmpdir(), p[512];
+    char *d = fz_test_tmpdir("fz_test_cache"), p[512];
     fill_some(d, 2, 1000);
     off_t size = data_size(d);
     /* another process's shared lock (another open file description) */
@@ -771,9 +752,9 @@ static void test_reset_refused_while_in_use(void **state)
     struct stat st;
     assert_int_equal(stat(p, &st), -1);
     assert_int_equal(fz_cache_open(&c, d, 0), 0);
-    assert_int_equal(stats(c).entries, 0);
+    assert_int_equal(fz_test_cache_stats(c).entries, 0);
     fz_cache_close(c);
-    rmtree(d);
+    fz_test_rmtree(d);
     free(d);
 }
 

@@ -17,26 +17,14 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#include "tests/unit/helpers.h"
 #include <pthread.h>
 
 #include "cache/cache.h"
 #include "fz_config.h"
 #include "util/error.h"
 #include "view/view.h"
-
-static char *tmpdir(void)
-{
-    char *d = strdup("/tmp/fz_test_view_cache_XXXXXX");
-    assert_non_null(mkdtemp(d));
-    return d;
-}
-
-static void rmtree(const char *d)
-{
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", d);
-    assert_int_equal(system(cmd), 0);
-}
 
 static void copy_file(const char *from, const char *to)
 {
@@ -49,7 +37,7 @@ static void copy_file(const char *from, const char *to)
  * [1000] f32 vector; metadata files copied from examples/tiny-run. */
 static char *synthetic_run(void)
 {
-    char *d = tmpdir();
+    char *d = fz_test_tmpdir("fz_test_view_cache");
     char p[512], q[512];
     const char *meta[] = {"config.json", "tokenizer.json", "tokenizer_config.json"};
     for (size_t i = 0; i < 3; i++) {
@@ -144,16 +132,9 @@ static void snap_free(fz_snapshot *s)
     free(s->size);
 }
 
-static fz_cache_stats stats(fz_cache *c)
-{
-    fz_cache_stats s;
-    assert_int_equal(fz_cache_get_stats(c, &s), 0);
-    return s;
-}
-
 static void check_run(const char *src, bool safetensors, bool multi_chunk)
 {
-    char *cdir = tmpdir();
+    char *cdir = fz_test_tmpdir("fz_test_view_cache");
     fz_cache *c;
 
     fz_view *v = build(src, safetensors);
@@ -168,7 +149,7 @@ static void check_run(const char *src, bool safetensors, bool multi_chunk)
     snap_equal(&ref, &s0);
     snap_free(&s0);
     fz_view_free(v);
-    assert_int_equal(stats(c).entries, 0);
+    assert_int_equal(fz_test_cache_stats(c).entries, 0);
 
     /* Filling: odd-sized partial reads, then whole 4 MiB-aligned reads. */
     v = build(src, safetensors);
@@ -177,7 +158,7 @@ static void check_run(const char *src, bool safetensors, bool multi_chunk)
     snap_equal(&ref, &s1);
     snap_free(&s1);
     fz_view_free(v);
-    fz_cache_stats st1 = stats(c);
+    fz_cache_stats st1 = fz_test_cache_stats(c);
     assert_true(st1.entries > 0);
     assert_true(st1.fills > 0);
     fz_cache_close(c);
@@ -193,7 +174,7 @@ static void check_run(const char *src, bool safetensors, bool multi_chunk)
     snap_equal(&ref, &s3);
     snap_free(&s3);
     fz_view_free(v);
-    fz_cache_stats st2 = stats(c);
+    fz_cache_stats st2 = fz_test_cache_stats(c);
     assert_int_equal(st2.fills, st1.fills);
     assert_int_equal(st2.entries, st1.entries);
     assert_true(st2.hits > st1.hits);
@@ -206,7 +187,7 @@ static void check_run(const char *src, bool safetensors, bool multi_chunk)
     fz_cache_close(c);
 
     snap_free(&ref);
-    rmtree(cdir);
+    fz_test_rmtree(cdir);
     free(cdir);
 }
 
@@ -231,7 +212,7 @@ static void test_multi_chunk_bin(void **state)
     (void)state;
     char *d = synthetic_run();
     check_run(d, false, true);
-    rmtree(d);
+    fz_test_rmtree(d);
     free(d);
 }
 
@@ -240,7 +221,7 @@ static void test_multi_chunk_safetensors(void **state)
     (void)state;
     char *d = synthetic_run();
     check_run(d, true, true);
-    rmtree(d);
+    fz_test_rmtree(d);
     free(d);
 }
 
@@ -279,7 +260,7 @@ static void test_concurrent_reads(void **state)
     (void)state;
     enum { N = 8 };
     char *d = synthetic_run();
-    char *cdir = tmpdir();
+    char *cdir = fz_test_tmpdir("fz_test_view_cache");
     for (int st = 0; st < 2; st++) {
         fz_view *v = build(d, st == 1);
         fz_snapshot ref = read_all(v, UINT64_MAX / 2);
@@ -300,7 +281,7 @@ static void test_concurrent_reads(void **state)
             assert_int_equal(r[i].bad, 0);
         }
         fz_view_free(v);
-        fz_cache_stats s = stats(c);
+        fz_cache_stats s = fz_test_cache_stats(c);
         printf("concurrent (%s): %llu entries, %llu fills, %llu hits, %llu misses\n",
                st ? "safetensors" : "bin", (unsigned long long)s.entries,
                (unsigned long long)s.fills, (unsigned long long)s.hits,
@@ -312,9 +293,9 @@ static void test_concurrent_reads(void **state)
         fz_cache_close(c);
         snap_free(&ref);
     }
-    rmtree(cdir);
+    fz_test_rmtree(cdir);
     free(cdir);
-    rmtree(d);
+    fz_test_rmtree(d);
     free(d);
 }
 

@@ -1,0 +1,38 @@
+/* Helpers shared by the unit tests that need a scratch directory or a
+ * cache: one copy instead of one per test file. Include after <cmocka.h>. */
+#ifndef FZ_TESTS_UNIT_HELPERS_H
+#define FZ_TESTS_UNIT_HELPERS_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache/cache.h"
+
+/* A new empty directory /tmp/<prefix>_XXXXXX (caller frees the name). */
+static inline char *fz_test_tmpdir(const char *prefix)
+{
+    char *d = malloc(strlen(prefix) + 16);
+    assert_non_null(d);
+    sprintf(d, "/tmp/%s_XXXXXX", prefix);
+    assert_non_null(mkdtemp(d));
+    return d;
+}
+
+/* Remove a directory tree the test made. */
+static inline void fz_test_rmtree(const char *d)
+{
+    char cmd[1024];
+    assert_true((size_t)snprintf(cmd, sizeof cmd, "rm -rf '%s'", d) < sizeof cmd);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* A cache's counters (the call must succeed). */
+static inline fz_cache_stats fz_test_cache_stats(fz_cache *c)
+{
+    fz_cache_stats s;
+    assert_int_equal(fz_cache_get_stats(c, &s), 0);
+    return s;
+}
+
+#endif

@@ -236,6 +236,23 @@ done:
     return rc;
 }
 
+const uint8_t fz_torchbin_byteorder[6] = {'l', 'i', 't', 't', 'l', 'e'};
+const uint8_t fz_torchbin_version[2] = {'3', '\n'};
+
+fz_torchbin_role fz_torchbin_record_role(size_t i, size_t nrecords, size_t *data)
+{
+    if (i == 0)
+        return FZ_TB_PICKLE;
+    if (i == 1)
+        return FZ_TB_BYTEORDER;
+    if (i < nrecords + 2) {
+        if (data)
+            *data = i - 2;
+        return FZ_TB_DATA;
+    }
+    return FZ_TB_VERSION;
+}
+
 int fz_torchbin_layout(fz_zipw_layout *L, const char *stem, uint64_t pkl_len,
                        const uint64_t *record_nbytes, size_t nrecords)
 {
@@ -260,14 +277,23 @@ int fz_torchbin_layout(fz_zipw_layout *L, const char *stem, uint64_t pkl_len,
             rc = fz_error_set(FZ_ENOMEM, "out of memory");
             goto done;
         }
-        if (i == 0)
+        size_t k = 0;
+        switch (fz_torchbin_record_role(i, nrecords, &k)) {
+        case FZ_TB_PICKLE:
             snprintf(s, slen + 40, "%s/data.pkl", stem), sizes[i] = pkl_len;
-        else if (i == 1)
-            snprintf(s, slen + 40, "%s/byteorder", stem), sizes[i] = 6; /* "little" */
-        else if (i < n - 1)
-            snprintf(s, slen + 40, "%s/data/%zu", stem, i - 2), sizes[i] = record_nbytes[i - 2];
-        else
-            snprintf(s, slen + 40, "%s/version", stem), sizes[i] = 2; /* "3\n" */
+            break;
+        case FZ_TB_BYTEORDER:
+            snprintf(s, slen + 40, "%s/byteorder", stem);
+            sizes[i] = sizeof fz_torchbin_byteorder;
+            break;
+        case FZ_TB_DATA:
+            snprintf(s, slen + 40, "%s/data/%zu", stem, k), sizes[i] = record_nbytes[k];
+            break;
+        case FZ_TB_VERSION:
+            snprintf(s, slen + 40, "%s/version", stem);
+            sizes[i] = sizeof fz_torchbin_version;
+            break;
+        }
     }
     rc = fz_zipw_layout_new(L, (const char *const *)names, sizes, n);
 done:

@@ -46,4 +46,13 @@ int fz_torchbin_pickle(const fz_torchbin_entry *e, size_t n, const uint64_t *rec
 int fz_torchbin_layout(fz_zipw_layout *L, const char *stem, uint64_t pkl_len,
                        const uint64_t *record_nbytes, size_t nrecords);
 
+/* What record i of a layout made by fz_torchbin_layout (with `nrecords`
+ * storage records) holds; for FZ_TB_DATA, *data = the storage index k. */
+typedef enum { FZ_TB_PICKLE, FZ_TB_BYTEORDER, FZ_TB_DATA, FZ_TB_VERSION } fz_torchbin_role;
+fz_torchbin_role fz_torchbin_record_role(size_t i, size_t nrecords, size_t *data);
+
+/* The exact bytes of the byteorder and version records. */
+extern const uint8_t fz_torchbin_byteorder[6]; /* "little" */
+extern const uint8_t fz_torchbin_version[2];   /* "3\n" */
+
 #endif

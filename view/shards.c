@@ -225,7 +225,6 @@ static int add_bin_shard(fz_view *v, uint32_t dir, const uint32_t *outs, uint32_
     uint8_t *pkl_data = fz_buf_steal(&pkl, NULL);
     if ((rc = fz_tree_keep(v, pkl_data)))
         goto done;
-    static const uint8_t byteorder[] = "little", version[] = "3\n";
     uint32_t ns = 0, hint = 0;
     uint64_t pos = 0;
     for (size_t i = 0; i < nrec; i++) {
@@ -237,14 +236,13 @@ static int add_bin_shard(fz_view *v, uint32_t dir, const uint32_t *outs, uint32_
         segs[ns++] = (fz_seg){.kind = FZ_SEG_DEFERRED, .len = zr->header_len, .zrec = -1,
                               .u.def = {zi, (int32_t)i}};
         fz_seg d = {.kind = FZ_SEG_LITERAL, .len = zr->size, .zrec = (int32_t)i};
-        if (i == 0)
-            d.u.lit = pkl_data;
-        else if (i == 1)
-            d.u.lit = byteorder;
-        else if (i == nrec - 1)
-            d.u.lit = version;
-        else
-            d = tensor_seg(v, recipe_of_rec[i - 2], (int32_t)i, &hint);
+        size_t k = 0;
+        switch (fz_torchbin_record_role(i, nrec - 3, &k)) {
+        case FZ_TB_PICKLE: d.u.lit = pkl_data; break;
+        case FZ_TB_BYTEORDER: d.u.lit = fz_torchbin_byteorder; break;
+        case FZ_TB_VERSION: d.u.lit = fz_torchbin_version; break;
+        case FZ_TB_DATA: d = tensor_seg(v, recipe_of_rec[k], (int32_t)i, &hint); break;
+        }
         if (d.kind == FZ_SEG_LITERAL) {
             zv->crc[i] = (uint32_t)crc32(0L, d.u.lit, (uInt)d.len);
             zv->crc_known[i] = true;

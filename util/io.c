@@ -59,23 +59,12 @@ int fz_pwrite_full(int fd, const void *buf, size_t len, uint64_t off, const char
 
 int fz_read_file(const char *path, size_t max_len, char **data, size_t *len)
 {
-    int rc = 0;
     char *buf = NULL;
     struct stat st;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        if (errno == ENOENT)
-            return fz_error_set(FZ_ENOTFOUND, "%s: no such file", path);
-        return fz_error_set(FZ_EIO, "%s: cannot open: %s", path, strerror(errno));
-    }
-    if (fstat(fd, &st) != 0) {
-        rc = fz_error_set(FZ_EIO, "%s: cannot stat: %s", path, strerror(errno));
-        goto done;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        rc = fz_error_set(FZ_EINVAL, "%s: not a regular file", path);
-        goto done;
-    }
+    int fd = -1;
+    int rc = fz_open_input(path, 0, &fd, &st);
+    if (rc)
+        return rc;
     if ((uint64_t)st.st_size > max_len) {
         rc = fz_error_set(FZ_ERANGE, "%s: file is too large (%lld bytes, limit %zu)", path,
                           (long long)st.st_size, max_len);
@@ -96,5 +85,80 @@ int fz_read_file(const char *path, size_t max_len, char **data, size_t *len)
 done:
     free(buf);
     close(fd);
+    return rc;
+}
+
+/* "a FIFO", "a directory", ...: what a non-regular file is, for messages. */
+static const char *file_kind(mode_t m)
+{
+    return S_ISFIFO(m)  ? "a FIFO"
+           : S_ISDIR(m) ? "a directory"
+           : S_ISSOCK(m) ? "a socket"
+           : S_ISCHR(m)  ? "a character device"
+           : S_ISBLK(m)  ? "a block device"
+           : S_ISLNK(m)  ? "a symbolic link"
+                         : "a special file";
+}
+
+static int not_regular(const char *path, mode_t m)
+{
+    return fz_error_set(FZ_EINVAL, "%s: is %s, not a regular file (fzfs reads its inputs only "
+                        "from regular files: put the file itself there)", path, file_kind(m));
+}
+
+static int open_failed(const char *path, const char *what, int err)
+{
+    if (err == ENOENT)
+        return fz_error_set(FZ_ENOTFOUND, "%s: no such file", path);
+    return fz_error_set(FZ_EIO, "%s: cannot %s: %s", path, what, strerror(err));
+}
+
+int fz_check_input(const char *path, unsigned flags, struct stat *st)
+{
+    struct stat s;
+    if ((flags & FZ_OPEN_NOFOLLOW) ? lstat(path, &s) : stat(path, &s))
+        return open_failed(path, "stat", errno);
+    if (!S_ISREG(s.st_mode))
+        return not_regular(path, s.st_mode);
+    if (st)
+        *st = s;
+    return 0;
+}
+
+int fz_open_input(const char *path, unsigned flags, int *fd, struct stat *st)
+{
+    struct stat s;
+    int rc, f;
+    /* Refuse what is not a regular file before opening it (opening a device
+     * can have effects of its own); the fstat below covers a path swapped
+     * in between. */
+    if ((rc = fz_check_input(path, flags, NULL)))
+        return rc;
+    f = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC |
+                       ((flags & FZ_OPEN_NOFOLLOW) ? O_NOFOLLOW : 0));
+    if (f < 0) {
+        if (errno == ELOOP && (flags & FZ_OPEN_NOFOLLOW))
+            return not_regular(path, S_IFLNK);
+        return open_failed(path, "open", errno);
+    }
+    if (fstat(f, &s) != 0) {
+        rc = open_failed(path, "stat", errno);
+        goto fail;
+    }
+    if (!S_ISREG(s.st_mode)) {
+        rc = not_regular(path, s.st_mode);
+        goto fail;
+    }
+    int fl = fcntl(f, F_GETFL);
+    if (fl < 0 || fcntl(f, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+        rc = open_failed(path, "set blocking mode on", errno);
+        goto fail;
+    }
+    *fd = f;
+    if (st)
+        *st = s;
+    return 0;
+fail:
+    close(f);
     return rc;
 }

@@ -36,15 +36,10 @@ int fz_view_open_source_file(fz_view *v, const char *path, uint32_t *idx)
     v->files = f;
     fz_srcfile *s = &v->files[v->nfiles];
     memset(s, 0, sizeof *s);
-    s->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (s->fd < 0)
-        return fz_error_set(errno == ENOENT ? FZ_ENOTFOUND : FZ_EIO, "%s: cannot open: %s", path,
-                            strerror(errno));
     struct stat st;
-    if (fstat(s->fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(s->fd);
-        return fz_error_set(FZ_EINVAL, "%s: not a regular file", path);
-    }
+    int rc = fz_open_input(path, 0, &s->fd, &st);
+    if (rc)
+        return rc;
     if (!(s->path = strdup(path))) {
         close(s->fd);
         return fz_error_set(FZ_ENOMEM, "out of memory");
@@ -146,11 +141,14 @@ int fz_view_opts_check(const fz_view_opts *o)
 /* Resolve --generation-config PATH|NAME to a file (FORMATS.md §7). */
 static int find_preset(const char *value, char **out)
 {
-    struct stat st;
-    if (stat(value, &st) == 0 && S_ISREG(st.st_mode))
+    int rc = fz_check_input(value, 0, NULL);
+    if (rc == 0)
         return (*out = strdup(value)) ? 0 : fz_error_set(FZ_ENOMEM, "out of memory");
     if (strchr(value, '/'))
-        return fz_error_set(FZ_ENOTFOUND, "Generation config file not found: %s", value);
+        return rc == FZ_ENOTFOUND
+                   ? fz_error_set(FZ_ENOTFOUND, "Generation config file not found: %s", value)
+                   : rc;
+    fz_error_clear();
     const char *home = getenv("HOME");
     const char *bundled = getenv("FZFS_EXAMPLES_DIR");
     const char *dirs[4];
@@ -183,14 +181,17 @@ static int find_preset(const char *value, char **out)
     for (int i = 0; i < n; i++) {
         char p[8192];
         snprintf(p, sizeof p, "%s/%s%s", dirs[i], value, has_ext ? "" : ".json");
-        if (stat(p, &st) == 0 && S_ISREG(st.st_mode)) {
+        if ((rc = fz_check_input(p, 0, NULL)) != FZ_ENOTFOUND) {
             fz_buf_free(&looked);
+            if (rc)
+                return rc; /* there, but a FIFO, a directory...: say so */
             return (*out = strdup(p)) ? 0 : fz_error_set(FZ_ENOMEM, "out of memory");
         }
+        fz_error_clear();
         fz_buf_printf(&looked, "%s%s", i ? ", " : "", dirs[i]);
     }
-    int rc = fz_error_set(FZ_ENOTFOUND, "Generation config preset '%s' not found. Looked in: %s",
-                          value, looked.data ? (char *)looked.data : "");
+    rc = fz_error_set(FZ_ENOTFOUND, "Generation config preset '%s' not found. Looked in: %s",
+                      value, looked.data ? (char *)looked.data : "");
     fz_buf_free(&looked);
     return rc;
 }

@@ -14,6 +14,7 @@
 #include "formats/torchbin.h"
 #include "util/error.h"
 #include "util/hindex.h"
+#include "util/io.h"
 #include "view/shards.h"
 #include "view/tree.h"
 
@@ -40,7 +41,8 @@ static bool under(const char *real, const char *dir)
 
 /* Where to copy source file `p` from: *out = p itself, or for a symlink its
  * target when that resolves inside SRC or the directory listed (`roots`,
- * resolved, either may be NULL); NULL (skip) when it is not a regular file.
+ * resolved, either may be NULL); NULL (skip) for a dangling symlink. A FIFO,
+ * directory, socket or device is refused (fz_check_input), never skipped.
  * A symlink leading elsewhere is refused: copying it would publish (or, with
  * allow_other, show to other users) a file the run never contained, e.g.
  * one from the user's home. */
@@ -61,15 +63,17 @@ static int copy_source(char *const roots[2], const char *p, char **out)
             free(real);
             return rc;
         }
-        if (stat(real, &st) != 0 || !S_ISREG(st.st_mode)) {
+        int rc = fz_check_input(real, 0, NULL); /* a FIFO, directory...: refused, named */
+        if (rc) {
             free(real);
-            return 0;
+            return rc;
         }
         *out = real;
         return 0;
     }
-    if (!S_ISREG(st.st_mode))
-        return 0;
+    int rc = fz_check_input(p, FZ_OPEN_NOFOLLOW, NULL);
+    if (rc)
+        return rc;
     return (*out = strdup(p)) ? 0 : fz_error_set(FZ_ENOMEM, "out of memory");
 }
 

@@ -32,11 +32,14 @@ static char *join(const char *a, const char *b)
     return p;
 }
 
+/* Whether dir/name is there. Not only regular files: a FIFO or directory in
+ * place of a weight file is refused by name when it is opened, rather than
+ * taken for a missing file. */
 static bool is_file(const char *dir, const char *name)
 {
     char *p = join(dir, name);
     struct stat st;
-    bool ok = p && stat(p, &st) == 0 && S_ISREG(st.st_mode);
+    bool ok = p && stat(p, &st) == 0;
     free(p);
     return ok;
 }
@@ -229,12 +232,16 @@ static int list_weight_files(fz_source *s)
         }
     }
     qsort(s->files, s->nfiles, sizeof *s->files, cmp_str);
-    for (uint32_t k = 0; k < s->nfiles; k++)
-        if (!is_file(s->ckpt, s->files[k])) {
+    for (uint32_t k = 0; k < s->nfiles && rc == 0; k++) {
+        char *shard = join(s->ckpt, s->files[k]);
+        rc = shard ? fz_check_input(shard, 0, NULL) : fz_error_set(FZ_ENOMEM, "out of memory");
+        free(shard);
+        if (rc == FZ_ENOTFOUND)
             rc = fz_error_set(FZ_ENOTFOUND, "%s: lists shard '%s', which does not exist", path,
                               s->files[k]);
-            goto done;
-        }
+        else if (rc && rc != FZ_ENOMEM)
+            rc = fz_error_prefix(rc, "%s lists shard '%s'", path, s->files[k]);
+    }
 done:
     fz_hindex_free(&seen);
     json_decref(j);

@@ -71,9 +71,13 @@ int fz_pk_resolve_global(pk_machine *m, const uint8_t *mod, size_t ml, const uin
                                     m->path, b);
         }
     }
-    return fz_error_set(FZ_EDENIED, "%s: pickle global '%.*s.%.*s' is not allowed", m->path,
-                        (int)(ml > 100 ? 100 : ml), (const char *)mod, (int)(nl > 100 ? 100 : nl),
-                        (const char *)nm);
+    /* Every byte shown (a NUL must not make a refused name read as an allowed one). */
+    char em[420], en[420];
+    return fz_error_set(FZ_EDENIED, "%s: pickle global '%s.%s' is not allowed (a state dict "
+                        "pickle only needs torch's rebuild functions: the file is not a plain "
+                        "checkpoint; do not load it)", m->path,
+                        fz_escape(mod, ml, em, sizeof em),
+                        fz_escape(nm, nl, en, sizeof en));
 }
 
 /* BINPERSID: ('storage', <storage class>, key, location, numel). */
@@ -237,8 +241,12 @@ int fz_pk_collect(pk_machine *m, const pk_val *top, fz_pickle_dict *out)
             goto done;
         }
         const char *ks = (const char *)m->d + k->u.s.off;
-        if (memchr(ks, 0, k->u.s.len)) {
-            rc = fz_error_set(FZ_EFORMAT, "%s: tensor name with a NUL byte", m->path);
+        if (memchr(ks, 0, k->u.s.len) || !fz_utf8_valid(ks, k->u.s.len)) {
+            char esc[420];
+            rc = fz_error_set(FZ_EFORMAT, "%s: tensor name '%s' is not NUL-free UTF-8 text (torch "
+                              "writes names as UTF-8): the file is corrupt; re-save the "
+                              "checkpoint", m->path,
+                              fz_escape(ks, k->u.s.len, esc, sizeof esc));
             goto done;
         }
         const pk_tensor *t = &m->ten[v->u.obj];

@@ -6,18 +6,74 @@
 
 static _Thread_local char fz_msg[1024];
 
-/* Length of the valid UTF-8 sequence at p (1..4), or 0 if invalid. */
-static size_t utf8_len(const unsigned char *p)
+size_t fz_utf8_seq_len(const unsigned char *p, size_t n)
 {
+    if (n == 0)
+        return 0;
     if (p[0] < 0x80)
         return 1;
-    size_t n = (p[0] & 0xE0) == 0xC0 ? 2 : (p[0] & 0xF0) == 0xE0 ? 3 : (p[0] & 0xF8) == 0xF0 ? 4 : 0;
-    if (n == 0 || (n == 2 && p[0] < 0xC2))
+    size_t len = p[0] >= 0xC2 && p[0] <= 0xDF   ? 2
+                 : p[0] >= 0xE0 && p[0] <= 0xEF ? 3
+                 : p[0] >= 0xF0 && p[0] <= 0xF4 ? 4
+                                                : 0;
+    if (len == 0 || len > n)
         return 0;
-    for (size_t i = 1; i < n; i++)
+    for (size_t i = 1; i < len; i++)
         if ((p[i] & 0xC0) != 0x80)
             return 0;
-    return n;
+    /* overlong 3- and 4-byte forms, UTF-16 surrogates, past U+10FFFF */
+    if ((p[0] == 0xE0 && p[1] < 0xA0) || (p[0] == 0xED && p[1] > 0x9F) ||
+        (p[0] == 0xF0 && p[1] < 0x90) || (p[0] == 0xF4 && p[1] > 0x8F))
+        return 0;
+    return len;
+}
+
+bool fz_utf8_valid(const void *s, size_t n)
+{
+    const unsigned char *p = s;
+    while (n > 0) {
+        size_t k = fz_utf8_seq_len(p, n);
+        if (k == 0)
+            return false;
+        p += k;
+        n -= k;
+    }
+    return true;
+}
+
+/* Append p[0..n) to out (cap bytes, NUL-terminated), printable UTF-8 as is,
+ * anything else as \xNN; stops (returning false) when out is full. */
+static bool escape_into(const unsigned char *p, size_t n, char *out, size_t cap, size_t *o)
+{
+    while (n > 0) {
+        size_t k = fz_utf8_seq_len(p, n);
+        bool plain = k > 1 || (k == 1 && p[0] >= 0x20 && p[0] != 0x7F);
+        size_t need = plain ? k : 4;
+        if (*o + need + 1 > cap)
+            return false;
+        if (plain)
+            memcpy(out + *o, p, k);
+        else
+            snprintf(out + *o, cap - *o, "\\x%02X", p[0]);
+        *o += need;
+        p += plain ? k : 1;
+        n -= plain ? k : 1;
+    }
+    out[*o] = '\0';
+    return true;
+}
+
+const char *fz_escape(const void *s, size_t n, char *out, size_t cap)
+{
+    size_t o = 0;
+    if (cap < 4) {
+        if (cap)
+            out[0] = '\0';
+        return out;
+    }
+    if (!escape_into(s, n, out, cap - 3, &o))
+        snprintf(out + o, cap - o, "...");
+    return out;
 }
 
 /* Messages quote names and text from untrusted files: control characters
@@ -26,21 +82,7 @@ static size_t utf8_len(const unsigned char *p)
 static void sanitize(char *msg, size_t cap)
 {
     char tmp[sizeof fz_msg];
-    size_t o = 0;
-    const unsigned char *p = (const unsigned char *)msg;
-    while (*p && o + 5 < sizeof tmp) {
-        size_t n = utf8_len(p);
-        if (n == 1 && (*p >= 0x20 && *p != 0x7F)) {
-            tmp[o++] = (char)*p++;
-        } else if (n > 1) {
-            memcpy(tmp + o, p, n);
-            o += n;
-            p += n;
-        } else {
-            o += (size_t)snprintf(tmp + o, sizeof tmp - o, "\\x%02X", *p++);
-        }
-    }
-    tmp[o] = '\0';
+    fz_escape(msg, strlen(msg), tmp, sizeof tmp);
     snprintf(msg, cap, "%s", tmp);
 }
 

@@ -9,6 +9,8 @@
 #define FZ_UTIL_ERROR_H
 
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
 
 enum {
     FZ_OK = 0,
@@ -37,6 +39,21 @@ const char *fz_error_msg(void);
 
 /* Clear the calling thread's detail message. */
 void fz_error_clear(void);
+
+/* Length (1..4) of the well-formed UTF-8 sequence at p, which has n bytes
+ * left, or 0 if there is none there: overlong forms, UTF-16 surrogates and
+ * code points past U+10FFFF are not UTF-8 (as JSON readers and Python see
+ * it). */
+size_t fz_utf8_seq_len(const unsigned char *p, size_t n);
+/* Whether s[0..n) is entirely well-formed UTF-8. */
+bool fz_utf8_valid(const void *s, size_t n);
+
+/* Bytes from a file made printable for a message: s[0..n) into out (cap
+ * bytes, always NUL-terminated), printable UTF-8 kept, NUL, control
+ * characters and bytes that are not UTF-8 written as \xNN, "..." at the end
+ * when it does not fit. Returns out. fz_error_set applies the same to its
+ * whole message, but cannot see past a NUL: use this for byte strings. */
+const char *fz_escape(const void *s, size_t n, char *out, size_t cap);
 
 /* Short name of a code ("format error", ...). */
 const char *fz_error_name(int code);

@@ -111,6 +111,9 @@ static int st_parse_entry(const char *name, json_t *v, const char *path, fz_tens
                                         "] end before begin",
                             path, name, span->begin, span->end);
 
+    int rc = fz_tensor_check_shape(path, name, t->dtype, t->ndim, t->shape);
+    if (rc)
+        return rc;
     es = fz_dtype_size(t->dtype);
     if (!fz_tensor_numel(t, &numel) || !fz_mul_u64(numel, es, &nbytes))
         return fz_error_set(FZ_ERANGE, "%s: tensor '%.200s' byte size overflows", path, name);

@@ -1,5 +1,7 @@
 #include "formats/tensor.h"
 
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -120,22 +122,44 @@ bool fz_tensor_numel(const fz_tensor *t, uint64_t *out)
 
 bool fz_tensor_is_contiguous(const fz_tensor *t)
 {
-    int64_t expect = 1;
+    uint64_t expect = 1;
     for (int i = t->ndim - 1; i >= 0; i--) {
         if (t->shape[i] == 1)
             continue;
-        if (t->stride[i] != expect)
+        if (t->stride[i] < 0 || (uint64_t)t->stride[i] != expect)
             return false;
-        expect *= (int64_t)t->shape[i];
+        if (!fz_mul_u64(expect, t->shape[i], &expect) || expect > INT64_MAX)
+            return false;
     }
     return true;
+}
+
+int fz_tensor_check_shape(const char *path, const char *name, fz_dtype dtype, int ndim,
+                          const uint64_t *shape)
+{
+    uint64_t extent = fz_dtype_size(dtype);
+    if (ndim < 0 || ndim > FZ_MAX_DIMS)
+        return fz_error_set(FZ_EFORMAT, "%s: tensor '%s' has %d dimensions", path, name, ndim);
+    for (int i = 0; i < ndim; i++)
+        if (!fz_mul_u64(extent, shape[i] ? shape[i] : 1, &extent) || extent > INT64_MAX) {
+            char dims[FZ_MAX_DIMS * 22 + 3];
+            size_t o = 0;
+            for (int d = 0; d < ndim; d++)
+                o += (size_t)snprintf(dims + o, sizeof dims - o, "%s%llu", d ? ", " : "",
+                                      (unsigned long long)shape[d]);
+            return fz_error_set(FZ_ERANGE, "%s: tensor '%s' shape (%s) overflows int64 (its "
+                                "strides cannot be computed, even when it holds no element): the "
+                                "file is corrupt", path, name, dims);
+        }
+    return 0;
 }
 
 int fz_tensor_check_bounds(const fz_tensor *t, const char *path)
 {
     uint64_t numel, es = fz_dtype_size(t->dtype), nel_storage;
-    if (t->ndim < 0 || t->ndim > FZ_MAX_DIMS)
-        return fz_error_set(FZ_EFORMAT, "%s: tensor '%s' has %d dimensions", path, t->name, t->ndim);
+    int rc = fz_tensor_check_shape(path, t->name, t->dtype, t->ndim, t->shape);
+    if (rc)
+        return rc;
     if (!fz_tensor_numel(t, &numel))
         return fz_error_set(FZ_ERANGE, "%s: tensor '%s' element count overflows", path, t->name);
     if (es == 0 || t->storage_nbytes % es)

@@ -65,10 +65,20 @@ void fz_tensor_list_free(fz_tensor_list *l);
 
 /* Number of elements (false on overflow). */
 bool fz_tensor_numel(const fz_tensor *t, uint64_t *out);
-/* True when the tensor is C-contiguous (strides of size-1 dims ignored). */
+/* True when the tensor is C-contiguous (strides of size-1 dims ignored).
+ * False when its extent overflows (fz_tensor_check_shape refuses those). */
 bool fz_tensor_is_contiguous(const fz_tensor *t);
-/* Check that every element the tensor addresses lies inside its storage.
- * Returns 0 or FZ_ERANGE with a message naming `path` and the tensor. */
+/* Check that a shape can be indexed at all: the product of its dimensions,
+ * a zero dimension counted as 1, times the element size fits in int64 (what
+ * torch itself can stride). An empty tensor is no exception: (0, 2^62, 4)
+ * holds nothing but its strides overflow. Checked so that no later
+ * computation on the dimensions can overflow. 0 or FZ_ERANGE naming `path`
+ * and tensor `name`. */
+int fz_tensor_check_shape(const char *path, const char *name, fz_dtype dtype, int ndim,
+                          const uint64_t *shape);
+/* Check the shape (above) and that every element the tensor addresses lies
+ * inside its storage. Returns 0 or FZ_ERANGE/FZ_EFORMAT with a message naming
+ * `path` and the tensor. */
 int fz_tensor_check_bounds(const fz_tensor *t, const char *path);
 
 #endif

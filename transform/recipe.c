@@ -107,9 +107,10 @@ int fz_recipe_init_quant(fz_recipe *r, int fd, const char *src_path, const fz_te
     r->cast = src->dtype != val_dtype;
     r->gather = !fz_tensor_is_contiguous(src);
     if (src->ndim != 2 || !fz_dtype_is_float(src->dtype) || !fz_dtype_is_float(val_dtype) ||
-        (r->cast && !fz_cast_supported(src->dtype, val_dtype)))
-        return fz_error_set(FZ_EINVAL, "%s: tensor '%s' cannot be quantized (needs a 2-D "
-                            "floating-point weight)", src_path, src->name);
+        (r->cast && !fz_cast_supported(src->dtype, val_dtype)) || !src->shape[0] ||
+        !src->shape[1])
+        return fz_error_set(FZ_EINVAL, "%s: tensor '%s' cannot be quantized (needs a non-empty "
+                            "2-D floating-point weight)", src_path, src->name);
     uint64_t out = src->shape[0], in = src->shape[1], rb;
     r->ndim = 2;
     r->shape[0] = out;

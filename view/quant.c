@@ -52,10 +52,12 @@ static bool linear_weight(const fz_tensor *t, const char *role)
 
 /* compressed-tensors (0.20) refuses to decompress a grouped weight whose
  * input size is not a multiple of the group size, so such a Linear is left
- * unquantized and listed in `ignore` rather than written unloadable. */
+ * unquantized and listed in `ignore` rather than written unloadable. So is
+ * an empty one ([out, 0] or [0, in]): it has no row to take a scale from. */
 static bool ragged(const fz_view *v, const fz_tensor *t)
 {
-    return v->quant->group && t->shape[1] % v->quant->group != 0;
+    return t->shape[0] == 0 || t->shape[1] == 0 ||
+           (v->quant->group && t->shape[1] % v->quant->group != 0);
 }
 
 bool fz_view_quantizable(const fz_view *v, const fz_tensor *t, const char *role)

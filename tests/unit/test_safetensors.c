@@ -307,6 +307,10 @@ static void test_reject_entries(void **state)
     expect_bad("{\"x\":{\"dtype\":\"F64\",\"shape\":[4611686018427387904],"
                "\"data_offsets\":[0,0]}}",
                0, 0, FZ_ERANGE, "overflows");
+    /* numel 0, (0, 2^62, 4): holds nothing, but its strides overflow (UBSan found it) */
+    expect_bad("{\"x\":{\"dtype\":\"F32\",\"shape\":[0,4611686018427387904,4],"
+               "\"data_offsets\":[0,0]}}",
+               0, 0, FZ_ERANGE, "shape (0, 4611686018427387904, 4) overflows");
     /* numel 0 but the trailing dimensions' product overflows the strides */
     expect_bad("{\"x\":{\"dtype\":\"U8\",\"shape\":[0,4294967296,4294967296,4],"
                "\"data_offsets\":[0,0]}}",

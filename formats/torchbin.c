@@ -30,6 +30,32 @@ static const fz_zip_entry *find_sorted(const fz_zip_entry **idx, size_t n, const
     return hit ? *hit : NULL;
 }
 
+/* <prefix>byteorder: "little" or "big" (torch.save writes the machine's
+ * order; a file without the record is little-endian, as torch.load assumes).
+ * Tensor bytes are served as stored, so only little-endian is accepted. */
+static int check_byteorder(int fd, const char *path, const fz_zip_entry **idx, size_t n,
+                           const char *prefix, char *rname)
+{
+    char bo[16] = "", esc[80];
+    snprintf(rname, strlen(prefix) + 32, "%sbyteorder", prefix);
+    const fz_zip_entry *e = find_sorted(idx, n, rname);
+    if (!e)
+        return 0;
+    int rc = e->size < sizeof bo ? fz_pread_exact(fd, bo, e->size, e->data_offset, path) : 0;
+    if (rc)
+        return rc;
+    if (e->size == 6 && !memcmp(bo, "little", 6))
+        return 0;
+    if (e->size == 3 && !memcmp(bo, "big", 3))
+        return fz_error_set(FZ_EFORMAT, "%s: tensors are stored big-endian (record '%s' says "
+                            "\"big\"); fzfs reads little-endian checkpoints only: load it with "
+                            "torch and save it again on a little-endian machine", path, rname);
+    return fz_error_set(FZ_EFORMAT, "%s: record '%s' holds '%s', not \"little\" or \"big\": "
+                        "the file is corrupt", path, rname,
+                        e->size < sizeof bo ? fz_escape(bo, e->size, esc, sizeof esc)
+                                            : "(too long)");
+}
+
 int fz_torchbin_read(int fd, const char *path, fz_tensor_list *out)
 {
     fz_zip_dir dir = {NULL, 0};
@@ -84,11 +110,14 @@ int fz_torchbin_read(int fd, const char *path, fz_tensor_list *out)
             goto done;
         }
 
-    /* Run data.pkl. */
     if (!(rname = malloc(plen + 32 + 4096))) {
         rc = fz_error_set(FZ_ENOMEM, "out of memory");
         goto done;
     }
+    if ((rc = check_byteorder(fd, path, idx, dir.n, prefix, rname)))
+        goto done;
+
+    /* Run data.pkl. */
     snprintf(rname, plen + 32, "%sdata.pkl", prefix);
     const fz_zip_entry *pe = find_sorted(idx, dir.n, rname);
     if (!pe) {

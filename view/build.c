@@ -196,6 +196,49 @@ static int find_preset(const char *value, char **out)
     return rc;
 }
 
+typedef struct {
+    const char *name;
+    uint32_t file;
+} name_at;
+
+static int cmp_name_at(const void *a, const void *b)
+{
+    const name_at *x = a, *y = b;
+    int c = strcmp(x->name, y->name);
+    return c ? c : (x->file > y->file) - (x->file < y->file);
+}
+
+/* A tensor stored in two weight files would make one copy unreachable
+ * through the index (and count twice in total_size): refused, naming both
+ * files. (Each reader already refuses a name twice in one file.) */
+static int check_unique_names(fz_view *v)
+{
+    size_t n = 0, k = 0;
+    int rc = 0;
+    for (uint32_t f = 0; f < v->src.nfiles; f++)
+        n += v->tensors[f].n;
+    if (v->src.nfiles < 2 || n < 2)
+        return 0;
+    name_at *all = malloc(n * sizeof *all);
+    if (!all)
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    for (uint32_t f = 0; f < v->src.nfiles; f++)
+        for (size_t i = 0; i < v->tensors[f].n; i++)
+            all[k++] = (name_at){v->tensors[f].v[i].name, f};
+    qsort(all, n, sizeof *all, cmp_name_at);
+    for (size_t i = 1; i < n; i++)
+        if (!strcmp(all[i - 1].name, all[i].name)) {
+            rc = fz_error_set(FZ_EFORMAT, "tensor '%s' is stored twice, in %s and in %s: a "
+                              "checkpoint holds each tensor once; remove it from one of the "
+                              "shards (and fix %s)", all[i].name,
+                              v->files[all[i - 1].file].path, v->files[all[i].file].path,
+                              v->src.index_name ? v->src.index_name : "the index");
+            break;
+        }
+    free(all);
+    return rc;
+}
+
 static int read_weights(fz_view *v)
 {
     v->tensors = calloc(v->src.nfiles, sizeof *v->tensors);
@@ -220,7 +263,7 @@ static int read_weights(fz_view *v)
         if (rc)
             return rc;
     }
-    return 0;
+    return check_unique_names(v);
 }
 
 static int build_meta(fz_view *v, json_t **config_out)

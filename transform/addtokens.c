@@ -1,5 +1,7 @@
 /* The add-tokens YAML (FORMATS.md §6) and finalize's add_tokens_to_tokenizer
  * (reference/forgather-finalize.md §3.2). */
+#include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,9 +102,13 @@ static int parse_init(yctx *c, const char *key, const char *s, fz_role_spec *r)
         r->init = FZ_INIT_ZERO;
     } else if (!strncmp(s, "copy:", 5) && s[5] >= '0' && s[5] <= '9') {
         char *end;
+        errno = 0;
         unsigned long long v = strtoull(s + 5, &end, 10);
         if (*end)
             return fz_error_set(FZ_EINVAL, "%s: %s.init: bad init '%s' (mean, zero or copy:<id>)", c->path, key, s);
+        if (errno == ERANGE || v > INT64_MAX)
+            return fz_error_set(FZ_EINVAL, "%s: %s.init: '%s': the token id is too large (copy:<id> "
+                                "takes an id of the existing vocabulary)", c->path, key, s);
         r->init = FZ_INIT_COPY;
         r->copy_from = v;
     } else {
@@ -213,6 +219,25 @@ static int check_shape(const char *text, size_t len, const char *path)
     return rc;
 }
 
+/* The file is one document (as yaml.safe_load requires): a second one,
+ * even empty, is an error rather than silently ignored. */
+static int no_second_document(yaml_parser_t *parser, const char *path)
+{
+    yaml_document_t next;
+    if (!yaml_parser_load(parser, &next))
+        return fz_error_set(FZ_EFORMAT, "%s: invalid YAML at line %zu column %zu: %s", path,
+                            parser->problem_mark.line + 1, parser->problem_mark.column + 1,
+                            parser->problem ? parser->problem : "parse error");
+    yaml_node_t *root = yaml_document_get_root_node(&next);
+    size_t line = next.start_mark.line + 1;
+    yaml_document_delete(&next);
+    if (root)
+        return fz_error_set(FZ_EFORMAT, "%s: a second YAML document starts at line %zu; the "
+                            "file must hold one document (remove the '---' and what follows, "
+                            "or merge it into the first)", path, line);
+    return 0;
+}
+
 int fz_addtok_parse(const char *text, size_t len, const char *path, fz_addtok_spec *spec)
 {
     yaml_parser_t parser;
@@ -233,6 +258,8 @@ int fz_addtok_parse(const char *text, size_t len, const char *path, fz_addtok_sp
         goto done;
     }
     have_doc = true;
+    if ((rc = no_second_document(&parser, path)))
+        goto done;
     yaml_node_t *root = yaml_document_get_root_node(&doc);
     if (!root || (root->type == YAML_SCALAR_NODE && scalar_kind(root) == Y_NULL))
         goto done; /* empty file: nothing to add */

@@ -74,11 +74,11 @@ static void materialize_cache(const fz_cli *c, fz_view *v)
 
 static int cmd_materialize(fz_cli *c)
 {
-    struct stat st;
     fz_view *v = NULL;
-    if (lstat(c->dest, &st) == 0)
-        return fail(fz_error_set(FZ_EEXIST, "Destination already exists: %s", c->dest));
-    int rc = fz_view_build(&v, &c->view);
+    int rc = fz_materialize_check_dest(c->dest); /* before minutes of work */
+    if (rc)
+        return fail(rc);
+    rc = fz_view_build(&v, &c->view);
     if (rc)
         return fail(rc);
     warn_chat_template(v);

@@ -1,5 +1,6 @@
 #include "materialize/materialize.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -108,9 +109,9 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
     return remove(path);
 }
 
-static void remove_tree(const char *path)
+static int remove_tree(const char *path)
 {
-    nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    return nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 static int fsync_path(const char *path, int flags)
@@ -190,27 +191,105 @@ static int run_pool(fz_pool *p, int workers, bool progress, uint64_t total)
     return 0;
 }
 
+/* DEST's parent and base name (into buffers of PATH_MAX). */
+static int split_dest(const char *dest, char *dcopy, char *bcopy, const char **parent,
+                      const char **base)
+{
+    if (strlen(dest) >= PATH_MAX)
+        return fz_error_set(FZ_ERANGE, "%s: path too long", dest);
+    snprintf(dcopy, PATH_MAX, "%s", dest);
+    snprintf(bcopy, PATH_MAX, "%s", dest);
+    *parent = dirname(dcopy);
+    *base = basename(bcopy);
+    return 0;
+}
+
+int fz_materialize_check_dest(const char *dest)
+{
+    struct stat st;
+    char dcopy[PATH_MAX], bcopy[PATH_MAX];
+    const char *parent, *base;
+    int rc;
+    if (!dest || !*dest)
+        return fz_error_set(FZ_EUSAGE, "materialize: DEST is empty; give the path of the "
+                            "directory to create");
+    if (lstat(dest, &st) == 0)
+        return fz_error_set(FZ_EEXIST, "Destination already exists: %s (fzfs never writes into "
+                            "an existing path: remove it or choose another DEST)", dest);
+    if ((rc = split_dest(dest, dcopy, bcopy, &parent, &base)))
+        return rc;
+    if (stat(parent, &st) != 0)
+        return fz_error_set(FZ_ENOTFOUND, "%s: parent directory %s does not exist: %s (create "
+                            "it first)", dest, parent, strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return fz_error_set(FZ_ENOTFOUND, "%s: %s is not a directory", dest, parent);
+    if (faccessat(AT_FDCWD, parent, W_OK | X_OK, AT_EACCESS) != 0)
+        return fz_error_set(FZ_EIO, "%s: cannot create it in %s: %s", dest, parent,
+                            strerror(errno));
+    return 0;
+}
+
+/* ".<base>.fzfs-tmp-<pid>" -> pid, or 0 if `name` is not such a name. */
+static long temp_pid(const char *name, const char *base)
+{
+    size_t bl = strlen(base);
+    if (name[0] != '.' || strncmp(name + 1, base, bl) || strncmp(name + 1 + bl, ".fzfs-tmp-", 10))
+        return 0;
+    const char *d = name + 1 + bl + 10;
+    long pid = 0;
+    for (; *d; d++) {
+        if (*d < '0' || *d > '9' || pid > (INT_MAX - 9) / 10)
+            return 0;
+        pid = pid * 10 + (*d - '0');
+    }
+    return pid;
+}
+
+/* Temporary siblings of DEST left by a materialize that was killed (kill -9,
+ * a crash, a power cut): a directory named like ours, owned by us, whose
+ * process no longer exists. A live process's temp is never touched, nor
+ * anything not ours. Each removal is reported on stderr. */
+static void remove_stale_temps(const char *parent, const char *base)
+{
+    DIR *d = opendir(parent);
+    struct dirent *e;
+    if (!d)
+        return;
+    while ((e = readdir(d))) {
+        char path[PATH_MAX];
+        struct stat st;
+        long pid = temp_pid(e->d_name, base);
+        if (pid <= 0 || pid == (long)getpid() ||
+            (size_t)snprintf(path, sizeof path, "%s/%s", parent, e->d_name) >= sizeof path ||
+            lstat(path, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid())
+            continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue; /* running (or not ours to ask): in use */
+        if (remove_tree(path) == 0)
+            fz_warn("removed %s, left by an fzfs materialize (pid %ld) that no longer runs", path,
+                    pid);
+        else
+            fz_warn("%s, left by an fzfs materialize (pid %ld) that no longer runs, could not "
+                    "be removed: %s", path, pid, strerror(errno));
+    }
+    closedir(d);
+}
+
 int fz_materialize(fz_view *v, const char *dest, const fz_mat_opts *o)
 {
     int rc = 0;
-    struct stat st;
     char tmp[PATH_MAX], dcopy[PATH_MAX], bcopy[PATH_MAX];
+    const char *parent, *base;
     uint32_t n = fz_view_node_count(v);
     int *fds = NULL;
     fz_extent *ext = NULL;
     size_t next = 0, nlate = 0;
     bool made = false;
-    struct sigaction sa, old_int, old_term;
+    struct sigaction sa, old_int, old_term, old_hup;
 
-    if (lstat(dest, &st) == 0)
-        return fz_error_set(FZ_EEXIST, "Destination already exists: %s", dest);
-    if (strlen(dest) >= sizeof dcopy)
-        return fz_error_set(FZ_ERANGE, "%s: path too long", dest);
-    snprintf(dcopy, sizeof dcopy, "%s", dest);
-    snprintf(bcopy, sizeof bcopy, "%s", dest);
-    const char *parent = dirname(dcopy), *base = basename(bcopy);
-    if (stat(parent, &st) != 0 || !S_ISDIR(st.st_mode))
-        return fz_error_set(FZ_ENOTFOUND, "%s: parent directory %s does not exist", dest, parent);
+    if ((rc = fz_materialize_check_dest(dest)) ||
+        (rc = split_dest(dest, dcopy, bcopy, &parent, &base)))
+        return rc;
     if ((size_t)snprintf(tmp, sizeof tmp, "%s/.%s.fzfs-tmp-%ld", parent, base, (long)getpid()) >=
         sizeof tmp)
         return fz_error_set(FZ_ERANGE, "%s: path too long", dest);
@@ -221,7 +300,9 @@ int fz_materialize(fz_view *v, const char *dest, const fz_mat_opts *o)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
+    sigaction(SIGHUP, &sa, &old_hup); /* a closed terminal: stop as cleanly as on SIGTERM */
 
+    remove_stale_temps(parent, base);
     if (mkdir(tmp, fz_view_node(v, 0)->mode) != 0) {
         rc = fz_error_set(FZ_EIO, "%s: cannot create: %s", tmp, strerror(errno));
         goto done;
@@ -322,5 +403,6 @@ done:
         remove_tree(tmp);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
+    sigaction(SIGHUP, &old_hup, NULL);
     return rc;
 }

@@ -128,7 +128,14 @@ def test_unknown_stop_token(fzfs, runs, tmp_path):
     ('pad_token: {token: "<|pad|>", colour: blue}\n', "colour"),
     ('special_tokens: "<|a|>"\n', "special_tokens"),
     ('pad_token: {init: zero}\n', "token"),
-], ids=["unknown-key", "bad-init", "unknown-subkey", "not-a-list", "missing-token"])
+    # echoed as written, not as the 18446744073709551615 strtoull saturates to
+    ('pad_token: {token: "<|pad|>", init: "copy:99999999999999999999"}\n',
+     "'copy:99999999999999999999': the token id is too large"),
+    # yaml.safe_load refuses a second document; it was silently ignored
+    ('eos_token: "<|im_end|>"\n---\npad_token: "<|pad|>"\n', "second YAML document starts at line 2"),
+    ('---\neos_token: "<|im_end|>"\n---\n', "second YAML document starts at line 3"),
+], ids=["unknown-key", "bad-init", "unknown-subkey", "not-a-list", "missing-token", "copy-id-overflow",
+        "second-document", "empty-second-document"])
 def test_bad_yaml_content(fzfs, runs, tmp_path, text, word):
     y = tmp_path / "bad.yaml"
     y.write_text(text)

@@ -1,6 +1,6 @@
 """A ~400 MB model: fzfs streams it (peak RSS bounded, not proportional to the model),
-and a SIGTERM / SIGINT in the middle of writing leaves neither DEST nor a temporary
-sibling behind."""
+and a SIGTERM / SIGINT / SIGHUP in the middle of writing leaves neither DEST nor a temporary
+sibling behind; what a SIGKILL leaves is removed by the next materialize."""
 
 import os
 import resource
@@ -44,7 +44,8 @@ def test_peak_rss_is_bounded(fzfs, big, tmp_path, opts):
     assert rss_mb < limit, f"peak RSS {rss_mb:.0f} MB (limit {limit}) for a {SIZE_MB} MB model: not streaming"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGKILL],
+                         ids=["SIGTERM", "SIGINT", "SIGHUP", "SIGKILL"])
 def test_signal_mid_write_leaves_nothing(fzfs, big, tmp_path, sig):
     interrupted = 0
     for attempt in range(4):
@@ -76,6 +77,17 @@ def test_signal_mid_write_leaves_nothing(fzfs, big, tmp_path, sig):
             continue
         interrupted += 1
         assert sent
+        if sig == signal.SIGKILL:
+            # cannot be caught: the temporary sibling stays until the next materialize to
+            # DEST, which removes it (its process is gone), says so, and writes DEST
+            assert names == [f".dest.fzfs-tmp-{proc.pid}"], names
+            p = fzfs.run("materialize", big, str(dest), "--dtype", "float16", timeout=300)
+            assert p.returncode == 0, p.stderr[-2000:]
+            assert sorted(os.listdir(parent)) == ["dest"]
+            removed = [l for l in p.stderr.splitlines() if "removed" in l]
+            assert len(removed) == 1 and names[0] in removed[0] and str(proc.pid) in removed[0], p.stderr
+            continue
         assert names == [], f"after {sig.name}: left {names} (exit {proc.returncode})\n{err[-1000:]}"
         assert proc.returncode in (1, 128 + sig, -sig, 130, 143), proc.returncode
     assert interrupted, f"never managed to interrupt fzfs mid-write in 4 attempts ({SIZE_MB} MB model)"
+

@@ -19,6 +19,12 @@ typedef struct {
     int64_t vocab;  /* config vocab_size, -1 when unknown */
     int64_t hidden; /* config hidden size, -1 when unknown */
     int64_t rows;   /* embedding rows of the first model weights found, -1 if none */
+    /* tokenizer.json (fz_vload_tokenizer): the document, its model.vocab when an
+     * object, content -> id for added tokens (and a Unigram list), its length
+     * (highest id + 1; -1 without tokenizer.json) */
+    json_t *tokenizer, *tok_other;
+    const json_t *tok_vocab;
+    int64_t tok_len;
 } fz_vctx;
 
 /* Append a problem about `file` ("" = the directory). */
@@ -39,6 +45,9 @@ json_t *fz_vload_json(fz_vctx *c, const char *name);
 /* The checks (weights.c, tokens.c). */
 void fz_vcheck_weights(fz_vctx *c);
 void fz_vcheck_tokens(fz_vctx *c);
+/* Read tokenizer.json into the context (before the weights: an embedding
+ * whose name says nothing may be found by the tokenizer's length). */
+void fz_vload_tokenizer(fz_vctx *c);
 
 /* One tensor of a set of model weights, and the file that holds it. */
 typedef struct {

@@ -358,12 +358,21 @@ void fz_vcheck_model(fz_vctx *c, const fz_vtensor *t, size_t n, const json_t *sh
     for (size_t i = 0; i < n; i++)
         set.byname[i] = i;
     qsort_r(set.byname, n, sizeof *set.byname, cmp_byname, (void *)t);
+    bool found = false;
     for (size_t i = 0; i < n; i++)
-        roles[i] = role_of(c, t[i].t);
-    /* a head's bias: <head module>.bias, one row per token */
+        found |= (roles[i] = role_of(c, t[i].t)) != R_NONE;
+    /* names that say nothing and vocab_size that disagrees: the tokenizer's length */
+    for (size_t i = 0; i < n && !found && c->tok_len > 0 && c->hidden >= 0 &&
+                       c->tok_len != c->hidden; i++)
+        if (t[i].t->ndim == 2 && t[i].t->shape[0] == (uint64_t)c->tok_len &&
+            t[i].t->shape[1] == (uint64_t)c->hidden && fz_vends_with(t[i].t->name, ".weight"))
+            roles[i] = R_MATRIX;
+    /* a head's bias: <head module>.bias, one row per token (a [vocab, hidden]
+     * matrix with a bias is a head: embeddings have none) */
     for (size_t i = 0; i < n; i++) {
         size_t l = strlen(t[i].t->name);
-        if (roles[i] != R_HEAD || l < 7 || !fz_vends_with(t[i].t->name, ".weight"))
+        if ((roles[i] != R_HEAD && roles[i] != R_MATRIX) || l < 7 ||
+            !fz_vends_with(t[i].t->name, ".weight"))
             continue;
         const fz_vtensor *b = part(S, t[i].t->name, l - 7, "bias");
         if (b && b->t->ndim == 1)

@@ -194,16 +194,24 @@ static void check_roles(fz_vctx *c, const vtok *k, const char *file)
     json_decref(j);
 }
 
-void fz_vcheck_tokens(fz_vctx *c)
+void fz_vload_tokenizer(fz_vctx *c)
 {
-    vtok k = {.other = json_object(), .len = -1, .limit = c->vocab >= 0 ? c->vocab : c->rows};
+    vtok k = {.other = json_object(), .len = -1};
     if (!k.other) {
         c->err = fz_error_set(FZ_ENOMEM, "out of memory");
         return;
     }
-    json_t *tj = fz_vload_json(c, "tokenizer.json");
-    if (tj)
-        load_vocab(c, tj, &k);
+    if ((c->tokenizer = fz_vload_json(c, "tokenizer.json")))
+        load_vocab(c, c->tokenizer, &k);
+    c->tok_other = k.other;
+    c->tok_vocab = k.vocab;
+    c->tok_len = k.len;
+}
+
+void fz_vcheck_tokens(fz_vctx *c)
+{
+    vtok k = {c->tok_vocab, c->tok_other, c->tok_len, c->vocab >= 0 ? c->vocab : c->rows};
+    const json_t *tj = c->tokenizer;
     if (tj && k.limit >= 0 && k.len > k.limit) {
         int64_t id = 0;
         const char *s = token_at_or_above(&k, tj, k.limit, &id);
@@ -221,6 +229,4 @@ void fz_vcheck_tokens(fz_vctx *c)
     if (gc)
         check_ids(c, &k, "generation_config.json", gc);
     json_decref(gc);
-    json_decref(tj);
-    json_decref(k.other);
 }

@@ -315,7 +315,8 @@ static const char *const hidden_keys[] = {"hidden_size", "n_embd", "d_model", "d
 int fz_verify(const fz_vfs *fs, const fz_verify_opts *o, fz_vreport *out)
 {
     static const fz_verify_opts none = {0};
-    fz_vctx c = {.fs = fs, .o = o ? o : &none, .r = out, .vocab = -1, .hidden = -1, .rows = -1};
+    fz_vctx c = {.fs = fs, .o = o ? o : &none, .r = out, .vocab = -1, .hidden = -1, .rows = -1,
+                 .tok_len = -1};
     fz_vkind kind;
     uint64_t size;
     size_t entries = 0;
@@ -349,10 +350,14 @@ int fz_verify(const fz_vfs *fs, const fz_verify_opts *o, fz_vreport *out)
             fz_vfail(&c, "config.json", "vocab_size is not a non-negative integer");
     }
     if (!c.err)
+        fz_vload_tokenizer(&c);
+    if (!c.err)
         fz_vcheck_weights(&c);
     if (!c.err)
         fz_vcheck_tokens(&c);
     json_decref(c.config);
+    json_decref(c.tokenizer);
+    json_decref(c.tok_other);
     for (size_t i = 0; i < c.nroot; i++)
         free(c.root[i]);
     free(c.root);

@@ -200,6 +200,27 @@ def test_catches(fzfs, materialized, tmp_path, run, opts, edit):
         assert (a.returncode, a.stdout) == (p.returncode, p.stdout), a.stderr[-3000:]
 
 
+def test_unknown_names_and_head_bias(fzfs, tmp_path):
+    """A custom model whose embedding and head have names no list knows
+    (backbone.token_table, out + out.bias): verify finds them by their [vocab, hidden]
+    shape, the head's bias with them, and reports each when vocab_size disagrees."""
+    from test_embedding import make_custom_run
+    src = str(tmp_path / "named")
+    make_custom_run(src, "NamedLM", False, "st", seed=3)
+    dest = str(tmp_path / "named-out")
+    p = fzfs.run("materialize", src, dest, "--safetensors")
+    assert p.returncode == 0, p.stderr
+    d = str(tmp_path / "model")
+    shutil.copytree(dest, d, symlinks=True)
+    assert verify(fzfs, d).returncode == 0
+    with open(os.path.join(d, "config.json")) as f:
+        v = json.load(f)["vocab_size"]
+    edit_json(os.path.join(d, "config.json"), lambda c: c.update(vocab_size=v + 1))
+    out = verify(fzfs, d).stdout
+    for name in ("backbone.token_table.weight", "out.weight", "out.bias"):
+        assert f"'{name}' has {v} rows but config.json vocab_size is {v + 1}" in out, out
+
+
 def test_json(fzfs, materialized, tmp_path):
     d = copy_of(materialized, "llama-tied-bin", [], tmp_path)
     ok = json.loads(verify(fzfs, d, "--json").stdout)

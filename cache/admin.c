@@ -77,6 +77,18 @@ static int stats_guarded(fz_cache *c, void *arg)
     return 0;
 }
 
+void fz_cache_handle_stats(fz_cache *c, fz_cache_stats *out)
+{
+    uint64_t ctr[FZ_NCTR] = {0};
+    for (int i = 0; c && i < FZ_NCTR; i++)
+        ctr[i] = atomic_load(&c->persisted[i]) + atomic_load(&c->delta[i]);
+    *out = (fz_cache_stats){.hits = ctr[FZ_CTR_HITS],
+                            .misses = ctr[FZ_CTR_MISSES],
+                            .fills = ctr[FZ_CTR_FILLS],
+                            .corrupt = ctr[FZ_CTR_CORRUPT],
+                            .evictions = ctr[FZ_CTR_EVICTIONS]};
+}
+
 int fz_cache_get_stats(fz_cache *c, fz_cache_stats *out)
 {
     memset(out, 0, sizeof *out);

@@ -100,6 +100,10 @@ int fz_cache_flush(fz_cache *c);
  * failed verification), evictions (values deleted to make room).
  * Errors: FZ_EIO. */
 int fz_cache_get_stats(fz_cache *c, fz_cache_stats *out);
+/* This handle's own counters since it was opened (hits, misses, fills,
+ * corrupt, evictions; the other fields 0): atomics only, no flush, no
+ * transaction - cheap enough to poll. NULL gives zeros. */
+void fz_cache_handle_stats(fz_cache *c, fz_cache_stats *out);
 /* Check every value's header and checksum; delete bad ones (counted as
  * corrupt); *checked = values read, *bad = how many were deleted.
  * Errors: FZ_EIO, FZ_ENOMEM. */

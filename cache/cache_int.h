@@ -101,6 +101,9 @@ struct fz_cache {
 
     /* Counter deltas not yet persisted in the meta DB. */
     _Atomic uint64_t delta[FZ_NCTR];
+    /* This handle's counts already moved from delta to the meta DB
+     * (fz_cache_handle_stats: persisted + delta). */
+    _Atomic uint64_t persisted[FZ_NCTR];
 };
 
 static inline bool fz_cache_key_eq(const fz_cache_key *a, const fz_cache_key *b)

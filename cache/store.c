@@ -359,8 +359,10 @@ static int process_guarded(fz_cache *c, void *arg)
             fz_log(mrc == MDB_MAP_FULL ? FZ_LOG_DEBUG : FZ_LOG_WARNING,
                    "cache: %zu writes not stored: %s", nops, mdb_strerror(mrc));
             if (first)
-                for (int i = 0; i < FZ_NCTR; i++)
+                for (int i = 0; i < FZ_NCTR; i++) {
+                    atomic_fetch_sub(&c->persisted[i], deltas[i]);
                     atomic_fetch_add(&c->delta[i], deltas[i]);
+                }
         }
         first = false;
         from = to;
@@ -377,6 +379,7 @@ static void process(fz_cache *c, const fz_cache_op *ops, const fz_cache_key *tou
     bool any = ops || nt;
     for (int i = 0; i < FZ_NCTR; i++) {
         deltas[i] = atomic_exchange(&c->delta[i], 0);
+        atomic_fetch_add(&c->persisted[i], deltas[i]);
         any |= deltas[i] != 0;
     }
     if (!any || atomic_load(&c->broken))

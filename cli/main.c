@@ -1,5 +1,6 @@
 /* The fzfs command: subcommands over one option table (cli/options.c).
  * Exit status: 0 success, 1 error, 2 usage error. */
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,6 +115,7 @@ static int cmd_mount(fz_cli *c)
                         .fuse_opts = c->fuse_opts,
                         .compute_threads = c->workers,
                         .log_file = c->log_file,
+                        .view_args = c->view_args,
                         .use_cache = !c->no_cache,
                         .cache_dir = c->cache_dir,
                         .cache_size = c->cache_size};
@@ -124,7 +126,13 @@ static int cmd_mount(fz_cli *c)
 
 static int cmd_umount(fz_cli *c)
 {
-    int rc = fz_umount(c->mnt);
+    int rc = fz_umount(c->mnt, c->lazy);
+    return rc ? fail(rc) : 0;
+}
+
+static int cmd_status(fz_cli *c)
+{
+    int rc = fz_status_print(stdout, c->json);
     return rc ? fail(rc) : 0;
 }
 
@@ -142,6 +150,10 @@ static int cmd_cache(fz_cli *c)
             printf("cache: %s\ncleared\n", dir);
         goto done;
     }
+    if (c->json && strcmp(c->cache_action, "stats")) {
+        rc = fz_error_set(FZ_EUSAGE, "--json is for `fzfs cache stats` only");
+        goto done;
+    }
     /* stats and verify report damage; they never repair it. */
     if ((rc = fz_cache_open_flags(&cache, dir, c->cache_size, FZ_CACHE_NO_REPAIR)))
         goto done;
@@ -149,6 +161,24 @@ static int cmd_cache(fz_cli *c)
         fz_cache_stats s;
         if ((rc = fz_cache_get_stats(cache, &s)))
             goto done;
+        if (c->json) {
+            json_t *o = json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "cache", dir,
+                                  "entries", (json_int_t)s.entries, "bytes", (json_int_t)s.bytes,
+                                  "map_size", (json_int_t)s.map_size, "used_bytes",
+                                  (json_int_t)s.used_bytes, "hits", (json_int_t)s.hits,
+                                  "misses", (json_int_t)s.misses, "fills", (json_int_t)s.fills,
+                                  "corrupt", (json_int_t)s.corrupt, "evictions",
+                                  (json_int_t)s.evictions);
+            char *text = o ? json_dumps(o, JSON_INDENT(2)) : NULL;
+            json_decref(o);
+            if (!text) {
+                rc = fz_error_set(FZ_ENOMEM, "out of memory");
+                goto done;
+            }
+            printf("%s\n", text);
+            free(text);
+            goto done;
+        }
         printf("cache: %s\n", dir);
         printf("entries: %llu\nbytes: %llu\nmap_size: %llu\nused_bytes: %llu\n",
                (unsigned long long)s.entries, (unsigned long long)s.bytes,
@@ -225,6 +255,9 @@ int main(int argc, char **argv)
         break;
     case FZ_CMD_VERIFY:
         rc = cmd_verify(&c);
+        break;
+    case FZ_CMD_STATUS:
+        rc = cmd_status(&c);
         break;
     default:
         rc = 2;

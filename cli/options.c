@@ -43,6 +43,7 @@ enum {
     O_FILL_CACHE,
     O_LOG_FILE,
     O_HUB,
+    O_LAZY,
 };
 
 /* The option table: every subcommand's options, with the help text. */
@@ -57,7 +58,9 @@ static const struct {
 #define MT (1u << FZ_CMD_MOUNT)
 #define C (1u << FZ_CMD_CACHE)
 #define VF (1u << FZ_CMD_VERIFY)
-#define ALL (V | (1u << FZ_CMD_UMOUNT) | C | VF)
+#define ST (1u << FZ_CMD_STATUS)
+#define U (1u << FZ_CMD_UMOUNT)
+#define ALL (V | U | C | VF | ST)
     {{"checkpoint", required_argument, 0, O_CHECKPOINT}, "PATH",
      "source checkpoint directory (default: the latest under SRC/checkpoints/)", V},
     {{"add-tokens", required_argument, 0, O_ADD_TOKENS}, "YAML", "tokens to add (add-tokens YAML)",
@@ -95,7 +98,11 @@ static const struct {
     {{"embedding-tensors", required_argument, 0, O_EMBEDDING}, "EMB[,HEAD]",
      "input embedding (then output head; its bias is found) to resize, overriding the search", V},
     {{"dry-run", no_argument, 0, O_DRY_RUN}, NULL, "report what would be done; write nothing", M},
-    {{"json", no_argument, 0, O_JSON}, NULL, "print the plan (verify: the problems) as JSON", P | VF},
+    {{"json", no_argument, 0, O_JSON}, NULL,
+     "print as JSON (plan: the plan, verify: the problems, status: the mounts, cache stats)",
+     P | VF | ST | C},
+    {{"lazy", no_argument, 0, O_LAZY}, NULL,
+     "detach now even if files are open; the daemon exits after the last close", U},
     {{"workers", required_argument, 0, O_WORKERS}, "N", "worker threads (default: one per core)",
      M | MT},
     {{"foreground", no_argument, 0, O_FOREGROUND}, NULL,
@@ -103,7 +110,7 @@ static const struct {
     {{"options", required_argument, 0, O_FUSE_OPTS}, "OPTS",
      "extra FUSE mount options, comma-separated (e.g. allow_other)", MT},
     {{"log-file", required_argument, 0, O_LOG_FILE}, "FILE",
-     "where the mount daemon logs (default: $XDG_STATE_HOME/fzfs/mount.log)", MT},
+     "where the mount daemon logs (default: $XDG_STATE_HOME/fzfs/mnt-<escaped MNT>.log)", MT},
     {{"cache-dir", required_argument, 0, O_CACHE_DIR}, "DIR",
      "chunk cache directory (default: $XDG_CACHE_HOME/fzfs)", M | MT | C},
     {{"cache-size", required_argument, 0, O_CACHE_SIZE}, "SIZE",
@@ -122,6 +129,8 @@ static const struct {
 #undef MT
 #undef C
 #undef VF
+#undef ST
+#undef U
 #undef ALL
 };
 #define NOPT (sizeof table / sizeof table[0])
@@ -137,8 +146,11 @@ static const struct {
      "report what the finalized view of SRC would contain, and why"},
     {"mount", FZ_CMD_MOUNT, "SRC MNT [options]",
      "show the finalized view of SRC under MNT (FUSE), computing bytes on first read"},
-    {"umount", FZ_CMD_UMOUNT, "MNT", "unmount an fzfs mount"},
-    {"cache", FZ_CMD_CACHE, "stats|verify|clear [--cache-dir DIR]",
+    {"umount", FZ_CMD_UMOUNT, "MNT [--lazy]", "unmount an fzfs mount"},
+    {"status", FZ_CMD_STATUS, "[--json]",
+     "list this machine's fzfs mounts: source, options, daemon, log, cache counters, stale "
+     "sources"},
+    {"cache", FZ_CMD_CACHE, "stats|verify|clear [--cache-dir DIR] [--json]",
      "show, check or empty the cache of computed chunks"},
     {"verify", FZ_CMD_VERIFY, "DIR [--json]",
      "check a HuggingFace model directory for problems that break loading; one line per "
@@ -237,6 +249,27 @@ static int append_fuse_opts(fz_cli *c, const char *cmd, const char *arg)
     return 0;
 }
 
+/* Remember a view option of `fzfs mount` as given ("--dtype bfloat16"),
+ * for `fzfs status`. */
+static int note_view_arg(fz_cli *c, const char *cmd, int o, const char *arg)
+{
+    const unsigned view_cmds = 1u << FZ_CMD_PLAN; /* every view option is a plan option */
+    for (size_t i = 0; i < NOPT; i++) {
+        if (table[i].opt.val != o || !(table[i].cmds & view_cmds))
+            continue;
+        size_t old = c->view_args ? strlen(c->view_args) : 0;
+        size_t add = strlen(table[i].opt.name) + 4 + (arg ? strlen(arg) + 1 : 0);
+        char *n = realloc(c->view_args, old + add);
+        if (!n)
+            return usage_error(cmd, "out of memory (%s)", table[i].opt.name);
+        snprintf(n + old, add, "%s--%s%s%s", old ? " " : "", table[i].opt.name, arg ? " " : "",
+                 arg ? arg : "");
+        c->view_args = n;
+        return 0;
+    }
+    return 0;
+}
+
 /* Apply one option `o` (value `arg`) of command `ci` to *c. Returns 0,
  * FZ_CLI_EXIT_OK (help printed) or FZ_EUSAGE (message printed). */
 static int apply_option(fz_cli *c, size_t ci, int o, char *arg)
@@ -267,6 +300,7 @@ static int apply_option(fz_cli *c, size_t ci, int o, char *arg)
         break;
     case O_DRY_RUN: c->dry_run = true; break;
     case O_JSON: c->json = true; break;
+    case O_LAZY: c->lazy = true; break;
     case O_PROGRESS: c->progress = 1; break;
     case O_NO_PROGRESS: c->progress = 0; break;
     case O_FOREGROUND: c->foreground = true; break;
@@ -304,7 +338,9 @@ static int apply_option(fz_cli *c, size_t ci, int o, char *arg)
 /* The command's operands (SRC, DEST, MNT, cache action). */
 static int take_operands(fz_cli *c, const char *cmd, int n, char **pos)
 {
-    int want = c->cmd == FZ_CMD_MATERIALIZE || c->cmd == FZ_CMD_MOUNT ? 2 : 1;
+    int want = c->cmd == FZ_CMD_MATERIALIZE || c->cmd == FZ_CMD_MOUNT ? 2
+               : c->cmd == FZ_CMD_STATUS                               ? 0
+                                                                       : 1;
     static const char *const expects[] = {
         [FZ_CMD_MATERIALIZE] = "expects SRC and DEST (%s)",
         [FZ_CMD_PLAN] = "expects SRC (%s)",
@@ -312,6 +348,7 @@ static int take_operands(fz_cli *c, const char *cmd, int n, char **pos)
         [FZ_CMD_UMOUNT] = "expects MNT (%s)",
         [FZ_CMD_CACHE] = "expects one of stats, verify, clear (%s)",
         [FZ_CMD_VERIFY] = "expects DIR (%s)",
+        [FZ_CMD_STATUS] = "takes no operands (%s)",
     };
     if (n != want)
         return usage_error(cmd, expects[c->cmd], n < want ? "missing" : "too many arguments");
@@ -321,6 +358,7 @@ static int take_operands(fz_cli *c, const char *cmd, int n, char **pos)
     case FZ_CMD_UMOUNT: c->mnt = pos[0]; break;
     case FZ_CMD_CACHE: c->cache_action = pos[0]; break;
     case FZ_CMD_VERIFY: c->dir = pos[0]; break;
+    case FZ_CMD_STATUS: break;
     default: c->view.src = pos[0]; break;
     }
     if (c->cmd == FZ_CMD_CACHE && strcmp(c->cache_action, "stats") &&
@@ -370,6 +408,8 @@ int fz_cli_parse(fz_cli *c, int argc, char **argv)
             return usage_error(cmd, "unknown option '%s'", av[optind - 1]);
         if ((rc = apply_option(c, ci, o, optarg)))
             return rc;
+        if (c->cmd == FZ_CMD_MOUNT && (rc = note_view_arg(c, cmd, o, optarg)))
+            return rc;
     }
     if ((rc = take_operands(c, cmd, ac - optind, av + optind)))
         return rc;
@@ -385,6 +425,7 @@ int fz_cli_parse(fz_cli *c, int argc, char **argv)
 void fz_cli_free(fz_cli *c)
 {
     free(c->fuse_opts);
+    free(c->view_args);
     memset(c, 0, sizeof *c);
 }
 

@@ -17,6 +17,7 @@ typedef enum {
     FZ_CMD_UMOUNT,
     FZ_CMD_CACHE,
     FZ_CMD_VERIFY,
+    FZ_CMD_STATUS,
 } fz_cmd;
 
 typedef struct {
@@ -33,6 +34,8 @@ typedef struct {
     /* mount */
     bool foreground;
     char *fuse_opts; /* every -o joined with commas (owned), or NULL */
+    char *view_args; /* mount: the view options as given, space-joined (owned), or NULL */
+    bool lazy;       /* umount --lazy */
     const char *log_file;
     /* cache (mount, materialize, cache) */
     const char *cache_dir;

@@ -20,8 +20,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fs/mountinfo.h"
 #include "fs/ops.h"
 #include "fs/pidfile.h"
+#include "fs/status.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "verify/verify.h"
@@ -31,9 +33,41 @@
 #define FZ_READAHEAD_KB 4096
 
 
+/* /dev/fuse must exist and be readable and writable (containers often lack
+ * it); the message says how to get it. */
+static int check_dev_fuse(void)
+{
+    if (access("/dev/fuse", R_OK | W_OK) == 0)
+        return 0;
+    int e = errno;
+    return fz_error_set(FZ_EIO, "/dev/fuse: %s: fzfs mount needs the FUSE device. In a "
+                        "container, start it with `--device /dev/fuse --cap-add SYS_ADMIN` "
+                        "(docker/podman run); elsewhere load the module (`modprobe fuse`)%s; "
+                        "or use `fzfs materialize`, which needs no FUSE",
+                        e == ENOENT ? "does not exist" : strerror(e),
+                        e == ENOENT ? "" : " and check the device's permissions");
+}
+
 int fz_mount_check_dir(const char *mnt)
 {
+    char path[PATH_MAX];
+    fz_mountent *ms = NULL;
+    size_t nm = 0;
     struct stat st;
+    /* mountinfo first: a stat of a mount whose daemon died fails (ENOTCONN). */
+    int rc = check_dev_fuse();
+    if (rc)
+        return rc;
+    rc = fz_mount_path(mnt, path, sizeof path);
+    if (rc == 0 && fz_mounts_read(&ms, &nm) == 0) {
+        const fz_mountent *e = fz_mounts_at(ms, nm, path);
+        if (e && fz_mount_is_fzfs(e))
+            rc = fz_error_set(FZ_EEXIST, "Mount point %s: already an fzfs mount (of %s); "
+                              "unmount it first with `fzfs umount %s`", mnt, e->source, mnt);
+        fz_mounts_free(ms, nm);
+        if (rc)
+            return rc;
+    }
     if (stat(mnt, &st) != 0)
         return fz_error_set(errno == ENOENT ? FZ_ENOTFOUND : FZ_EIO, "Mount point %s: %s", mnt,
                             errno == ENOENT ? "does not exist" : strerror(errno));
@@ -43,14 +77,14 @@ int fz_mount_check_dir(const char *mnt)
     if (!d)
         return fz_error_set(FZ_EIO, "Mount point %s: %s", mnt, strerror(errno));
     struct dirent *e;
-    int rc = 0;
+    unsigned long n = 0;
     while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            rc = fz_error_set(FZ_EEXIST, "Mount point %s: not empty", mnt);
-            break;
-        }
+        n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
     closedir(d);
-    return rc;
+    if (n)
+        fz_info("Mount point %s is not empty: its %lu entr%s hidden while the view is mounted",
+                mnt, n, n == 1 ? "y is" : "ies are");
+    return 0;
 }
 
 /* ---- serving ------------------------------------------------------- */
@@ -98,6 +132,9 @@ typedef struct {
     const char *src;
     dev_t dev;    /* the mount's device once it answered (names the pid file) */
     bool pidfile;
+    fz_fs *fs;
+    const fz_status_info *info; /* for the status file */
+    fz_status *status;
 } fz_ready;
 
 static void ready_reply(fz_ready *r, const char *msg)
@@ -145,6 +182,7 @@ static void *ready_main(void *arg)
     fz_pidfile_write(st.st_dev);
     r->dev = st.st_dev;
     r->pidfile = true;
+    r->status = fz_status_start(r->fs, st.st_dev, r->info);
     fz_info("Mounted %s at %s (pid %ld)", r->src, r->mnt, (long)getpid());
     ready_reply(r, "0");
     return NULL;
@@ -222,12 +260,13 @@ static int start_thread(pthread_t *t, void *(*fn)(void *), void *arg)
 
 /* Mount `se` and serve until unmounted or signalled. */
 static int serve(fz_fs *fs, struct fuse_session *se, const char *mnt, const char *src,
-                 const fz_mount_opts *o, int ready_fd)
+                 const fz_mount_opts *o, int ready_fd, const fz_status_info *si)
 {
     int rc = 0;
     bool mounted = false, handlers = false, ready_started = false;
     pthread_t ready_th;
-    fz_ready ready = {mnt, ready_fd, src, 0, false};
+    fz_status_info info = *si;
+    fz_ready ready = {mnt, ready_fd, src, 0, false, fs, &info, NULL};
     struct fuse_loop_config *cfg = NULL;
     char msg[1100];
 
@@ -281,6 +320,7 @@ done:
         fuse_session_unmount(se);
     if (ready_started)
         pthread_join(ready_th, NULL);
+    fz_status_stop(ready.status);
     if (rc) {
         snprintf(msg, sizeof msg, "E%s", fz_error_msg());
         ready_reply(&ready, msg);
@@ -379,18 +419,51 @@ static const char *absolute(const char *path, char *out)
     return out;
 }
 
-/* Where a daemon logs when --log-file is not given: $XDG_STATE_HOME/fzfs
- * (default ~/.local/state/fzfs)/mount.log, directories created. NULL when
- * no home is known (the daemon then logs nowhere). */
-static const char *default_log_file(char *out)
+/* A mount point as a file name, as `systemd-escape -p` spells it: the
+ * slashes around it dropped, "/" -> "-", every byte but [A-Za-z0-9_] (and
+ * "." not first) as \xNN; "/" itself is "-". */
+static bool escape_path(const char *p, char *out, size_t n)
+{
+    size_t w = 0;
+    while (*p == '/')
+        p++;
+    size_t len = strlen(p);
+    while (len && p[len - 1] == '/')
+        len--;
+    if (!len)
+        return snprintf(out, n, "-") < (int)n;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)p[i];
+        int k;
+        if (c == '/')
+            k = snprintf(out + w, n - w, "-");
+        else if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '_' || (c == '.' && i))
+            k = snprintf(out + w, n - w, "%c", c);
+        else
+            k = snprintf(out + w, n - w, "\\x%02x", c);
+        if (k < 0 || (size_t)k >= n - w)
+            return false;
+        w += (size_t)k;
+    }
+    return true;
+}
+
+/* Where a daemon logs when --log-file is not given: one file per mount
+ * point, $XDG_STATE_HOME/fzfs (default ~/.local/state/fzfs)/mnt-<escaped
+ * MNT>.log, directories created. NULL when no home is known or the name
+ * does not fit (the daemon then logs nowhere). */
+static const char *default_log_file(const char *mnt, char *out)
 {
     const char *state = getenv("XDG_STATE_HOME"), *home = getenv("HOME");
-    char dir[PATH_MAX];
+    char dir[PATH_MAX], name[NAME_MAX - 7];
     if (state && state[0] == '/')
         snprintf(dir, sizeof dir, "%s/fzfs", state);
     else if (home && home[0] == '/')
         snprintf(dir, sizeof dir, "%s/.local/state/fzfs", home);
     else
+        return NULL;
+    if (!escape_path(mnt, name, sizeof name))
         return NULL;
     for (char *p = dir + 1; *p; p++)
         if (*p == '/') {
@@ -400,14 +473,15 @@ static const char *default_log_file(char *out)
         }
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
         return NULL;
-    if ((size_t)snprintf(out, PATH_MAX, "%s/mount.log", dir) >= PATH_MAX)
+    if ((size_t)snprintf(out, PATH_MAX, "%s/mnt-%s.log", dir, name) >= PATH_MAX)
         return NULL;
     return out;
 }
 
 int fz_mount_serve(fz_view *v, const char *mnt_in, const fz_mount_opts *o_in)
 {
-    char mnt[PATH_MAX], logpath[PATH_MAX], cachepath[PATH_MAX];
+    char mnt[PATH_MAX], logpath[PATH_MAX], cachepath[PATH_MAX], srcpath[PATH_MAX],
+        cwd[PATH_MAX];
     struct stat st;
     struct fuse_session *se = NULL;
     int rc;
@@ -418,10 +492,14 @@ int fz_mount_serve(fz_view *v, const char *mnt_in, const fz_mount_opts *o_in)
         return rc;
     fz_mount_opts opts = *o_in, *o = &opts;
     const char *log_file = o->log_file || o->foreground ? absolute(o->log_file, logpath)
-                                                         : default_log_file(logpath);
+                                                         : default_log_file(mnt, logpath);
     if (!o->log_file && log_file)
         fz_info("the mount daemon logs to %s", log_file);
     o->cache_dir = absolute(o->cache_dir, cachepath);
+    /* The daemon leaves the working directory: its log and status name
+     * absolute paths. */
+    if (o->src && realpath(o->src, srcpath))
+        o->src = srcpath;
 
     fz_fs *fs = calloc(1, sizeof *fs);
     if (!fs)
@@ -432,6 +510,19 @@ int fz_mount_serve(fz_view *v, const char *mnt_in, const fz_mount_opts *o_in)
     fs->uid = getuid();
     fs->gid = getgid();
     fs->mnt = mnt;
+    fs->progress = calloc(fs->nnodes ? fs->nnodes : 1, sizeof *fs->progress);
+    char *base = base_opts(o->src ? o->src : "");
+    char *fuse_all = NULL;
+    if (base && asprintf(&fuse_all, "%s%s%s", base, o->fuse_opts && *o->fuse_opts ? "," : "",
+                         o->fuse_opts && *o->fuse_opts ? o->fuse_opts : "") < 0)
+        fuse_all = NULL;
+    free(base);
+    fz_status_info si = {.src = o->src,
+                         .mnt = mnt,
+                         .view_args = o->view_args,
+                         .fuse_opts = fuse_all,
+                         .log_file = o->foreground ? NULL : log_file,
+                         .cwd = getcwd(cwd, sizeof cwd)};
     /* Every node carries SRC's mtime: stable across remounts of the same
      * source, and it moves when training writes a new checkpoint. */
     fs->mtime.tv_sec = 0;
@@ -445,7 +536,7 @@ int fz_mount_serve(fz_view *v, const char *mnt_in, const fz_mount_opts *o_in)
         goto done;
 
     if (o->foreground) {
-        rc = serve(fs, se, mnt, o->src ? o->src : "", o, -1);
+        rc = serve(fs, se, mnt, o->src ? o->src : "", o, -1, &si);
         se = NULL;
         goto done;
     }
@@ -468,11 +559,14 @@ int fz_mount_serve(fz_view *v, const char *mnt_in, const fz_mount_opts *o_in)
         close(pfd[0]);
         setsid();
         redirect_stdio(log_file);
+        fz_log_set_timestamps(true);
         if (chdir("/") != 0)
             fz_debug("chdir /: %s", strerror(errno));
-        rc = serve(fs, se, mnt, o->src ? o->src : "", o, pfd[1]);
+        rc = serve(fs, se, mnt, o->src ? o->src : "", o, pfd[1], &si);
         se = NULL;
+        free(fs->progress);
         free(fs);
+        free(fuse_all);
         /* The child never returns into the caller's command: its exit
          * status is the daemon's. */
         fflush(stdout);
@@ -486,7 +580,9 @@ int fz_mount_serve(fz_view *v, const char *mnt_in, const fz_mount_opts *o_in)
 done:
     if (se)
         fuse_session_destroy(se);
+    free(fs->progress);
     free(fs);
+    free(fuse_all);
     return rc;
 }
 

@@ -11,6 +11,7 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "util/error.h"
@@ -23,6 +24,10 @@
 /* Most segments touched by a read answered in the worker; reads spanning
  * more (tiny segments, e.g. a torch zip's headers) go through fz_view_read. */
 #define FZ_FS_MAX_FAST_SEGS 16
+/* Progress lines for computed files of at least this size, at most one per
+ * file every FZ_PROGRESS_MS (plus the first and the last). */
+#define FZ_PROGRESS_MIN_SIZE (8u << 20)
+#define FZ_PROGRESS_MS 3000
 
 struct fz_fs_job {
     fz_fs_job *next;
@@ -322,6 +327,51 @@ static void reply_read_error(fz_fs *fs, fuse_req_t req, uint32_t node, uint64_t 
     fuse_reply_err(req, fz_error_errno(rc));
 }
 
+/* One answered read of len bytes, for `fzfs status`. */
+static void count_read(fz_fs *fs, uint64_t len)
+{
+    atomic_fetch_add_explicit(&fs->bytes_served, len, memory_order_relaxed);
+    atomic_fetch_add_explicit(&fs->reads, 1, memory_order_relaxed);
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + 1; /* never 0 */
+}
+
+/* The daemon log's progress of a large file being computed, so a user
+ * watching `tail -f` sees why the first load takes time: a line at the
+ * first computed read, then at most one every FZ_PROGRESS_MS, then "done".
+ * Counts bytes the pool answered (computed or from the cache); atomics
+ * only, one compare-exchange deciding which thread logs. */
+static void note_progress(fz_fs *fs, uint32_t node, uint64_t len)
+{
+    const fz_node *n = fz_view_node(fs->v, node);
+    if (!fs->progress || n->size < FZ_PROGRESS_MIN_SIZE)
+        return;
+    fz_fs_progress *p = &fs->progress[node];
+    if (atomic_load_explicit(&p->finished, memory_order_relaxed))
+        return;
+    int64_t now = now_ms(), zero = 0;
+    atomic_compare_exchange_strong(&p->start_ms, &zero, now - 1);
+    int64_t start = atomic_load(&p->start_ms);
+    uint64_t done = atomic_fetch_add(&p->done, len) + len;
+    double secs = (double)(now - start) / 1000.0;
+    if (done >= n->size) {
+        if (!atomic_exchange(&p->finished, true))
+            fz_info("computing %s/%s: done in %.1f s (%.1f MB)", fs->mnt, n->path, secs,
+                    (double)n->size / 1e6);
+        return;
+    }
+    int64_t last = atomic_load(&p->logged_ms);
+    if ((last == 0 || now - last >= FZ_PROGRESS_MS) &&
+        atomic_compare_exchange_strong(&p->logged_ms, &last, now))
+        fz_info("computing %s/%s ... %d%% (%.2f GB/s)", fs->mnt, n->path,
+                (int)(done * 100 / n->size), secs > 0 ? (double)done / secs / 1e9 : 0.0);
+}
+
 /* ---- compute pool ---------------------------------------------------- */
 
 static void run_job(fz_fs *fs, fz_fs_job *j)
@@ -333,10 +383,13 @@ static void run_job(fz_fs *fs, fz_fs_job *j)
         return;
     }
     int rc = fz_view_read(fs->v, j->node, j->off, j->len, buf);
-    if (rc)
+    if (rc) {
         reply_read_error(fs, j->req, j->node, j->off, j->len, rc);
-    else
+    } else {
         fuse_reply_buf(j->req, (const char *)buf, (size_t)j->len);
+        count_read(fs, j->len);
+        note_progress(fs, j->node, j->len);
+    }
     free(buf);
 }
 
@@ -571,6 +624,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         pool_submit(fs, req, idx, o, len);
         return;
     }
+    count_read(fs, len);
     if (count == 1 && pieces[0].mem) {
         fuse_reply_buf(req, (const char *)pieces[0].mem, (size_t)len);
         return;

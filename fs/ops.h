@@ -12,6 +12,7 @@
 #define FUSE_USE_VERSION 312
 #include <fuse_lowlevel.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <time.h>
 
@@ -29,9 +30,22 @@ typedef struct {
     int nthreads;
 } fz_fs_pool;
 
+/* Progress of the computed reads of one file (the daemon log's "computing
+ * NAME ... 42%" lines): bytes answered by the compute pool, when the first
+ * one started and when a line was last logged (CLOCK_MONOTONIC ms; 0 =
+ * never). Atomics only: the pool threads update them without a lock. */
+typedef struct {
+    _Atomic uint64_t done;
+    _Atomic int64_t start_ms, logged_ms;
+    atomic_bool finished;
+} fz_fs_progress;
+
 typedef struct {
     fz_view *v;
     uint32_t nnodes;
+    /* Counters for `fzfs status` (relaxed atomics, one add per read). */
+    _Atomic uint64_t bytes_served, reads;
+    fz_fs_progress *progress; /* per node, or NULL (no progress lines) */
     struct timespec mtime; /* every node's mtime/ctime: SRC's, stable across remounts */
     uid_t uid;
     gid_t gid;

@@ -30,6 +30,17 @@ int fz_pidfile_path(char *out, size_t n, unsigned maj, unsigned min, bool mkdirs
     return (size_t)snprintf(out, n, "%s/%u:%u.pid", dir, maj, min) < n ? 0 : -1;
 }
 
+int fz_statusfile_path(char *out, size_t n, unsigned maj, unsigned min, bool mkdirs)
+{
+    if (fz_pidfile_path(out, n, maj, min, mkdirs) != 0)
+        return -1;
+    size_t l = strlen(out); /* ends in ".pid": same length as "json" */
+    if (l + 1 >= n)
+        return -1;
+    strcpy(out + l - 3, "json");
+    return 0;
+}
+
 /* Start time of a process (clock ticks since boot, /proc/PID/stat field
  * 22), 0 if it does not exist or is a zombie: with the pid it names one
  * process, whatever the binary is called. */

@@ -13,6 +13,9 @@
 /* The pid file path of mount maj:min into out[n] (creating its directory
  * when mkdirs). 0, or -1 if it does not fit or cannot be created. */
 int fz_pidfile_path(char *out, size_t n, unsigned maj, unsigned min, bool mkdirs);
+/* The status file of mount maj:min (next to its pid file, ".json"): the
+ * daemon's view of itself for `fzfs status`. Same contract. */
+int fz_statusfile_path(char *out, size_t n, unsigned maj, unsigned min, bool mkdirs);
 /* Start time of a process (clock ticks since boot), 0 if gone or a zombie. */
 unsigned long long fz_proc_start(pid_t pid);
 /* Record the calling process as the daemon of mount `dev` (best effort). */

@@ -15,65 +15,16 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fs/mountinfo.h"
 #include "fs/pidfile.h"
 #include "util/error.h"
 #include "util/log.h"
 
 extern char **environ;
 
-/* Undo /proc/self/mountinfo's octal escapes (\040 for a space...). */
-static void unescape(char *s)
-{
-    char *w = s;
-    for (char *r = s; *r;) {
-        if (r[0] == '\\' && r[1] >= '0' && r[1] <= '7' && r[2] >= '0' && r[2] <= '7' &&
-            r[3] >= '0' && r[3] <= '7') {
-            *w++ = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
-            r += 4;
-        } else {
-            *w++ = *r++;
-        }
-    }
-    *w = 0;
-}
-
-/* The topmost mount at `path`: its device, filesystem type and source
- * (both of at most 255 bytes, into fstype[256] and source[256]). */
-static bool find_mount(const char *path, unsigned *maj, unsigned *min, char *fstype,
-                       char *source)
-{
-    FILE *f = fopen("/proc/self/mountinfo", "r");
-    if (!f)
-        return false;
-    char *line = NULL;
-    size_t cap = 0;
-    bool found = false;
-    while (getline(&line, &cap, f) > 0) {
-        unsigned ma, mi;
-        char mp[PATH_MAX], *sep;
-        if (sscanf(line, "%*u %*u %u:%u %*s %4095s", &ma, &mi, mp) != 3)
-            continue;
-        unescape(mp);
-        if (strcmp(mp, path) || !(sep = strstr(line, " - ")))
-            continue;
-        char ty[256], so[256];
-        if (sscanf(sep + 3, "%255s %255s", ty, so) != 2)
-            continue;
-        unescape(so);
-        *maj = ma;
-        *min = mi;
-        snprintf(fstype, 256, "%s", ty);
-        snprintf(source, 256, "%s", so);
-        found = true; /* keep going: the last one listed is on top */
-    }
-    free(line);
-    fclose(f);
-    return found;
-}
-
 /* Absolute path of `mnt` without following the last component (whose
  * daemon may be dead: stat on it fails with ENOTCONN). */
-static int mount_path(const char *mnt, char *out, size_t n)
+int fz_mount_path(const char *mnt, char *out, size_t n)
 {
     char tmp[PATH_MAX], parent[PATH_MAX];
     if (strlen(mnt) >= sizeof tmp)
@@ -117,30 +68,44 @@ static int run_fusermount(const char *path, bool lazy)
     return 0;
 }
 
-int fz_umount(const char *mnt)
+/* The busy-unmount message: who holds it and what to do. */
+static int busy(const char *mnt)
 {
-    char path[PATH_MAX], fstype[256], source[256], pidpath[PATH_MAX] = "";
-    unsigned maj, min;
-    int rc = mount_path(mnt, path, sizeof path);
-    if (rc)
+    return fz_error_set(FZ_EIO, "%s: target is busy: a process has a file or its working "
+                        "directory on the mount (list them with `fuser -vm %s`); close them, "
+                        "or detach the mount now with `fzfs umount --lazy %s` (it goes away "
+                        "when the last one is closed)", mnt, mnt, mnt);
+}
+
+int fz_umount(const char *mnt, bool lazy)
+{
+    char path[PATH_MAX], pidpath[PATH_MAX] = "";
+    fz_mountent *ms = NULL;
+    size_t nm = 0;
+    int rc = fz_mount_path(mnt, path, sizeof path);
+    if (rc || (rc = fz_mounts_read(&ms, &nm)))
         return rc;
-    if (!find_mount(path, &maj, &min, fstype, source))
+    const fz_mountent *e = fz_mounts_at(ms, nm, path);
+    if (!e) {
+        fz_mounts_free(ms, nm);
         return fz_error_set(FZ_ENOTFOUND, "%s: not mounted", mnt);
+    }
+    if (!fz_mount_is_fzfs(e)) {
+        rc = fz_error_set(FZ_EINVAL, "%s: not an fzfs mount (filesystem type %s, source %s)",
+                          mnt, e->fstype, e->source);
+        fz_mounts_free(ms, nm);
+        return rc;
+    }
+    unsigned maj = e->maj, min = e->min;
+    fz_mounts_free(ms, nm);
     pid_t pid = fz_pidfile_daemon(maj, min, pidpath, sizeof pidpath);
-    /* Ours: a FUSE mount of type fuse.fzfs, or, whatever -o subtype= made
-     * the type, one whose daemon (alive or dead) left our pid file. */
-    bool fuse = strcmp(fstype, "fuse") == 0 || strncmp(fstype, "fuse.", 5) == 0;
-    bool pidfile = pid > 0 || (pidpath[0] && access(pidpath, F_OK) == 0);
-    if (!fuse || (strcmp(fstype, "fuse.fzfs") && !pidfile))
-        return fz_error_set(FZ_EINVAL, "%s: not an fzfs mount (filesystem type %s, source %s)",
-                            mnt, fstype, source);
     unsigned long long start = fz_proc_start(pid);
     bool alive = pid > 0;
 
-    if (umount2(path, 0) != 0) {
+    if (umount2(path, lazy ? MNT_DETACH : 0) != 0) {
         int e = errno;
         if (e == EPERM && geteuid() != 0) {
-            if ((rc = run_fusermount(path, !alive)))
+            if ((rc = run_fusermount(path, lazy || !alive)))
                 return rc;
         } else if (e == EBUSY && !alive) {
             /* The daemon died ("Transport endpoint is not connected") and
@@ -148,7 +113,7 @@ int fz_umount(const char *mnt)
             if (umount2(path, MNT_DETACH) != 0)
                 return fz_error_set(FZ_EIO, "%s: cannot detach: %s", mnt, strerror(errno));
         } else if (e == EBUSY) {
-            return fz_error_set(FZ_EIO, "%s: target is busy (files open on the mount?)", mnt);
+            return busy(mnt);
         } else {
             return fz_error_set(FZ_EIO, "%s: cannot unmount: %s", mnt, strerror(e));
         }
@@ -156,6 +121,13 @@ int fz_umount(const char *mnt)
     /* The daemon sees the unmount, finishes queued reads and closes the
      * cache (which syncs it): wait for that, so the cache is complete when
      * we return. */
+    if (lazy && alive) {
+        /* Detached: the daemon serves the files still open and exits when
+         * the last one is closed. */
+        fz_info("%s: detached; its daemon (pid %ld) exits when the last open file on it is "
+                "closed", mnt, (long)pid);
+        return 0;
+    }
     for (int i = 0; alive && i < 300; i++) {
         struct timespec ts = {0, 100 * 1000 * 1000};
         nanosleep(&ts, NULL);
@@ -163,7 +135,12 @@ int fz_umount(const char *mnt)
     }
     if (alive)
         fz_warn("%s: unmounted, but the daemon (pid %ld) is still running", mnt, (long)pid);
-    else if (pid == 0 && pidpath[0])
-        unlink(pidpath); /* a dead daemon's file; a live one removes its own */
+    else if (pid == 0 && pidpath[0]) {
+        /* A dead daemon's files; a live one removes its own. */
+        char statpath[PATH_MAX];
+        unlink(pidpath);
+        if (fz_statusfile_path(statpath, sizeof statpath, maj, min, false) == 0)
+            unlink(statpath);
+    }
     return 0;
 }

@@ -3,11 +3,18 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <strings.h>
+#include <time.h>
 
 #include "util/error.h"
 
 static fz_log_level fz_level = FZ_LOG_INFO;
+static bool fz_stamps;
 static const char *const fz_level_names[] = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"};
+
+void fz_log_set_timestamps(bool on)
+{
+    fz_stamps = on;
+}
 
 void fz_log_set_level(fz_log_level lvl)
 {
@@ -40,5 +47,14 @@ void fz_log(fz_log_level lvl, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "%s: %s\n", fz_level_names[lvl], msg);
+    char stamp[40] = "";
+    if (fz_stamps) {
+        struct timespec ts;
+        struct tm tm;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        gmtime_r(&ts.tv_sec, &tm);
+        size_t n = strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
+        snprintf(stamp + n, sizeof stamp - n, ".%03ldZ ", ts.tv_nsec / 1000000);
+    }
+    fprintf(stderr, "%s%s: %s\n", stamp, fz_level_names[lvl], msg);
 }

@@ -124,6 +124,7 @@ struct fz_view {
     struct fz_cache *cache;
     bool cache_store;
     struct fz_cache *owned_cache; /* opened by fz_view_open_cache, closed with the view */
+    char *owned_cache_dir;        /* its directory */
     fz_cache_key *recipe_keys;
 };
 

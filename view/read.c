@@ -220,6 +220,25 @@ int fz_view_check_sources(fz_view *v)
     return 0;
 }
 
+uint32_t fz_view_source_count(const fz_view *v)
+{
+    return v->nfiles;
+}
+
+const char *fz_view_source_path(const fz_view *v, uint32_t i)
+{
+    return i < v->nfiles ? v->files[i].path : NULL;
+}
+
+bool fz_view_source_changed(fz_view *v, uint32_t i, bool check)
+{
+    if (i >= v->nfiles)
+        return false;
+    if (check)
+        return check_file(v, i, NULL) != 0;
+    return atomic_load_explicit(&v->files[i].changed, memory_order_relaxed);
+}
+
 bool fz_view_node_stale(const fz_view *v, uint32_t node)
 {
     if (node >= v->nnodes || !v->dep_start)
@@ -337,10 +356,12 @@ int fz_view_open_cache(fz_view *v, const char *dir, uint64_t size, bool store)
         return fz_error_set(FZ_ENOMEM, "out of memory");
     fz_cache *c = NULL;
     int rc = fz_cache_open(&c, d, size);
-    free(d);
-    if (rc)
+    if (rc) {
+        free(d);
         return rc;
+    }
     v->owned_cache = c;
+    v->owned_cache_dir = d;
     fz_view_set_cache(v, c, store);
     return 0;
 }
@@ -352,6 +373,22 @@ void fz_view_close_cache(fz_view *v)
     fz_view_set_cache(v, NULL, false);
     fz_cache_close(v->owned_cache);
     v->owned_cache = NULL;
+    free(v->owned_cache_dir);
+    v->owned_cache_dir = NULL;
+}
+
+const char *fz_view_cache_dir(const fz_view *v)
+{
+    return v->owned_cache_dir;
+}
+
+void fz_view_cache_counters(const fz_view *v, uint64_t *hits, uint64_t *misses, uint64_t *fills)
+{
+    fz_cache_stats s;
+    fz_cache_handle_stats(v->owned_cache, &s);
+    *hits = s.hits;
+    *misses = s.misses;
+    *fills = s.fills;
 }
 
 void fz_view_set_cache(fz_view *v, struct fz_cache *c, bool store)

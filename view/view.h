@@ -101,6 +101,12 @@ int fz_view_check_node(fz_view *v, uint32_t node);
 int fz_view_check_sources(fz_view *v);
 /* Log each source change once (call before serving from several threads). */
 void fz_view_log_changes(fz_view *v);
+/* The view's source files: how many, the path of source i, and whether it
+ * changed (when `check`, fstat it now as fz_view_check_node does - a change
+ * found is sticky and logged; else the sticky flag only). */
+uint32_t fz_view_source_count(const fz_view *v);
+const char *fz_view_source_path(const fz_view *v, uint32_t i);
+bool fz_view_source_changed(fz_view *v, uint32_t i, bool check);
 /* Whether node i is made from a source already seen changed (no syscall:
  * the sticky flags only). */
 bool fz_view_node_stale(const fz_view *v, uint32_t node);
@@ -161,6 +167,11 @@ int fz_view_open_cache(fz_view *v, const char *dir, uint64_t size, bool store);
 /* Flush and close the cache the view opened (no-op without one). Not
  * concurrent with fz_view_read. */
 void fz_view_close_cache(fz_view *v);
+/* The cache the view opened, for `fzfs status`: its directory (NULL
+ * without one; valid until it is closed) and this process's hits, misses
+ * and fills of it (atomics only; cheap to poll from any thread). */
+const char *fz_view_cache_dir(const fz_view *v);
+void fz_view_cache_counters(const fz_view *v, uint64_t *hits, uint64_t *misses, uint64_t *fills);
 
 struct fz_cache;
 /* Serve computed chunks (and zip record CRCs and mean reductions) through

@@ -624,9 +624,9 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         pool_submit(fs, req, idx, o, len);
         return;
     }
-    count_read(fs, len);
     if (count == 1 && pieces[0].mem) {
         fuse_reply_buf(req, (const char *)pieces[0].mem, (size_t)len);
+        count_read(fs, len);
         return;
     }
     /* Room for every byte, a page more per piece (unaligned spans), and the
@@ -645,6 +645,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_RETRY;
     bv.buf[0].fd = sp->fd[0];
     fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+    count_read(fs, len);
     span_drain(sp);
     /* The pipe holds references to the source's pages, not copies: a write
      * in place before libfuse sent them shows through. Seen afterwards,

@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include "fz_config.h"
+#include "tests/unit/helpers.h"
 #include "util/error.h"
 #include "verify/verify.h"
 #include "view/view.h"
@@ -66,8 +67,7 @@ static void config(const char *dir, int vocab, const char *tie, const char *extr
 /* A clean directory: model.safetensors (untied) or pytorch_model.bin (tied). */
 static char *good_dir(bool bin)
 {
-    char *d = strdup("/tmp/fz_test_verify_XXXXXX");
-    assert_non_null(mkdtemp(d));
+    char *d = fz_test_tmpdir("fz_test_verify");
     if (bin)
         sh("cp '%s/basic.bin' '%s/pytorch_model.bin'", DATA, d);
     else
@@ -119,7 +119,7 @@ static void expect_clean(const char *dir)
 
 static void done(char *d)
 {
-    sh("rm -rf '%s'", d);
+    fz_test_rmtree(d);
     free(d);
 }
 
@@ -293,8 +293,7 @@ static void test_headers(void **state)
  * index has no param_sharing: declared untied, it is consistent. */
 static char *tiny_model_dir(void)
 {
-    char *d = strdup("/tmp/fz_test_verify_tiny_XXXXXX");
-    assert_non_null(mkdtemp(d));
+    char *d = fz_test_tmpdir("fz_test_verify_tiny");
     sh("cd '%s/tiny-run' && cp config.json tokenizer.json tokenizer_config.json "
        "checkpoints/checkpoint-200/pytorch_model* '%s/'", FZ_SOURCE_EXAMPLES_DIR, d);
     sh("sed -i 's/\"tie_word_embeddings\": true/\"tie_word_embeddings\": false/' "
@@ -423,8 +422,7 @@ static void test_view(void **state)
 static void test_view_gate(void **state)
 {
     (void)state;
-    char *d = strdup("/tmp/fz_test_verify_src_XXXXXX");
-    assert_non_null(mkdtemp(d));
+    char *d = fz_test_tmpdir("fz_test_verify_src");
     sh("cp -a '%s/tiny-run/.' '%s/'", FZ_SOURCE_EXAMPLES_DIR, d);
     sh("sed -i 's/\"eos_token_id\"/\"sep_token_id\": 100000, \"eos_token_id\"/' '%s/config.json'",
        d);

@@ -1,6 +1,7 @@
 /* The fzfs command: subcommands over one option table (cli/options.c).
  * Exit status: 0 success, 1 error, 2 usage error. */
 #include <jansson.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +74,13 @@ static void materialize_cache(const fz_cli *c, fz_view *v)
     free(dir);
 }
 
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig)
+{
+    stop_signal = sig;
+}
+
 static int cmd_materialize(fz_cli *c)
 {
     fz_view *v = NULL;
@@ -91,10 +99,26 @@ static int cmd_materialize(fz_cli *c)
     }
     materialize_cache(c, v);
     fz_mat_opts mo = {.workers = c->workers,
-                      .progress = c->progress < 0 ? isatty(2) != 0 : c->progress > 0};
+                      .progress = c->progress < 0 ? isatty(2) != 0 : c->progress > 0,
+                      .stop = &stop_signal};
     fz_info("Materializing %s -> %s", c->view.src, c->dest);
+    /* SIGINT, SIGTERM and SIGHUP (a closed terminal) stop it cleanly:
+     * nothing is left, and the exit status says which signal (128 + n). */
+    struct sigaction sa, old[3];
+    const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    for (int i = 0; i < 3; i++)
+        sigaction(sigs[i], &sa, &old[i]);
     rc = fz_materialize(v, c->dest, &mo);
+    for (int i = 0; i < 3; i++)
+        sigaction(sigs[i], &old[i], NULL);
     fz_view_free(v);
+    if (rc == FZ_EINTR && stop_signal) {
+        fz_log(FZ_LOG_ERROR, "%s", fz_error_msg());
+        return 128 + (int)stop_signal;
+    }
     if (rc)
         return fail(rc);
     fz_info("Done. Finalized model at: %s", c->dest);

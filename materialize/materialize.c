@@ -36,12 +36,11 @@ typedef struct {
     const char *tmp;
 } fz_pool;
 
-static volatile sig_atomic_t fz_stop_signal;
-
-static void on_signal(int sig)
-{
-    fz_stop_signal = sig;
-}
+/* The caller's stop flag (fz_mat_opts.stop): non-zero = the signal that
+ * asks to stop; checked between chunks. */
+static volatile sig_atomic_t no_stop;
+static volatile sig_atomic_t *fz_stop = &no_stop;
+#define fz_stop_signal (*fz_stop)
 
 static void pool_fail(fz_pool *p, int rc)
 {
@@ -285,7 +284,6 @@ int fz_materialize(fz_view *v, const char *dest, const fz_mat_opts *o)
     fz_extent *ext = NULL;
     size_t next = 0, nlate = 0;
     bool made = false;
-    struct sigaction sa, old_int, old_term, old_hup;
 
     if ((rc = fz_materialize_check_dest(dest)) ||
         (rc = split_dest(dest, dcopy, bcopy, &parent, &base)))
@@ -294,13 +292,7 @@ int fz_materialize(fz_view *v, const char *dest, const fz_mat_opts *o)
         sizeof tmp)
         return fz_error_set(FZ_ERANGE, "%s: path too long", dest);
 
-    fz_stop_signal = 0;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
-    sigaction(SIGHUP, &sa, &old_hup); /* a closed terminal: stop as cleanly as on SIGTERM */
+    fz_stop = o && o->stop ? o->stop : &no_stop;
 
     remove_stale_temps(parent, base);
     if (mkdir(tmp, fz_view_node(v, 0)->mode) != 0) {
@@ -401,8 +393,6 @@ done:
     free(ext);
     if (made)
         remove_tree(tmp);
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
-    sigaction(SIGHUP, &old_hup, NULL);
+    fz_stop = &no_stop;
     return rc;
 }

@@ -1,7 +1,7 @@
 /* Write a view into a real directory, atomically: everything goes into a
  * temporary sibling of DEST, files are fsynced, and the sibling is renamed
  * onto DEST (which must not exist) only when complete. On any error or
- * SIGINT/SIGTERM/SIGHUP the sibling is removed and DEST never appears; a
+ * stop request (a signal, see below) the sibling is removed and DEST never appears; a
  * sibling left by a materialize that could not clean up (kill -9, a crash)
  * is removed by the next materialize to the same DEST, once its process is
  * gone. The sibling is checked with verify/ before the rename: a model that
@@ -10,10 +10,13 @@
  * Bytes come only from fz_view_read. Chunks are produced by a pool of
  * worker threads and written with pwrite; memory stays bounded by workers
  * x chunk size whatever the model size. Not reentrant: one materialize per
- * process at a time (it installs signal handlers for its duration). */
+ * process at a time. Signals are the caller's: its handlers set the flag
+ * `stop` points to, and materialize stops between chunks (cli/ does this
+ * for SIGINT, SIGTERM and SIGHUP). */
 #ifndef FZ_MATERIALIZE_H
 #define FZ_MATERIALIZE_H
 
+#include <signal.h>
 #include <stdbool.h>
 
 #include "view/view.h"
@@ -21,6 +24,9 @@
 typedef struct {
     int workers;   /* 0 = one per online CPU */
     bool progress; /* draw a progress line on stderr */
+    /* set non-zero (to the signal number) by the caller's signal handler to
+     * stop: the sibling is removed, FZ_EINTR. NULL: never stopped. */
+    volatile sig_atomic_t *stop;
 } fz_mat_opts;
 
 /* Check DEST before any work is done: a non-empty path that does not exist,

@@ -27,6 +27,17 @@ static inline void fz_test_rmtree(const char *d)
     assert_int_equal(system(cmd), 0);
 }
 
+/* Write `text` to dir/name (replacing it). */
+static inline void fz_test_put(const char *dir, const char *name, const char *text)
+{
+    char p[1024];
+    assert_true((size_t)snprintf(p, sizeof p, "%s/%s", dir, name) < sizeof p);
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
 /* A cache's counters (the call must succeed). */
 static inline fz_cache_stats fz_test_cache_stats(fz_cache *c)
 {

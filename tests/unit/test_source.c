@@ -14,6 +14,7 @@
 
 #include <cmocka.h>
 
+#include "tests/unit/helpers.h"
 #include "util/error.h"
 #include "view/source.h"
 
@@ -21,12 +22,7 @@ static char root[64];
 
 static void put(const char *rel, const char *content)
 {
-    char p[512];
-    snprintf(p, sizeof p, "%s/%s", root, rel);
-    FILE *f = fopen(p, "w");
-    assert_non_null(f);
-    fputs(content, f);
-    fclose(f);
+    fz_test_put(root, rel, content);
 }
 
 static void dir(const char *rel)

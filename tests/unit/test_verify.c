@@ -44,15 +44,6 @@ static void sh(const char *fmt, ...)
     assert_int_equal(system(cmd), 0);
 }
 
-static void put(const char *dir, const char *name, const char *text)
-{
-    char p[1024];
-    snprintf(p, sizeof p, "%s/%s", dir, name);
-    FILE *f = fopen(p, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
-}
 
 static void config(const char *dir, int vocab, const char *tie, const char *extra)
 {
@@ -61,7 +52,7 @@ static void config(const char *dir, int vocab, const char *tie, const char *extr
              "{\"architectures\": [\"LlamaForCausalLM\"], \"vocab_size\": %d, \"hidden_size\": 3, "
              "\"tie_word_embeddings\": %s, \"bos_token_id\": 0, \"eos_token_id\": 3%s}",
              vocab, tie, extra);
-    put(dir, "config.json", text);
+    fz_test_put(dir, "config.json", text);
 }
 
 /* A clean directory: model.safetensors (untied) or pytorch_model.bin (tied). */
@@ -73,9 +64,9 @@ static char *good_dir(bool bin)
     else
         sh("cp '%s/st_basic.safetensors' '%s/model.safetensors'", DATA, d);
     config(d, 4, bin ? "true" : "false", "");
-    put(d, "tokenizer.json", TOKENIZER);
-    put(d, "tokenizer_config.json", TOKENIZER_CONFIG);
-    put(d, "generation_config.json", "{\"bos_token_id\": 0, \"eos_token_id\": [3]}");
+    fz_test_put(d, "tokenizer.json", TOKENIZER);
+    fz_test_put(d, "tokenizer_config.json", TOKENIZER_CONFIG);
+    fz_test_put(d, "generation_config.json", "{\"bos_token_id\": 0, \"eos_token_id\": [3]}");
     return d;
 }
 
@@ -153,7 +144,7 @@ static void test_tokenizer(void **state)
 {
     (void)state;
     char *d = good_dir(false);
-    put(d, "tokenizer.json",
+    fz_test_put(d, "tokenizer.json",
         "{\"added_tokens\": [{\"id\": 3, \"content\": \"<eos>\"}, {\"id\": 4, \"content\": "
         "\"<new>\"}], \"model\": {\"type\": \"WordLevel\", \"vocab\": {\"<unk>\": 0, \"a\": 1, "
         "\"b\": 2}}}");
@@ -161,7 +152,7 @@ static void test_tokenizer(void **state)
                                 "embedding 4 rows: token '<new>' (id 4)");
     done(d);
     d = good_dir(false);
-    put(d, "tokenizer_config.json",
+    fz_test_put(d, "tokenizer_config.json",
         "{\"eos_token\": {\"content\": \"<end>\"}, \"pad_token\": null, "
         "\"added_tokens_decoder\": {\"3\": {\"content\": \"b\"}}}");
     expect(d, "tokenizer_config.json", "eos_token '<end>' is not in the tokenizer's vocabulary");
@@ -169,12 +160,12 @@ static void test_tokenizer(void **state)
                                        "has another id");
     done(d);
     d = good_dir(false);
-    put(d, "generation_config.json", "{\"eos_token_id\": [3, 7], \"pad_token_id\": -1}");
+    fz_test_put(d, "generation_config.json", "{\"eos_token_id\": [3, 7], \"pad_token_id\": -1}");
     expect(d, "generation_config.json", "eos_token_id[1] 7 is outside the embedding (4 rows)");
     expect(d, "generation_config.json", "pad_token_id -1 is negative");
     done(d);
     d = good_dir(false);
-    put(d, "tokenizer.json", "{\"added_tokens\": [], \"model\": {\"vocab\": {\"a\": 0}}");
+    fz_test_put(d, "tokenizer.json", "{\"added_tokens\": [], \"model\": {\"vocab\": {\"a\": 0}}");
     expect(d, "tokenizer.json", "invalid JSON");
     done(d);
 }
@@ -207,7 +198,7 @@ static void index_json(const char *d, const char *file, const char *total, const
         k += snprintf(text + k, sizeof text - (size_t)k, "%s\"%s\": \"%s\"", i ? ", " : "",
                       names[i], file);
     snprintf(text + k, sizeof text - (size_t)k, "%s}}", more);
-    put(d, "model.safetensors.index.json", text);
+    fz_test_put(d, "model.safetensors.index.json", text);
 }
 
 static void test_index(void **state)
@@ -259,7 +250,7 @@ static void test_many_shards(void **state)
                           ", \"x%d\": \"model-%05d-of-00010.safetensors\"", i, i);
     }
     snprintf(text + k, sizeof text - (size_t)k, "}}");
-    put(d, "model.safetensors.index.json", text);
+    fz_test_put(d, "model.safetensors.index.json", text);
     expect(d, "model.safetensors.index.json", "puts 'x2' in model-00002-of-00010.safetensors");
     expect(d, "model-00006-of-00010.safetensors", "tensor 'w' is not mapped to this file");
     expect(d, "model-00010-of-00010.safetensors", "tensor 'w' is also stored in "
@@ -365,7 +356,7 @@ static void test_json_output(void **state)
 {
     (void)state;
     char *d = good_dir(false);
-    put(d, "generation_config.json", "{\"eos_token_id\": 9}");
+    fz_test_put(d, "generation_config.json", "{\"eos_token_id\": 9}");
     fz_vreport r;
     fz_buf b = FZ_BUF_INIT;
     run(d, &r);

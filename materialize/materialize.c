@@ -203,6 +203,24 @@ static int split_dest(const char *dest, char *dcopy, char *bcopy, const char **p
     return 0;
 }
 
+/* An existing empty directory (not a symlink) may be DEST: finalize's rule
+ * is never to overwrite content, and an empty directory has none. */
+static bool empty_dir(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0 || !S_ISDIR(st.st_mode))
+        return false;
+    DIR *d = opendir(path);
+    if (!d)
+        return false;
+    struct dirent *e;
+    bool empty = true;
+    while (empty && (e = readdir(d)))
+        empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
+    closedir(d);
+    return empty;
+}
+
 int fz_materialize_check_dest(const char *dest)
 {
     struct stat st;
@@ -212,9 +230,10 @@ int fz_materialize_check_dest(const char *dest)
     if (!dest || !*dest)
         return fz_error_set(FZ_EUSAGE, "materialize: DEST is empty; give the path of the "
                             "directory to create");
-    if (lstat(dest, &st) == 0)
+    if (lstat(dest, &st) == 0 && !empty_dir(dest))
         return fz_error_set(FZ_EEXIST, "Destination already exists: %s (fzfs never writes into "
-                            "an existing path: remove it or choose another DEST)", dest);
+                            "an existing path that has content: remove it or choose another "
+                            "DEST)", dest);
     if ((rc = split_dest(dest, dcopy, bcopy, &parent, &base)))
         return rc;
     if (stat(parent, &st) != 0)
@@ -376,9 +395,15 @@ int fz_materialize(fz_view *v, const char *dest, const fz_mat_opts *o)
         rc = fz_error_prefix(rc, "%s: not written", dest);
         goto done;
     }
-    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dest, RENAME_NOREPLACE) != 0) {
-        rc = fz_error_set(errno == EEXIST ? FZ_EEXIST : FZ_EIO, "%s: cannot rename into place: %s",
-                          dest, strerror(errno));
+    /* Onto nothing, or onto an empty directory (rename(2) replaces one
+     * atomically and fails if it has gained an entry meanwhile). */
+    struct stat dst;
+    bool onto_empty = lstat(dest, &dst) == 0 && S_ISDIR(dst.st_mode);
+    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dest, onto_empty ? 0 : RENAME_NOREPLACE) != 0) {
+        int e = errno;
+        rc = fz_error_set(e == EEXIST || e == ENOTEMPTY ? FZ_EEXIST : FZ_EIO,
+                          "%s: cannot rename into place: %s%s", dest, strerror(e),
+                          e == ENOTEMPTY ? " (DEST gained content while fzfs was writing)" : "");
         goto done;
     }
     made = false;

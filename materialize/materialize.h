@@ -29,8 +29,9 @@ typedef struct {
     volatile sig_atomic_t *stop;
 } fz_mat_opts;
 
-/* Check DEST before any work is done: a non-empty path that does not exist,
- * in an existing directory we may write into. 0, or FZ_EUSAGE (empty),
+/* Check DEST before any work is done: a non-empty path that does not exist
+ * (or is an empty directory, which is replaced), in an existing directory we
+ * may write into. 0, or FZ_EUSAGE (empty),
  * FZ_EEXIST (DEST exists), FZ_ENOTFOUND (parent missing or not a directory),
  * FZ_EIO (parent not writable), each naming DEST. fz_materialize checks it
  * again. */

@@ -44,6 +44,12 @@ static bool is_file(const char *dir, const char *name)
     return ok;
 }
 
+static bool has_suffix(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && strcmp(s + a - b, suf) == 0;
+}
+
 static bool is_dir(const char *p)
 {
     struct stat st;
@@ -556,9 +562,14 @@ static int pick_no_checkpoints_dir(fz_source *s)
     }
     free(c);
     if (!fz_source_has_weights(s->root))
-        return fz_error_set(FZ_ENOTFOUND, "%s: no checkpoints/ directory, no checkpoint-N "
-                            "directories and no weights at the source root; point SRC at a "
-                            "training output or model directory", s->root);
+        return fz_error_set(FZ_ENOTFOUND,
+                            "%s: not a training output fzfs recognises. It looks for: a Forgather "
+                            "run (checkpoints/checkpoint-N/ with weights), a Hugging Face Trainer "
+                            "output_dir (checkpoint-N/ directories, or a model saved at the "
+                            "root), a checkpoint-N directory itself, or a model directory "
+                            "(model.safetensors, pytorch_model.bin, or their .index.json) -- "
+                            "none is here. Point SRC at one, or name the checkpoint with -c PATH",
+                            s->root);
     const char *base = strrchr(s->root, '/');
     s->step = parse_step(base ? base + 1 : s->root);
     s->ckpt = strdup(s->root);
@@ -602,8 +613,16 @@ int fz_source_find(fz_source *s, const char *src, const char *ckpt_opt)
     char rp[PATH_MAX];
     memset(s, 0, sizeof *s);
     s->step = -1;
-    if (!is_dir(src))
+    struct stat sst;
+    if (stat(src, &sst) != 0)
         return fz_error_set(FZ_ENOTFOUND, "Source directory does not exist: %s", src);
+    if (!S_ISDIR(sst.st_mode))
+        return fz_error_set(FZ_ENOTFOUND, "%s is a file, not a directory: SRC is the training "
+                            "output directory (the one holding checkpoints/ or config.json)%s",
+                            src, has_suffix(src, ".json") || has_suffix(src, ".bin") ||
+                                     has_suffix(src, ".safetensors")
+                                 ? "; give the directory that contains this file"
+                                 : "");
     if (!realpath(src, rp))
         return fz_error_set(FZ_EIO, "%s: %s", src, strerror(errno));
     if (!(s->root = strdup(rp)))

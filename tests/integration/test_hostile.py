@@ -279,6 +279,8 @@ def test_bad_dest_is_refused_before_any_work(fzfs, tmp_path, case):
     else:
         dest = os.path.join(parent, "dest")
         os.mkdir(dest)
+        with open(os.path.join(dest, "mine.txt"), "w") as f:  # an empty one would be accepted
+            f.write("x")
     before = sorted(os.listdir(parent))
     p = fzfs.run("materialize", str(tmp_path / "no-such-src"), dest, timeout=30)
     assert p.returncode == 1, p.stderr

@@ -55,3 +55,42 @@ def test_no_warning_with_a_template(fzfs, runs, inputs):
     p = fzfs.run("plan", runs.src(RUN), "-t",
                  os.path.join(inputs["EX"], "chat_templates", "chatml.jinja"))
     assert p.returncode == 0 and WARN not in p.stderr
+
+
+def test_unrecognised_src_lists_the_layouts(fzfs, tmp_path):
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not a model")
+    p = fzfs.run("plan", empty)
+    assert p.returncode == 1
+    for word in ("Forgather", "Trainer", "checkpoint-N", "model.safetensors", "-c PATH"):
+        assert word in p.stderr, (word, p.stderr)
+
+
+def test_a_file_as_src_says_so(fzfs, runs, tmp_path):
+    cfg = os.path.join(runs.src(RUN), "config.json")
+    p = fzfs.run("materialize", cfg, tmp_path / "d")
+    assert p.returncode == 1
+    assert "is a file, not a directory" in p.stderr and "directory that contains" in p.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_existing_empty_dest_is_accepted(fzfs, runs, materialized, tmp_path):
+    from conftest import tree_snapshot
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    p = fzfs.run("materialize", runs.src(RUN), dest)
+    assert p.returncode == 0, p.stderr
+    want = materialized(RUN, [])
+    want.check_ok()
+    assert tree_snapshot(str(dest)) == tree_snapshot(want.dest)
+    assert sorted(os.listdir(tmp_path)) == ["dest"], "no temporary left beside DEST"
+
+
+def test_dest_with_content_is_still_refused(fzfs, runs, tmp_path):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / ".hidden").write_text("mine")
+    p = fzfs.run("materialize", runs.src(RUN), dest)
+    assert p.returncode == 1 and "already exists" in p.stderr
+    assert os.listdir(dest) == [".hidden"]

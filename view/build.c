@@ -416,10 +416,10 @@ void fz_view_free(fz_view *v)
         free(v->lits[i]);
     free(v->lits);
     for (uint32_t i = 0; i < v->nzips; i++) {
+        fz_view_extents_free(v, i); /* first: it walks L's records */
         fz_zipw_free(&v->zips[i].L);
         free(v->zips[i].crc);
         free(v->zips[i].crc_known);
-        fz_view_extents_free(v, i);
     }
     free(v->zips);
     for (uint32_t i = 0; i < v->nrecipes; i++)

@@ -237,6 +237,12 @@ static json_t *mount_entry(const fz_mountent *e)
     char pidpath[PATH_MAX] = "";
     pid_t pid = fz_pidfile_daemon(e->maj, e->min, pidpath, sizeof pidpath);
     json_t *st = pid > 0 ? load_status(e->maj, e->min) : NULL;
+    /* Dead: its pid file names a gone process, or, without one (another
+     * user's mount keeps its pid file where we cannot look), the mount says
+     * so itself (a dead FUSE mount answers ENOTCONN at once). */
+    struct stat sb;
+    bool dead = pid <= 0 && ((pidpath[0] && access(pidpath, F_OK) == 0) ||
+                             (stat(e->mnt, &sb) != 0 && errno == ENOTCONN));
     json_t *o = json_object();
     if (!o) {
         json_decref(st);
@@ -249,12 +255,17 @@ static json_t *mount_entry(const fz_mountent *e)
     json_object_set_new(o, "device", json_sprintf("%u:%u", e->maj, e->min));
     json_object_set_new(o, "mount_options", json_string(e->options));
     json_object_set_new(o, "daemon_pid", pid > 0 ? json_integer(pid) : json_null());
-    json_object_set_new(o, "daemon_alive", json_boolean(pid > 0));
+    json_object_set_new(o, "daemon_alive", pid > 0 ? json_true() : dead ? json_false()
+                                                                      : json_null());
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
         json_t *v = st ? json_object_get(st, keys[i]) : NULL;
         json_object_set(o, keys[i], v ? v : json_null());
     }
-    if (pid <= 0)
+    if (pid <= 0 && !dead)
+        json_object_set_new(o, "problem",
+                            json_string("no daemon found: mounted by another user, whose pid "
+                                        "file this user cannot see"));
+    else if (pid <= 0)
         json_object_set_new(o, "problem",
                             json_sprintf("the daemon is not running (files on the mount fail "
                                          "with 'Transport endpoint is not connected'); run "
@@ -298,11 +309,12 @@ static void print_text(FILE *f, json_t *all)
         } else {
             fprintf(f, "  mount options: %s\n", jstr(m, "mount_options", "?"));
         }
-        if (json_is_true(json_object_get(m, "daemon_alive")))
+        json_t *alive = json_object_get(m, "daemon_alive");
+        if (json_is_true(alive))
             fprintf(f, "  daemon:        pid %lld\n",
                     (long long)json_integer_value(json_object_get(m, "daemon_pid")));
         else
-            fprintf(f, "  daemon:        not running\n");
+            fprintf(f, "  daemon:        %s\n", json_is_false(alive) ? "not running" : "unknown");
         if (json_object_get(m, "log_file") && !json_is_null(json_object_get(m, "log_file")))
             fprintf(f, "  log:           %s\n", jstr(m, "log_file", "?"));
         if (json_is_object(cache))

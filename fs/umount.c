@@ -52,7 +52,7 @@ int fz_mount_path(const char *mnt, char *out, size_t n)
     return 0;
 }
 
-static int run_fusermount(const char *path, bool lazy)
+static int run_fusermount(const char *mnt, const char *path, bool lazy)
 {
     char *argv[] = {"fusermount3", "-u", lazy ? "-z" : NULL, (char *)path, NULL};
     if (!lazy) {
@@ -64,7 +64,9 @@ static int run_fusermount(const char *path, bool lazy)
     if (posix_spawnp(&pid, "fusermount3", NULL, NULL, argv, environ) != 0)
         return fz_error_set(FZ_EIO, "%s: cannot run fusermount3", path);
     if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        return fz_error_set(FZ_EIO, "%s: fusermount3 -u failed", path);
+        return fz_error_set(FZ_EIO, "%s: fusermount3 -u failed (its message is above); if the "
+                            "target is busy, list the holders with `fuser -vm %s` or detach it "
+                            "now with `fzfs umount --lazy %s`", path, mnt, mnt);
     return 0;
 }
 
@@ -105,7 +107,7 @@ int fz_umount(const char *mnt, bool lazy)
     if (umount2(path, lazy ? MNT_DETACH : 0) != 0) {
         int e = errno;
         if (e == EPERM && geteuid() != 0) {
-            if ((rc = run_fusermount(path, lazy || !alive)))
+            if ((rc = run_fusermount(mnt, path, lazy || !alive)))
                 return rc;
         } else if (e == EBUSY && !alive) {
             /* The daemon died ("Transport endpoint is not connected") and

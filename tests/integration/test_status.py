@@ -151,3 +151,25 @@ def test_cache_stats_json(runs, fzfs, mounter, tmp_path):
     assert j["entries"] > 0 and j["misses"] > 0 and j["fills"] == j["misses"]
     p = fzfs.run("cache", "verify", "--json", "--cache-dir", cache)
     assert p.returncode == 2 and "--json is for `fzfs cache stats` only" in p.stderr, p.stderr
+
+
+def test_mount_without_a_visible_pid_file_is_unknown_not_dead(runs, fzfs, mounter, tmp_path):
+    """Another user's mount keeps its pid file where this user cannot look: status must not
+    call a live mount dead (nor tell the user to unmount it)."""
+    mnt = str(tmp_path / "mnt")
+    mounter.mount(runs.src("llama-tied-bin"), mnt)
+    e = status_json(fzfs)[mnt]
+    pidfile = f"/run/fzfs/{e['device']}.pid"  # root's pid files
+    assert os.path.isfile(pidfile)
+    os.rename(pidfile, pidfile + ".hidden")
+    try:
+        e = status_json(fzfs)[mnt]
+        assert e["daemon_alive"] is None and e["daemon_pid"] is None, e
+        assert e["problem"].startswith("no daemon found: mounted by another user"), e
+        assert "fzfs umount" not in e["problem"]
+        block = status(fzfs).stdout.split(mnt + "\n", 1)[1].split("\n\n", 1)[0]
+        assert "daemon:        unknown" in block, block
+    finally:
+        os.rename(pidfile + ".hidden", pidfile)
+    assert status_json(fzfs)[mnt]["daemon_alive"] is True
+    mounter.umount(mnt)

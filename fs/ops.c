@@ -590,12 +590,12 @@ static int span_fill(fz_span_pipe *sp, const fz_piece *pieces, size_t count)
  * The kernel takes a short reply for end of file: it would shrink the file
  * and cache zero-filled page tails. So nothing is sent until every byte is
  * in the pipe, and the node's sources are checked before (fz_view_direct)
- * and after filling it; a source that ended early or changed sends the
- * read to the pool, whose fz_view_read answers EIO (and logs the change
- * once). A truncation after the fill makes the kernel fail the reply (the
- * pipe's pages left the file: EIO); a write in place after it shows in that
- * one reply (the pipe holds page references), so the node is checked once
- * more after replying and the kernel told to drop the file's cached pages.
+ * and after filling it; a source that ended early or changed is read with
+ * fz_view_read instead, which answers EIO (and logs the change once). A
+ * truncation after the fill makes the kernel fail the reply (the pipe's
+ * pages left the file: EIO); a write in place after it shows in that one
+ * reply (the pipe holds page references), so the node is checked once more
+ * after replying and the kernel told to drop the file's cached pages.
  *
  * Deliberately not done: splitting a mixed read into a fast part and a
  * computed part (the pool computes the whole range; a 1 MiB read rarely
@@ -633,12 +633,14 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
      * reply header libfuse adds in its own pipe. */
     fz_span_pipe *sp = span_pipe((size_t)len + (count + 1) * 4096);
     if (!sp || span_fill(sp, pieces, count) != 0 || fz_view_check_node(fs->v, idx) != 0) {
-        /* No pipe, a source that ended early, or one changed under the
-         * splice: fz_view_read reads it exactly (pread, checks) and answers
-         * with the bytes or EIO. */
+        /* No pipe that large (an unprivileged user is held to
+         * pipe-max-size), a source that ended early, or one changed under
+         * the splice: fz_view_read reads it exactly (pread, checks; no
+         * computing, so here in the worker) and answers the bytes or EIO. */
         if (sp)
             span_drain(sp);
-        pool_submit(fs, req, idx, o, len);
+        fz_fs_job j = {NULL, req, idx, o, len};
+        run_job(fs, &j);
         return;
     }
     struct fuse_bufvec bv = FUSE_BUFVEC_INIT((size_t)len);

@@ -428,8 +428,8 @@ static int lookup_guarded(fz_cache *c, void *arg)
         if (!fz_cache_lmdb_damage(c, mrc))
             fz_log(FZ_LOG_WARNING, "cache: mdb_get: %s", mdb_strerror(mrc));
         res = -2;
-    } else if (fz_cache_value_parse(v.mv_data, v.mv_size, a->key, &vl, &payload) &&
-               vl == a->len && fz_cache_value_check(v.mv_data, a->off, a->n)) {
+    } else if (fz_cache_value_parse(v.mv_data, v.mv_size, a->key, &vl, &payload) && vl == a->len &&
+               fz_cache_value_check(v.mv_data, a->off, a->n)) {
         /* The pointer is into the map: valid only until the txn ends. */
         memcpy(a->out, payload + a->off, (size_t)a->n);
         res = 1;
@@ -454,8 +454,7 @@ static int lookup(fz_cache *c, const fz_cache_key *key, uint64_t len, uint64_t o
     if (res == FZ_CACHE_FAULT)
         return -2;
     if (res == -1) {
-        fz_log(FZ_LOG_WARNING,
-               "cache: value %016llx%016llx/%llu failed verification; recomputing",
+        fz_log(FZ_LOG_WARNING, "cache: value %016llx%016llx/%llu failed verification; recomputing",
                (unsigned long long)key->hi, (unsigned long long)key->lo,
                (unsigned long long)key->chunk);
         atomic_fetch_add(&c->delta[FZ_CTR_CORRUPT], 1);
@@ -615,4 +614,3 @@ int fz_cache_fetch(fz_cache *c, const fz_cache_key *key, uint64_t len, uint8_t *
 {
     return fz_cache_fetch_range(c, key, len, 0, len, out, fill, arg, store);
 }
-

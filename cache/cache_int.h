@@ -26,9 +26,9 @@
 #define FZ_CACHE_MAGIC 0x31435a46u /* "FZC1" */
 #define FZ_CACHE_VALUE_VERSION 1u
 #define FZ_CACHE_HDR_FIXED 48u
-#define FZ_CACHE_BLOCK_SHIFT 16u   /* 64 KiB blocks ... */
-#define FZ_CACHE_MAX_BLOCKS 4096u  /* ... grown for values over 256 MiB */
-#define FZ_CACHE_KEYLEN 24u /* hi, lo, chunk: big endian so a recipe's chunks sort together */
+#define FZ_CACHE_BLOCK_SHIFT 16u  /* 64 KiB blocks ... */
+#define FZ_CACHE_MAX_BLOCKS 4096u /* ... grown for values over 256 MiB */
+#define FZ_CACHE_KEYLEN 24u       /* hi, lo, chunk: big endian so a recipe's chunks sort together */
 
 /* Bound on bytes queued for the writer (values copied out of fetches). */
 #define FZ_CACHE_QUEUE_MAX (64ull << 20)

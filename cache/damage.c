@@ -124,7 +124,8 @@ int fz_cache_check_file(const char *dir, char *why, size_t whylen)
         rc = 0;
         goto done;
     }
-    if (pread(fd, b[0], LMDB_META_LEN, 0) != (ssize_t)LMDB_META_LEN || !parse_meta(b[0], 0, &m[0])) {
+    if (pread(fd, b[0], LMDB_META_LEN, 0) != (ssize_t)LMDB_META_LEN ||
+        !parse_meta(b[0], 0, &m[0])) {
         snprintf(why, whylen, "%s: the first meta page is not LMDB's", path);
         goto done;
     }
@@ -133,7 +134,8 @@ int fz_cache_check_file(const char *dir, char *why, size_t whylen)
         snprintf(why, whylen, "%s: page size %u in the meta page", path, ps);
         goto done;
     }
-    if (pread(fd, b[1], LMDB_META_LEN, ps) != (ssize_t)LMDB_META_LEN || !parse_meta(b[1], 1, &m[1])) {
+    if (pread(fd, b[1], LMDB_META_LEN, ps) != (ssize_t)LMDB_META_LEN ||
+        !parse_meta(b[1], 1, &m[1])) {
         snprintf(why, whylen, "%s: the second meta page is %s", path,
                  (uint64_t)st.st_size < 2ull * ps ? "missing (file truncated)" : "not LMDB's");
         goto done;

@@ -11,8 +11,7 @@
 #include "util/error.h"
 #include "util/log.h"
 
-const char *const fz_cache_ctr_names[FZ_NCTR] = {"hits", "misses", "fills", "corrupt",
-                                                 "evictions"};
+const char *const fz_cache_ctr_names[FZ_NCTR] = {"hits", "misses", "fills", "corrupt", "evictions"};
 
 uint64_t fz_cache_meta_get(fz_cache *c, MDB_txn *txn, const char *name)
 {
@@ -440,8 +439,7 @@ static void *writer_main(void *arg)
         pthread_cond_broadcast(&c->q_room);
         c->flush_done = req;
         pthread_cond_broadcast(&c->q_idle);
-        if (stopping && !c->head &&
-            ((!c->ntouched && !deltas_pending(c)) || ++final_rounds > 3))
+        if (stopping && !c->head && ((!c->ntouched && !deltas_pending(c)) || ++final_rounds > 3))
             break;
     }
     c->writer_running = false;

@@ -34,7 +34,6 @@ static void put_le64(uint8_t *p, uint64_t v)
         p[i] = (uint8_t)v;
 }
 
-
 void fz_cache_key_encode(const fz_cache_key *k, uint8_t out[FZ_CACHE_KEYLEN])
 {
     put_be64(out, k->hi);
@@ -95,15 +94,15 @@ bool fz_cache_value_parse(const uint8_t *val, uint64_t vlen, const fz_cache_key 
 {
     if (vlen < FZ_CACHE_HDR_FIXED)
         return false;
-    uint32_t magic = (uint32_t)val[0] | (uint32_t)val[1] << 8 | (uint32_t)val[2] << 16 |
-                     (uint32_t)val[3] << 24;
+    uint32_t magic =
+        (uint32_t)val[0] | (uint32_t)val[1] << 8 | (uint32_t)val[2] << 16 | (uint32_t)val[3] << 24;
     unsigned version = val[4] | (unsigned)val[5] << 8;
     unsigned shift = val[6];
     uint64_t n = fz_cache_get_le64(val + 8);
     fz_cache_key echo = {fz_cache_get_le64(val + 24), fz_cache_get_le64(val + 32),
                          fz_cache_get_le64(val + 40)};
-    if (magic != FZ_CACHE_MAGIC || version != FZ_CACHE_VALUE_VERSION || val[7] != 0 ||
-        n > vlen || shift != block_shift(n) || !fz_cache_key_eq(&echo, key))
+    if (magic != FZ_CACHE_MAGIC || version != FZ_CACHE_VALUE_VERSION || val[7] != 0 || n > vlen ||
+        shift != block_shift(n) || !fz_cache_key_eq(&echo, key))
         return false;
     uint64_t hl = fz_cache_header_len(n);
     if (hl > vlen || vlen - hl != n)
@@ -131,4 +130,3 @@ bool fz_cache_value_check(const uint8_t *val, uint64_t off, uint64_t n)
     }
     return true;
 }
-

@@ -17,12 +17,25 @@
 
 /* mount(8)'s generic options and fstab-only keys that mean nothing to a
  * read-only FUSE view; prefixes end with '*'. */
-static const char *const generic[] = {
-    "rw", "ro", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "auto", "noauto",
-    "user", "nouser", "users", "owner", "group", "_netdev", "nofail", "defaults", "sync",
-    "async", "atime", "noatime", "relatime", "norelatime", "strictatime", "nostrictatime",
-    "lazytime", "nolazytime", "diratime", "nodiratime", "silent", "loud", "x-*", "comment=*",
-    "mand", "nomand", NULL};
+static const char *const generic[] = {"rw",          "ro",
+                                      "dev",         "nodev",
+                                      "suid",        "nosuid",
+                                      "exec",        "noexec",
+                                      "auto",        "noauto",
+                                      "user",        "nouser",
+                                      "users",       "owner",
+                                      "group",       "_netdev",
+                                      "nofail",      "defaults",
+                                      "sync",        "async",
+                                      "atime",       "noatime",
+                                      "relatime",    "norelatime",
+                                      "strictatime", "nostrictatime",
+                                      "lazytime",    "nolazytime",
+                                      "diratime",    "nodiratime",
+                                      "silent",      "loud",
+                                      "x-*",         "comment=*",
+                                      "mand",        "nomand",
+                                      NULL};
 
 static bool is_generic(const char *item)
 {

@@ -189,10 +189,9 @@ static int cmd_cache(fz_cli *c)
             json_t *o = json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "cache", dir,
                                   "entries", (json_int_t)s.entries, "bytes", (json_int_t)s.bytes,
                                   "map_size", (json_int_t)s.map_size, "used_bytes",
-                                  (json_int_t)s.used_bytes, "hits", (json_int_t)s.hits,
-                                  "misses", (json_int_t)s.misses, "fills", (json_int_t)s.fills,
-                                  "corrupt", (json_int_t)s.corrupt, "evictions",
-                                  (json_int_t)s.evictions);
+                                  (json_int_t)s.used_bytes, "hits", (json_int_t)s.hits, "misses",
+                                  (json_int_t)s.misses, "fills", (json_int_t)s.fills, "corrupt",
+                                  (json_int_t)s.corrupt, "evictions", (json_int_t)s.evictions);
             char *text = o ? json_dumps(o, JSON_INDENT(2)) : NULL;
             json_decref(o);
             if (!text) {

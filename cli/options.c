@@ -61,67 +61,118 @@ static const struct {
 #define ST (1u << FZ_CMD_STATUS)
 #define U (1u << FZ_CMD_UMOUNT)
 #define ALL (V | U | C | VF | ST)
-    {{"checkpoint", required_argument, 0, O_CHECKPOINT}, "PATH",
-     "source checkpoint directory (default: the latest under SRC/checkpoints/)", V},
-    {{"add-tokens", required_argument, 0, O_ADD_TOKENS}, "YAML", "tokens to add (add-tokens YAML)",
+    {{"checkpoint", required_argument, 0, O_CHECKPOINT},
+     "PATH",
+     "source checkpoint directory (default: the latest under SRC/checkpoints/)",
      V},
-    {{"skip-default-tokens", no_argument, 0, O_SKIP_DEFAULT}, NULL,
-     "don't add a [PAD] token when the tokenizer has none", V},
-    {{"chat-template-path", required_argument, 0, O_TEMPLATE}, "FILE",
-     "Jinja2 chat template for the tokenizer", V},
-    {{"no-auto-stop-tokens", no_argument, 0, O_NO_AUTO_STOP}, NULL,
-     "don't add end-of-turn tokens to generation_config's eos_token_id", V},
-    {{"stop-tokens", required_argument, 0, O_STOP_TOKENS}, "\"T1,T2\"",
-     "extra stop-token strings for generation_config", V},
-    {{"generation-config", required_argument, 0, O_GENCONFIG}, "carry|none|PATH|NAME",
-     "generation_config.json: carry the source's (default), none, or a preset", V},
-    {{"keep-optimizer", no_argument, 0, O_KEEP_OPT}, NULL,
-     "carry optimizer_state.pt (a Trainer's optimizer.pt) into the checkpoint", V},
-    {{"root-copy", no_argument, 0, O_ROOT_COPY}, NULL,
-     "weights at the root, no checkpoints/ (excludes --keep-optimizer)", V},
-    {{"hub", no_argument, 0, O_HUB}, NULL,
-     "Hub-ready release: safetensors, weights at the root, no checkpoints/ or Forgather-only files", V},
-    {{"safetensors", no_argument, 0, O_SAFETENSORS}, NULL,
-     "write safetensors (default: PyTorch .bin)", V},
-    {{"dtype", required_argument, 0, O_DTYPE}, "bfloat16|float16|float32",
-     "cast floating-point weights (bit-exact with torch)", V},
+    {{"add-tokens", required_argument, 0, O_ADD_TOKENS},
+     "YAML",
+     "tokens to add (add-tokens YAML)",
+     V},
+    {{"skip-default-tokens", no_argument, 0, O_SKIP_DEFAULT},
+     NULL,
+     "don't add a [PAD] token when the tokenizer has none",
+     V},
+    {{"chat-template-path", required_argument, 0, O_TEMPLATE},
+     "FILE",
+     "Jinja2 chat template for the tokenizer",
+     V},
+    {{"no-auto-stop-tokens", no_argument, 0, O_NO_AUTO_STOP},
+     NULL,
+     "don't add end-of-turn tokens to generation_config's eos_token_id",
+     V},
+    {{"stop-tokens", required_argument, 0, O_STOP_TOKENS},
+     "\"T1,T2\"",
+     "extra stop-token strings for generation_config",
+     V},
+    {{"generation-config", required_argument, 0, O_GENCONFIG},
+     "carry|none|PATH|NAME",
+     "generation_config.json: carry the source's (default), none, or a preset",
+     V},
+    {{"keep-optimizer", no_argument, 0, O_KEEP_OPT},
+     NULL,
+     "carry optimizer_state.pt (a Trainer's optimizer.pt) into the checkpoint",
+     V},
+    {{"root-copy", no_argument, 0, O_ROOT_COPY},
+     NULL,
+     "weights at the root, no checkpoints/ (excludes --keep-optimizer)",
+     V},
+    {{"hub", no_argument, 0, O_HUB},
+     NULL,
+     "Hub-ready release: safetensors, weights at the root, no checkpoints/ or Forgather-only files",
+     V},
+    {{"safetensors", no_argument, 0, O_SAFETENSORS},
+     NULL,
+     "write safetensors (default: PyTorch .bin)",
+     V},
+    {{"dtype", required_argument, 0, O_DTYPE},
+     "bfloat16|float16|float32",
+     "cast floating-point weights (bit-exact with torch)",
+     V},
     {{"device", required_argument, 0, O_DEVICE}, "cpu", "accepted for compatibility; only cpu", V},
-    {{"quantize", required_argument, 0, O_QUANTIZE}, "RECIPE",
+    {{"quantize", required_argument, 0, O_QUANTIZE},
+     "RECIPE",
      "compressed-tensors quantization (implies --safetensors): int4-weight-only, "
      "int8-weight-only, int8-dynamic-act-int8-weight, int8-dynamic-act-int4-weight, "
-     "float8-dynamic-act-float8-weight", V},
-    {{"quantize-ignore", required_argument, 0, O_QUANTIZE_IGNORE}, "REGEX",
-     "modules (names without .weight) matching this extended regex stay unquantized", V},
-    {{"max-shard-size", required_argument, 0, O_MAX_SHARD}, "SIZE",
+     "float8-dynamic-act-float8-weight",
+     V},
+    {{"quantize-ignore", required_argument, 0, O_QUANTIZE_IGNORE},
+     "REGEX",
+     "modules (names without .weight) matching this extended regex stay unquantized",
+     V},
+    {{"max-shard-size", required_argument, 0, O_MAX_SHARD},
+     "SIZE",
      "re-shard weights at SIZE bytes (K/M/G suffixes) as finalize does; default: mirror the "
-     "source files", V},
-    {{"embedding-tensors", required_argument, 0, O_EMBEDDING}, "EMB[,HEAD]",
-     "input embedding (then output head; its bias is found) to resize, overriding the search", V},
+     "source files",
+     V},
+    {{"embedding-tensors", required_argument, 0, O_EMBEDDING},
+     "EMB[,HEAD]",
+     "input embedding (then output head; its bias is found) to resize, overriding the search",
+     V},
     {{"dry-run", no_argument, 0, O_DRY_RUN}, NULL, "report what would be done; write nothing", M},
-    {{"json", no_argument, 0, O_JSON}, NULL,
+    {{"json", no_argument, 0, O_JSON},
+     NULL,
      "print as JSON (plan: the plan, verify: the problems, status: the mounts, cache stats)",
      P | VF | ST | C},
-    {{"lazy", no_argument, 0, O_LAZY}, NULL,
-     "detach now even if files are open; the daemon exits after the last close", U},
-    {{"workers", required_argument, 0, O_WORKERS}, "N", "worker threads (default: one per core)",
+    {{"lazy", no_argument, 0, O_LAZY},
+     NULL,
+     "detach now even if files are open; the daemon exits after the last close",
+     U},
+    {{"workers", required_argument, 0, O_WORKERS},
+     "N",
+     "worker threads (default: one per core)",
      M | MT},
-    {{"foreground", no_argument, 0, O_FOREGROUND}, NULL,
-     "stay in the foreground (default: return once mounted)", MT},
-    {{"options", required_argument, 0, O_FUSE_OPTS}, "OPTS",
-     "extra FUSE mount options, comma-separated (e.g. allow_other)", MT},
-    {{"log-file", required_argument, 0, O_LOG_FILE}, "FILE",
-     "where the mount daemon logs (default: $XDG_STATE_HOME/fzfs/mnt-<escaped MNT>.log)", MT},
-    {{"cache-dir", required_argument, 0, O_CACHE_DIR}, "DIR",
-     "chunk cache directory (default: $XDG_CACHE_HOME/fzfs)", M | MT | C},
-    {{"cache-size", required_argument, 0, O_CACHE_SIZE}, "SIZE",
-     "chunk cache size, K/M/G/T suffixes (default: 16G)", M | MT},
+    {{"foreground", no_argument, 0, O_FOREGROUND},
+     NULL,
+     "stay in the foreground (default: return once mounted)",
+     MT},
+    {{"options", required_argument, 0, O_FUSE_OPTS},
+     "OPTS",
+     "extra FUSE mount options, comma-separated (e.g. allow_other)",
+     MT},
+    {{"log-file", required_argument, 0, O_LOG_FILE},
+     "FILE",
+     "where the mount daemon logs (default: $XDG_STATE_HOME/fzfs/mnt-<escaped MNT>.log)",
+     MT},
+    {{"cache-dir", required_argument, 0, O_CACHE_DIR},
+     "DIR",
+     "chunk cache directory (default: $XDG_CACHE_HOME/fzfs)",
+     M | MT | C},
+    {{"cache-size", required_argument, 0, O_CACHE_SIZE},
+     "SIZE",
+     "chunk cache size, K/M/G/T suffixes (default: 16G)",
+     M | MT},
     {{"no-cache", no_argument, 0, O_NO_CACHE}, NULL, "compute every chunk; use no cache", M | MT},
-    {{"fill-cache", no_argument, 0, O_FILL_CACHE}, NULL,
-     "keep computed chunks in the cache (default: only reuse them)", M},
+    {{"fill-cache", no_argument, 0, O_FILL_CACHE},
+     NULL,
+     "keep computed chunks in the cache (default: only reuse them)",
+     M},
     {{"progress", no_argument, 0, O_PROGRESS}, NULL, "always draw a progress line", M},
     {{"no-progress", no_argument, 0, O_NO_PROGRESS}, NULL, "never draw a progress line", M},
-    {{"log-level", required_argument, 0, O_LOG_LEVEL}, "LEVEL",
-     "DEBUG, INFO (default), WARNING, ERROR or CRITICAL", ALL},
+    {{"log-level", required_argument, 0, O_LOG_LEVEL},
+     "LEVEL",
+     "DEBUG, INFO (default), WARNING, ERROR or CRITICAL",
+     ALL},
     {{"help", no_argument, 0, O_HELP}, NULL, "show this help", ALL},
 #undef V
 #undef M
@@ -277,43 +328,98 @@ static int apply_option(fz_cli *c, size_t ci, int o, char *arg)
     const char *cmd = commands[ci].name;
     fz_view_opts *v = &c->view;
     switch (o) {
-    case O_CHECKPOINT: v->checkpoint = arg; break;
-    case O_ADD_TOKENS: v->add_tokens = arg; break;
-    case O_SKIP_DEFAULT: v->skip_default_tokens = true; break;
-    case O_TEMPLATE: v->chat_template_path = arg; break;
-    case O_NO_AUTO_STOP: v->no_auto_stop_tokens = true; break;
-    case O_STOP_TOKENS: v->stop_tokens = arg; break;
-    case O_GENCONFIG: v->generation_config = arg; break;
-    case O_KEEP_OPT: v->keep_optimizer = true; break;
-    case O_ROOT_COPY: v->root_copy = true; break;
-    case O_SAFETENSORS: v->safetensors = true; break;
-    case O_HUB: v->hub = v->safetensors = v->root_copy = true; break;
-    case O_DTYPE: v->dtype = arg; break;
-    case O_DEVICE: v->device = arg; break;
-    case O_QUANTIZE: v->quantize = arg; break;
-    case O_EMBEDDING: v->embedding_tensors = arg; break;
-    case O_QUANTIZE_IGNORE: v->quantize_ignore = arg; break;
+    case O_CHECKPOINT:
+        v->checkpoint = arg;
+        break;
+    case O_ADD_TOKENS:
+        v->add_tokens = arg;
+        break;
+    case O_SKIP_DEFAULT:
+        v->skip_default_tokens = true;
+        break;
+    case O_TEMPLATE:
+        v->chat_template_path = arg;
+        break;
+    case O_NO_AUTO_STOP:
+        v->no_auto_stop_tokens = true;
+        break;
+    case O_STOP_TOKENS:
+        v->stop_tokens = arg;
+        break;
+    case O_GENCONFIG:
+        v->generation_config = arg;
+        break;
+    case O_KEEP_OPT:
+        v->keep_optimizer = true;
+        break;
+    case O_ROOT_COPY:
+        v->root_copy = true;
+        break;
+    case O_SAFETENSORS:
+        v->safetensors = true;
+        break;
+    case O_HUB:
+        v->hub = v->safetensors = v->root_copy = true;
+        break;
+    case O_DTYPE:
+        v->dtype = arg;
+        break;
+    case O_DEVICE:
+        v->device = arg;
+        break;
+    case O_QUANTIZE:
+        v->quantize = arg;
+        break;
+    case O_EMBEDDING:
+        v->embedding_tensors = arg;
+        break;
+    case O_QUANTIZE_IGNORE:
+        v->quantize_ignore = arg;
+        break;
     case O_MAX_SHARD:
         if (fz_cli_parse_size(arg, &v->max_shard_size) != 0 || v->max_shard_size == 0)
             return usage_error(cmd, "--max-shard-size must be a size such as 2G or 500M, got '%s'",
                                arg);
         break;
-    case O_DRY_RUN: c->dry_run = true; break;
-    case O_JSON: c->json = true; break;
-    case O_LAZY: c->lazy = true; break;
-    case O_PROGRESS: c->progress = 1; break;
-    case O_NO_PROGRESS: c->progress = 0; break;
-    case O_FOREGROUND: c->foreground = true; break;
-    case O_LOG_FILE: c->log_file = arg; break;
-    case O_CACHE_DIR: c->cache_dir = arg; break;
-    case O_NO_CACHE: c->no_cache = true; break;
-    case O_FILL_CACHE: c->fill_cache = true; break;
+    case O_DRY_RUN:
+        c->dry_run = true;
+        break;
+    case O_JSON:
+        c->json = true;
+        break;
+    case O_LAZY:
+        c->lazy = true;
+        break;
+    case O_PROGRESS:
+        c->progress = 1;
+        break;
+    case O_NO_PROGRESS:
+        c->progress = 0;
+        break;
+    case O_FOREGROUND:
+        c->foreground = true;
+        break;
+    case O_LOG_FILE:
+        c->log_file = arg;
+        break;
+    case O_CACHE_DIR:
+        c->cache_dir = arg;
+        break;
+    case O_NO_CACHE:
+        c->no_cache = true;
+        break;
+    case O_FILL_CACHE:
+        c->fill_cache = true;
+        break;
     case O_CACHE_SIZE:
         if (fz_cli_parse_size(arg, &c->cache_size) != 0 || c->cache_size < (1u << 20))
-            return usage_error(cmd, "--cache-size must be a size of at least 1M (e.g. 512M, 16G), "
-                                    "got '%s'", arg);
+            return usage_error(cmd,
+                               "--cache-size must be a size of at least 1M (e.g. 512M, 16G), "
+                               "got '%s'",
+                               arg);
         break;
-    case O_FUSE_OPTS: return append_fuse_opts(c, cmd, arg);
+    case O_FUSE_OPTS:
+        return append_fuse_opts(c, cmd, arg);
     case O_WORKERS: {
         char *end;
         long w = strtol(arg, &end, 10);
@@ -329,8 +435,11 @@ static int apply_option(fz_cli *c, size_t ci, int o, char *arg)
         fz_log_set_level(lvl);
         break;
     }
-    case O_HELP: cmd_help(stdout, ci); return FZ_CLI_EXIT_OK;
-    default: return usage_error(cmd, "%s", "internal error: unhandled option");
+    case O_HELP:
+        cmd_help(stdout, ci);
+        return FZ_CLI_EXIT_OK;
+    default:
+        return usage_error(cmd, "%s", "internal error: unhandled option");
     }
     return 0;
 }
@@ -339,8 +448,8 @@ static int apply_option(fz_cli *c, size_t ci, int o, char *arg)
 static int take_operands(fz_cli *c, const char *cmd, int n, char **pos)
 {
     int want = c->cmd == FZ_CMD_MATERIALIZE || c->cmd == FZ_CMD_MOUNT ? 2
-               : c->cmd == FZ_CMD_STATUS                               ? 0
-                                                                       : 1;
+               : c->cmd == FZ_CMD_STATUS                              ? 0
+                                                                      : 1;
     static const char *const expects[] = {
         [FZ_CMD_MATERIALIZE] = "expects SRC and DEST (%s)",
         [FZ_CMD_PLAN] = "expects SRC (%s)",
@@ -353,13 +462,28 @@ static int take_operands(fz_cli *c, const char *cmd, int n, char **pos)
     if (n != want)
         return usage_error(cmd, expects[c->cmd], n < want ? "missing" : "too many arguments");
     switch (c->cmd) {
-    case FZ_CMD_MATERIALIZE: c->view.src = pos[0]; c->dest = pos[1]; break;
-    case FZ_CMD_MOUNT: c->view.src = pos[0]; c->mnt = pos[1]; break;
-    case FZ_CMD_UMOUNT: c->mnt = pos[0]; break;
-    case FZ_CMD_CACHE: c->cache_action = pos[0]; break;
-    case FZ_CMD_VERIFY: c->dir = pos[0]; break;
-    case FZ_CMD_STATUS: break;
-    default: c->view.src = pos[0]; break;
+    case FZ_CMD_MATERIALIZE:
+        c->view.src = pos[0];
+        c->dest = pos[1];
+        break;
+    case FZ_CMD_MOUNT:
+        c->view.src = pos[0];
+        c->mnt = pos[1];
+        break;
+    case FZ_CMD_UMOUNT:
+        c->mnt = pos[0];
+        break;
+    case FZ_CMD_CACHE:
+        c->cache_action = pos[0];
+        break;
+    case FZ_CMD_VERIFY:
+        c->dir = pos[0];
+        break;
+    case FZ_CMD_STATUS:
+        break;
+    default:
+        c->view.src = pos[0];
+        break;
     }
     if (c->cmd == FZ_CMD_CACHE && strcmp(c->cache_action, "stats") &&
         strcmp(c->cache_action, "verify") && strcmp(c->cache_action, "clear"))
@@ -440,11 +564,28 @@ int fz_cli_parse_size(const char *s, uint64_t *out)
         return FZ_EUSAGE;
     unsigned shift = 0;
     switch (*end) {
-    case 'k': case 'K': shift = 10; end++; break;
-    case 'm': case 'M': shift = 20; end++; break;
-    case 'g': case 'G': shift = 30; end++; break;
-    case 't': case 'T': shift = 40; end++; break;
-    default: break;
+    case 'k':
+    case 'K':
+        shift = 10;
+        end++;
+        break;
+    case 'm':
+    case 'M':
+        shift = 20;
+        end++;
+        break;
+    case 'g':
+    case 'G':
+        shift = 30;
+        end++;
+        break;
+    case 't':
+    case 'T':
+        shift = 40;
+        end++;
+        break;
+    default:
+        break;
     }
     if (shift && *end == 'i')
         end++;

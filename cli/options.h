@@ -23,10 +23,10 @@ typedef enum {
 typedef struct {
     fz_cmd cmd;
     fz_view_opts view;
-    const char *dest;  /* materialize: DEST */
-    const char *mnt;   /* mount, umount: MNT */
+    const char *dest;         /* materialize: DEST */
+    const char *mnt;          /* mount, umount: MNT */
     const char *cache_action; /* cache: stats | verify | clear */
-    const char *dir;   /* verify: DIR */
+    const char *dir;          /* verify: DIR */
     bool dry_run;
     bool json;
     int workers;

@@ -170,14 +170,36 @@ static int emit_string(const char *str, size_t len, bool ascii, fz_buf *out)
             continue;
         }
         switch (c) {
-        case '"': rc = fz_buf_puts(out, "\\\""); i++; continue;
-        case '\\': rc = fz_buf_puts(out, "\\\\"); i++; continue;
-        case '\n': rc = fz_buf_puts(out, "\\n"); i++; continue;
-        case '\r': rc = fz_buf_puts(out, "\\r"); i++; continue;
-        case '\t': rc = fz_buf_puts(out, "\\t"); i++; continue;
-        case '\b': rc = fz_buf_puts(out, "\\b"); i++; continue;
-        case '\f': rc = fz_buf_puts(out, "\\f"); i++; continue;
-        default: break;
+        case '"':
+            rc = fz_buf_puts(out, "\\\"");
+            i++;
+            continue;
+        case '\\':
+            rc = fz_buf_puts(out, "\\\\");
+            i++;
+            continue;
+        case '\n':
+            rc = fz_buf_puts(out, "\\n");
+            i++;
+            continue;
+        case '\r':
+            rc = fz_buf_puts(out, "\\r");
+            i++;
+            continue;
+        case '\t':
+            rc = fz_buf_puts(out, "\\t");
+            i++;
+            continue;
+        case '\b':
+            rc = fz_buf_puts(out, "\\b");
+            i++;
+            continue;
+        case '\f':
+            rc = fz_buf_puts(out, "\\f");
+            i++;
+            continue;
+        default:
+            break;
         }
         if (c < 0x20) {
             rc = fz_buf_printf(out, "\\u%04x", c);
@@ -295,19 +317,24 @@ static int emit_value(const json_t *v, const emit_style *st, int depth, fz_buf *
         const char *big = fz_json_bigint_digits(v);
         return big ? fz_buf_puts(out, big) : emit_object(v, st, depth, out);
     }
-    case JSON_ARRAY: return emit_array(v, st, depth, out);
+    case JSON_ARRAY:
+        return emit_array(v, st, depth, out);
     case JSON_STRING:
         return emit_string(json_string_value(v), json_string_length(v), st->ensure_ascii, out);
-    case JSON_INTEGER: return fz_buf_printf(out, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+    case JSON_INTEGER:
+        return fz_buf_printf(out, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
     case JSON_REAL:
         if (st->rust_floats)
             fz_json_format_real_rust(json_real_value(v), num);
         else
             fz_json_format_real(json_real_value(v), num);
         return fz_buf_puts(out, num);
-    case JSON_TRUE: return fz_buf_puts(out, "true");
-    case JSON_FALSE: return fz_buf_puts(out, "false");
-    case JSON_NULL: return fz_buf_puts(out, "null");
+    case JSON_TRUE:
+        return fz_buf_puts(out, "true");
+    case JSON_FALSE:
+        return fz_buf_puts(out, "false");
+    case JSON_NULL:
+        return fz_buf_puts(out, "null");
     }
     return fz_error_set(FZ_EINVAL, "JSON emitter: unknown value type");
 }
@@ -355,7 +382,9 @@ int fz_json_emit_tokenizers(const json_t *v, fz_buf *out)
  * trees, so a pointer does not name a value for long, and every emitter call
  * would need the table. Last guard: a node is a big integer only while its
  * digits are an integer literal, so nothing else is ever written raw. */
-#define BIGINT_KEY "\xff" "fz-bigint"
+#define BIGINT_KEY                                                                                 \
+    "\xff"                                                                                         \
+    "fz-bigint"
 
 static bool integer_literal(const char *s, size_t n)
 {
@@ -453,8 +482,9 @@ static int find_big_literals(const char *text, size_t len, big_list *out)
                 ordinal++;
         } else if (c == '-' || (c >= '0' && c <= '9')) {
             size_t start = i;
-            while (i < len && ((text[i] >= '0' && text[i] <= '9') || text[i] == '.' || text[i] == 'e' ||
-                               text[i] == 'E' || text[i] == '+' || text[i] == '-'))
+            while (i < len &&
+                   ((text[i] >= '0' && text[i] <= '9') || text[i] == '.' || text[i] == 'e' ||
+                    text[i] == 'E' || text[i] == '+' || text[i] == '-'))
                 i++;
             if (beyond_int64(text + start, i - start)) {
                 int rc = big_push(out, ordinal, start, i - start);
@@ -487,8 +517,10 @@ static int place_scalar(placer *p, const json_t *cur, json_t **repl)
     if (p->next < p->lits->n && p->lits->v[p->next].ordinal == p->ordinal) {
         const big_lit *b = &p->lits->v[p->next++];
         if (!json_is_null(cur))
-            return fz_error_set(FZ_EFORMAT, "the integer beyond 64 bits at byte %zu was not found again (an "
-                                            "fzfs bug: please report it with this file)", b->start);
+            return fz_error_set(FZ_EFORMAT,
+                                "the integer beyond 64 bits at byte %zu was not found again (an "
+                                "fzfs bug: please report it with this file)",
+                                b->start);
         char *digits = strndup(p->text + b->start, b->len);
         *repl = digits ? fz_json_bigint(digits) : NULL;
         free(digits);
@@ -508,7 +540,8 @@ static int place_bigints(placer *p, json_t *v)
             json_t *e = json_array_get(v, i);
             if (json_is_object(e) || json_is_array(e))
                 rc = place_bigints(p, e);
-            else if ((rc = place_scalar(p, e, &repl)) == 0 && repl && json_array_set_new(v, i, repl))
+            else if ((rc = place_scalar(p, e, &repl)) == 0 && repl &&
+                     json_array_set_new(v, i, repl))
                 rc = fz_error_set(FZ_ENOMEM, "out of memory");
         }
     } else if (json_is_object(v)) {
@@ -516,7 +549,8 @@ static int place_bigints(placer *p, json_t *v)
             json_t *e = json_object_iter_value(it);
             if (json_is_object(e) || json_is_array(e))
                 rc = place_bigints(p, e);
-            else if ((rc = place_scalar(p, e, &repl)) == 0 && repl && json_object_iter_set_new(v, it, repl))
+            else if ((rc = place_scalar(p, e, &repl)) == 0 && repl &&
+                     json_object_iter_set_new(v, it, repl))
                 rc = fz_error_set(FZ_ENOMEM, "out of memory");
         }
     }
@@ -547,8 +581,8 @@ json_t *fz_json_parse(const char *text, size_t len, const char *path)
     }
     v = json_loadb(copy ? copy : text, len, JSON_REJECT_DUPLICATES, &err);
     if (!v) {
-        fz_error_set(FZ_EFORMAT, "%s: invalid JSON at line %d column %d: %s", name, err.line, err.column,
-                     err.text);
+        fz_error_set(FZ_EFORMAT, "%s: invalid JSON at line %d column %d: %s", name, err.line,
+                     err.column, err.text);
         goto done;
     }
     placer p = {text, &lits, 0, 0};

@@ -15,7 +15,7 @@
 #include "util/buf.h"
 
 typedef struct {
-    int indent;            /* spaces per level; 0 = one line with ", "; -1 = "," ":" */
+    int indent; /* spaces per level; 0 = one line with ", "; -1 = "," ":" */
     bool sort_keys;
     bool ensure_ascii;
     bool trailing_newline;
@@ -26,7 +26,6 @@ typedef struct {
 #define FZ_JSON_HF(ascii) ((fz_json_style){2, true, (ascii), true})
 /* Python json.dump(indent=n) with insertion order, no trailing newline. */
 #define FZ_JSON_PY(n) ((fz_json_style){(n), false, true, false})
-
 
 /* Append the serialisation of v to *out. 0, FZ_ENOMEM or FZ_EINVAL. */
 int fz_json_emit(const json_t *v, const fz_json_style *style, fz_buf *out);

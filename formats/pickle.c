@@ -77,8 +77,7 @@ static size_t floor_sp(const pk_machine *m)
 
 int fz_pk_push(pk_machine *m, pk_val v)
 {
-    int rc = fz_pk_grow(&m->stack, &m->scap, m->sp + 1, sizeof *m->stack, PK_MAX_STACK, "stack",
-                        m);
+    int rc = fz_pk_grow(&m->stack, &m->scap, m->sp + 1, sizeof *m->stack, PK_MAX_STACK, "stack", m);
     if (rc)
         return rc;
     m->stack[m->sp++] = v;
@@ -103,8 +102,8 @@ static int pop_mark(pk_machine *m, size_t *start)
 
 int fz_pk_new_obj(pk_machine *m, uint8_t kind, const pk_val *items, size_t n, pk_val *out)
 {
-    int rc = fz_pk_grow(&m->objs, &m->ocap, m->nobjs + 1, sizeof *m->objs, PK_MAX_INPUT,
-                        "objects", m);
+    int rc =
+        fz_pk_grow(&m->objs, &m->ocap, m->nobjs + 1, sizeof *m->objs, PK_MAX_INPUT, "objects", m);
     if (rc)
         return rc;
     pk_obj *o = &m->objs[m->nobjs];
@@ -128,8 +127,8 @@ static int obj_append(pk_machine *m, pk_obj *o, const pk_val *items, size_t n)
     size_t cap = o->cap;
     if (n == 0)
         return 0;
-    int rc = fz_pk_grow(&o->items, &cap, (size_t)o->n + n, sizeof *items, PK_MAX_INPUT, "container",
-                  m);
+    int rc =
+        fz_pk_grow(&o->items, &cap, (size_t)o->n + n, sizeof *items, PK_MAX_INPUT, "container", m);
     if (rc)
         return rc;
     o->cap = (uint32_t)cap;
@@ -186,7 +185,7 @@ static int op_stack_global(pk_machine *m)
     if (mod.kind != V_STR || name.kind != V_STR)
         return fz_pk_bad(m, "STACK_GLOBAL needs two strings");
     if ((rc = fz_pk_resolve_global(m, m->d + mod.u.s.off, mod.u.s.len, m->d + name.u.s.off,
-                             name.u.s.len, &v)))
+                                   name.u.s.len, &v)))
         return rc;
     return fz_pk_push(m, v);
 }
@@ -199,8 +198,7 @@ static int memo_put(pk_machine *m, uint64_t idx)
         return fz_error_set(FZ_ERANGE, "%s: pickle memo index %llu exceeds %u", m->path,
                             (unsigned long long)idx, PK_MAX_MEMO);
     size_t old = m->memo_cap;
-    int rc = fz_pk_grow(&m->memo, &m->memo_cap, idx + 1, sizeof *m->memo, PK_MAX_MEMO, "memo",
-                        m);
+    int rc = fz_pk_grow(&m->memo, &m->memo_cap, idx + 1, sizeof *m->memo, PK_MAX_MEMO, "memo", m);
     if (rc)
         return rc;
     memset(m->memo + old, 0, (m->memo_cap - old) * sizeof *m->memo);
@@ -265,7 +263,8 @@ static int step(pk_machine *m, bool *stop)
             return rc;
         m->marks[m->nmarks++] = m->sp;
         return 0;
-    case 'N': return fz_pk_push(m, v);
+    case 'N':
+        return fz_pk_push(m, v);
     case 0x88:
     case 0x89:
         v.kind = V_BOOL;
@@ -349,8 +348,8 @@ static int step(pk_machine *m, bool *stop)
     case 't':
         /* the stack may be unallocated (NULL) when the tuple is empty */
         if ((rc = pop_mark(m, &start)) ||
-            (rc = fz_pk_new_obj(m, V_TUPLE, m->sp > start ? m->stack + start : NULL,
-                                m->sp - start, &v)))
+            (rc = fz_pk_new_obj(m, V_TUPLE, m->sp > start ? m->stack + start : NULL, m->sp - start,
+                                &v)))
             return rc;
         m->sp = start;
         return fz_pk_push(m, v);
@@ -366,10 +365,14 @@ static int step(pk_machine *m, bool *stop)
         return fill(m, m->sp - 1, V_LIST);
     case 'e':
         return pop_mark(m, &start) ? fz_pk_bad(m, "APPENDS without MARK") : fill(m, start, V_LIST);
-    case 'c': return op_global(m);
-    case 0x93: return op_stack_global(m);
-    case 'Q': return fz_pk_persid(m);
-    case 'R': return fz_pk_reduce(m);
+    case 'c':
+        return op_global(m);
+    case 0x93:
+        return op_stack_global(m);
+    case 'Q':
+        return fz_pk_persid(m);
+    case 'R':
+        return fz_pk_reduce(m);
     case 'b':
         if ((rc = fz_pk_pop(m, &tmp)))
             return rc;
@@ -390,7 +393,8 @@ static int step(pk_machine *m, bool *stop)
         m->pos += 4;
         return op == 'r' ? memo_put(m, rdle(m->d + m->pos - 4, 4))
                          : memo_get(m, rdle(m->d + m->pos - 4, 4));
-    case 0x94: return memo_put(m, m->memo_count);
+    case 0x94:
+        return memo_put(m, m->memo_count);
     default:
         m->pos--;
         return fz_error_set(FZ_EFORMAT, "%s: unsupported pickle opcode 0x%02x at offset %zu",

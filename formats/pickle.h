@@ -20,12 +20,12 @@
 
 /* One entry of a flat state dict: name -> view of a storage record. */
 typedef struct {
-    char *name;             /* owned by the table (reader); borrowed (writer) */
-    char *key;              /* storage key, the record is data/<key>; same ownership */
-    fz_dtype dtype;         /* element type of the tensor */
+    char *name;              /* owned by the table (reader); borrowed (writer) */
+    char *key;               /* storage key, the record is data/<key>; same ownership */
+    fz_dtype dtype;          /* element type of the tensor */
     uint64_t storage_nbytes; /* size of the whole storage in bytes */
     uint64_t storage_offset; /* in elements of dtype */
-    int ndim;               /* 0..FZ_MAX_DIMS */
+    int ndim;                /* 0..FZ_MAX_DIMS */
     uint64_t shape[FZ_MAX_DIMS];
     int64_t stride[FZ_MAX_DIMS]; /* in elements */
 } fz_pickle_tensor;

@@ -26,8 +26,8 @@
  * names; nested containers (optimizer state) are "not a flat state dict". */
 
 /* Resolve module.name against the allowlist (see the block comment above). */
-int fz_pk_resolve_global(pk_machine *m, const uint8_t *mod, size_t ml, const uint8_t *nm,
-                         size_t nl, pk_val *out)
+int fz_pk_resolve_global(pk_machine *m, const uint8_t *mod, size_t ml, const uint8_t *nm, size_t nl,
+                         pk_val *out)
 {
     char a[128] = "", b[128] = "";
     fz_dtype dt;
@@ -67,16 +67,17 @@ int fz_pk_resolve_global(pk_machine *m, const uint8_t *mod, size_t ml, const uin
             }
             size_t bl = strlen(b);
             if (bl > 7 && !strcmp(b + bl - 7, "Storage"))
-                return fz_error_set(FZ_EFORMAT, "%s: unsupported storage type 'torch.%s'",
-                                    m->path, b);
+                return fz_error_set(FZ_EFORMAT, "%s: unsupported storage type 'torch.%s'", m->path,
+                                    b);
         }
     }
     /* Every byte shown (a NUL must not make a refused name read as an allowed one). */
     char em[420], en[420];
-    return fz_error_set(FZ_EDENIED, "%s: pickle global '%s.%s' is not allowed (a state dict "
+    return fz_error_set(FZ_EDENIED,
+                        "%s: pickle global '%s.%s' is not allowed (a state dict "
                         "pickle only needs torch's rebuild functions: the file is not a plain "
-                        "checkpoint; do not load it)", m->path,
-                        fz_escape(mod, ml, em, sizeof em),
+                        "checkpoint; do not load it)",
+                        m->path, fz_escape(mod, ml, em, sizeof em),
                         fz_escape(nm, nl, en, sizeof en));
 }
 
@@ -102,7 +103,7 @@ int fz_pk_persid(pk_machine *m)
         return fz_error_set(FZ_ERANGE, "%s: storage '%.*s' size overflows", m->path,
                             (int)key->u.s.len, (const char *)m->d + key->u.s.off);
     if ((rc = fz_pk_grow(&m->sto, &m->stocap, m->nsto + 1, sizeof *m->sto, PK_MAX_INPUT, "storages",
-                   m)))
+                         m)))
         return rc;
     m->sto[m->nsto] = s;
     pk_val v = {.kind = V_STORAGE};
@@ -116,8 +117,8 @@ static int int_tuple(pk_machine *m, const pk_val *v, int *n, int64_t *out)
         return fz_pk_bad(m, "tensor size/stride is not a tuple");
     const pk_obj *o = &m->objs[v->u.obj];
     if (o->n > FZ_MAX_DIMS)
-        return fz_error_set(FZ_EFORMAT, "%s: tensor with %u dimensions (at most %d)", m->path,
-                            o->n, FZ_MAX_DIMS);
+        return fz_error_set(FZ_EFORMAT, "%s: tensor with %u dimensions (at most %d)", m->path, o->n,
+                            FZ_MAX_DIMS);
     for (uint32_t i = 0; i < o->n; i++) {
         if (o->items[i].kind != V_INT)
             return fz_pk_bad(m, "tensor size/stride holds a non-integer");
@@ -168,7 +169,7 @@ static int rebuild_tensor(pk_machine *m, const pk_obj *a, bool v3, pk_val *out)
         t.stride[i] = stride[i];
     }
     if ((rc = fz_pk_grow(&m->ten, &m->tencap, m->nten + 1, sizeof *m->ten, PK_MAX_INPUT, "tensors",
-                   m)))
+                         m)))
         return rc;
     m->ten[m->nten] = t;
     out->kind = V_TENSOR;
@@ -223,8 +224,10 @@ int fz_pk_collect(pk_machine *m, const pk_val *top, fz_pickle_dict *out)
     char **sorted = NULL;
     int rc = 0;
     if (top->kind != V_DICT)
-        return fz_error_set(FZ_EFORMAT, "%s: pickle is not a flat state dict (top level is not "
-                            "a dict)", m->path);
+        return fz_error_set(FZ_EFORMAT,
+                            "%s: pickle is not a flat state dict (top level is not "
+                            "a dict)",
+                            m->path);
     const pk_obj *o = &m->objs[top->u.obj];
     size_t n = o->n / 2;
     out->v = calloc(n ? n : 1, sizeof *out->v);
@@ -236,17 +239,20 @@ int fz_pk_collect(pk_machine *m, const pk_val *top, fz_pickle_dict *out)
     for (size_t i = 0; i < n; i++) {
         const pk_val *k = &o->items[2 * i], *v = &o->items[2 * i + 1];
         if (k->kind != V_STR || v->kind != V_TENSOR) {
-            rc = fz_error_set(FZ_EFORMAT, "%s: pickle is not a flat state dict (entry %zu is not "
-                              "name -> tensor)", m->path, i);
+            rc = fz_error_set(FZ_EFORMAT,
+                              "%s: pickle is not a flat state dict (entry %zu is not "
+                              "name -> tensor)",
+                              m->path, i);
             goto done;
         }
         const char *ks = (const char *)m->d + k->u.s.off;
         if (memchr(ks, 0, k->u.s.len) || !fz_utf8_valid(ks, k->u.s.len)) {
             char esc[420];
-            rc = fz_error_set(FZ_EFORMAT, "%s: tensor name '%s' is not NUL-free UTF-8 text (torch "
+            rc = fz_error_set(FZ_EFORMAT,
+                              "%s: tensor name '%s' is not NUL-free UTF-8 text (torch "
                               "writes names as UTF-8): the file is corrupt; re-save the "
-                              "checkpoint", m->path,
-                              fz_escape(ks, k->u.s.len, esc, sizeof esc));
+                              "checkpoint",
+                              m->path, fz_escape(ks, k->u.s.len, esc, sizeof esc));
             goto done;
         }
         const pk_tensor *t = &m->ten[v->u.obj];

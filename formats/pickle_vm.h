@@ -22,11 +22,33 @@
 #define PK_MEM_FACTOR 8u
 #define PK_MEM_BASE (1u << 20)
 
-enum { V_UNSET, V_NONE, V_BOOL, V_INT, V_FLOAT, V_STR, V_BYTES, V_TUPLE, V_LIST, V_DICT,
-       V_GLOBAL, V_STORAGE, V_TENSOR };
+enum {
+    V_UNSET,
+    V_NONE,
+    V_BOOL,
+    V_INT,
+    V_FLOAT,
+    V_STR,
+    V_BYTES,
+    V_TUPLE,
+    V_LIST,
+    V_DICT,
+    V_GLOBAL,
+    V_STORAGE,
+    V_TENSOR
+};
 
-enum { G_ODICT, G_REBUILD_V2, G_REBUILD_V3, G_PARAM, G_PARAM_STATE, G_STORAGE, G_UNTYPED,
-       G_DTYPE, G_SIZE };
+enum {
+    G_ODICT,
+    G_REBUILD_V2,
+    G_REBUILD_V3,
+    G_PARAM,
+    G_PARAM_STATE,
+    G_STORAGE,
+    G_UNTYPED,
+    G_DTYPE,
+    G_SIZE
+};
 
 typedef struct {
     uint8_t kind;
@@ -99,8 +121,8 @@ int fz_pk_new_obj(pk_machine *m, uint8_t kind, const pk_val *items, size_t n, pk
 bool fz_pk_str_is(const pk_machine *m, const pk_val *v, const char *s);
 
 /* pickle_torch.c: GLOBAL resolution, BINPERSID, REDUCE, and the result. */
-int fz_pk_resolve_global(pk_machine *m, const uint8_t *mod, size_t ml, const uint8_t *nm,
-                         size_t nl, pk_val *out);
+int fz_pk_resolve_global(pk_machine *m, const uint8_t *mod, size_t ml, const uint8_t *nm, size_t nl,
+                         pk_val *out);
 int fz_pk_persid(pk_machine *m);
 int fz_pk_reduce(pk_machine *m);
 int fz_pk_collect(pk_machine *m, const pk_val *top, fz_pickle_dict *out);

@@ -32,7 +32,6 @@ typedef struct {
     size_t idx; /* position in the output list (header order) */
 } st_span;
 
-
 static uint64_t st_get_u64le(const uint8_t *b)
 {
     uint64_t v = 0;
@@ -80,9 +79,8 @@ static int st_parse_entry(const char *name, json_t *v, const char *path, fz_tens
         return fz_error_set(FZ_EFORMAT, "%s: tensor '%.200s' is not an object", path, name);
     /* Extra keys are ignored, as the reference reader (serde) ignores them. */
     if (!dt || !shape || !offs)
-        return fz_error_set(FZ_EFORMAT,
-                            "%s: tensor '%.200s' must have dtype, shape and data_offsets", path,
-                            name);
+        return fz_error_set(
+            FZ_EFORMAT, "%s: tensor '%.200s' must have dtype, shape and data_offsets", path, name);
     if (!json_is_string(dt))
         return fz_error_set(FZ_EFORMAT, "%s: tensor '%.200s' dtype is not a string", path, name);
     if (fz_dtype_from_st_name(json_string_value(dt), &t->dtype) != 0)
@@ -91,8 +89,8 @@ static int st_parse_entry(const char *name, json_t *v, const char *path, fz_tens
     if (!json_is_array(shape))
         return fz_error_set(FZ_EFORMAT, "%s: tensor '%.200s' shape is not an array", path, name);
     if (json_array_size(shape) > FZ_MAX_DIMS)
-        return fz_error_set(FZ_EFORMAT, "%s: tensor '%.200s' has %zu dimensions (at most %d)",
-                            path, name, json_array_size(shape), FZ_MAX_DIMS);
+        return fz_error_set(FZ_EFORMAT, "%s: tensor '%.200s' has %zu dimensions (at most %d)", path,
+                            name, json_array_size(shape), FZ_MAX_DIMS);
     t->ndim = (int)json_array_size(shape);
     for (int i = 0; i < t->ndim; i++)
         if (st_json_u64(json_array_get(shape, (size_t)i), &t->shape[i]) != 0)
@@ -107,8 +105,9 @@ static int st_parse_entry(const char *name, json_t *v, const char *path, fz_tens
                             "integers",
                             path, name);
     if (span->end < span->begin)
-        return fz_error_set(FZ_EFORMAT, "%s: tensor '%.200s' data_offsets [%" PRIu64 ", %" PRIu64
-                                        "] end before begin",
+        return fz_error_set(FZ_EFORMAT,
+                            "%s: tensor '%.200s' data_offsets [%" PRIu64 ", %" PRIu64
+                            "] end before begin",
                             path, name, span->begin, span->end);
 
     int rc = fz_tensor_check_shape(path, name, t->dtype, t->ndim, t->shape);
@@ -177,8 +176,8 @@ int fz_st_read(int fd, const char *path, uint64_t file_size, fz_tensor_list *out
         return rc;
     n = st_get_u64le(lenbuf);
     if (n > FZ_ST_MAX_HEADER)
-        return fz_error_set(FZ_EFORMAT, "%s: header length %" PRIu64 " exceeds %u bytes", path,
-                            n, FZ_ST_MAX_HEADER);
+        return fz_error_set(FZ_EFORMAT, "%s: header length %" PRIu64 " exceeds %u bytes", path, n,
+                            FZ_ST_MAX_HEADER);
     data_start = 8 + n; /* cannot overflow: n <= 1e8 */
     if (data_start > file_size)
         return fz_error_set(FZ_EFORMAT,
@@ -249,11 +248,10 @@ int fz_st_read(int fd, const char *path, uint64_t file_size, fz_tensor_list *out
         pos = s->end;
     }
     if (!fz_add_u64(pos, data_start, &pos) || pos != file_size) {
-        rc = fz_error_set(FZ_EFORMAT,
-                          "%s: tensor data ends at byte %" PRIu64 " but the file has %" PRIu64
-                          " bytes%s",
-                          path, pos, file_size,
-                          pos < file_size ? " (trailing bytes)" : " (truncated)");
+        rc = fz_error_set(
+            FZ_EFORMAT,
+            "%s: tensor data ends at byte %" PRIu64 " but the file has %" PRIu64 " bytes%s", path,
+            pos, file_size, pos < file_size ? " (trailing bytes)" : " (truncated)");
         goto done;
     }
 
@@ -287,9 +285,9 @@ done:
  * and ends with BOOL. With the header padded to a multiple of 8 this puts
  * every tensor at an offset aligned to its element size. */
 static const int st_rank[FZ_DT_COUNT] = {
-    [FZ_DT_BOOL] = 0, [FZ_DT_U8] = 1,  [FZ_DT_I8] = 2,   [FZ_DT_F8_E5M2] = 3,
-    [FZ_DT_F8_E4M3] = 4, [FZ_DT_I16] = 5, [FZ_DT_F16] = 6, [FZ_DT_BF16] = 7,
-    [FZ_DT_I32] = 8, [FZ_DT_F32] = 9, [FZ_DT_F64] = 10, [FZ_DT_I64] = 11,
+    [FZ_DT_BOOL] = 0,    [FZ_DT_U8] = 1,  [FZ_DT_I8] = 2,   [FZ_DT_F8_E5M2] = 3,
+    [FZ_DT_F8_E4M3] = 4, [FZ_DT_I16] = 5, [FZ_DT_F16] = 6,  [FZ_DT_BF16] = 7,
+    [FZ_DT_I32] = 8,     [FZ_DT_F32] = 9, [FZ_DT_F64] = 10, [FZ_DT_I64] = 11,
 };
 
 typedef struct {
@@ -386,9 +384,8 @@ int fz_st_layout(const fz_st_entry *e, size_t n, fz_buf *hdr, size_t *order, uin
             goto done;
         }
         if (json_object_set_new(root, t->name, ent) != 0) { /* steals ent */
-            rc = fz_error_set(FZ_EINVAL,
-                              "safetensors layout: tensor name '%.200s' is not valid UTF-8",
-                              t->name);
+            rc = fz_error_set(
+                FZ_EINVAL, "safetensors layout: tensor name '%.200s' is not valid UTF-8", t->name);
             goto done;
         }
         order[j] = keys[j].idx;

@@ -147,9 +147,11 @@ int fz_tensor_check_shape(const char *path, const char *name, fz_dtype dtype, in
             for (int d = 0; d < ndim; d++)
                 o += (size_t)snprintf(dims + o, sizeof dims - o, "%s%llu", d ? ", " : "",
                                       (unsigned long long)shape[d]);
-            return fz_error_set(FZ_ERANGE, "%s: tensor '%s' shape (%s) overflows int64 (its "
+            return fz_error_set(FZ_ERANGE,
+                                "%s: tensor '%s' shape (%s) overflows int64 (its "
                                 "strides cannot be computed, even when it holds no element): the "
-                                "file is corrupt", path, name, dims);
+                                "file is corrupt",
+                                path, name, dims);
         }
     return 0;
 }
@@ -163,8 +165,9 @@ int fz_tensor_check_bounds(const fz_tensor *t, const char *path)
     if (!fz_tensor_numel(t, &numel))
         return fz_error_set(FZ_ERANGE, "%s: tensor '%s' element count overflows", path, t->name);
     if (es == 0 || t->storage_nbytes % es)
-        return fz_error_set(FZ_EFORMAT, "%s: tensor '%s' storage size %llu is not a multiple of %zu",
-                            path, t->name, (unsigned long long)t->storage_nbytes, (size_t)es);
+        return fz_error_set(FZ_EFORMAT,
+                            "%s: tensor '%s' storage size %llu is not a multiple of %zu", path,
+                            t->name, (unsigned long long)t->storage_nbytes, (size_t)es);
     nel_storage = t->storage_nbytes / es;
     if (numel == 0)
         return t->storage_offset <= nel_storage

@@ -43,9 +43,9 @@ int fz_dtype_from_torch_name(const char *s, fz_dtype *out);
 
 /* One tensor as found in a source weight file. */
 typedef struct {
-    char *name;              /* owned, NUL-terminated */
+    char *name; /* owned, NUL-terminated */
     fz_dtype dtype;
-    int ndim;                /* 0..FZ_MAX_DIMS */
+    int ndim; /* 0..FZ_MAX_DIMS */
     uint64_t shape[FZ_MAX_DIMS];
     int64_t stride[FZ_MAX_DIMS]; /* in elements (contiguous for safetensors) */
     uint64_t storage_offset;     /* in elements, from the start of the storage */

@@ -16,7 +16,6 @@
  * one allocation made from a size found in the file. */
 #define MAX_PKL_BYTES (256u << 20)
 
-
 static int cmp_entry(const void *a, const void *b)
 {
     return strcmp((*(const fz_zip_entry *const *)a)->name, (*(const fz_zip_entry *const *)b)->name);
@@ -47,13 +46,16 @@ static int check_byteorder(int fd, const char *path, const fz_zip_entry **idx, s
     if (e->size == 6 && !memcmp(bo, "little", 6))
         return 0;
     if (e->size == 3 && !memcmp(bo, "big", 3))
-        return fz_error_set(FZ_EFORMAT, "%s: tensors are stored big-endian (record '%s' says "
+        return fz_error_set(FZ_EFORMAT,
+                            "%s: tensors are stored big-endian (record '%s' says "
                             "\"big\"); fzfs reads little-endian checkpoints only: load it with "
-                            "torch and save it again on a little-endian machine", path, rname);
-    return fz_error_set(FZ_EFORMAT, "%s: record '%s' holds '%s', not \"little\" or \"big\": "
-                        "the file is corrupt", path, rname,
-                        e->size < sizeof bo ? fz_escape(bo, e->size, esc, sizeof esc)
-                                            : "(too long)");
+                            "torch and save it again on a little-endian machine",
+                            path, rname);
+    return fz_error_set(
+        FZ_EFORMAT,
+        "%s: record '%s' holds '%s', not \"little\" or \"big\": "
+        "the file is corrupt",
+        path, rname, e->size < sizeof bo ? fz_escape(bo, e->size, esc, sizeof esc) : "(too long)");
 }
 
 int fz_torchbin_read(int fd, const char *path, fz_tensor_list *out)
@@ -73,8 +75,10 @@ int fz_torchbin_read(int fd, const char *path, fz_tensor_list *out)
     uint8_t magic[4];
     if (st.st_size < 4 || (rc = fz_pread_exact(fd, magic, 4, 0, path)) ||
         memcmp(magic, "PK\3\4", 4))
-        return fz_error_set(FZ_EFORMAT, "%s: not a torch zip archive (legacy torch.save format "
-                            "is not supported)", path);
+        return fz_error_set(FZ_EFORMAT,
+                            "%s: not a torch zip archive (legacy torch.save format "
+                            "is not supported)",
+                            path);
     if ((rc = fz_zip_read_dir(fd, path, (uint64_t)st.st_size, &dir)))
         return rc;
     if (dir.n == 0) {
@@ -157,9 +161,10 @@ int fz_torchbin_read(int fd, const char *path, fz_tensor_list *out)
             goto done;
         }
         if (e->size != p->storage_nbytes) {
-            rc = fz_error_set(FZ_EFORMAT, "%s: tensor '%s': storage record '%s' holds %llu bytes "
-                              "but the pickle says %llu", path, p->name, rname,
-                              (unsigned long long)e->size,
+            rc = fz_error_set(FZ_EFORMAT,
+                              "%s: tensor '%s': storage record '%s' holds %llu bytes "
+                              "but the pickle says %llu",
+                              path, p->name, rname, (unsigned long long)e->size,
                               (unsigned long long)p->storage_nbytes);
             goto done;
         }
@@ -209,7 +214,7 @@ int fz_torchbin_pickle(const fz_torchbin_entry *e, size_t n, const uint64_t *rec
                        size_t nrecords, fz_buf *out)
 {
     fz_pickle_tensor *pt = calloc(n ? n : 1, sizeof *pt);
-    char (*keys)[24] = calloc(n ? n : 1, sizeof *keys);
+    char(*keys)[24] = calloc(n ? n : 1, sizeof *keys);
     int *rec_dt = malloc((nrecords ? nrecords : 1) * sizeof *rec_dt);
     int rc = 0;
     if (!pt || !keys || !rec_dt) {
@@ -234,8 +239,8 @@ int fz_torchbin_pickle(const fz_torchbin_entry *e, size_t n, const uint64_t *rec
         rec_dt[x->record] = (int)x->dtype;
         if (!fz_prod_u64(x->shape, x->ndim, &numel) || !fz_mul_u64(numel, es, &nbytes) ||
             nbytes > record_nbytes[x->record] || record_nbytes[x->record] % es) {
-            rc = fz_error_set(FZ_EINVAL, "tensor '%s' does not fit its storage record %u",
-                              x->name, x->record);
+            rc = fz_error_set(FZ_EINVAL, "tensor '%s' does not fit its storage record %u", x->name,
+                              x->record);
             goto done;
         }
         fz_pickle_tensor *p = &pt[i];

@@ -62,7 +62,6 @@ static uint8_t *wr64(uint8_t *p, uint64_t v)
     return p + 8;
 }
 
-
 /* ---------------------------------------------------------------- reader */
 
 typedef struct {
@@ -230,8 +229,8 @@ int fz_zip_read_dir(int fd, const char *path, uint64_t file_size, fz_zip_dir *ou
             goto done;
         }
         if (method != 0 || csize != usize) {
-            rc = fz_error_set(FZ_EFORMAT, "%s: zip record '%s' is compressed (method %u)", path,
-                              nm, method);
+            rc = fz_error_set(FZ_EFORMAT, "%s: zip record '%s' is compressed (method %u)", path, nm,
+                              method);
             goto done;
         }
         /* The data offset comes from the local header, never the central copy. */
@@ -249,8 +248,8 @@ int fz_zip_read_dir(int fd, const char *path, uint64_t file_size, fz_zip_dir *ou
             goto done;
         }
         if (rd16(lh + 8) != 0) {
-            rc = fz_error_set(FZ_EFORMAT, "%s: zip record '%s' is compressed (method %u)", path,
-                              nm, rd16(lh + 8));
+            rc = fz_error_set(FZ_EFORMAT, "%s: zip record '%s' is compressed (method %u)", path, nm,
+                              rd16(lh + 8));
             goto done;
         }
         if (!fz_add_u64(lend, (uint64_t)rd16(lh + 26) + rd16(lh + 28), &data_off) ||
@@ -343,8 +342,7 @@ static bool need_eocd64(const fz_zipw_layout *L, uint64_t cd_entries_len)
     return false;
 }
 
-int fz_zipw_layout_new(fz_zipw_layout *L, const char *const *names, const uint64_t *sizes,
-                       size_t n)
+int fz_zipw_layout_new(fz_zipw_layout *L, const char *const *names, const uint64_t *sizes, size_t n)
 {
     uint64_t off = 0, cd_entries = 0;
     memset(L, 0, sizeof *L);

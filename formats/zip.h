@@ -34,19 +34,19 @@ void fz_zip_dir_free(fz_zip_dir *d);
 const fz_zip_entry *fz_zip_find(const fz_zip_dir *d, const char *name);
 
 typedef struct {
-    char *name;            /* owned */
-    uint64_t size;         /* data bytes */
-    uint64_t header_off;   /* offset of the local header */
-    uint32_t header_len;   /* local header length incl. name and extra (alignment, zip64) */
-    uint64_t data_off;     /* header_off + header_len; 64-byte aligned */
+    char *name;          /* owned */
+    uint64_t size;       /* data bytes */
+    uint64_t header_off; /* offset of the local header */
+    uint32_t header_len; /* local header length incl. name and extra (alignment, zip64) */
+    uint64_t data_off;   /* header_off + header_len; 64-byte aligned */
 } fz_zipw_rec;
 
 typedef struct {
     fz_zipw_rec *rec;
     size_t n;
-    uint64_t cd_off;       /* central directory (+ zip64 EOCD + locator + EOCD) */
+    uint64_t cd_off; /* central directory (+ zip64 EOCD + locator + EOCD) */
     uint64_t cd_len;
-    uint64_t total_size;   /* file size */
+    uint64_t total_size; /* file size */
 } fz_zipw_layout;
 
 /* Compute the layout of records `names[i]` with `sizes[i]` bytes, in order,

@@ -32,7 +32,6 @@
 #define FZ_READY_TIMEOUT_MS 30000
 #define FZ_READAHEAD_KB 4096
 
-
 /* /dev/fuse must exist and be readable and writable (containers often lack
  * it); the message says how to get it. */
 static int check_dev_fuse(void)
@@ -40,7 +39,8 @@ static int check_dev_fuse(void)
     if (access("/dev/fuse", R_OK | W_OK) == 0)
         return 0;
     int e = errno;
-    return fz_error_set(FZ_EIO, "/dev/fuse: %s: fzfs mount needs the FUSE device. In a "
+    return fz_error_set(FZ_EIO,
+                        "/dev/fuse: %s: fzfs mount needs the FUSE device. In a "
                         "container, start it with `--device /dev/fuse --cap-add SYS_ADMIN` "
                         "(docker/podman run); elsewhere load the module (`modprobe fuse`)%s; "
                         "or use `fzfs materialize`, which needs no FUSE",
@@ -62,8 +62,10 @@ int fz_mount_check_dir(const char *mnt)
     if (rc == 0 && fz_mounts_read(&ms, &nm) == 0) {
         const fz_mountent *e = fz_mounts_at(ms, nm, path);
         if (e && fz_mount_is_fzfs(e))
-            rc = fz_error_set(FZ_EEXIST, "Mount point %s: already an fzfs mount (of %s); "
-                              "unmount it first with `fzfs umount %s`", mnt, e->source, mnt);
+            rc = fz_error_set(FZ_EEXIST,
+                              "Mount point %s: already an fzfs mount (of %s); "
+                              "unmount it first with `fzfs umount %s`",
+                              mnt, e->source, mnt);
         fz_mounts_free(ms, nm);
         if (rc)
             return rc;
@@ -82,8 +84,8 @@ int fz_mount_check_dir(const char *mnt)
         n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
     closedir(d);
     if (n)
-        fz_info("Mount point %s is not empty: its %lu entr%s hidden while the view is mounted",
-                mnt, n, n == 1 ? "y is" : "ies are");
+        fz_info("Mount point %s is not empty: its %lu entr%s hidden while the view is mounted", mnt,
+                n, n == 1 ? "y is" : "ies are");
     return 0;
 }
 
@@ -130,7 +132,7 @@ typedef struct {
     const char *mnt;
     int ready_fd; /* -1 in the foreground */
     const char *src;
-    dev_t dev;    /* the mount's device once it answered (names the pid file) */
+    dev_t dev; /* the mount's device once it answered (names the pid file) */
     bool pidfile;
     fz_fs *fs;
     const fz_status_info *info; /* for the status file */
@@ -218,7 +220,8 @@ static int check_fuse_opts(const char *opts)
     for (const char *p = opts; p && *p;) {
         size_t n = strcspn(p, ",");
         if (n == 2 && strncmp(p, "rw", 2) == 0)
-            return fz_error_set(FZ_EUSAGE, "-o rw: an fzfs mount is read-only (its files are "
+            return fz_error_set(FZ_EUSAGE,
+                                "-o rw: an fzfs mount is read-only (its files are "
                                 "generated from SRC); drop -o rw, or use fzfs materialize for "
                                 "a writable copy");
         p += n + (p[n] == ',');
@@ -336,8 +339,8 @@ done:
     fz_view_close_cache(fs->v); /* flushed before the pid file goes: umount waits for it */
     if (ready.pidfile) {
         char pidpath[PATH_MAX];
-        if (fz_pidfile_path(pidpath, sizeof pidpath, major(ready.dev), minor(ready.dev),
-                            false) == 0)
+        if (fz_pidfile_path(pidpath, sizeof pidpath, major(ready.dev), minor(ready.dev), false) ==
+            0)
             unlink(pidpath);
     }
     if (rc == 0)
@@ -480,8 +483,7 @@ static const char *default_log_file(const char *mnt, char *out)
 
 int fz_mount_serve(fz_view *v, const char *mnt_in, const fz_mount_opts *o_in)
 {
-    char mnt[PATH_MAX], logpath[PATH_MAX], cachepath[PATH_MAX], srcpath[PATH_MAX],
-        cwd[PATH_MAX];
+    char mnt[PATH_MAX], logpath[PATH_MAX], cachepath[PATH_MAX], srcpath[PATH_MAX], cwd[PATH_MAX];
     struct stat st;
     struct fuse_session *se = NULL;
     int rc;
@@ -492,7 +494,7 @@ int fz_mount_serve(fz_view *v, const char *mnt_in, const fz_mount_opts *o_in)
         return rc;
     fz_mount_opts opts = *o_in, *o = &opts;
     const char *log_file = o->log_file || o->foreground ? absolute(o->log_file, logpath)
-                                                         : default_log_file(mnt, logpath);
+                                                        : default_log_file(mnt, logpath);
     if (!o->log_file && log_file)
         fz_info("the mount daemon logs to %s", log_file);
     o->cache_dir = absolute(o->cache_dir, cachepath);
@@ -585,4 +587,3 @@ done:
     free(fuse_all);
     return rc;
 }
-

@@ -18,18 +18,18 @@
 #include "view/view.h"
 
 typedef struct {
-    const char *src;         /* SRC, for log lines and the nodes' mtime */
-    bool foreground;         /* stay attached (no fork), log to stderr */
-    const char *fuse_opts;   /* extra "-o" options for libfuse, or NULL */
-    int compute_threads;     /* threads computing tensor chunks; 0 = one per core (>= 2) */
-    const char *log_file;    /* daemon's log (stderr) destination; NULL = one file per
-                              * mount under $XDG_STATE_HOME/fzfs (mnt-<escaped MNT>.log) */
-    const char *view_args;   /* the view options as given (for fzfs status), or NULL */
+    const char *src;       /* SRC, for log lines and the nodes' mtime */
+    bool foreground;       /* stay attached (no fork), log to stderr */
+    const char *fuse_opts; /* extra "-o" options for libfuse, or NULL */
+    int compute_threads;   /* threads computing tensor chunks; 0 = one per core (>= 2) */
+    const char *log_file;  /* daemon's log (stderr) destination; NULL = one file per
+                            * mount under $XDG_STATE_HOME/fzfs (mnt-<escaped MNT>.log) */
+    const char *view_args; /* the view options as given (for fzfs status), or NULL */
     /* Cache (borrowed strings). The cache is opened in the serving process
      * (after the fork: an LMDB environment must not cross fork()). */
     bool use_cache;
-    const char *cache_dir;   /* NULL = fz_cache_default_dir() */
-    uint64_t cache_size;     /* LMDB map size, 0 = default */
+    const char *cache_dir; /* NULL = fz_cache_default_dir() */
+    uint64_t cache_size;   /* LMDB map size, 0 = default */
 } fz_mount_opts;
 
 /* Check that /dev/fuse is usable (else the message explains the container

@@ -316,8 +316,8 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 
 /* Log a failed read and answer it. A read of a file whose source changed
  * is not logged again: the view logged the change once, naming the source. */
-static void reply_read_error(fz_fs *fs, fuse_req_t req, uint32_t node, uint64_t off,
-                             uint64_t len, int rc)
+static void reply_read_error(fz_fs *fs, fuse_req_t req, uint32_t node, uint64_t off, uint64_t len,
+                             int rc)
 {
     const char *path = fz_view_node(fs->v, node)->path, *msg = fz_error_msg();
     bool named = strncmp(msg, path, strlen(path)) == 0; /* fz_view_read names the file */

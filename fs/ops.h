@@ -46,11 +46,11 @@ typedef struct {
     /* Counters for `fzfs status` (relaxed atomics, one add per read). */
     _Atomic uint64_t bytes_served, reads;
     fz_fs_progress *progress; /* per node, or NULL (no progress lines) */
-    struct timespec mtime; /* every node's mtime/ctime: SRC's, stable across remounts */
+    struct timespec mtime;    /* every node's mtime/ctime: SRC's, stable across remounts */
     uid_t uid;
     gid_t gid;
     fz_fs_pool pool;
-    const char *mnt; /* for log lines */
+    const char *mnt;         /* for log lines */
     struct fuse_session *se; /* for cache invalidation notices; set before serving */
 } fz_fs;
 

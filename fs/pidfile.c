@@ -12,7 +12,6 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
-
 /* Pid files are keyed by the mount's device number, which `fzfs umount`
  * reads from /proc/self/mountinfo without touching the (maybe dead) mount. */
 int fz_pidfile_path(char *out, size_t n, unsigned maj, unsigned min, bool mkdirs)
@@ -61,8 +60,9 @@ unsigned long long fz_proc_start(pid_t pid)
         return 0;
     char state = 0;
     unsigned long long start = 0;
-    if (sscanf(r + 1, " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d "
-                      "%*d %llu",
+    if (sscanf(r + 1,
+               " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d "
+               "%*d %llu",
                &state, &start) != 2 ||
         state == 'Z')
         return 0;

@@ -64,19 +64,19 @@ static char *render(fz_status *s)
     if (fz_view_cache_dir(v)) {
         uint64_t hits, misses, fills;
         fz_view_cache_counters(v, &hits, &misses, &fills);
-        cache = json_pack("{s:I,s:I,s:I}", "hits", (json_int_t)hits, "misses",
-                          (json_int_t)misses, "fills", (json_int_t)fills);
+        cache = json_pack("{s:I,s:I,s:I}", "hits", (json_int_t)hits, "misses", (json_int_t)misses,
+                          "fills", (json_int_t)fills);
         json_t *c = json_object_get(o, "cache");
         if (cache && json_is_object(c))
             json_object_update(c, cache);
         json_decref(cache);
     }
-    json_object_set_new(o, "bytes_served",
-                        json_integer((json_int_t)atomic_load_explicit(&s->fs->bytes_served,
-                                                                      memory_order_relaxed)));
-    json_object_set_new(o, "reads",
-                        json_integer((json_int_t)atomic_load_explicit(&s->fs->reads,
-                                                                      memory_order_relaxed)));
+    json_object_set_new(
+        o, "bytes_served",
+        json_integer((json_int_t)atomic_load_explicit(&s->fs->bytes_served, memory_order_relaxed)));
+    json_object_set_new(
+        o, "reads",
+        json_integer((json_int_t)atomic_load_explicit(&s->fs->reads, memory_order_relaxed)));
     out = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS);
 done:
     json_decref(stale);
@@ -159,15 +159,14 @@ fz_status *fz_status_start(fz_fs *fs, dev_t dev, const fz_status_info *in)
     struct tm tm;
     gmtime_r(&now, &tm);
     strftime(started, sizeof started, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    s->fixed = json_pack("{s:I,s:o,s:o,s:{s:o,s:o},s:o,s:o,s:s}", "pid", (json_int_t)getpid(),
-                         "source", str_or_null(in->src), "mountpoint", str_or_null(in->mnt),
-                         "options", "view", json_string(in->view_args ? in->view_args : ""),
-                         "fuse", str_or_null(in->fuse_opts), "log_file",
-                         str_or_null(in->log_file), "cache",
-                         fz_view_cache_dir(fs->v)
-                             ? json_pack("{s:s}", "dir", fz_view_cache_dir(fs->v))
-                             : json_null(),
-                         "started", started);
+    s->fixed =
+        json_pack("{s:I,s:o,s:o,s:{s:o,s:o},s:o,s:o,s:s}", "pid", (json_int_t)getpid(), "source",
+                  str_or_null(in->src), "mountpoint", str_or_null(in->mnt), "options", "view",
+                  json_string(in->view_args ? in->view_args : ""), "fuse",
+                  str_or_null(in->fuse_opts), "log_file", str_or_null(in->log_file), "cache",
+                  fz_view_cache_dir(fs->v) ? json_pack("{s:s}", "dir", fz_view_cache_dir(fs->v))
+                                           : json_null(),
+                  "started", started);
     if (!s->fixed)
         goto fail;
     refresh(s);
@@ -248,15 +247,17 @@ static json_t *mount_entry(const fz_mountent *e)
         json_decref(st);
         return NULL;
     }
-    static const char *const keys[] = {"options", "log_file", "cache", "stale_sources",
-                                       "bytes_served", "reads", "started"};
+    static const char *const keys[] = {"options",      "log_file", "cache",  "stale_sources",
+                                       "bytes_served", "reads",    "started"};
     json_object_set_new(o, "mountpoint", json_string(e->mnt));
     json_object_set_new(o, "source", json_string(e->source));
     json_object_set_new(o, "device", json_sprintf("%u:%u", e->maj, e->min));
     json_object_set_new(o, "mount_options", json_string(e->options));
     json_object_set_new(o, "daemon_pid", pid > 0 ? json_integer(pid) : json_null());
-    json_object_set_new(o, "daemon_alive", pid > 0 ? json_true() : dead ? json_false()
-                                                                      : json_null());
+    json_object_set_new(o, "daemon_alive",
+                        pid > 0 ? json_true()
+                        : dead  ? json_false()
+                                : json_null());
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
         json_t *v = st ? json_object_get(st, keys[i]) : NULL;
         json_object_set(o, keys[i], v ? v : json_null());
@@ -269,10 +270,12 @@ static json_t *mount_entry(const fz_mountent *e)
         json_object_set_new(o, "problem",
                             json_sprintf("the daemon is not running (files on the mount fail "
                                          "with 'Transport endpoint is not connected'); run "
-                                         "`fzfs umount %s`", e->mnt));
+                                         "`fzfs umount %s`",
+                                         e->mnt));
     else if (!st)
-        json_object_set_new(o, "problem", json_string("the daemon keeps no status file (an "
-                                                      "older fzfs?)"));
+        json_object_set_new(o, "problem",
+                            json_string("the daemon keeps no status file (an "
+                                        "older fzfs?)"));
     else
         json_object_set_new(o, "problem", json_null());
     json_decref(st);
@@ -297,7 +300,8 @@ static void print_text(FILE *f, json_t *all)
     json_t *m;
     if (json_array_size(all) == 0)
         fprintf(f, "No fzfs mounts.\n");
-    json_array_foreach(all, i, m) {
+    json_array_foreach(all, i, m)
+    {
         json_t *opts = json_object_get(m, "options"), *cache = json_object_get(m, "cache");
         json_t *stale = json_object_get(m, "stale_sources");
         fprintf(f, "%s%s\n", i ? "\n" : "", jstr(m, "mountpoint", "?"));
@@ -331,8 +335,10 @@ static void print_text(FILE *f, json_t *all)
             json_t *p;
             fprintf(f, "  stale sources: %s\n", json_array_size(stale) ? "" : "none");
             json_array_foreach(stale, k, p)
-                fprintf(f, "    %s (changed after mounting: files made from it fail with EIO; "
-                           "remount)\n", json_string_value(p) ? json_string_value(p) : "?");
+                fprintf(f,
+                        "    %s (changed after mounting: files made from it fail with EIO; "
+                        "remount)\n",
+                        json_string_value(p) ? json_string_value(p) : "?");
         }
         if (json_string_value(json_object_get(m, "problem")))
             fprintf(f, "  problem:       %s\n", jstr(m, "problem", ""));

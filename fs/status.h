@@ -13,11 +13,11 @@
 #include "fs/ops.h"
 
 typedef struct {
-    const char *src, *mnt;   /* absolute */
-    const char *view_args;   /* view options as given, or NULL */
-    const char *fuse_opts;   /* the FUSE options of the session */
-    const char *log_file;    /* absolute, or NULL (no log) */
-    const char *cwd;         /* to make relative source paths absolute */
+    const char *src, *mnt; /* absolute */
+    const char *view_args; /* view options as given, or NULL */
+    const char *fuse_opts; /* the FUSE options of the session */
+    const char *log_file;  /* absolute, or NULL (no log) */
+    const char *cwd;       /* to make relative source paths absolute */
 } fz_status_info;
 
 typedef struct fz_status fz_status;

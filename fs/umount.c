@@ -64,19 +64,23 @@ static int run_fusermount(const char *mnt, const char *path, bool lazy)
     if (posix_spawnp(&pid, "fusermount3", NULL, NULL, argv, environ) != 0)
         return fz_error_set(FZ_EIO, "%s: cannot run fusermount3", path);
     if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        return fz_error_set(FZ_EIO, "%s: fusermount3 -u failed (its message is above); if the "
+        return fz_error_set(FZ_EIO,
+                            "%s: fusermount3 -u failed (its message is above); if the "
                             "target is busy, list the holders with `fuser -vm %s` or detach it "
-                            "now with `fzfs umount --lazy %s`", path, mnt, mnt);
+                            "now with `fzfs umount --lazy %s`",
+                            path, mnt, mnt);
     return 0;
 }
 
 /* The busy-unmount message: who holds it and what to do. */
 static int busy(const char *mnt)
 {
-    return fz_error_set(FZ_EIO, "%s: target is busy: a process has a file or its working "
+    return fz_error_set(FZ_EIO,
+                        "%s: target is busy: a process has a file or its working "
                         "directory on the mount (list them with `fuser -vm %s`); close them, "
                         "or detach the mount now with `fzfs umount --lazy %s` (it goes away "
-                        "when the last one is closed)", mnt, mnt, mnt);
+                        "when the last one is closed)",
+                        mnt, mnt, mnt);
 }
 
 int fz_umount(const char *mnt, bool lazy)
@@ -93,8 +97,8 @@ int fz_umount(const char *mnt, bool lazy)
         return fz_error_set(FZ_ENOTFOUND, "%s: not mounted", mnt);
     }
     if (!fz_mount_is_fzfs(e)) {
-        rc = fz_error_set(FZ_EINVAL, "%s: not an fzfs mount (filesystem type %s, source %s)",
-                          mnt, e->fstype, e->source);
+        rc = fz_error_set(FZ_EINVAL, "%s: not an fzfs mount (filesystem type %s, source %s)", mnt,
+                          e->fstype, e->source);
         fz_mounts_free(ms, nm);
         return rc;
     }
@@ -127,7 +131,8 @@ int fz_umount(const char *mnt, bool lazy)
         /* Detached: the daemon serves the files still open and exits when
          * the last one is closed. */
         fz_info("%s: detached; its daemon (pid %ld) exits when the last open file on it is "
-                "closed", mnt, (long)pid);
+                "closed",
+                mnt, (long)pid);
         return 0;
     }
     for (int i = 0; alive && i < 300; i++) {

@@ -26,7 +26,7 @@ typedef struct {
     fz_view *v;
     const fz_extent *ext; /* the extents this pool writes */
     size_t njobs;
-    const int *fds;       /* per node */
+    const int *fds; /* per node */
     atomic_size_t next;
     atomic_uint_fast64_t done_bytes;
     atomic_int failed;
@@ -229,16 +229,20 @@ int fz_materialize_check_dest(const char *dest)
     int rc;
     if (!dest || !*dest)
         return fz_error_set(FZ_EUSAGE, "materialize: DEST is empty; give the path of the "
-                            "directory to create");
+                                       "directory to create");
     if (lstat(dest, &st) == 0 && !empty_dir(dest))
-        return fz_error_set(FZ_EEXIST, "Destination already exists: %s (fzfs never writes into "
+        return fz_error_set(FZ_EEXIST,
+                            "Destination already exists: %s (fzfs never writes into "
                             "an existing path that has content: remove it or choose another "
-                            "DEST)", dest);
+                            "DEST)",
+                            dest);
     if ((rc = split_dest(dest, dcopy, bcopy, &parent, &base)))
         return rc;
     if (stat(parent, &st) != 0)
-        return fz_error_set(FZ_ENOTFOUND, "%s: parent directory %s does not exist: %s (create "
-                            "it first)", dest, parent, strerror(errno));
+        return fz_error_set(FZ_ENOTFOUND,
+                            "%s: parent directory %s does not exist: %s (create "
+                            "it first)",
+                            dest, parent, strerror(errno));
     if (!S_ISDIR(st.st_mode))
         return fz_error_set(FZ_ENOTFOUND, "%s: %s is not a directory", dest, parent);
     if (faccessat(AT_FDCWD, parent, W_OK | X_OK, AT_EACCESS) != 0)
@@ -288,7 +292,8 @@ static void remove_stale_temps(const char *parent, const char *base)
                     pid);
         else
             fz_warn("%s, left by an fzfs materialize (pid %ld) that no longer runs, could not "
-                    "be removed: %s", path, pid, strerror(errno));
+                    "be removed: %s",
+                    path, pid, strerror(errno));
     }
     closedir(d);
 }

@@ -48,8 +48,10 @@ static yscalar scalar_kind(const yaml_node_t *n)
     if (n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
         return Y_STR;
     static const char *const nulls[] = {"", "~", "null", "Null", "NULL"};
-    static const char *const trues[] = {"true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON"};
-    static const char *const falses[] = {"false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF"};
+    static const char *const trues[] = {"true", "True", "TRUE", "yes", "Yes",
+                                        "YES",  "on",   "On",   "ON"};
+    static const char *const falses[] = {"false", "False", "FALSE", "no", "No",
+                                         "NO",    "off",   "Off",   "OFF"};
     for (size_t i = 0; i < sizeof nulls / sizeof *nulls; i++)
         if (!strcmp(s, nulls[i]))
             return Y_NULL;
@@ -105,14 +107,18 @@ static int parse_init(yctx *c, const char *key, const char *s, fz_role_spec *r)
         errno = 0;
         unsigned long long v = strtoull(s + 5, &end, 10);
         if (*end)
-            return fz_error_set(FZ_EINVAL, "%s: %s.init: bad init '%s' (mean, zero or copy:<id>)", c->path, key, s);
+            return fz_error_set(FZ_EINVAL, "%s: %s.init: bad init '%s' (mean, zero or copy:<id>)",
+                                c->path, key, s);
         if (errno == ERANGE || v > INT64_MAX)
-            return fz_error_set(FZ_EINVAL, "%s: %s.init: '%s': the token id is too large (copy:<id> "
-                                "takes an id of the existing vocabulary)", c->path, key, s);
+            return fz_error_set(FZ_EINVAL,
+                                "%s: %s.init: '%s': the token id is too large (copy:<id> "
+                                "takes an id of the existing vocabulary)",
+                                c->path, key, s);
         r->init = FZ_INIT_COPY;
         r->copy_from = v;
     } else {
-        return fz_error_set(FZ_EINVAL, "%s: %s.init: bad init '%s' (mean, zero or copy:<id>)", c->path, key, s);
+        return fz_error_set(FZ_EINVAL, "%s: %s.init: bad init '%s' (mean, zero or copy:<id>)",
+                            c->path, key, s);
     }
     return 0;
 }
@@ -126,7 +132,9 @@ static int parse_role(yctx *c, const char *key, yaml_node_t *v, int role, fz_rol
     if (v->type == YAML_SCALAR_NODE)
         return get_string(c, v, key, &r->token);
     if (v->type != YAML_MAPPING_NODE)
-        return fz_error_set(FZ_EINVAL, "%s: %s: must be a string or a mapping {token, init, if_missing}", c->path, key);
+        return fz_error_set(FZ_EINVAL,
+                            "%s: %s: must be a string or a mapping {token, init, if_missing}",
+                            c->path, key);
     for (yaml_node_pair_t *p = v->data.mapping.pairs.start; p < v->data.mapping.pairs.top; p++) {
         yaml_node_t *k = node(c, p->key), *val = node(c, p->value);
         if (!k || k->type != YAML_SCALAR_NODE)
@@ -140,7 +148,8 @@ static int parse_role(yctx *c, const char *key, yaml_node_t *v, int role, fz_rol
                 return rc;
         } else if (!strcmp(ks, "init")) {
             if (!val || val->type != YAML_SCALAR_NODE || scalar_kind(val) != Y_STR)
-                return fz_error_set(FZ_EINVAL, "%s: %s: must be a string (mean, zero or copy:<id>)", c->path, sub);
+                return fz_error_set(FZ_EINVAL, "%s: %s: must be a string (mean, zero or copy:<id>)",
+                                    c->path, sub);
             if ((rc = parse_init(c, key, (const char *)val->data.scalar.value, r)))
                 return rc;
         } else if (!strcmp(ks, "if_missing")) {
@@ -149,7 +158,8 @@ static int parse_role(yctx *c, const char *key, yaml_node_t *v, int role, fz_rol
                 return fz_error_set(FZ_EINVAL, "%s: %s: must be true or false", c->path, sub);
             r->if_missing = kd == Y_BOOL_T;
         } else {
-            return fz_error_set(FZ_EINVAL, "%s: %s: unknown key (token, init, if_missing)", c->path, sub);
+            return fz_error_set(FZ_EINVAL, "%s: %s: unknown key (token, init, if_missing)", c->path,
+                                sub);
         }
     }
     if (!r->token)
@@ -232,9 +242,11 @@ static int no_second_document(yaml_parser_t *parser, const char *path)
     size_t line = next.start_mark.line + 1;
     yaml_document_delete(&next);
     if (root)
-        return fz_error_set(FZ_EFORMAT, "%s: a second YAML document starts at line %zu; the "
+        return fz_error_set(FZ_EFORMAT,
+                            "%s: a second YAML document starts at line %zu; the "
                             "file must hold one document (remove the '---' and what follows, "
-                            "or merge it into the first)", path, line);
+                            "or merge it into the first)",
+                            path, line);
     return 0;
 }
 
@@ -267,7 +279,8 @@ int fz_addtok_parse(const char *text, size_t len, const char *path, fz_addtok_sp
         rc = fz_error_set(FZ_EINVAL, "%s: the document must be a mapping", path);
         goto done;
     }
-    for (yaml_node_pair_t *p = root->data.mapping.pairs.start; rc == 0 && p < root->data.mapping.pairs.top; p++) {
+    for (yaml_node_pair_t *p = root->data.mapping.pairs.start;
+         rc == 0 && p < root->data.mapping.pairs.top; p++) {
         yaml_node_t *k = node(&c, p->key), *v = node(&c, p->value);
         if (!k || k->type != YAML_SCALAR_NODE || !v) {
             rc = fz_error_set(FZ_EINVAL, "%s: keys must be strings", path);
@@ -420,7 +433,8 @@ int fz_addtok_apply(fz_tok *t, const fz_addtok_spec *spec, fz_tok_init **inits, 
                 goto done;
     }
     for (size_t i = 0; i < spec->n_regular; i++)
-        if (fz_tok_id(t, spec->regular[i]) < 0 && (rc = fz_tok_add(t, spec->regular[i], false, &id)))
+        if (fz_tok_id(t, spec->regular[i]) < 0 &&
+            (rc = fz_tok_add(t, spec->regular[i], false, &id)))
             goto done;
 done:
     json_decref(special);

@@ -14,12 +14,30 @@
 #include "util/log.h"
 
 /* finalize._PRESET_PASSTHROUGH_KEYS */
-static const char *const passthrough[] = {
-    "temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff",
-    "repetition_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "renormalize_logits",
-    "num_beams", "num_beam_groups", "diversity_penalty", "early_stopping", "length_penalty",
-    "penalty_alpha", "do_sample", "min_new_tokens", "max_new_tokens", "max_length", "guidance_scale",
-    "presence_penalty", "frequency_penalty"};
+static const char *const passthrough[] = {"temperature",
+                                          "top_k",
+                                          "top_p",
+                                          "min_p",
+                                          "typical_p",
+                                          "epsilon_cutoff",
+                                          "eta_cutoff",
+                                          "repetition_penalty",
+                                          "no_repeat_ngram_size",
+                                          "encoder_no_repeat_ngram_size",
+                                          "renormalize_logits",
+                                          "num_beams",
+                                          "num_beam_groups",
+                                          "diversity_penalty",
+                                          "early_stopping",
+                                          "length_penalty",
+                                          "penalty_alpha",
+                                          "do_sample",
+                                          "min_new_tokens",
+                                          "max_new_tokens",
+                                          "max_length",
+                                          "guidance_scale",
+                                          "presence_penalty",
+                                          "frequency_penalty"};
 
 static bool is_passthrough(const char *k)
 {
@@ -52,7 +70,8 @@ int fz_genconfig_translate(const json_t *preset, const char *path, json_t **out)
         json_int_t n;
         if (json_is_integer(mt))
             n = json_integer_value(mt);
-        else if (json_is_real(mt) && isfinite(json_real_value(mt)) && fabs(json_real_value(mt)) < 9e18)
+        else if (json_is_real(mt) && isfinite(json_real_value(mt)) &&
+                 fabs(json_real_value(mt)) < 9e18)
             n = (json_int_t)json_real_value(mt);
         else {
             json_decref(o);
@@ -61,11 +80,13 @@ int fz_genconfig_translate(const json_t *preset, const char *path, json_t **out)
         if (json_object_set_new(o, "max_new_tokens", json_integer(n)))
             goto nomem;
     }
-    json_object_foreach((json_t *)preset, k, v) {
+    json_object_foreach((json_t *)preset, k, v)
+    {
         if (!strcmp(k, "max_tokens"))
             continue;
         if (!is_passthrough(k)) {
-            fz_log(FZ_LOG_WARNING, "%s: preset key '%s' has no generation_config equivalent; dropped", path, k);
+            fz_log(FZ_LOG_WARNING,
+                   "%s: preset key '%s' has no generation_config equivalent; dropped", path, k);
             continue;
         }
         if (json_object_set(o, k, v))
@@ -115,8 +136,8 @@ static void show(const json_t *v, char *buf, size_t n)
 
 static int refuse(const char *path, const char *why)
 {
-    return fz_error_set(FZ_EINVAL, "%s: transformers' GenerationConfig would refuse to save this: %s", path,
-                        why);
+    return fz_error_set(
+        FZ_EINVAL, "%s: transformers' GenerationConfig would refuse to save this: %s", path, why);
 }
 
 /* The rules of transformers 5.x GenerationConfig.validate(strict=True), which
@@ -129,13 +150,15 @@ int fz_genconfig_validate(const json_t *cfg, const char *path)
     json_t *nb = json_object_get(cfg, "num_beams");
     bool one_beam = !nb || json_is_null(nb) || (json_is_number(nb) && json_number_value(nb) == 1);
 
-    static const char *const generate_args[] = {"logits_processor", "stopping_criteria",
-                                                "prefix_allowed_tokens_fn", "synced_gpus",
-                                                "assistant_model", "streamer", "negative_prompt_ids",
-                                                "negative_prompt_attention_mask"};
+    static const char *const generate_args[] = {
+        "logits_processor",         "stopping_criteria",
+        "prefix_allowed_tokens_fn", "synced_gpus",
+        "assistant_model",          "streamer",
+        "negative_prompt_ids",      "negative_prompt_attention_mask"};
     for (size_t i = 0; i < sizeof generate_args / sizeof *generate_args; i++)
         if (json_object_get(cfg, generate_args[i])) {
-            snprintf(why, sizeof why, "`%s` is a generate() argument, not a generation config field",
+            snprintf(why, sizeof why,
+                     "`%s` is a generate() argument, not a generation config field",
                      generate_args[i]);
             return refuse(path, why);
         }
@@ -143,7 +166,8 @@ int fz_genconfig_validate(const json_t *cfg, const char *path)
     if (v && !json_is_null(v) && !json_is_boolean(v) &&
         !(json_is_string(v) && !strcmp(json_string_value(v), "never"))) {
         show(v, val, sizeof val);
-        snprintf(why, sizeof why, "`early_stopping` must be a boolean or \"never\", but is %s", val);
+        snprintf(why, sizeof why, "`early_stopping` must be a boolean or \"never\", but is %s",
+                 val);
         return refuse(path, why);
     }
     v = json_object_get(cfg, "max_new_tokens");
@@ -160,9 +184,17 @@ int fz_genconfig_validate(const json_t *cfg, const char *path)
         return refuse(path, "`pad_token_id` is negative");
     v = json_object_get(cfg, "cache_implementation");
     if (v && !json_is_null(v)) {
-        static const char *const ok[] = {"static", "offloaded_static", "sliding_window", "hybrid",
-                                         "hybrid_chunked", "offloaded_hybrid", "offloaded_hybrid_chunked",
-                                         "dynamic", "offloaded", "quantized", "paged"};
+        static const char *const ok[] = {"static",
+                                         "offloaded_static",
+                                         "sliding_window",
+                                         "hybrid",
+                                         "hybrid_chunked",
+                                         "offloaded_hybrid",
+                                         "offloaded_hybrid_chunked",
+                                         "dynamic",
+                                         "offloaded",
+                                         "quantized",
+                                         "paged"};
         bool good = false;
         for (size_t i = 0; json_is_string(v) && i < sizeof ok / sizeof *ok; i++)
             good = good || !strcmp(json_string_value(v), ok[i]);
@@ -177,9 +209,14 @@ int fz_genconfig_validate(const json_t *cfg, const char *path)
             const char *k;
             double dflt;
             bool any; /* any non-null value counts */
-        } knobs[] = {{"temperature", 1.0, false}, {"top_p", 1.0, false},        {"min_p", 0, true},
-                     {"top_h", 0, true},          {"typical_p", 1.0, false},    {"top_k", 50, false},
-                     {"epsilon_cutoff", 0.0, false}, {"eta_cutoff", 0.0, false}};
+        } knobs[] = {{"temperature", 1.0, false},
+                     {"top_p", 1.0, false},
+                     {"min_p", 0, true},
+                     {"top_h", 0, true},
+                     {"typical_p", 1.0, false},
+                     {"top_k", 50, false},
+                     {"epsilon_cutoff", 0.0, false},
+                     {"eta_cutoff", 0.0, false}};
         for (size_t i = 0; i < sizeof knobs / sizeof *knobs; i++)
             if (knobs[i].any ? set(cfg, knobs[i].k) : differs(cfg, knobs[i].k, knobs[i].dflt)) {
                 show(json_object_get(cfg, knobs[i].k), val, sizeof val);
@@ -197,7 +234,8 @@ int fz_genconfig_validate(const json_t *cfg, const char *path)
             const char *k = es ? "early_stopping" : "length_penalty";
             show(json_object_get(cfg, k), val, sizeof val);
             snprintf(why, sizeof why,
-                     "`num_beams` is 1 but `%s` is %s (a beam-search-only setting); set num_beams > 1 or drop `%s`",
+                     "`num_beams` is 1 but `%s` is %s (a beam-search-only setting); set num_beams "
+                     "> 1 or drop `%s`",
                      k, val, k);
             return refuse(path, why);
         }
@@ -218,11 +256,12 @@ int fz_genconfig_validate(const json_t *cfg, const char *path)
             }
         }
     if (!json_is_true(json_object_get(cfg, "return_dict_in_generate"))) {
-        static const char *const flags[] = {"output_attentions", "output_hidden_states", "output_scores",
-                                            "output_logits"};
+        static const char *const flags[] = {"output_attentions", "output_hidden_states",
+                                            "output_scores", "output_logits"};
         for (size_t i = 0; i < 4; i++)
             if (json_is_true(json_object_get(cfg, flags[i]))) {
-                snprintf(why, sizeof why, "`%s` is true but `return_dict_in_generate` is not", flags[i]);
+                snprintf(why, sizeof why, "`%s` is true but `return_dict_in_generate` is not",
+                         flags[i]);
                 return refuse(path, why);
             }
     }
@@ -285,8 +324,8 @@ static int64_t stop_id(const fz_tok *t, const char *name)
  * then config.json's EOS, then <|im_end|>/<|eot|>/<|end_of_turn|> when the
  * YAML named them, then the tokenizer's current EOS (unless
  * --no-auto-stop-tokens), then --stop-tokens; deduplicated, first wins. */
-static int stop_list(const fz_meta_in *in, const fz_tok *t, const json_t *carried_eos, int64_t source_eos,
-                     char *const *names, size_t n_names, idlist *l)
+static int stop_list(const fz_meta_in *in, const fz_tok *t, const json_t *carried_eos,
+                     int64_t source_eos, char *const *names, size_t n_names, idlist *l)
 {
     static const char *const eot[] = {"<|im_end|>", "<|eot|>", "<|end_of_turn|>"};
     int rc = 0;
@@ -294,7 +333,8 @@ static int stop_list(const fz_meta_in *in, const fz_tok *t, const json_t *carrie
     json_t *v;
     if (json_is_integer(carried_eos))
         rc = id_add(l, json_integer_value(carried_eos));
-    json_array_foreach(carried_eos, i, v) if (rc == 0 && json_is_integer(v)) rc = id_add(l, json_integer_value(v));
+    json_array_foreach(carried_eos, i, v) if (rc == 0 && json_is_integer(v)) rc =
+        id_add(l, json_integer_value(v));
     if (rc == 0 && source_eos >= 0)
         rc = id_add(l, source_eos);
     if (!in->no_auto_stop_tokens) {
@@ -303,7 +343,8 @@ static int stop_list(const fz_meta_in *in, const fz_tok *t, const json_t *carrie
                 if (!strcmp(names[i], eot[k])) {
                     int64_t id = stop_id(t, names[i]);
                     if (id < 0)
-                        fz_log(FZ_LOG_WARNING, "Stop-token '%s' not found in tokenizer vocabulary", names[i]);
+                        fz_log(FZ_LOG_WARNING, "Stop-token '%s' not found in tokenizer vocabulary",
+                               names[i]);
                     else
                         rc = id_add(l, id);
                 }
@@ -325,7 +366,8 @@ static int stop_list(const fz_meta_in *in, const fz_tok *t, const json_t *carrie
                 return fz_error_set(FZ_ENOMEM, "out of memory");
             int64_t id = stop_id(t, name);
             if (id < 0)
-                rc = fz_error_set(FZ_EINVAL, "--stop-tokens: '%s' is not in the tokenizer's vocabulary", name);
+                rc = fz_error_set(FZ_EINVAL,
+                                  "--stop-tokens: '%s' is not in the tokenizer's vocabulary", name);
             else
                 rc = id_add(l, id);
             free(name);
@@ -337,8 +379,8 @@ static int stop_list(const fz_meta_in *in, const fz_tok *t, const json_t *carrie
     return rc;
 }
 
-int fz_genconfig_build(const fz_meta_in *in, const fz_tok *t, int64_t source_eos, char *const *names,
-                       size_t n_names, fz_meta_out *out)
+int fz_genconfig_build(const fz_meta_in *in, const fz_tok *t, int64_t source_eos,
+                       char *const *names, size_t n_names, fz_meta_out *out)
 {
     json_t *base = NULL, *src = NULL, *eos = NULL;
     idlist l = {0};
@@ -356,7 +398,8 @@ int fz_genconfig_build(const fz_meta_in *in, const fz_tok *t, int64_t source_eos
         }
         carried_list = json_is_array(json_object_get(src, "eos_token_id"));
     }
-    if ((rc = stop_list(in, t, json_object_get(src, "eos_token_id"), source_eos, names, n_names, &l)))
+    if ((rc = stop_list(in, t, json_object_get(src, "eos_token_id"), source_eos, names, n_names,
+                        &l)))
         goto done;
     if (in->gen_mode == FZ_GEN_NONE)
         goto done;

@@ -53,14 +53,16 @@ static int plan_inits(const fz_meta_in *in, const fz_tok *t, const fz_tok_init *
         if (kind == FZ_INIT_COPY && ti[i].copy_from >= out->old_vocab) {
             /* a role token added on load has a mean row: a copy of it is the mean */
             if (ti[i].copy_from >= out->old_vocab + out->n_role_added)
-                return fz_error_set(FZ_EINVAL, "%s: init copy:%llu: not an existing token id (the vocabulary has %llu)",
-                                    yaml, (unsigned long long)ti[i].copy_from, (unsigned long long)out->old_vocab);
+                return fz_error_set(
+                    FZ_EINVAL,
+                    "%s: init copy:%llu: not an existing token id (the vocabulary has %llu)", yaml,
+                    (unsigned long long)ti[i].copy_from, (unsigned long long)out->old_vocab);
             kind = FZ_INIT_MEAN;
         }
         if (kind == FZ_INIT_MEAN && (row < out->old_vocab || row >= R))
             continue;
-        out->inits[out->n_inits++] = (fz_row_init){row, kind, kind == FZ_INIT_COPY ? ti[i].copy_from : 0,
-                                                   row >= out->old_vocab};
+        out->inits[out->n_inits++] = (fz_row_init){
+            row, kind, kind == FZ_INIT_COPY ? ti[i].copy_from : 0, row >= out->old_vocab};
     }
     for (size_t i = 0; i < t->n_entries; i++) {
         const fz_tok_entry *e = &t->entries[i];
@@ -98,10 +100,11 @@ static int plan_added(const fz_tok *t, fz_meta_out *out)
         if (!e->is_new)
             continue;
         if ((uint64_t)e->id >= out->new_vocab)
-            return fz_error_set(FZ_EFORMAT,
-                                "tokenizer.json: new token '%s' would get id %lld but the tokenizer has %llu "
-                                "entries (ids are not contiguous)",
-                                e->content, (long long)e->id, (unsigned long long)out->new_vocab);
+            return fz_error_set(
+                FZ_EFORMAT,
+                "tokenizer.json: new token '%s' would get id %lld but the tokenizer has %llu "
+                "entries (ids are not contiguous)",
+                e->content, (long long)e->id, (unsigned long long)out->new_vocab);
         if (!(out->added_tokens[out->n_added_tokens] = strdup(e->content)))
             return fz_error_set(FZ_ENOMEM, "out of memory");
         out->added_ids[out->n_added_tokens++] = (uint64_t)e->id;
@@ -113,16 +116,19 @@ static int plan_added(const fz_tok *t, fz_meta_out *out)
  * chat_template of tokenizer_config.json (a string, or the "default" entry
  * of a list of named templates). *set_inline is the value to write into
  * tokenizer_config.json, NULL when the source's inline value is kept. */
-static int pick_template(const fz_meta_in *in, const fz_tok *t, json_t **set_inline, fz_meta_out *out)
+static int pick_template(const fz_meta_in *in, const fz_tok *t, json_t **set_inline,
+                         fz_meta_out *out)
 {
-    const fz_blob *b = in->chat_template.data ? &in->chat_template
-                       : in->chat_template_file.data ? &in->chat_template_file : NULL;
+    const fz_blob *b = in->chat_template.data        ? &in->chat_template
+                       : in->chat_template_file.data ? &in->chat_template_file
+                                                     : NULL;
     const char *text = NULL;
     size_t len = 0;
     *set_inline = NULL;
     if (b) {
         if (!(*set_inline = json_stringn(b->data, b->len)))
-            return fz_error_set(FZ_EINVAL, "%s: chat template is not valid UTF-8 text", b->path ? b->path : "chat template");
+            return fz_error_set(FZ_EINVAL, "%s: chat template is not valid UTF-8 text",
+                                b->path ? b->path : "chat template");
         text = b->data;
         len = b->len;
     } else {
@@ -132,7 +138,8 @@ static int pick_template(const fz_meta_in *in, const fz_tok *t, json_t **set_inl
         if (json_is_array(v)) {
             json_t *list = v;
             v = NULL;
-            json_array_foreach(list, i, e) {
+            json_array_foreach(list, i, e)
+            {
                 const char *name = json_string_value(json_object_get(e, "name"));
                 if (name && !strcmp(name, "default"))
                     v = json_object_get(e, "template");
@@ -165,7 +172,8 @@ int fz_meta_build(const fz_meta_in *in, fz_meta_out *out)
     memset(&t, 0, sizeof t);
     memset(&spec, 0, sizeof spec);
     if (!in->config.data) {
-        rc = fz_error_set(FZ_ENOTFOUND, "%s: not found", in->config.path ? in->config.path : "config.json");
+        rc = fz_error_set(FZ_ENOTFOUND, "%s: not found",
+                          in->config.path ? in->config.path : "config.json");
         goto done;
     }
     if ((rc = fz_config_source_eos(&in->config, &source_eos)))
@@ -173,8 +181,9 @@ int fz_meta_build(const fz_meta_in *in, fz_meta_out *out)
     if ((rc = fz_tok_load(&t, &in->tokenizer, &in->tokenizer_config, &in->special_tokens_map)))
         goto done;
     if (in->add_tokens_yaml.data)
-        rc = fz_addtok_parse(in->add_tokens_yaml.data, in->add_tokens_yaml.len,
-                             in->add_tokens_yaml.path ? in->add_tokens_yaml.path : "add-tokens YAML", &spec);
+        rc = fz_addtok_parse(
+            in->add_tokens_yaml.data, in->add_tokens_yaml.len,
+            in->add_tokens_yaml.path ? in->add_tokens_yaml.path : "add-tokens YAML", &spec);
     else if (!in->skip_default_tokens)
         rc = fz_addtok_default(&spec);
     if (rc)

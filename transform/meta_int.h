@@ -27,20 +27,20 @@ typedef struct {
 
 /* The tokenizer as transformers' fast tokenizer sees it. */
 typedef struct {
-    json_t *tokenizer;        /* parsed tokenizer.json (owned) */
-    json_t *tok_config;       /* parsed tokenizer_config.json, NULL if absent */
-    json_t *stm;              /* parsed special_tokens_map.json, NULL if absent */
-    json_t *vocab;            /* content -> integer id: model vocab and added tokens */
-    json_t *added;            /* content -> true for tokens in the added vocabulary */
-    uint64_t len;             /* len(tokenizer): |model vocab ∪ added tokens| */
-    uint64_t next_id;         /* id the tokenizers library gives the next new token */
-    char *roles[FZ_ROLE_N];   /* current role strings (NULL = unset) */
+    json_t *tokenizer;      /* parsed tokenizer.json (owned) */
+    json_t *tok_config;     /* parsed tokenizer_config.json, NULL if absent */
+    json_t *stm;            /* parsed special_tokens_map.json, NULL if absent */
+    json_t *vocab;          /* content -> integer id: model vocab and added tokens */
+    json_t *added;          /* content -> true for tokens in the added vocabulary */
+    uint64_t len;           /* len(tokenizer): |model vocab ∪ added tokens| */
+    uint64_t next_id;       /* id the tokenizers library gives the next new token */
+    char *roles[FZ_ROLE_N]; /* current role strings (NULL = unset) */
     bool role_changed[FZ_ROLE_N];
-    json_t *extra;            /* additional special tokens list (array of strings) */
+    json_t *extra; /* additional special tokens list (array of strings) */
     bool extra_changed;
-    fz_tok_entry *entries;    /* appended to the added vocabulary, in order */
+    fz_tok_entry *entries; /* appended to the added vocabulary, in order */
     size_t n_entries, cap_entries;
-    uint64_t n_new;           /* entries with is_new */
+    uint64_t n_new; /* entries with is_new */
 } fz_tok;
 
 /* tokenizer.c ---------------------------------------------------------- */
@@ -65,7 +65,8 @@ bool fz_tok_in_extra(const fz_tok *t, const char *s);
 /* Emit the tokenizer files into out (tokenizer.json, tokenizer_config.json,
  * special_tokens_map.json). `tmpl`, when non-NULL, becomes the inline
  * chat_template (NULL: the source's key, if any, is kept as it was). */
-int fz_tok_emit(const fz_tok *t, const fz_blob *src_tokenizer, const json_t *tmpl, fz_meta_out *out);
+int fz_tok_emit(const fz_tok *t, const fz_blob *src_tokenizer, const json_t *tmpl,
+                fz_meta_out *out);
 
 /* addtokens.c ---------------------------------------------------------- */
 
@@ -79,8 +80,10 @@ typedef struct {
 
 typedef struct {
     fz_role_spec roles[FZ_ROLE_N];
-    char **special; size_t n_special;
-    char **regular; size_t n_regular;
+    char **special;
+    size_t n_special;
+    char **regular;
+    size_t n_regular;
 } fz_addtok_spec;
 
 /* Parse an add-tokens YAML document. FZ_EFORMAT (bad YAML), FZ_EINVAL

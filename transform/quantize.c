@@ -20,8 +20,7 @@ static const fz_qscheme schemes[] = {
     /* W8A8: int8 in I8, per channel; int8 per-token dynamic activations */
     {"int8-dynamic-act-int8-weight", "int-quantized", FZ_QFMT_INT8, 8, false, 0, true, 8, false},
     /* FP8_DYNAMIC: e4m3fn per channel; fp8 per-token dynamic activations */
-    {"float8-dynamic-act-float8-weight", "float-quantized", FZ_QFMT_FP8, 8, true, 0, true, 8,
-     true},
+    {"float8-dynamic-act-float8-weight", "float-quantized", FZ_QFMT_FP8, 8, true, 0, true, 8, true},
 };
 
 #define N_SCHEMES (sizeof(schemes) / sizeof(schemes[0]))

@@ -28,15 +28,15 @@ typedef enum {
 } fz_qformat;
 
 typedef struct {
-    const char *recipe;   /* finalize's name, e.g. "int4-weight-only" */
-    const char *format;   /* compressed-tensors format string, e.g. "pack-quantized" */
+    const char *recipe; /* finalize's name, e.g. "int4-weight-only" */
+    const char *format; /* compressed-tensors format string, e.g. "pack-quantized" */
     fz_qformat fmt;
-    int bits;             /* 4 or 8 */
-    bool is_float;        /* fp8 */
-    uint32_t group;       /* group size along the input dim; 0 = per channel */
-    bool act_dynamic;     /* input activations quantized dynamically per token */
-    int act_bits;         /* 8 */
-    bool act_float;       /* fp8 activations */
+    int bits;         /* 4 or 8 */
+    bool is_float;    /* fp8 */
+    uint32_t group;   /* group size along the input dim; 0 = per channel */
+    bool act_dynamic; /* input activations quantized dynamically per token */
+    int act_bits;     /* 8 */
+    bool act_float;   /* fp8 activations */
 } fz_qscheme;
 
 /* The five recipes. NULL if `recipe` is unknown. */

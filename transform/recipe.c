@@ -35,8 +35,7 @@ static void memo_init(fz_recipe *r)
 }
 
 int fz_recipe_init(fz_recipe *r, int fd, const char *src_path, const fz_tensor *src,
-                   fz_dtype out_dtype, uint64_t out_rows, const fz_row_rule *rules,
-                   size_t n_rules)
+                   fz_dtype out_dtype, uint64_t out_rows, const fz_row_rule *rules, size_t n_rules)
 {
     memset(r, 0, sizeof *r);
     r->fd = fd;
@@ -49,9 +48,8 @@ int fz_recipe_init(fz_recipe *r, int fd, const char *src_path, const fz_tensor *
     memcpy(r->shape, src->shape, sizeof r->shape);
     r->cast = src->dtype != out_dtype;
     if (r->cast && !fz_cast_supported(src->dtype, out_dtype))
-        return fz_error_set(FZ_EINVAL, "%s: tensor '%s': cannot cast %s to %s", src_path,
-                            src->name, fz_dtype_torch_name(src->dtype),
-                            fz_dtype_torch_name(out_dtype));
+        return fz_error_set(FZ_EINVAL, "%s: tensor '%s': cannot cast %s to %s", src_path, src->name,
+                            fz_dtype_torch_name(src->dtype), fz_dtype_torch_name(out_dtype));
     uint64_t src_rows = src->ndim ? src->shape[0] : 1;
     r->resize = out_rows != src_rows || n_rules > 0;
     if (r->resize) {
@@ -59,8 +57,10 @@ int fz_recipe_init(fz_recipe *r, int fd, const char *src_path, const fz_tensor *
             return fz_error_set(FZ_EINVAL, "%s: tensor '%s' is a scalar and cannot be resized",
                                 src_path, src->name);
         if (!fz_dtype_is_float(out_dtype) || !fz_dtype_is_float(src->dtype))
-            return fz_error_set(FZ_EINVAL, "%s: tensor '%s' is not floating point and cannot be "
-                                "resized", src_path, src->name);
+            return fz_error_set(FZ_EINVAL,
+                                "%s: tensor '%s' is not floating point and cannot be "
+                                "resized",
+                                src_path, src->name);
         r->shape[0] = out_rows;
         if (n_rules) {
             r->rules = malloc(n_rules * sizeof *rules);
@@ -72,12 +72,12 @@ int fz_recipe_init(fz_recipe *r, int fd, const char *src_path, const fz_tensor *
             for (size_t i = 0; i < n_rules; i++) {
                 if (r->rules[i].row >= out_rows ||
                     (r->rules[i].kind == FZ_ROW_SOURCE && r->rules[i].src_row >= src_rows))
-                    return fz_error_set(FZ_EINVAL, "%s: tensor '%s': row rule %llu -> %llu is out "
-                                        "of range (%llu source rows, %llu output rows)", src_path,
-                                        src->name, (unsigned long long)r->rules[i].row,
+                    return fz_error_set(FZ_EINVAL,
+                                        "%s: tensor '%s': row rule %llu -> %llu is out "
+                                        "of range (%llu source rows, %llu output rows)",
+                                        src_path, src->name, (unsigned long long)r->rules[i].row,
                                         (unsigned long long)r->rules[i].src_row,
-                                        (unsigned long long)src_rows,
-                                        (unsigned long long)out_rows);
+                                        (unsigned long long)src_rows, (unsigned long long)out_rows);
                 if (i && r->rules[i].row == r->rules[i - 1].row)
                     return fz_error_set(FZ_EINVAL, "%s: tensor '%s': two rules for row %llu",
                                         src_path, src->name, (unsigned long long)r->rules[i].row);
@@ -107,10 +107,11 @@ int fz_recipe_init_quant(fz_recipe *r, int fd, const char *src_path, const fz_te
     r->cast = src->dtype != val_dtype;
     r->gather = !fz_tensor_is_contiguous(src);
     if (src->ndim != 2 || !fz_dtype_is_float(src->dtype) || !fz_dtype_is_float(val_dtype) ||
-        (r->cast && !fz_cast_supported(src->dtype, val_dtype)) || !src->shape[0] ||
-        !src->shape[1])
-        return fz_error_set(FZ_EINVAL, "%s: tensor '%s' cannot be quantized (needs a non-empty "
-                            "2-D floating-point weight)", src_path, src->name);
+        (r->cast && !fz_cast_supported(src->dtype, val_dtype)) || !src->shape[0] || !src->shape[1])
+        return fz_error_set(FZ_EINVAL,
+                            "%s: tensor '%s' cannot be quantized (needs a non-empty "
+                            "2-D floating-point weight)",
+                            src_path, src->name);
     uint64_t out = src->shape[0], in = src->shape[1], rb;
     r->ndim = 2;
     r->shape[0] = out;
@@ -223,9 +224,8 @@ static int copy_strided(fz_recipe *r, uint64_t idx, int64_t stride, uint64_t n, 
     }
     (void)scratch;
     for (uint64_t i = 0; i < n; i++) {
-        int rc = fz_pread_full(r->fd, one, ses,
-                               r->src.data_offset + (idx + i * (uint64_t)stride) * ses,
-                               r->src_path);
+        int rc = fz_pread_full(
+            r->fd, one, ses, r->src.data_offset + (idx + i * (uint64_t)stride) * ses, r->src_path);
         if (rc)
             return rc;
         if (r->cast)
@@ -267,7 +267,7 @@ static int copy_source_row(fz_recipe *r, uint64_t sr, uint64_t c, uint64_t n, ui
         if (k > n)
             k = n;
         int rc = (st == 1 || k == 1) ? copy_run(r, base, k, out, scratch)
-                                      : copy_strided(r, base, st, k, out, scratch);
+                                     : copy_strided(r, base, st, k, out, scratch);
         if (rc)
             return rc;
         out += k * oes;
@@ -560,13 +560,12 @@ int fz_recipe_describe(const fz_recipe *r, fz_buf *out)
     if (!rc && r->resize) {
         rc = fz_buf_printf(out, " resize=%llu", (unsigned long long)r->shape[0]);
         for (size_t i = 0; i < r->n_rules && !rc; i++)
-            rc = fz_buf_printf(out, " row%llu=%s%llu", (unsigned long long)r->rules[i].row,
-                               r->rules[i].kind == FZ_ROW_ZERO   ? "zero"
-                               : r->rules[i].kind == FZ_ROW_MEAN ? "mean"
-                                                                 : "copy:",
-                               r->rules[i].kind == FZ_ROW_SOURCE
-                                   ? (unsigned long long)r->rules[i].src_row
-                                   : 0ULL);
+            rc = fz_buf_printf(
+                out, " row%llu=%s%llu", (unsigned long long)r->rules[i].row,
+                r->rules[i].kind == FZ_ROW_ZERO   ? "zero"
+                : r->rules[i].kind == FZ_ROW_MEAN ? "mean"
+                                                  : "copy:",
+                r->rules[i].kind == FZ_ROW_SOURCE ? (unsigned long long)r->rules[i].src_row : 0ULL);
     }
     if (!rc && r->cast)
         rc = fz_buf_printf(out, " cast=%s", fz_dtype_torch_name(r->val_dtype));

@@ -80,8 +80,7 @@ typedef struct {
  * Errors: FZ_EINVAL (cast not supported, resize of a 0-d tensor, a rule
  * naming a source row out of range), FZ_ERANGE, FZ_ENOMEM. */
 int fz_recipe_init(fz_recipe *r, int fd, const char *src_path, const fz_tensor *src,
-                   fz_dtype out_dtype, uint64_t out_rows, const fz_row_rule *rules,
-                   size_t n_rules);
+                   fz_dtype out_dtype, uint64_t out_rows, const fz_row_rule *rules, size_t n_rules);
 /* A quantized part (QWEIGHT or QSCALE) of 2-D source weight *src, whose
  * values are first cast to val_dtype (the model dtype; scales are stored in
  * it). Errors: FZ_EINVAL (not 2-D, not floating point), FZ_ERANGE. */

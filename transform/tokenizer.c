@@ -99,11 +99,13 @@ static int load_model_vocab(fz_tok *t, const char *path, uint64_t *model_size)
     if (json_is_object(vocab)) {
         const char *k;
         json_t *v;
-        json_object_foreach(vocab, k, v) {
+        json_object_foreach(vocab, k, v)
+        {
             /* the tokenizers library's ids are u32 */
-            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > UINT32_MAX)
-                return fz_error_set(FZ_EFORMAT, "%s: model.vocab[\"%s\"] is not a token id (0..%u)", path,
-                                    k, UINT32_MAX);
+            if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+                json_integer_value(v) > UINT32_MAX)
+                return fz_error_set(FZ_EFORMAT, "%s: model.vocab[\"%s\"] is not a token id (0..%u)",
+                                    path, k, UINT32_MAX);
             int rc = vocab_put(t, k, json_integer_value(v));
             if (rc)
                 return rc;
@@ -112,10 +114,12 @@ static int load_model_vocab(fz_tok *t, const char *path, uint64_t *model_size)
     } else if (json_is_array(vocab)) { /* Unigram: [[piece, score], ...] */
         size_t i;
         json_t *v;
-        json_array_foreach(vocab, i, v) {
+        json_array_foreach(vocab, i, v)
+        {
             const char *piece = json_string_value(json_array_get(v, 0));
             if (!piece)
-                return fz_error_set(FZ_EFORMAT, "%s: model.vocab[%zu] is not [piece, score]", path, i);
+                return fz_error_set(FZ_EFORMAT, "%s: model.vocab[%zu] is not [piece, score]", path,
+                                    i);
             if (!json_object_get(t->vocab, piece)) {
                 int rc = vocab_put(t, piece, (int64_t)i);
                 if (rc)
@@ -140,7 +144,8 @@ static int load_added(fz_tok *t, const char *path, uint64_t model_size)
     json_t *v;
     if (list && !json_is_array(list) && !json_is_null(list))
         return fz_error_set(FZ_EFORMAT, "%s: added_tokens is not a list", path);
-    json_array_foreach(list, i, v) {
+    json_array_foreach(list, i, v)
+    {
         const char *c = json_string_value(json_object_get(v, "content"));
         if (!c)
             return fz_error_set(FZ_EFORMAT, "%s: added_tokens[%zu] has no content", path, i);
@@ -164,7 +169,8 @@ static int extra_from(fz_tok *t, const json_t *list)
 {
     size_t i;
     json_t *v;
-    json_array_foreach(list, i, v) {
+    json_array_foreach(list, i, v)
+    {
         const char *s = token_string(v);
         if (s && json_array_append_new(t->extra, json_string(s)))
             return fz_error_set(FZ_ENOMEM, "out of memory");
@@ -211,7 +217,8 @@ int fz_tok_load(fz_tok *t, const fz_blob *tok, const fz_blob *tc, const fz_blob 
     int rc = 0;
     uint64_t model_size;
     if (!tok->data)
-        return fz_error_set(FZ_ENOTFOUND, "%s: not found", tok->path ? tok->path : "tokenizer.json");
+        return fz_error_set(FZ_ENOTFOUND, "%s: not found",
+                            tok->path ? tok->path : "tokenizer.json");
     t->vocab = json_object();
     t->added = json_object();
     t->extra = json_array();
@@ -221,7 +228,8 @@ int fz_tok_load(fz_tok *t, const fz_blob *tok, const fz_blob *tc, const fz_blob 
         return FZ_EFORMAT;
     if (!json_is_object(t->tokenizer))
         return fz_error_set(FZ_EFORMAT, "%s: not a JSON object", tok->path);
-    if ((rc = load_model_vocab(t, tok->path, &model_size)) || (rc = load_added(t, tok->path, model_size)))
+    if ((rc = load_model_vocab(t, tok->path, &model_size)) ||
+        (rc = load_added(t, tok->path, model_size)))
         return rc;
     t->len = json_object_size(t->vocab);
     if (tc->data) {
@@ -280,10 +288,9 @@ static int cmp_by_id(const void *a, const void *b)
 }
 
 /* tokenizer.json: new entries appended to added_tokens, which the library
- * writes once per content (the last entry's flags), with the ids it gave them on load (not the ids the
- * source file claims: a file whose ids disagree would otherwise load back
- * with other ids than the rows the plan initialised), sorted by id;
- * everything else as in the source. */
+ * writes once per content (the last entry's flags), with the ids it gave them on load (not the ids
+ * the source file claims: a file whose ids disagree would otherwise load back with other ids than
+ * the rows the plan initialised), sorted by id; everything else as in the source. */
 static int emit_tokenizer_json(const fz_tok *t, const fz_blob *src, fz_meta_out *out)
 {
     if (t->n_entries == 0) {
@@ -303,9 +310,9 @@ static int emit_tokenizer_json(const fz_tok *t, const fz_blob *src, fz_meta_out 
     }
     for (size_t i = 0; i < t->n_entries; i++) {
         const fz_tok_entry *e = &t->entries[i];
-        json_t *o = json_pack("{sI ss sb sb sb sb sb}", "id", (json_int_t)e->id, "content", e->content,
-                              "single_word", 0, "lstrip", 0, "rstrip", 0, "normalized", !e->special,
-                              "special", e->special);
+        json_t *o = json_pack("{sI ss sb sb sb sb sb}", "id", (json_int_t)e->id, "content",
+                              e->content, "single_word", 0, "lstrip", 0, "rstrip", 0, "normalized",
+                              !e->special, "special", e->special);
         if (!o || json_array_append_new(list, o))
             goto done;
     }
@@ -360,7 +367,8 @@ static json_t *full_decoder(const fz_tok *t)
     char key[32];
     if (!dec)
         return NULL;
-    json_array_foreach(list, i, v) {
+    json_array_foreach(list, i, v)
+    {
         const char *c = json_string_value(json_object_get(v, "content"));
         json_t *o = json_pack("{ss sb sb sb sb sb}", "content", c, "lstrip",
                               json_is_true(json_object_get(v, "lstrip")), "normalized",
@@ -381,7 +389,8 @@ static int emit_tok_config(const fz_tok *t, const json_t *tmpl, fz_meta_out *out
 {
     int rc = FZ_ENOMEM;
     char key[32];
-    json_t *doc = t->tok_config ? json_deep_copy(t->tok_config) : json_pack("{ss}", "tokenizer_class", "PreTrainedTokenizerFast");
+    json_t *doc = t->tok_config ? json_deep_copy(t->tok_config)
+                                : json_pack("{ss}", "tokenizer_class", "PreTrainedTokenizerFast");
     if (!doc)
         goto done;
     json_t *dec = json_object_get(doc, "added_tokens_decoder");
@@ -391,7 +400,8 @@ static int emit_tok_config(const fz_tok *t, const json_t *tmpl, fz_meta_out *out
     }
     for (size_t i = 0; i < t->n_entries; i++) {
         snprintf(key, sizeof key, "%" JSON_INTEGER_FORMAT, (json_int_t)t->entries[i].id);
-        if (json_object_set_new(dec, key, decoder_entry(t->entries[i].content, t->entries[i].special)))
+        if (json_object_set_new(dec, key,
+                                decoder_entry(t->entries[i].content, t->entries[i].special)))
             goto done;
     }
     for (int r = 0; r < FZ_ROLE_N; r++)
@@ -431,10 +441,12 @@ static int emit_stm(const fz_tok *t, fz_meta_out *out)
                 goto done;
         }
     for (int r = 0; r < FZ_ROLE_N; r++)
-        if (t->roles[r] && (t->role_changed[r] || !token_string(json_object_get(doc, fz_role_keys[r]))))
+        if (t->roles[r] &&
+            (t->role_changed[r] || !token_string(json_object_get(doc, fz_role_keys[r]))))
             if (json_object_set_new(doc, fz_role_keys[r], json_string(t->roles[r])))
                 goto done;
-    if ((t->extra_changed || !json_object_get(doc, "additional_special_tokens")) && json_array_size(t->extra) > 0)
+    if ((t->extra_changed || !json_object_get(doc, "additional_special_tokens")) &&
+        json_array_size(t->extra) > 0)
         if (json_object_set(doc, "additional_special_tokens", t->extra))
             goto done;
     rc = fz_json_emit(doc, &FZ_JSON_HF(false), &out->special_tokens_map_json);

@@ -12,7 +12,10 @@ typedef struct {
     size_t cap;
 } fz_buf;
 
-#define FZ_BUF_INIT {NULL, 0, 0}
+#define FZ_BUF_INIT                                                                                \
+    {                                                                                              \
+        NULL, 0, 0                                                                                 \
+    }
 
 int fz_buf_reserve(fz_buf *b, size_t extra);
 int fz_buf_append(fz_buf *b, const void *p, size_t n);

@@ -126,28 +126,45 @@ void fz_error_clear(void)
 const char *fz_error_name(int code)
 {
     switch (code) {
-    case FZ_OK: return "ok";
-    case FZ_EIO: return "I/O error";
-    case FZ_ENOMEM: return "out of memory";
-    case FZ_EFORMAT: return "format error";
-    case FZ_ERANGE: return "value out of range";
-    case FZ_EDENIED: return "not allowed";
-    case FZ_ENOTFOUND: return "not found";
-    case FZ_EEXIST: return "already exists";
-    case FZ_EUSAGE: return "usage error";
-    case FZ_EINVAL: return "invalid value";
-    case FZ_EINTR: return "interrupted";
-    default: return "unknown error";
+    case FZ_OK:
+        return "ok";
+    case FZ_EIO:
+        return "I/O error";
+    case FZ_ENOMEM:
+        return "out of memory";
+    case FZ_EFORMAT:
+        return "format error";
+    case FZ_ERANGE:
+        return "value out of range";
+    case FZ_EDENIED:
+        return "not allowed";
+    case FZ_ENOTFOUND:
+        return "not found";
+    case FZ_EEXIST:
+        return "already exists";
+    case FZ_EUSAGE:
+        return "usage error";
+    case FZ_EINVAL:
+        return "invalid value";
+    case FZ_EINTR:
+        return "interrupted";
+    default:
+        return "unknown error";
     }
 }
 
 int fz_error_errno(int code)
 {
     switch (code) {
-    case FZ_OK: return 0;
-    case FZ_ENOMEM: return ENOMEM;
-    case FZ_ENOTFOUND: return ENOENT;
-    case FZ_EINTR: return EINTR;
-    default: return EIO;
+    case FZ_OK:
+        return 0;
+    case FZ_ENOMEM:
+        return ENOMEM;
+    case FZ_ENOTFOUND:
+        return ENOENT;
+    case FZ_EINTR:
+        return EINTR;
+    default:
+        return EIO;
     }
 }

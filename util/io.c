@@ -91,8 +91,8 @@ done:
 /* "a FIFO", "a directory", ...: what a non-regular file is, for messages. */
 static const char *file_kind(mode_t m)
 {
-    return S_ISFIFO(m)  ? "a FIFO"
-           : S_ISDIR(m) ? "a directory"
+    return S_ISFIFO(m)   ? "a FIFO"
+           : S_ISDIR(m)  ? "a directory"
            : S_ISSOCK(m) ? "a socket"
            : S_ISCHR(m)  ? "a character device"
            : S_ISBLK(m)  ? "a block device"
@@ -102,8 +102,10 @@ static const char *file_kind(mode_t m)
 
 static int not_regular(const char *path, mode_t m)
 {
-    return fz_error_set(FZ_EINVAL, "%s: is %s, not a regular file (fzfs reads its inputs only "
-                        "from regular files: put the file itself there)", path, file_kind(m));
+    return fz_error_set(FZ_EINVAL,
+                        "%s: is %s, not a regular file (fzfs reads its inputs only "
+                        "from regular files: put the file itself there)",
+                        path, file_kind(m));
 }
 
 static int open_failed(const char *path, const char *what, int err)
@@ -134,8 +136,8 @@ int fz_open_input(const char *path, unsigned flags, int *fd, struct stat *st)
      * in between. */
     if ((rc = fz_check_input(path, flags, NULL)))
         return rc;
-    f = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC |
-                       ((flags & FZ_OPEN_NOFOLLOW) ? O_NOFOLLOW : 0));
+    f = open(path,
+             O_RDONLY | O_NONBLOCK | O_CLOEXEC | ((flags & FZ_OPEN_NOFOLLOW) ? O_NOFOLLOW : 0));
     if (f < 0) {
         if (errno == ELOOP && (flags & FZ_OPEN_NOFOLLOW))
             return not_regular(path, S_IFLNK);

@@ -33,9 +33,8 @@ int fz_log_parse_level(const char *s, fz_log_level *out)
             *out = (fz_log_level)i;
             return 0;
         }
-    return fz_error_set(FZ_EUSAGE,
-                        "--log-level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got '%s'",
-                        s);
+    return fz_error_set(
+        FZ_EUSAGE, "--log-level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got '%s'", s);
 }
 
 void fz_log(fz_log_level lvl, const char *fmt, ...)

@@ -5,7 +5,13 @@
 
 #include <stdbool.h>
 
-typedef enum { FZ_LOG_DEBUG, FZ_LOG_INFO, FZ_LOG_WARNING, FZ_LOG_ERROR, FZ_LOG_CRITICAL } fz_log_level;
+typedef enum {
+    FZ_LOG_DEBUG,
+    FZ_LOG_INFO,
+    FZ_LOG_WARNING,
+    FZ_LOG_ERROR,
+    FZ_LOG_CRITICAL
+} fz_log_level;
 
 void fz_log_set_level(fz_log_level lvl);
 fz_log_level fz_log_get_level(void);

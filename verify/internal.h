@@ -12,8 +12,8 @@ typedef struct {
     const fz_vfs *fs;
     const fz_verify_opts *o;
     fz_vreport *r;
-    int err;        /* first internal error (FZ_ENOMEM): the run is incomplete */
-    char **root;    /* names at the root, sorted */
+    int err;     /* first internal error (FZ_ENOMEM): the run is incomplete */
+    char **root; /* names at the root, sorted */
     size_t nroot;
     json_t *config; /* config.json, or NULL */
     int64_t vocab;  /* config vocab_size, -1 when unknown */

@@ -14,10 +14,10 @@ typedef enum { R_NONE, R_EMBED, R_HEAD, R_MATRIX, R_BIAS } vrole;
 
 /* Last module names (the tensor name without ".weight") that say embedding
  * or head. Position and token-type embeddings are not among them. */
-static const char *const embed_mods[] = {"embed_tokens", "wte",         "word_embeddings",
-                                         "tok_embeddings", "embed_in",  "tok_emb",
-                                         "token_embedding", "token_embeddings", "embedding",
-                                         NULL};
+static const char *const embed_mods[] = {
+    "embed_tokens", "wte",     "word_embeddings", "tok_embeddings",
+    "embed_in",     "tok_emb", "token_embedding", "token_embeddings",
+    "embedding",    NULL};
 static const char *const head_mods[] = {"lm_head", "embed_out", NULL};
 
 static bool last_module_is(const char *name, const char *const *list)
@@ -99,9 +99,11 @@ static bool shared(const json_t *sharing, const char *a, const char *b)
 {
     size_t i, j;
     const json_t *g, *x;
-    json_array_foreach(sharing, i, g) {
+    json_array_foreach(sharing, i, g)
+    {
         bool ha = false, hb = false;
-        json_array_foreach(g, j, x) {
+        json_array_foreach(g, j, x)
+        {
             ha |= is(json_string_value(x), a);
             hb |= is(json_string_value(x), b);
         }
@@ -119,7 +121,8 @@ static bool has_lm_head(const json_t *config)
     size_t i;
     if (!json_array_size(archs))
         return true;
-    json_array_foreach(archs, i, a) {
+    json_array_foreach(archs, i, a)
+    {
         const char *s = json_string_value(a);
         if (s && (strstr(s, "CausalLM") || strstr(s, "LMHead") ||
                   strstr(s, "ForConditionalGeneration") || strstr(s, "MaskedLM")))
@@ -148,22 +151,25 @@ static void check_tie(fz_vctx *c, const fz_vtensor *t, size_t n, const vrole *ro
         return;
     bool one = head && (same_storage(emb, head) || shared(sharing, emb->t->name, head->t->name));
     if (json_is_true(tie) && head && !one)
-        fz_vfail(c, head->file, "config.json says tie_word_embeddings: true but '%s' is stored "
+        fz_vfail(c, head->file,
+                 "config.json says tie_word_embeddings: true but '%s' is stored "
                  "apart from the embedding '%s' (not the same storage, not in the index's "
                  "param_sharing): transformers ties them and drops its values",
                  head->t->name, emb->t->name);
     if (json_is_false(tie) && head && one)
-        fz_vfail(c, "config.json", "tie_word_embeddings is false but '%s' and '%s' are stored "
-                 "as one tensor (saved tied)", emb->t->name, head->t->name);
+        fz_vfail(c, "config.json",
+                 "tie_word_embeddings is false but '%s' and '%s' are stored "
+                 "as one tensor (saved tied)",
+                 emb->t->name, head->t->name);
     if (json_is_false(tie) && !head && has_lm_head(c->config))
-        fz_vfail(c, "config.json", "tie_word_embeddings is false but no output head is stored "
+        fz_vfail(c, "config.json",
+                 "tie_word_embeddings is false but no output head is stored "
                  "(only the embedding '%s'): the head would be randomly initialised",
                  emb->t->name);
 }
 
 /* The tensor `<module>.<suffix>` if stored. */
-static const fz_vtensor *part(const vset *S, const char *module, size_t mlen,
-                              const char *suffix)
+static const fz_vtensor *part(const vset *S, const char *module, size_t mlen, const char *suffix)
 {
     char name[1024];
     if ((size_t)snprintf(name, sizeof name, "%.*s.%s", (int)mlen, module, suffix) >= sizeof name)
@@ -171,8 +177,7 @@ static const fz_vtensor *part(const vset *S, const char *module, size_t mlen,
     return find(S, name);
 }
 
-static void check_ct_module(fz_vctx *c, const vset *S, const fz_vtensor *scale,
-                            const char *format)
+static void check_ct_module(fz_vctx *c, const vset *S, const fz_vtensor *scale, const char *format)
 {
     const char *name = scale->t->name;
     size_t mlen = strlen(name) - strlen(".weight_scale");
@@ -189,11 +194,13 @@ static void check_ct_module(fz_vctx *c, const vset *S, const fz_vtensor *scale,
         if (w)
             fz_vfail(c, w->file, "'%s' is stored next to '%s'", w->t->name, packed->t->name);
     } else if (!w) {
-        fz_vfail(c, scale->file, "'%s' quantizes nothing: no %.*s.weight or .weight_packed",
-                 name, (int)mlen, name);
+        fz_vfail(c, scale->file, "'%s' quantizes nothing: no %.*s.weight or .weight_packed", name,
+                 (int)mlen, name);
     } else if (is(format, "pack-quantized")) {
-        fz_vfail(c, w->file, "'%s' is not packed but quantization_config.format is "
-                 "pack-quantized (expected %.*s.weight_packed)", w->t->name, (int)mlen, name);
+        fz_vfail(c, w->file,
+                 "'%s' is not packed but quantization_config.format is "
+                 "pack-quantized (expected %.*s.weight_packed)",
+                 w->t->name, (int)mlen, name);
     } else if (is(format, "int-quantized") && w->t->dtype != FZ_DT_I8) {
         fz_vfail(c, w->file, "'%s' is %s but int-quantized weights are int8", w->t->name,
                  fz_dtype_st_name(w->t->dtype));
@@ -210,7 +217,8 @@ static bool ignored(const json_t *ignore, const char *module)
 {
     const json_t *x;
     size_t k;
-    json_array_foreach(ignore, k, x) {
+    json_array_foreach(ignore, k, x)
+    {
         const char *m = json_string_value(x);
         regex_t re;
         if (!m)
@@ -236,10 +244,8 @@ static bool targets_linear(const json_t *qc)
     const char *key;
     const json_t *g, *x;
     size_t i;
-    json_object_foreach((json_t *)json_object_get(qc, "config_groups"), key, g)
-        json_array_foreach(json_object_get(g, "targets"), i, x)
-            if (is(json_string_value(x), "Linear"))
-                return true;
+    json_object_foreach((json_t *)json_object_get(qc, "config_groups"), key, g) json_array_foreach(
+        json_object_get(g, "targets"), i, x) if (is(json_string_value(x), "Linear")) return true;
     return false;
 }
 
@@ -268,8 +274,10 @@ static void check_unquantized(fz_vctx *c, const fz_vtensor *t, size_t n, const v
         }
         if (!ignored(ig, m)) {
             if (nct && count < FZ_VERIFY_LIST_MAX)
-                fz_vfail(c, t[i].file, "'%s' is stored unquantized but quantization_config "
-                         "targets Linear layers and does not ignore '%s'", x->name, m);
+                fz_vfail(c, t[i].file,
+                         "'%s' is stored unquantized but quantization_config "
+                         "targets Linear layers and does not ignore '%s'",
+                         x->name, m);
             if (!first)
                 first = &t[i];
             count++;
@@ -277,9 +285,11 @@ static void check_unquantized(fz_vctx *c, const fz_vtensor *t, size_t n, const v
         free(m);
     }
     if (!nct && first)
-        fz_vfail(c, "config.json", "quantization_config is compressed-tensors but no stored tensor "
+        fz_vfail(c, "config.json",
+                 "quantization_config is compressed-tensors but no stored tensor "
                  "is quantized (no *.weight_scale or *.weight_packed; '%s' and %zu more Linear "
-                 "weights are plain and not in its ignore list)", first->t->name, count - 1);
+                 "weights are plain and not in its ignore list)",
+                 first->t->name, count - 1);
     else if (count > FZ_VERIFY_LIST_MAX)
         fz_vfail(c, "config.json", "... and %zu more Linear weights stored unquantized",
                  count - FZ_VERIFY_LIST_MAX);
@@ -303,7 +313,8 @@ static void check_quant(fz_vctx *c, const vset *S, const vrole *roles)
     }
     if (!qc || json_is_null(qc)) {
         if (first)
-            fz_vfail(c, first->file, "'%s' (and %zu more) are quantized tensors but config.json "
+            fz_vfail(c, first->file,
+                     "'%s' (and %zu more) are quantized tensors but config.json "
                      "has no quantization_config: transformers would not load them",
                      first->t->name, nct + ngptq - 1);
         return;
@@ -315,8 +326,10 @@ static void check_quant(fz_vctx *c, const vset *S, const vrole *roles)
     }
     if (!strcmp(method, "gptq") || !strcmp(method, "awq")) {
         if (!ngptq)
-            fz_vfail(c, "config.json", "quantization_config is %s but no stored tensor is "
-                     "quantized (no *.qweight)", method);
+            fz_vfail(c, "config.json",
+                     "quantization_config is %s but no stored tensor is "
+                     "quantized (no *.qweight)",
+                     method);
         return;
     }
     if (strcmp(method, "compressed-tensors") != 0)
@@ -335,11 +348,14 @@ static void check_quant(fz_vctx *c, const vset *S, const vrole *roles)
     }
     const json_t *ig = json_object_get(qc, "ignore"), *x;
     size_t k;
-    json_array_foreach(ig, k, x) {
+    json_array_foreach(ig, k, x)
+    {
         const char *m = json_string_value(x);
         if (m && strncmp(m, "re:", 3) && part(S, m, strlen(m), "weight_scale"))
-            fz_vfail(c, "config.json", "quantization_config.ignore lists '%s' but it is stored "
-                     "quantized", m);
+            fz_vfail(c, "config.json",
+                     "quantization_config.ignore lists '%s' but it is stored "
+                     "quantized",
+                     m);
     }
     check_unquantized(c, t, n, roles, qc, nct);
 }
@@ -362,8 +378,8 @@ void fz_vcheck_model(fz_vctx *c, const fz_vtensor *t, size_t n, const json_t *sh
     for (size_t i = 0; i < n; i++)
         found |= (roles[i] = role_of(c, t[i].t)) != R_NONE;
     /* names that say nothing and vocab_size that disagrees: the tokenizer's length */
-    for (size_t i = 0; i < n && !found && c->tok_len > 0 && c->hidden >= 0 &&
-                       c->tok_len != c->hidden; i++)
+    for (size_t i = 0;
+         i < n && !found && c->tok_len > 0 && c->hidden >= 0 && c->tok_len != c->hidden; i++)
         if (t[i].t->ndim == 2 && t[i].t->shape[0] == (uint64_t)c->tok_len &&
             t[i].t->shape[1] == (uint64_t)c->hidden && fz_vends_with(t[i].t->name, ".weight"))
             roles[i] = R_MATRIX;

@@ -11,17 +11,21 @@
 #include "verify/internal.h"
 
 typedef struct {
-    const json_t *vocab;  /* model.vocab when it is an object (BPE, WordPiece, WordLevel) */
-    json_t *other;        /* content -> id: added_tokens, and a Unigram list */
-    int64_t len;          /* highest id + 1; -1 without tokenizer.json */
-    int64_t limit;        /* embedding rows (vocab_size), -1 when unknown */
+    const json_t *vocab; /* model.vocab when it is an object (BPE, WordPiece, WordLevel) */
+    json_t *other;       /* content -> id: added_tokens, and a Unigram list */
+    int64_t len;         /* highest id + 1; -1 without tokenizer.json */
+    int64_t limit;       /* embedding rows (vocab_size), -1 when unknown */
 } vtok;
 
-static const char *const role_keys[] = {"bos_token", "eos_token", "unk_token", "pad_token",
+static const char *const role_keys[] = {"bos_token", "eos_token", "unk_token",  "pad_token",
                                         "sep_token", "cls_token", "mask_token", NULL};
-static const char *const cfg_id_keys[] = {"bos_token_id", "eos_token_id", "pad_token_id",
-                                          "unk_token_id", "sep_token_id",
-                                          "decoder_start_token_id", NULL};
+static const char *const cfg_id_keys[] = {"bos_token_id",
+                                          "eos_token_id",
+                                          "pad_token_id",
+                                          "unk_token_id",
+                                          "sep_token_id",
+                                          "decoder_start_token_id",
+                                          NULL};
 
 /* The id of token `s`, or -1. */
 static int64_t lookup(const vtok *k, const char *s)
@@ -52,7 +56,8 @@ static void load_vocab(fz_vctx *c, const json_t *tj, vtok *k)
     k->len = 0;
     if (json_is_object(vocab)) {
         k->vocab = vocab;
-        json_object_foreach((json_t *)vocab, key, x) {
+        json_object_foreach((json_t *)vocab, key, x)
+        {
             if (!fz_vjson_uint(x, &id)) {
                 fz_vfail(c, F, "model.vocab['%s'] is not a token id", key);
                 continue;
@@ -60,7 +65,8 @@ static void load_vocab(fz_vctx *c, const json_t *tj, vtok *k)
             note_id(k, id);
         }
     } else if (json_is_array(vocab)) { /* Unigram: [[piece, score], ...], id = position */
-        json_array_foreach(vocab, i, x) {
+        json_array_foreach(vocab, i, x)
+        {
             const char *piece = json_string_value(json_array_get(x, 0));
             if (piece && !json_object_get(k->other, piece))
                 json_object_set_new(k->other, piece, json_integer((json_int_t)i));
@@ -71,7 +77,8 @@ static void load_vocab(fz_vctx *c, const json_t *tj, vtok *k)
     }
     /* added tokens: ids unique, and the vocabulary agrees on them */
     json_t *byid = json_object();
-    json_array_foreach(added, i, x) {
+    json_array_foreach(added, i, x)
+    {
         const char *s = json_string_value(json_object_get(x, "content"));
         char num[32];
         if (!s || !fz_vjson_uint(json_object_get(x, "id"), &id)) {
@@ -85,8 +92,7 @@ static void load_vocab(fz_vctx *c, const json_t *tj, vtok *k)
         snprintf(num, sizeof num, "%lld", (long long)id);
         const char *prev = json_string_value(json_object_get(byid, num));
         if (prev && strcmp(prev, s))
-            fz_vfail(c, F, "added tokens '%s' and '%s' both have id %lld", prev, s,
-                     (long long)id);
+            fz_vfail(c, F, "added tokens '%s' and '%s' both have id %lld", prev, s, (long long)id);
         json_object_set_new(byid, num, json_string(s));
         json_object_set_new(k->other, s, json_integer((json_int_t)id));
         note_id(k, id);
@@ -100,18 +106,16 @@ static const char *token_at_or_above(const vtok *k, const json_t *tj, int64_t fr
     const json_t *x;
     const char *key;
     size_t i;
-    json_array_foreach(json_object_get(tj, "added_tokens"), i, x)
-        if (fz_vjson_uint(json_object_get(x, "id"), id) && *id >= from)
-            return json_string_value(json_object_get(x, "content"));
-    json_object_foreach((json_t *)k->vocab, key, x)
-        if (fz_vjson_uint(x, id) && *id >= from)
-            return key;
+    json_array_foreach(json_object_get(tj, "added_tokens"), i,
+                       x) if (fz_vjson_uint(json_object_get(x, "id"), id) &&
+                              *id >= from) return json_string_value(json_object_get(x, "content"));
+    json_object_foreach((json_t *)k->vocab, key,
+                        x) if (fz_vjson_uint(x, id) && *id >= from) return key;
     return NULL;
 }
 
 /* One token id named by `key` in `file`. */
-static void check_id(fz_vctx *c, const vtok *k, const char *file, const char *key,
-                     const json_t *v)
+static void check_id(fz_vctx *c, const vtok *k, const char *file, const char *key, const json_t *v)
 {
     int64_t id;
     if (!v || json_is_null(v))
@@ -138,7 +142,8 @@ static void check_ids(fz_vctx *c, const vtok *k, const char *file, const json_t 
             check_id(c, k, file, cfg_id_keys[i], v);
             continue;
         }
-        json_array_foreach(v, n, x) {
+        json_array_foreach(v, n, x)
+        {
             char key[64];
             snprintf(key, sizeof key, "%s[%zu]", cfg_id_keys[i], n);
             check_id(c, k, file, key, x);
@@ -150,14 +155,13 @@ static void check_ids(fz_vctx *c, const vtok *k, const char *file, const json_t 
 static void check_token(fz_vctx *c, const vtok *k, const char *file, const char *key,
                         const json_t *v)
 {
-    const char *s = json_is_object(v) ? json_string_value(json_object_get(v, "content"))
-                                      : json_string_value(v);
+    const char *s =
+        json_is_object(v) ? json_string_value(json_object_get(v, "content")) : json_string_value(v);
     if (!s || k->len < 0)
         return;
     int64_t id = lookup(k, s);
     if (id < 0)
-        fz_vfail(c, file, "%s '%s' is not in the tokenizer's vocabulary (tokenizer.json)", key,
-                 s);
+        fz_vfail(c, file, "%s '%s' is not in the tokenizer's vocabulary (tokenizer.json)", key, s);
     else if (k->limit >= 0 && id >= k->limit)
         fz_vfail(c, file, "%s '%s' has id %lld, outside the embedding (%lld rows)", key, s,
                  (long long)id, (long long)k->limit);
@@ -174,7 +178,8 @@ static void check_roles(fz_vctx *c, const vtok *k, const char *file)
         check_token(c, k, file, role_keys[r], json_object_get(j, role_keys[r]));
     json_array_foreach(json_object_get(j, "additional_special_tokens"), i, x)
         check_token(c, k, file, "additional_special_tokens entry", x);
-    json_object_foreach(json_object_get(j, "added_tokens_decoder"), key, x) {
+    json_object_foreach(json_object_get(j, "added_tokens_decoder"), key, x)
+    {
         char *end;
         errno = 0;
         long long id = strtoll(key, &end, 10);
@@ -185,11 +190,13 @@ static void check_roles(fz_vctx *c, const vtok *k, const char *file)
         }
         int64_t tid = k->len >= 0 ? lookup(k, s) : id;
         if (tid != id)
-            fz_vfail(c, file, "added_tokens_decoder gives '%s' id %lld but tokenizer.json %s",
-                     s, id, tid < 0 ? "does not have it" : "has another id");
+            fz_vfail(c, file, "added_tokens_decoder gives '%s' id %lld but tokenizer.json %s", s,
+                     id, tid < 0 ? "does not have it" : "has another id");
         else if (k->limit >= 0 && id >= k->limit)
-            fz_vfail(c, file, "added_tokens_decoder id %lld ('%s') is outside the embedding "
-                     "(%lld rows)", id, s, (long long)k->limit);
+            fz_vfail(c, file,
+                     "added_tokens_decoder id %lld ('%s') is outside the embedding "
+                     "(%lld rows)",
+                     id, s, (long long)k->limit);
     }
     json_decref(j);
 }
@@ -215,10 +222,11 @@ void fz_vcheck_tokens(fz_vctx *c)
     if (tj && k.limit >= 0 && k.len > k.limit) {
         int64_t id = 0;
         const char *s = token_at_or_above(&k, tj, k.limit, &id);
-        fz_vfail(c, "tokenizer.json", "the tokenizer has %lld tokens but %s %lld rows: token "
-                 "'%s' (id %lld) and any above have no embedding row", (long long)k.len,
-                 c->vocab >= 0 ? "config.json vocab_size gives the embedding"
-                               : "the embedding has",
+        fz_vfail(c, "tokenizer.json",
+                 "the tokenizer has %lld tokens but %s %lld rows: token "
+                 "'%s' (id %lld) and any above have no embedding row",
+                 (long long)k.len,
+                 c->vocab >= 0 ? "config.json vocab_size gives the embedding" : "the embedding has",
                  (long long)k.limit, s ? s : "?", (long long)id);
     }
     check_roles(c, &k, "tokenizer_config.json");

@@ -79,8 +79,8 @@ int fz_vreport_json(const fz_vreport *r, const char *dir, fz_buf *out)
     json_t *root = json_object(), *list = json_array();
     int rc = root && list ? 0 : fz_error_set(FZ_ENOMEM, "out of memory");
     for (size_t i = 0; rc == 0 && i < r->n; i++)
-        if (json_array_append_new(list, json_pack("{s:s,s:s}", "file", r->v[i].file, "problem",
-                                                  r->v[i].text)))
+        if (json_array_append_new(
+                list, json_pack("{s:s,s:s}", "file", r->v[i].file, "problem", r->v[i].text)))
             rc = fz_error_set(FZ_ENOMEM, "out of memory");
     if (rc == 0 && (json_object_set_new(root, "dir", json_string(dir)) ||
                     json_object_set_new(root, "ok", json_boolean(r->n == 0)) ||
@@ -289,8 +289,10 @@ static void walk(fz_vctx *c, const char *dir, int depth, size_t *entries)
                     fz_vfail(c, p, "dangling symlink: its target '%s' does not exist", target);
                     break;
                 case FZ_VR_ESCAPES:
-                    fz_vfail(c, p, "symlink to '%s' points outside the directory (copy the "
-                             "file in, or link inside the directory)", target);
+                    fz_vfail(c, p,
+                             "symlink to '%s' points outside the directory (copy the "
+                             "file in, or link inside the directory)",
+                             target);
                     break;
                 case FZ_VR_LOOP:
                     fz_vfail(c, p, "symlink loop through '%s'", target);
@@ -309,13 +311,18 @@ static void walk(fz_vctx *c, const char *dir, int depth, size_t *entries)
 
 /* ---- the run ---- */
 
-static const char *const hidden_keys[] = {"hidden_size", "n_embd", "d_model", "dim",
-                                          "embed_dim", "hidden_dim", NULL};
+static const char *const hidden_keys[] = {"hidden_size", "n_embd",     "d_model", "dim",
+                                          "embed_dim",   "hidden_dim", NULL};
 
 int fz_verify(const fz_vfs *fs, const fz_verify_opts *o, fz_vreport *out)
 {
     static const fz_verify_opts none = {0};
-    fz_vctx c = {.fs = fs, .o = o ? o : &none, .r = out, .vocab = -1, .hidden = -1, .rows = -1,
+    fz_vctx c = {.fs = fs,
+                 .o = o ? o : &none,
+                 .r = out,
+                 .vocab = -1,
+                 .hidden = -1,
+                 .rows = -1,
                  .tok_len = -1};
     fz_vkind kind;
     uint64_t size;
@@ -378,10 +385,11 @@ static int gate(const fz_vfs *fs, fz_view *v, const char *what, const char *noth
         for (size_t i = 0; i < r.n; i++)
             fz_log(FZ_LOG_ERROR, "verify: %s%s%s", r.v[i].file, r.v[i].file[0] ? ": " : "",
                    r.v[i].text);
-        rc = fz_error_set(FZ_EFORMAT, "%s: the finalized model fails verification (%zu "
+        rc = fz_error_set(FZ_EFORMAT,
+                          "%s: the finalized model fails verification (%zu "
                           "problem%s above); nothing was %s. Fix the source's files the problems "
-                          "name, or report it if the source is fine", what, r.n,
-                          r.n == 1 ? "" : "s", nothing);
+                          "name, or report it if the source is fine",
+                          what, r.n, r.n == 1 ? "" : "s", nothing);
     }
     fz_vreport_free(&r);
     return rc;

@@ -116,8 +116,7 @@ static wfile *get_file(fz_vctx *c, wfiles *F, const char *name)
         f->ok = true;
         for (size_t i = 1; i < f->t.n; i++)
             if (!strcmp(f->t.v[f->byname[i]].name, f->t.v[f->byname[i - 1]].name))
-                fz_vfail(c, name, "tensor '%s' is stored twice",
-                         f->t.v[f->byname[i]].name);
+                fz_vfail(c, name, "tensor '%s' is stored twice", f->t.v[f->byname[i]].name);
     }
 done:
     if (fd >= 0)
@@ -135,8 +134,10 @@ static bool shard_name(const char *name, const char *ext, size_t *stem_len)
     const char *p = name + l - e - 15; /* "-NNNNN-of-NNNNN" */
     for (int i = 0; i < 15; i++) {
         bool digit = p[i] >= '0' && p[i] <= '9';
-        if ((i == 0 || i == 6 || i == 9) ? p[i] != '-' : i == 7 ? p[i] != 'o'
-                                                     : i == 8 ? p[i] != 'f' : !digit)
+        if ((i == 0 || i == 6 || i == 9) ? p[i] != '-'
+            : i == 7                     ? p[i] != 'o'
+            : i == 8                     ? p[i] != 'f'
+                                         : !digit)
             return false;
     }
     *stem_len = (size_t)(p - name);
@@ -152,8 +153,8 @@ static bool tensor_nbytes(const fz_tensor *t, uint64_t *out)
 /* total_size: the byte count of the set's tensors, counted as any of the
  * writers in use count it (each storage once; each name's storage; each
  * name's elements). */
-static void check_total(fz_vctx *c, const char *iname, const json_t *meta, wfile **set,
-                        size_t nset, const json_t *wm)
+static void check_total(fz_vctx *c, const char *iname, const json_t *meta, wfile **set, size_t nset,
+                        const json_t *wm)
 {
     const json_t *ts = json_object_get(meta, "total_size");
     int64_t total;
@@ -192,8 +193,10 @@ static void check_total(fz_vctx *c, const char *iname, const json_t *meta, wfile
     }
     uint64_t want = (uint64_t)total;
     if (ok && want != once && want != per_name && want != elems)
-        fz_vfail(c, iname, "metadata.total_size is %llu but the tensors it maps hold %llu "
-                 "bytes", (unsigned long long)want, (unsigned long long)once);
+        fz_vfail(c, iname,
+                 "metadata.total_size is %llu but the tensors it maps hold %llu "
+                 "bytes",
+                 (unsigned long long)want, (unsigned long long)once);
 }
 
 /* One index against the files and tensors present; *set gets its files. */
@@ -214,7 +217,8 @@ static void check_index(fz_vctx *c, wfiles *F, const char *iname, const json_t *
     }
     if (!json_is_object(meta))
         fz_vfail(c, iname, "no \"metadata\" object: transformers reads index[\"metadata\"]");
-    json_object_foreach((json_t *)wm, key, val) {
+    json_object_foreach((json_t *)wm, key, val)
+    {
         if (!json_is_string(val)) {
             fz_vfail(c, iname, "weight_map['%s'] is not a file name", key);
             continue;
@@ -322,8 +326,7 @@ void fz_vcheck_weights(fz_vctx *c)
     bool any = false;
     for (size_t i = 0; i < c->nroot && !c->err; i++) {
         const char *n = c->root[i];
-        if (!fz_vends_with(n, ".safetensors.index.json") &&
-            !fz_vends_with(n, ".bin.index.json"))
+        if (!fz_vends_with(n, ".safetensors.index.json") && !fz_vends_with(n, ".bin.index.json"))
             continue;
         json_t *idx = fz_vload_json(c, n);
         wfile **set = NULL;
@@ -337,11 +340,13 @@ void fz_vcheck_weights(fz_vctx *c)
         for (size_t k = 0; idx && k < c->nroot && !c->err; k++)
             if (shard_name(c->root[k], e, &sl) && sl == stem && !strncmp(c->root[k], n, sl) &&
                 !in_set(set, nset, c->root[k]))
-                fz_vfail(c, c->root[k], "a shard that %s does not reference (loaders "
-                         "ignore it, and the index may be stale)", n);
+                fz_vfail(c, c->root[k],
+                         "a shard that %s does not reference (loaders "
+                         "ignore it, and the index may be stale)",
+                         n);
         if (listed(model_indexes, n) && idx && !c->err)
-            model_set(c, set, nset, json_object_get(json_object_get(idx, "metadata"),
-                                                    "param_sharing"));
+            model_set(c, set, nset,
+                      json_object_get(json_object_get(idx, "metadata"), "param_sharing"));
         wfile **nr = nset ? realloc(refd, (nrefd + nset) * sizeof *nr) : refd;
         if (!nr) {
             c->err = fz_error_set(FZ_ENOMEM, "out of memory");
@@ -372,8 +377,7 @@ void fz_vcheck_weights(fz_vctx *c)
                 for (size_t k = 0; k < c->nroot && !has_index; k++)
                     has_index = !strcmp(c->root[k], iname);
                 if (!has_index)
-                    fz_vfail(c, n, "a shard but there is no %s: loaders will not find it",
-                             iname);
+                    fz_vfail(c, n, "a shard but there is no %s: loaders will not find it", iname);
                 free(iname);
             }
         }
@@ -381,7 +385,8 @@ void fz_vcheck_weights(fz_vctx *c)
             model_set(c, &f, 1, NULL);
     }
     if (!any && !c->err)
-        fz_vfail(c, "", "no model weights (model.safetensors, pytorch_model.bin or a "
+        fz_vfail(c, "",
+                 "no model weights (model.safetensors, pytorch_model.bin or a "
                  "*.index.json)");
     for (size_t i = 0; i < F.n; i++) {
         free(F.v[i]->name);

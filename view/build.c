@@ -105,36 +105,43 @@ static int read_blob(const char *dir, const char *name, bool required, fz_blob *
 int fz_view_opts_check(const fz_view_opts *o)
 {
     if (o->device && strcmp(o->device, "cpu") != 0)
-        return fz_error_set(FZ_EUSAGE, "--device %s: fzfs computes on the CPU only; use --device "
-                            "cpu", o->device);
+        return fz_error_set(FZ_EUSAGE,
+                            "--device %s: fzfs computes on the CPU only; use --device "
+                            "cpu",
+                            o->device);
     if (o->dtype && strcmp(o->dtype, "bfloat16") && strcmp(o->dtype, "float16") &&
         strcmp(o->dtype, "float32")) {
-        bool quantish = strstr(o->dtype, "int") || strstr(o->dtype, "fp8") ||
-                        strstr(o->dtype, "float8");
-        return fz_error_set(FZ_EUSAGE, "--dtype must be one of bfloat16, float16, float32, got "
-                            "'%s'%s", o->dtype,
+        bool quantish =
+            strstr(o->dtype, "int") || strstr(o->dtype, "fp8") || strstr(o->dtype, "float8");
+        return fz_error_set(FZ_EUSAGE,
+                            "--dtype must be one of bfloat16, float16, float32, got "
+                            "'%s'%s",
+                            o->dtype,
                             quantish ? " (integer and float8 weights come from --quantize, e.g. "
                                        "--quantize int8-weight-only)"
                                      : "");
     }
     if (o->quantize && !fz_qscheme_find(o->quantize))
-        return fz_error_set(FZ_EUSAGE, "--quantize must be one of %s, got '%s'",
-                            fz_qscheme_names(), o->quantize);
+        return fz_error_set(FZ_EUSAGE, "--quantize must be one of %s, got '%s'", fz_qscheme_names(),
+                            o->quantize);
     if (o->quantize_ignore) {
         regex_t re;
         if (!o->quantize)
             return fz_error_set(FZ_EUSAGE, "--quantize-ignore needs --quantize");
         if (regcomp(&re, o->quantize_ignore, REG_EXTENDED | REG_NOSUB) != 0)
-            return fz_error_set(FZ_EUSAGE, "--quantize-ignore '%s' is not a valid regular "
-                                "expression", o->quantize_ignore);
+            return fz_error_set(FZ_EUSAGE,
+                                "--quantize-ignore '%s' is not a valid regular "
+                                "expression",
+                                o->quantize_ignore);
         regfree(&re);
     }
     if (o->hub && o->keep_optimizer)
-        return fz_error_set(FZ_EUSAGE, "--hub writes no checkpoint, so it excludes "
+        return fz_error_set(FZ_EUSAGE,
+                            "--hub writes no checkpoint, so it excludes "
                             "--keep-optimizer (materialize without --hub to keep optimizer state)");
     if (o->root_copy && o->keep_optimizer)
         return fz_error_set(FZ_EUSAGE, "--root-copy and --keep-optimizer are mutually exclusive "
-                            "(the optimizer state lives in the checkpoint directory)");
+                                       "(the optimizer state lives in the checkpoint directory)");
     return 0;
 }
 
@@ -190,8 +197,8 @@ static int find_preset(const char *value, char **out)
         fz_error_clear();
         fz_buf_printf(&looked, "%s%s", i ? ", " : "", dirs[i]);
     }
-    rc = fz_error_set(FZ_ENOTFOUND, "Generation config preset '%s' not found. Looked in: %s",
-                      value, looked.data ? (char *)looked.data : "");
+    rc = fz_error_set(FZ_ENOTFOUND, "Generation config preset '%s' not found. Looked in: %s", value,
+                      looked.data ? (char *)looked.data : "");
     fz_buf_free(&looked);
     return rc;
 }
@@ -228,10 +235,12 @@ static int check_unique_names(fz_view *v)
     qsort(all, n, sizeof *all, cmp_name_at);
     for (size_t i = 1; i < n; i++)
         if (!strcmp(all[i - 1].name, all[i].name)) {
-            rc = fz_error_set(FZ_EFORMAT, "tensor '%s' is stored twice, in %s and in %s: a "
+            rc = fz_error_set(FZ_EFORMAT,
+                              "tensor '%s' is stored twice, in %s and in %s: a "
                               "checkpoint holds each tensor once; remove it from one of the "
-                              "shards (and fix %s)", all[i].name,
-                              v->files[all[i - 1].file].path, v->files[all[i].file].path,
+                              "shards (and fix %s)",
+                              all[i].name, v->files[all[i - 1].file].path,
+                              v->files[all[i].file].path,
                               v->src.index_name ? v->src.index_name : "the index");
             break;
         }
@@ -278,8 +287,8 @@ static int build_meta(fz_view *v, json_t **config_out)
     if ((rc = read_blob(cdir, "config.json", true, &in.config, keep + 0)) ||
         (rc = read_blob(tdir, "tokenizer.json", true, &in.tokenizer, keep + 2)) ||
         (rc = read_blob(tdir, "tokenizer_config.json", false, &in.tokenizer_config, keep + 4)) ||
-        (rc = read_blob(tdir, "special_tokens_map.json", false, &in.special_tokens_map,
-                        keep + 6)) ||
+        (rc =
+             read_blob(tdir, "special_tokens_map.json", false, &in.special_tokens_map, keep + 6)) ||
         (rc = read_blob(tdir, "chat_template.jinja", false, &in.chat_template_file, keep + 8)))
         goto done;
     const char *gen = o->generation_config ? o->generation_config : "carry";
@@ -346,11 +355,16 @@ done:
 static int dup_opts(fz_view *v, const fz_view_opts *o)
 {
     v->opts = *o;
-    const char **s[] = {&v->opts.src,         &v->opts.checkpoint,
-                        &v->opts.add_tokens,  &v->opts.chat_template_path,
-                        &v->opts.stop_tokens, &v->opts.generation_config,
-                        &v->opts.dtype,       &v->opts.device,
-                        &v->opts.quantize,    &v->opts.embedding_tensors,
+    const char **s[] = {&v->opts.src,
+                        &v->opts.checkpoint,
+                        &v->opts.add_tokens,
+                        &v->opts.chat_template_path,
+                        &v->opts.stop_tokens,
+                        &v->opts.generation_config,
+                        &v->opts.dtype,
+                        &v->opts.device,
+                        &v->opts.quantize,
+                        &v->opts.embedding_tensors,
                         &v->opts.quantize_ignore};
     for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
         if (*s[i] && !(*s[i] = strdup(*s[i])))
@@ -379,8 +393,10 @@ int fz_view_build(fz_view **out, const fz_view_opts *o)
     if ((rc = fz_source_find(&v->src, o->src, o->checkpoint)))
         goto done;
     if (o->keep_optimizer && !v->src.optimizer) {
-        rc = fz_error_set(FZ_ENOTFOUND, "--keep-optimizer: neither optimizer_state.pt nor "
-                          "optimizer.pt in %s; drop --keep-optimizer", v->src.ckpt);
+        rc = fz_error_set(FZ_ENOTFOUND,
+                          "--keep-optimizer: neither optimizer_state.pt nor "
+                          "optimizer.pt in %s; drop --keep-optimizer",
+                          v->src.ckpt);
         goto done;
     }
     if ((rc = read_weights(v)) || (rc = build_meta(v, &config)) || (rc = fz_view_build_recipes(v)))
@@ -448,10 +464,16 @@ void fz_view_free(fz_view *v)
     free(v->roles_doubt);
     free(v->dest_ckpt_dir);
     json_decref(v->quant_config);
-    const char *s[] = {v->opts.src,         v->opts.checkpoint, v->opts.add_tokens,
-                       v->opts.chat_template_path, v->opts.stop_tokens,
-                       v->opts.generation_config,  v->opts.dtype,   v->opts.device,
-                       v->opts.quantize,           v->opts.embedding_tensors,
+    const char *s[] = {v->opts.src,
+                       v->opts.checkpoint,
+                       v->opts.add_tokens,
+                       v->opts.chat_template_path,
+                       v->opts.stop_tokens,
+                       v->opts.generation_config,
+                       v->opts.dtype,
+                       v->opts.device,
+                       v->opts.quantize,
+                       v->opts.embedding_tensors,
                        v->opts.quantize_ignore};
     for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
         free((char *)s[i]);

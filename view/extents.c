@@ -84,14 +84,13 @@ int fz_view_extents(fz_view *v, uint64_t max_len, fz_extent **out, size_t *nout)
             continue;
         int32_t zi = nd->zip ? (int32_t)nd->zip - 1 : -1;
         uint32_t *next_piece = NULL;
-        if (zi >= 0 && !(next_piece = calloc(v->zips[zi].L.n ? v->zips[zi].L.n : 1,
-                                             sizeof *next_piece)))
+        if (zi >= 0 &&
+            !(next_piece = calloc(v->zips[zi].L.n ? v->zips[zi].L.n : 1, sizeof *next_piece)))
             rc = fz_error_set(FZ_ENOMEM, "out of memory");
         for (uint32_t s = 0; s < nd->nsegs && rc == 0; s++) {
             const fz_seg *sg = &nd->segs[s];
             bool late = sg->kind == FZ_SEG_DEFERRED;
-            bool in_rec = zi >= 0 && !late && sg->zrec >= 0 &&
-                          (size_t)sg->zrec < v->zips[zi].L.n;
+            bool in_rec = zi >= 0 && !late && sg->zrec >= 0 && (size_t)sg->zrec < v->zips[zi].L.n;
             for (uint64_t o = 0; o < sg->len && rc == 0; o += max_len) {
                 uint64_t len = sg->len - o < max_len ? sg->len - o : max_len;
                 fz_extent e = {i, sg->off + o, len, late, -1, -1, 0};
@@ -159,8 +158,7 @@ static int peek_deferred(fz_view *v, const fz_seg *s, uint8_t *out)
     else if ((size_t)s->u.def.rec < z->L.n)
         fz_zipw_local_header(&z->L, (size_t)s->u.def.rec, crcs[s->u.def.rec], out);
     else
-        rc = fz_error_set(FZ_EINVAL, "internal error: zip record %d of %zu", s->u.def.rec,
-                          z->L.n);
+        rc = fz_error_set(FZ_EINVAL, "internal error: zip record %d of %zu", s->u.def.rec, z->L.n);
     free(crcs);
     return rc;
 }

@@ -27,10 +27,17 @@ typedef struct fz_seg {
     uint64_t len;
     int32_t zrec; /* zip record whose data this segment is, or -1 */
     union {
-        const uint8_t *lit;                          /* LITERAL: owned by the view */
-        struct { int fd; uint64_t off; uint32_t src; } span; /* SPAN: src = source file index */
-        uint32_t recipe;                             /* COMPUTED: index of the recipe */
-        struct { uint32_t zip; int32_t rec; } def;   /* DEFERRED: rec -1 = central directory */
+        const uint8_t *lit; /* LITERAL: owned by the view */
+        struct {
+            int fd;
+            uint64_t off;
+            uint32_t src;
+        } span;          /* SPAN: src = source file index */
+        uint32_t recipe; /* COMPUTED: index of the recipe */
+        struct {
+            uint32_t zip;
+            int32_t rec;
+        } def; /* DEFERRED: rec -1 = central directory */
     } u;
 } fz_seg;
 
@@ -68,12 +75,12 @@ typedef struct fz_crcacc {
 
 /* One tensor of the output, for the plan and the index. */
 typedef struct {
-    char *name;        /* output name */
-    uint32_t recipe;   /* recipe index */
-    uint32_t shard;    /* output shard index */
-    bool alias;        /* shares the record/data of an earlier entry of the same shard */
-    const char *role;  /* "embedding", "head", "head bias" or NULL */
-    bool quantized;    /* part of a quantized Linear */
+    char *name;       /* output name */
+    uint32_t recipe;  /* recipe index */
+    uint32_t shard;   /* output shard index */
+    bool alias;       /* shares the record/data of an earlier entry of the same shard */
+    const char *role; /* "embedding", "head", "head bias" or NULL */
+    bool quantized;   /* part of a quantized Linear */
 } fz_outtensor;
 
 struct fz_view {
@@ -82,7 +89,7 @@ struct fz_view {
     json_t *quant_config;    /* quantization_config block for config.json */
     fz_source src;
     fz_meta_out meta;
-    bool tied;             /* embedding and head are one matrix */
+    bool tied; /* embedding and head are one matrix */
     char *embed_name, *head_name, *head_bias_name;
     bool roles_certain;    /* the search (or --embedding-tensors) accounts for every vocab tensor */
     char *roles_doubt;     /* why not, and the candidate tensors (for the refusal) */

@@ -86,12 +86,13 @@ int fz_view_plan_text(const fz_view *v, FILE *f)
     for (size_t i = 0; i < m->n_stop_ids; i++)
         fprintf(f, "%s%lld", i ? ", " : "", (long long)m->stop_ids[i]);
     fprintf(f, "]\n");
-    fprintf(f, "Generation:  %s\n", m->has_generation_config
-                                        ? (v->opts.generation_config ? v->opts.generation_config
-                                                                     : "carry")
-                                        : "none (no generation_config.json)");
+    fprintf(f, "Generation:  %s\n",
+            m->has_generation_config
+                ? (v->opts.generation_config ? v->opts.generation_config : "carry")
+                : "none (no generation_config.json)");
     if (v->opts.keep_optimizer)
-        fprintf(f, "Optimizer:   carried (%s -> optimizer_state.pt)\n", strrchr(s->optimizer, '/') + 1);
+        fprintf(f, "Optimizer:   carried (%s -> optimizer_state.pt)\n",
+                strrchr(s->optimizer, '/') + 1);
     else
         fprintf(f, "Optimizer:   dropped\n");
     if (v->quant) {
@@ -131,8 +132,9 @@ int fz_view_plan_json(const fz_view *v, fz_buf *out)
     const fz_meta_out *m = &v->meta;
     json_t *root = json_object();
     json_object_set_new(root, "source", json_string(v->src.root));
-    json_object_set_new(root, "layout", json_pack("{s:s, s:s}", "name", fz_layout_name(v->src.layout),
-                                                  "description", fz_layout_desc(v->src.layout)));
+    json_object_set_new(root, "layout",
+                        json_pack("{s:s, s:s}", "name", fz_layout_name(v->src.layout),
+                                  "description", fz_layout_desc(v->src.layout)));
     json_t *ck = json_object();
     json_object_set_new(ck, "path", json_string(v->src.ckpt));
     json_object_set_new(ck, "step", v->src.step >= 0 ? json_integer(v->src.step) : json_null());
@@ -167,7 +169,8 @@ int fz_view_plan_json(const fz_view *v, fz_buf *out)
         json_array_append_new(stops, json_integer(m->stop_ids[i]));
     json_object_set_new(tok, "stop_ids", stops);
     json_object_set_new(root, "tokens", tok);
-    json_object_set_new(root, "embedding", v->embed_name ? json_string(v->embed_name) : json_null());
+    json_object_set_new(root, "embedding",
+                        v->embed_name ? json_string(v->embed_name) : json_null());
     json_object_set_new(root, "head", v->head_name ? json_string(v->head_name) : json_null());
     json_object_set_new(root, "tied", json_boolean(v->tied));
     if (v->quant) {
@@ -201,9 +204,10 @@ int fz_view_plan_json(const fz_view *v, fz_buf *out)
         const fz_node *n = &v->nodes[i];
         json_t *e = json_object();
         json_object_set_new(e, "path", json_string(n->path));
-        json_object_set_new(e, "type", json_string(n->kind == FZ_NODE_DIR       ? "dir"
-                                                   : n->kind == FZ_NODE_SYMLINK ? "symlink"
-                                                                                : "file"));
+        json_object_set_new(e, "type",
+                            json_string(n->kind == FZ_NODE_DIR       ? "dir"
+                                        : n->kind == FZ_NODE_SYMLINK ? "symlink"
+                                                                     : "file"));
         if (n->kind == FZ_NODE_FILE) {
             json_object_set_new(e, "size", json_integer((json_int_t)n->size));
             json_object_set_new(e, "content", json_string(seg_kind(n)));

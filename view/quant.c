@@ -170,9 +170,9 @@ int fz_view_quant_config(fz_view *v)
         }
     json_t *group = json_object(), *groups = json_object(), *c = json_object();
     json_object_set_new(group, "targets", json_pack("[s]", "Linear"));
-    json_object_set_new(group, "weights",
-                        args(q->bits, q->is_float, q->group ? "group" : "channel", q->group, false,
-                             "minmax"));
+    json_object_set_new(
+        group, "weights",
+        args(q->bits, q->is_float, q->group ? "group" : "channel", q->group, false, "minmax"));
     json_object_set_new(group, "input_activations",
                         q->act_dynamic ? args(q->act_bits, q->act_float, "token", 0, true, NULL)
                                        : json_null());

@@ -47,9 +47,9 @@ static const fz_srcfile *file_of_fd(const fz_view *v, int fd, uint32_t *hint)
 
 static int put_identity(fz_buf *t, const fz_srcfile *f)
 {
-    return fz_buf_printf(t, "dev=%llu ino=%llu size=%llu mtime_ns=%lld",
-                         (unsigned long long)f->dev, (unsigned long long)f->ino,
-                         (unsigned long long)f->size, (long long)f->mtime_ns);
+    return fz_buf_printf(t, "dev=%llu ino=%llu size=%llu mtime_ns=%lld", (unsigned long long)f->dev,
+                         (unsigned long long)f->ino, (unsigned long long)f->size,
+                         (long long)f->mtime_ns);
 }
 
 /* recipe_keys[i] = hash of (format, recipe text, source identity). */
@@ -171,8 +171,10 @@ static int check_file(fz_view *v, uint32_t fi, const char *what)
     struct stat st;
     what = what ? what : "";
     if (atomic_load_explicit(&f->changed, memory_order_relaxed))
-        return fz_error_set(FZ_EIO, "%s%ssource %s changed after fzfs opened it; remount (or "
-                            "rerun) to use the new contents", what, sep, f->path);
+        return fz_error_set(FZ_EIO,
+                            "%s%ssource %s changed after fzfs opened it; remount (or "
+                            "rerun) to use the new contents",
+                            what, sep, f->path);
     if (fstat(f->fd, &st) != 0)
         return fz_error_set(FZ_EIO, "%s%scannot stat source %s: %s", what, sep, f->path,
                             strerror(errno));
@@ -185,12 +187,15 @@ static int check_file(fz_view *v, uint32_t fi, const char *what)
     snprintf(now, sizeof now, "%lld bytes, mtime %lld.%09ld", (long long)st.st_size,
              (long long)st.st_mtim.tv_sec, (long)st.st_mtim.tv_nsec);
     if (!atomic_exchange(&f->changed, true) && v->log_changes)
-        fz_log(FZ_LOG_ERROR, "%s%ssource %s changed after fzfs opened it (was %s, now %s): "
+        fz_log(FZ_LOG_ERROR,
+               "%s%ssource %s changed after fzfs opened it (was %s, now %s): "
                "every file made from it fails with an I/O error from now on; remount to serve "
-               "the new contents", what, sep, f->path, was, now);
-    return fz_error_set(FZ_EIO, "%s%ssource %s changed after fzfs opened it (was %s, now %s); "
-                        "remount (or rerun) to use the new contents", what, sep, f->path, was,
-                        now);
+               "the new contents",
+               what, sep, f->path, was, now);
+    return fz_error_set(FZ_EIO,
+                        "%s%ssource %s changed after fzfs opened it (was %s, now %s); "
+                        "remount (or rerun) to use the new contents",
+                        what, sep, f->path, was, now);
 }
 
 void fz_view_log_changes(fz_view *v)
@@ -321,8 +326,7 @@ static int record_key(const fz_view *v, uint32_t zi, size_t rec, fz_cache_key *k
             f = &v->files[s->u.span.src];
             if (!(rc = fz_buf_puts(&t, "span ")) && !(rc = put_identity(&t, f)))
                 rc = fz_buf_printf(&t, " off=%llu len=%llu\n",
-                                   (unsigned long long)(s->u.span.off + so),
-                                   (unsigned long long)k);
+                                   (unsigned long long)(s->u.span.off + so), (unsigned long long)k);
             break;
         case FZ_SEG_COMPUTED:
             if (!rk || rk[s->u.recipe].chunk == UINT64_MAX) {

@@ -57,9 +57,11 @@ static int copy_source(char *const roots[2], const char *p, char **out)
         if (!(real = realpath(p, NULL)))
             return 0; /* dangling: nothing to copy, as for any non-file */
         if (!under(real, roots[0]) && !under(real, roots[1])) {
-            int rc = fz_error_set(FZ_EDENIED, "%s: a symlink to %s, outside the source "
+            int rc = fz_error_set(FZ_EDENIED,
+                                  "%s: a symlink to %s, outside the source "
                                   "directory; fzfs copies only files inside SRC. Replace the "
-                                  "link with a copy of the file, or remove it", p, real);
+                                  "link with a copy of the file, or remove it",
+                                  p, real);
             free(real);
             return rc;
         }
@@ -237,15 +239,23 @@ static int add_bin_shard(fz_view *v, uint32_t dir, const uint32_t *outs, uint32_
             rc = fz_error_set(FZ_EINVAL, "%s: internal error: zip layout has a gap", name);
             goto done;
         }
-        segs[ns++] = (fz_seg){.kind = FZ_SEG_DEFERRED, .len = zr->header_len, .zrec = -1,
-                              .u.def = {zi, (int32_t)i}};
+        segs[ns++] = (fz_seg){
+            .kind = FZ_SEG_DEFERRED, .len = zr->header_len, .zrec = -1, .u.def = {zi, (int32_t)i}};
         fz_seg d = {.kind = FZ_SEG_LITERAL, .len = zr->size, .zrec = (int32_t)i};
         size_t k = 0;
         switch (fz_torchbin_record_role(i, nrec - 3, &k)) {
-        case FZ_TB_PICKLE: d.u.lit = pkl_data; break;
-        case FZ_TB_BYTEORDER: d.u.lit = fz_torchbin_byteorder; break;
-        case FZ_TB_VERSION: d.u.lit = fz_torchbin_version; break;
-        case FZ_TB_DATA: d = tensor_seg(v, recipe_of_rec[k], (int32_t)i, &hint); break;
+        case FZ_TB_PICKLE:
+            d.u.lit = pkl_data;
+            break;
+        case FZ_TB_BYTEORDER:
+            d.u.lit = fz_torchbin_byteorder;
+            break;
+        case FZ_TB_VERSION:
+            d.u.lit = fz_torchbin_version;
+            break;
+        case FZ_TB_DATA:
+            d = tensor_seg(v, recipe_of_rec[k], (int32_t)i, &hint);
+            break;
         }
         if (d.kind == FZ_SEG_LITERAL) {
             zv->crc[i] = (uint32_t)crc32(0L, d.u.lit, (uInt)d.len);
@@ -259,8 +269,8 @@ static int add_bin_shard(fz_view *v, uint32_t dir, const uint32_t *outs, uint32_
         rc = fz_error_set(FZ_EINVAL, "%s: internal error: zip layout has a gap", name);
         goto done;
     }
-    segs[ns++] = (fz_seg){.kind = FZ_SEG_DEFERRED, .len = zv->L.cd_len, .zrec = -1,
-                          .u.def = {zi, -1}};
+    segs[ns++] =
+        (fz_seg){.kind = FZ_SEG_DEFERRED, .len = zv->L.cd_len, .zrec = -1, .u.def = {zi, -1}};
     uint32_t node;
     if ((rc = fz_tree_file(v, dir, name, segs, ns, &node)))
         goto done;
@@ -446,17 +456,16 @@ static int manifest_json(fz_view *v, uint32_t ckdir, uint64_t optimizer_size, fz
     json_object_set_new(m, "checkpoint_path", json_string(v->dest_ckpt_dir));
     json_object_set_new(m, "world_size", json_integer(1));
     char when[40];
-    json_object_set_new(m, "timestamp", json_string(v->src.timestamp ? v->src.timestamp
-                                                                      : weights_time(v, when)));
+    json_object_set_new(m, "timestamp",
+                        json_string(v->src.timestamp ? v->src.timestamp : weights_time(v, when)));
     json_object_set_new(comps, "model", component("model", model));
     if (v->opts.keep_optimizer)
         json_object_set_new(comps, "optimizer", component("optimizer", optimizer_size));
     json_object_set_new(m, "components", comps);
     json_object_set_new(m, "training_args_hash", json_null());
     json_object_set_new(m, "forgather_version", json_null());
-    json_object_set_new(m, "pytorch_version", v->src.pytorch_version
-                                                  ? json_string(v->src.pytorch_version)
-                                                  : json_null());
+    json_object_set_new(m, "pytorch_version",
+                        v->src.pytorch_version ? json_string(v->src.pytorch_version) : json_null());
     json_object_set_new(meta, "finalized", json_true());
     json_object_set_new(m, "metadata", meta);
     fz_json_style style = FZ_JSON_PY(2);
@@ -536,9 +545,9 @@ int fz_view_build_tree(fz_view *v)
     start[0] = 0;
     for (uint32_t s = 0; s < v->nshards; s++) {
         char name[64];
-        snprintf(name, sizeof name, st ? "model-%05u-of-%05u.safetensors"
-                                        : "pytorch_model-%05u-of-%05u.bin",
-                 s + 1, v->nshards);
+        snprintf(name, sizeof name,
+                 st ? "model-%05u-of-%05u.safetensors" : "pytorch_model-%05u-of-%05u.bin", s + 1,
+                 v->nshards);
         if (!(v->shard_names[s] = strdup(name))) {
             rc = fz_error_set(FZ_ENOMEM, "out of memory");
             goto done;

@@ -116,7 +116,8 @@ static bool parse_iso(const char *s, double *out)
     memset(&tm, 0, sizeof tm);
     int n = 0;
     if (sscanf(s, "%4d-%2d-%2d%*1[T ]%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
-               &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &n) < 6 || n == 0)
+               &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &n) < 6 ||
+        n == 0)
         return false;
     const char *p = s + n;
     double frac = 0;
@@ -364,9 +365,10 @@ static int add_skipped(fz_source *s, const char *name, const char *fmt, ...)
 /* The reason an entry that is not a checkpoint with weights was passed over. */
 static int skip_invalid(fz_source *s, const fz_cand *k)
 {
-    return add_skipped(s, k->name, "%s", !k->dir ? "not a directory"
-                                                 : "no weights (no model.safetensors[.index.json] "
-                                                   "or pytorch_model.bin[.index.json])");
+    return add_skipped(s, k->name, "%s",
+                       !k->dir ? "not a directory"
+                               : "no weights (no model.safetensors[.index.json] "
+                                 "or pytorch_model.bin[.index.json])");
 }
 
 /* Forgather: SRC/checkpoints/checkpoint-*, the newest by manifest timestamp
@@ -388,13 +390,13 @@ static int pick_forgather(fz_source *s, const char *cdir)
         k->t_manifest = k->ts && parse_iso(k->ts, &k->t);
         if (!k->t_manifest) {
             struct stat st;
-            k->t = stat(k->path, &st) == 0
-                       ? (double)st.st_mtim.tv_sec + st.st_mtim.tv_nsec * 1e-9 : 0;
+            k->t =
+                stat(k->path, &st) == 0 ? (double)st.st_mtim.tv_sec + st.st_mtim.tv_nsec * 1e-9 : 0;
         }
         const fz_cand *b = best == SIZE_MAX ? NULL : &c[best];
         if (!b || k->t > b->t ||
-            (k->t == b->t && (k->step > b->step ||
-                              (k->step == b->step && strcmp(k->path, b->path) > 0))))
+            (k->t == b->t &&
+             (k->step > b->step || (k->step == b->step && strcmp(k->path, b->path) > 0))))
             best = i;
     }
     for (size_t i = 0; i < n && rc == 0; i++) {
@@ -415,8 +417,10 @@ static int pick_forgather(fz_source *s, const char *cdir)
         s->pytorch_version = b->tv;
         b->path = b->ts = b->tv = NULL;
         fz_buf why = FZ_BUF_INIT;
-        fz_buf_printf(&why, "newest of %u valid checkpoint(s) in %s (by manifest timestamp, "
-                      "falling back to directory mtime; ties broken by step)", valid, cdir);
+        fz_buf_printf(&why,
+                      "newest of %u valid checkpoint(s) in %s (by manifest timestamp, "
+                      "falling back to directory mtime; ties broken by step)",
+                      valid, cdir);
         s->why = (char *)fz_buf_steal(&why, NULL);
     }
     cands_free(c, n);
@@ -424,7 +428,8 @@ static int pick_forgather(fz_source *s, const char *cdir)
         return rc;
     if (fz_source_has_weights(s->root)) {
         fz_warn("%s: no valid checkpoint (%zu checkpoint-* entries looked at); using the weights "
-                "at the source root", cdir, n);
+                "at the source root",
+                cdir, n);
         s->ckpt = strdup(s->root);
         s->ckpt_is_root = true;
         s->why = strdup("checkpoints/ holds no checkpoint with weights; the source root does");
@@ -433,7 +438,8 @@ static int pick_forgather(fz_source *s, const char *cdir)
     return fz_error_set(FZ_ENOTFOUND,
                         "%s: no valid checkpoint: looked at %zu checkpoint-* entries (none holds "
                         "model.safetensors[.index.json] or pytorch_model.bin[.index.json]) and the "
-                        "source root has no weights either", cdir, n);
+                        "source root has no weights either",
+                        cdir, n);
 }
 
 /* global_step of a Trainer checkpoint's trainer_state.json into k->gstep;
@@ -458,15 +464,19 @@ static int read_global_step(fz_cand *k)
         goto done;
     if (!(j = fz_json_parse(text, len, path))) {
         char *msg = strdup(fz_error_msg());
-        rc = fz_error_set(FZ_EFORMAT, "%s; fix or remove this checkpoint, or choose another "
-                          "with -c", msg ? msg : path);
+        rc = fz_error_set(FZ_EFORMAT,
+                          "%s; fix or remove this checkpoint, or choose another "
+                          "with -c",
+                          msg ? msg : path);
         free(msg);
         goto done;
     }
     json_t *g = json_is_object(j) ? json_object_get(j, "global_step") : NULL;
     if (!json_is_integer(g) || json_integer_value(g) < 0) {
-        rc = fz_error_set(FZ_EFORMAT, "%s: no non-negative integer \"global_step\"; fix or remove "
-                          "this checkpoint, or choose another with -c", path);
+        rc = fz_error_set(FZ_EFORMAT,
+                          "%s: no non-negative integer \"global_step\"; fix or remove "
+                          "this checkpoint, or choose another with -c",
+                          path);
         goto done;
     }
     k->gstep = (int64_t)json_integer_value(g);
@@ -517,7 +527,8 @@ static int pick_trainer(fz_source *s, fz_cand *c, size_t n)
                             "%s: %zu checkpoint-* entries and none is a checkpoint-<number> "
                             "directory holding model.safetensors[.index.json] or "
                             "pytorch_model.bin[.index.json]; the source root has no weights "
-                            "either. Point SRC or -c at a directory that holds weights", s->root, n);
+                            "either. Point SRC or -c at a directory that holds weights",
+                            s->root, n);
     const fz_cand *b = &c[best];
     for (size_t i = 0; i < n && rc == 0; i++) {
         const fz_cand *k = &c[i];
@@ -538,7 +549,8 @@ static int pick_trainer(fz_source *s, fz_cand *c, size_t n)
     s->ckpt = strdup(b->path);
     s->step = b->step;
     fz_buf why = FZ_BUF_INIT;
-    fz_buf_printf(&why, "highest %s (%lld) of %u checkpoint-N director%s with weights (by "
+    fz_buf_printf(&why,
+                  "highest %s (%lld) of %u checkpoint-N director%s with weights (by "
                   "trainer_state.json global_step, else N; never by mtime)",
                   b->gstep_state ? "global_step" : "step", (long long)b->gstep, valid,
                   valid == 1 ? "y" : "ies");
@@ -578,8 +590,10 @@ static int pick_no_checkpoints_dir(fz_source *s)
         s->layout = FZ_LAYOUT_CHECKPOINT;
         read_manifest(s->root, &s->timestamp, &s->pytorch_version); /* as -c does */
         fz_buf why = FZ_BUF_INIT;
-        fz_buf_printf(&why, "the source is a checkpoint-N directory holding weights (step %lld "
-                      "kept)", (long long)s->step);
+        fz_buf_printf(&why,
+                      "the source is a checkpoint-N directory holding weights (step %lld "
+                      "kept)",
+                      (long long)s->step);
         s->why = (char *)fz_buf_steal(&why, NULL);
     } else {
         s->layout = FZ_LAYOUT_MODEL;
@@ -602,8 +616,9 @@ static int find_optimizer(fz_source *s)
     static const char *const names[] = {"optimizer_state.pt", "optimizer.pt"};
     for (size_t i = 0; i < 2; i++)
         if (is_file(s->ckpt, names[i]))
-            return (s->optimizer = join(s->ckpt, names[i])) ? 0
-                                                            : fz_error_set(FZ_ENOMEM, "out of memory");
+            return (s->optimizer = join(s->ckpt, names[i]))
+                       ? 0
+                       : fz_error_set(FZ_ENOMEM, "out of memory");
     return 0;
 }
 
@@ -617,12 +632,14 @@ int fz_source_find(fz_source *s, const char *src, const char *ckpt_opt)
     if (stat(src, &sst) != 0)
         return fz_error_set(FZ_ENOTFOUND, "Source directory does not exist: %s", src);
     if (!S_ISDIR(sst.st_mode))
-        return fz_error_set(FZ_ENOTFOUND, "%s is a file, not a directory: SRC is the training "
+        return fz_error_set(FZ_ENOTFOUND,
+                            "%s is a file, not a directory: SRC is the training "
                             "output directory (the one holding checkpoints/ or config.json)%s",
-                            src, has_suffix(src, ".json") || has_suffix(src, ".bin") ||
-                                     has_suffix(src, ".safetensors")
-                                 ? "; give the directory that contains this file"
-                                 : "");
+                            src,
+                            has_suffix(src, ".json") || has_suffix(src, ".bin") ||
+                                    has_suffix(src, ".safetensors")
+                                ? "; give the directory that contains this file"
+                                : "");
     if (!realpath(src, rp))
         return fz_error_set(FZ_EIO, "%s: %s", src, strerror(errno));
     if (!(s->root = strdup(rp)))
@@ -633,7 +650,8 @@ int fz_source_find(fz_source *s, const char *src, const char *ckpt_opt)
             goto done;
         }
         if (!fz_source_has_weights(rp)) {
-            rc = fz_error_set(FZ_ENOTFOUND, "%s: checkpoint holds no weights (none of "
+            rc = fz_error_set(FZ_ENOTFOUND,
+                              "%s: checkpoint holds no weights (none of "
                               "model.safetensors[.index.json], pytorch_model.bin[.index.json])",
                               rp);
             goto done;
@@ -683,12 +701,18 @@ done:
 const char *fz_layout_name(fz_layout l)
 {
     switch (l) {
-    case FZ_LAYOUT_FORGATHER: return "forgather";
-    case FZ_LAYOUT_TRAINER: return "hf-trainer";
-    case FZ_LAYOUT_TRAINER_FINAL: return "hf-trainer+final-model";
-    case FZ_LAYOUT_CHECKPOINT: return "checkpoint-dir";
-    case FZ_LAYOUT_MODEL: return "hf-model";
-    case FZ_LAYOUT_EXPLICIT: return "explicit";
+    case FZ_LAYOUT_FORGATHER:
+        return "forgather";
+    case FZ_LAYOUT_TRAINER:
+        return "hf-trainer";
+    case FZ_LAYOUT_TRAINER_FINAL:
+        return "hf-trainer+final-model";
+    case FZ_LAYOUT_CHECKPOINT:
+        return "checkpoint-dir";
+    case FZ_LAYOUT_MODEL:
+        return "hf-model";
+    case FZ_LAYOUT_EXPLICIT:
+        return "explicit";
     }
     return "?";
 }

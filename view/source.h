@@ -29,25 +29,25 @@ typedef struct {
 } fz_skipped;
 
 typedef struct {
-    char *root;             /* absolute SRC */
-    char *ckpt;             /* absolute directory holding the weights */
-    bool ckpt_is_root;      /* weights come from SRC itself */
-    int64_t step;           /* N of checkpoint-N, or -1 */
+    char *root;        /* absolute SRC */
+    char *ckpt;        /* absolute directory holding the weights */
+    bool ckpt_is_root; /* weights come from SRC itself */
+    int64_t step;      /* N of checkpoint-N, or -1 */
     fz_layout layout;
-    char *why;              /* one line: why this checkpoint was chosen */
-    fz_skipped *skipped;    /* checkpoints not chosen, in step order */
+    char *why;           /* one line: why this checkpoint was chosen */
+    fz_skipped *skipped; /* checkpoints not chosen, in step order */
     uint32_t nskipped;
-    char *config_dir;       /* config.json, generation_config.json, *.py: SRC root when it
-                             * has config.json, else the checkpoint when it has one */
-    char *tokenizer_dir;    /* tokenizer files: SRC root when it has tokenizer.json, else the
-                             * checkpoint when it has one */
-    char *optimizer;        /* optimizer_state.pt (Forgather) or optimizer.pt (Trainer) in
-                             * ckpt, absolute; NULL when neither is a regular file */
-    char *timestamp;        /* the checkpoint manifest's "timestamp", or NULL */
-    char *pytorch_version;  /* the checkpoint manifest's "pytorch_version", or NULL */
+    char *config_dir;      /* config.json, generation_config.json, *.py: SRC root when it
+                            * has config.json, else the checkpoint when it has one */
+    char *tokenizer_dir;   /* tokenizer files: SRC root when it has tokenizer.json, else the
+                            * checkpoint when it has one */
+    char *optimizer;       /* optimizer_state.pt (Forgather) or optimizer.pt (Trainer) in
+                            * ckpt, absolute; NULL when neither is a regular file */
+    char *timestamp;       /* the checkpoint manifest's "timestamp", or NULL */
+    char *pytorch_version; /* the checkpoint manifest's "pytorch_version", or NULL */
     fz_weights_kind kind;
-    char *index_name;       /* index file name, or NULL */
-    char **files;           /* weight file names in ckpt, sorted, unique */
+    char *index_name; /* index file name, or NULL */
+    char **files;     /* weight file names in ckpt, sorted, unique */
     uint32_t nfiles;
 } fz_source;
 

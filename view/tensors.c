@@ -11,11 +11,17 @@
 #include "view/internal.h"
 
 /* Names by which the input embedding and output head are known. */
-static const char *const embed_names[] = {
-    "model.embed_tokens.weight", "causal_lm.input_encoder.embedding.weight",
-    "transformer.wte.weight", "model.decoder.embed_tokens.weight", "gpt_neox.embed_in.weight",
-    "transformer.word_embeddings.weight", "model.tok_embeddings.weight", "tok_embeddings.weight",
-    "embed_tokens.weight", "word_embeddings.weight", NULL};
+static const char *const embed_names[] = {"model.embed_tokens.weight",
+                                          "causal_lm.input_encoder.embedding.weight",
+                                          "transformer.wte.weight",
+                                          "model.decoder.embed_tokens.weight",
+                                          "gpt_neox.embed_in.weight",
+                                          "transformer.word_embeddings.weight",
+                                          "model.tok_embeddings.weight",
+                                          "tok_embeddings.weight",
+                                          "embed_tokens.weight",
+                                          "word_embeddings.weight",
+                                          NULL};
 static const char *const head_names[] = {"lm_head.weight", "embed_out.weight", "output.weight",
                                          "lm_head.linear.weight", NULL};
 
@@ -55,32 +61,33 @@ static bool same_view(const fz_tensor *a, const fz_tensor *b)
  * refuses a vocabulary change on an uncertain guess (fz_view_check_roles). */
 
 /* Config keys that give the hidden size, in the order they are tried. */
-static const char *const hidden_keys[] = {"hidden_size", "n_embd", "d_model", "dim", "hidden_dim",
-                                          "model_dim", "embed_dim", "n_embed", "emb_dim",
-                                          "d_embed", "embedding_size", NULL};
+static const char *const hidden_keys[] = {"hidden_size", "n_embd",    "d_model",        "dim",
+                                          "hidden_dim",  "model_dim", "embed_dim",      "n_embed",
+                                          "emb_dim",     "d_embed",   "embedding_size", NULL};
 
 typedef struct {
     const fz_tensor *t;
     uint32_t file;
-    size_t order;  /* position in the state dict (files in order, tensors in file order) */
-    int group;     /* aliases (one storage, or one param_sharing group) share it */
-    bool matrix;   /* [V, hidden] */
-    bool taken;    /* embedding, head, head bias or an alias of one */
+    size_t order; /* position in the state dict (files in order, tensors in file order) */
+    int group;    /* aliases (one storage, or one param_sharing group) share it */
+    bool matrix;  /* [V, hidden] */
+    bool taken;   /* embedding, head, head bias or an alias of one */
 } vtensor;
 
 typedef struct {
     vtensor *v;
     size_t n;
-    size_t total; /* tensors in the state dict */
+    size_t total;    /* tensors in the state dict */
     json_t *sharing; /* the index's metadata.param_sharing, or NULL */
 } vset;
 
 /* +1: the name says input embedding; -1: output head; 0: neither or both. */
 static int name_hint(const char *name)
 {
-    static const char *const emb[] = {"emb", "wte", "tok", "word", "input", "lookup", "table", NULL};
-    static const char *const head[] = {"head", "out", "lm_", "logit", "unembed", "classifier",
-                                       "readout", NULL};
+    static const char *const emb[] = {"emb",   "wte",    "tok",   "word",
+                                      "input", "lookup", "table", NULL};
+    static const char *const head[] = {"head",    "out",        "lm_",     "logit",
+                                       "unembed", "classifier", "readout", NULL};
     char low[256];
     size_t n = strlen(name);
     if (n > 7 && strcmp(name + n - 7, ".weight") == 0)
@@ -148,9 +155,11 @@ static bool shared_in_index(const json_t *sharing, const char *a, const char *b)
 {
     size_t i, j;
     json_t *g, *x;
-    json_array_foreach(sharing, i, g) {
+    json_array_foreach(sharing, i, g)
+    {
         bool ha = false, hb = false;
-        json_array_foreach(g, j, x) {
+        json_array_foreach(g, j, x)
+        {
             const char *s = json_string_value(x);
             ha = ha || (s && !strcmp(s, a));
             hb = hb || (s && !strcmp(s, b));
@@ -316,7 +325,10 @@ static int roles_from_option(fz_view *v)
                               v->src.ckpt);
             break;
         }
-        rc = set_name(k == 0 ? &v->embed_name : x->ndim == 1 ? &v->head_bias_name : &v->head_name, t);
+        rc = set_name(k == 0         ? &v->embed_name
+                      : x->ndim == 1 ? &v->head_bias_name
+                                     : &v->head_name,
+                      t);
     }
     free(list);
     if (rc || !v->embed_name)
@@ -457,8 +469,8 @@ static int roles_by_search(fz_view *v, const json_t *config)
     v->roles_certain = true;
     goto done;
 doubt:
-    rc = describe_candidates(v, &s, V ? V : (uint64_t)(cfg_vocab > 0 ? cfg_vocab : 0),
-                             order_known, why);
+    rc = describe_candidates(v, &s, V ? V : (uint64_t)(cfg_vocab > 0 ? cfg_vocab : 0), order_known,
+                             why);
 done:
     json_decref(s.sharing);
     free(s.v);
@@ -559,10 +571,11 @@ static int rules_for(const fz_view *v, uint64_t src_rows, bool bias, fz_row_rule
         } else {
             if (in->copy_from >= src_rows) {
                 free(r);
-                return fz_error_set(FZ_EINVAL, "init copy:%llu for token id %llu: the source row "
+                return fz_error_set(FZ_EINVAL,
+                                    "init copy:%llu for token id %llu: the source row "
                                     "must be an existing token id (< %llu)",
-                                    (unsigned long long)in->copy_from,
-                                    (unsigned long long)in->row, (unsigned long long)src_rows);
+                                    (unsigned long long)in->copy_from, (unsigned long long)in->row,
+                                    (unsigned long long)src_rows);
             }
             r[k++] = (fz_row_rule){in->row, FZ_ROW_SOURCE, in->copy_from};
         }
@@ -661,9 +674,8 @@ int fz_view_build_recipes(fz_view *v)
                 continue;
             }
             fz_dtype out = t->dtype;
-            if (want != FZ_DT_COUNT &&
-                (t->dtype == FZ_DT_F32 || t->dtype == FZ_DT_F16 || t->dtype == FZ_DT_BF16 ||
-                 t->dtype == FZ_DT_F64))
+            if (want != FZ_DT_COUNT && (t->dtype == FZ_DT_F32 || t->dtype == FZ_DT_F16 ||
+                                        t->dtype == FZ_DT_BF16 || t->dtype == FZ_DT_F64))
                 out = want;
             uint64_t rows = t->ndim ? t->shape[0] : 1;
             fz_row_rule *rules = NULL;
@@ -674,8 +686,7 @@ int fz_view_build_recipes(fz_view *v)
                 rows = v->meta.rows;
             }
             fz_recipe *rc_ = &v->recipes[v->nrecipes];
-            rc = fz_recipe_init(rc_, v->files[f].fd, v->files[f].path, t, out, rows, rules,
-                                nrules);
+            rc = fz_recipe_init(rc_, v->files[f].fd, v->files[f].path, t, out, rows, rules, nrules);
             free(rules);
             v->nrecipes++;
             if (rc || (rc = fz_hindex_put(&views, view_hash(t), v->nrecipes - 1)))
@@ -711,7 +722,6 @@ void fz_view_merge_tied_head(fz_view *v)
         return;
     h->recipe = e->recipe;
 }
-
 
 typedef struct {
     const fz_outtensor *outs;

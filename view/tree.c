@@ -5,8 +5,7 @@
 
 #include "util/error.h"
 
-static int new_node(fz_view *v, uint32_t parent, const char *name, fz_node_kind kind,
-                    uint32_t *out)
+static int new_node(fz_view *v, uint32_t parent, const char *name, fz_node_kind kind, uint32_t *out)
 {
     if (v->nnodes == v->capnodes) {
         uint32_t cap = v->capnodes ? v->capnodes * 2 : 32;

@@ -19,24 +19,24 @@
 /* Every view option: finalize's, same names and meaning (DESIGN.md). */
 typedef struct {
     const char *src;
-    const char *checkpoint;          /* -c */
-    const char *add_tokens;          /* --add-tokens YAML */
+    const char *checkpoint; /* -c */
+    const char *add_tokens; /* --add-tokens YAML */
     bool skip_default_tokens;
-    const char *chat_template_path;  /* -t */
+    const char *chat_template_path; /* -t */
     bool no_auto_stop_tokens;
-    const char *stop_tokens;         /* --stop-tokens */
-    const char *generation_config;   /* carry (default) | none | PATH | NAME */
+    const char *stop_tokens;       /* --stop-tokens */
+    const char *generation_config; /* carry (default) | none | PATH | NAME */
     bool keep_optimizer;
     bool root_copy;
-    bool hub;                        /* --hub: Hub-ready (sets safetensors and root_copy; no
-                                      * Forgather-only files such as .package_files_copied) */
+    bool hub; /* --hub: Hub-ready (sets safetensors and root_copy; no
+               * Forgather-only files such as .package_files_copied) */
     bool safetensors;
-    const char *dtype;               /* bfloat16 | float16 | float32 | NULL */
-    const char *device;              /* only "cpu" */
-    const char *quantize;            /* compressed-tensors recipe (implies safetensors) */
-    const char *quantize_ignore;     /* regex (POSIX ERE) of module names not to quantize */
-    const char *embedding_tensors;   /* "NAME[,NAME...]": override the embedding/head guess */
-    uint64_t max_shard_size;         /* re-shard at this many bytes (0: mirror the source files) */
+    const char *dtype;             /* bfloat16 | float16 | float32 | NULL */
+    const char *device;            /* only "cpu" */
+    const char *quantize;          /* compressed-tensors recipe (implies safetensors) */
+    const char *quantize_ignore;   /* regex (POSIX ERE) of module names not to quantize */
+    const char *embedding_tensors; /* "NAME[,NAME...]": override the embedding/head guess */
+    uint64_t max_shard_size;       /* re-shard at this many bytes (0: mirror the source files) */
 } fz_view_opts;
 
 typedef struct fz_view fz_view;
@@ -46,21 +46,21 @@ typedef enum { FZ_NODE_DIR, FZ_NODE_FILE, FZ_NODE_SYMLINK } fz_node_kind;
 struct fz_seg; /* a file's segments: private to view/ (view/internal.h) */
 
 typedef struct {
-    char *name;          /* basename ("" for the root) */
-    char *path;          /* relative path from the root ("" for the root) */
+    char *name; /* basename ("" for the root) */
+    char *path; /* relative path from the root ("" for the root) */
     fz_node_kind kind;
     uint32_t parent;
-    uint32_t *children;  /* DIR: sorted by name */
+    uint32_t *children; /* DIR: sorted by name */
     uint32_t nchildren;
-    char *target;        /* SYMLINK: relative target */
-    uint64_t size;       /* FILE: exact size */
+    char *target;  /* SYMLINK: relative target */
+    uint64_t size; /* FILE: exact size */
     /* Private to view/: where the bytes come from (segments, zip layout). */
     struct fz_seg *segs;
     uint32_t nsegs;
     uint32_t zip;
-    uint32_t mode;       /* permission bits in DEST: a copied file's are its source's, a
-                          * generated file's and a directory's follow SRC's directory
-                          * (owner rw kept); the mount shows them without write bits */
+    uint32_t mode; /* permission bits in DEST: a copied file's are its source's, a
+                    * generated file's and a directory's follow SRC's directory
+                    * (owner rw kept); the mount shows them without write bits */
 } fz_node;
 
 /* Build the view of o->src. Errors (message names the file and problem):

@@ -27,7 +27,7 @@ static int emit(const dialect *d, const json_t *v, fz_buf *out)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static const dialect dialects[] = {
-        {"HF ascii", FZ_JSON_HF(true), false},  {"HF utf-8", FZ_JSON_HF(false), false},
+        {"HF ascii", FZ_JSON_HF(true), false},     {"HF utf-8", FZ_JSON_HF(false), false},
         {"python indent 0", FZ_JSON_PY(0), false}, {"python compact", FZ_JSON_PY(-1), false},
         {"python indent 4", FZ_JSON_PY(4), false}, {"tokenizers", {0}, true},
     };

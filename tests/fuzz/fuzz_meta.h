@@ -64,7 +64,8 @@ static inline void fz_fuzz_check_meta(const fz_meta_in *in, const fz_meta_out *o
 
     /* The files as transformers would load them again. */
     fz_tok t;
-    fz_blob tj = {(const char *)o->tokenizer_json.data, o->tokenizer_json.len, "out/tokenizer.json"};
+    fz_blob tj = {(const char *)o->tokenizer_json.data, o->tokenizer_json.len,
+                  "out/tokenizer.json"};
     fz_blob tc = {(const char *)o->tokenizer_config_json.data, o->tokenizer_config_json.len,
                   "out/tokenizer_config.json"};
     fz_blob stm = {(const char *)o->special_tokens_map_json.data, o->special_tokens_map_json.len,
@@ -75,8 +76,8 @@ static inline void fz_fuzz_check_meta(const fz_meta_in *in, const fz_meta_out *o
                   (unsigned long long)t.len, (unsigned long long)o->new_vocab);
     for (size_t i = 0; i < o->n_added_tokens; i++)
         FZ_FUZZ_CHECK(fz_tok_id(&t, o->added_tokens[i]) == (int64_t)o->added_ids[i],
-                      "the written tokenizer gives '%s' id %lld, the plan %llu",
-                      o->added_tokens[i], (long long)fz_tok_id(&t, o->added_tokens[i]),
+                      "the written tokenizer gives '%s' id %lld, the plan %llu", o->added_tokens[i],
+                      (long long)fz_tok_id(&t, o->added_tokens[i]),
                       (unsigned long long)o->added_ids[i]);
     fz_tok_free(&t);
 }

@@ -41,8 +41,8 @@ static void round_trip(const fz_tensor_list *l)
         FZ_FUZZ_CHECK(b->data_offset == offset[order[j]] && b->data_offset >= data_start,
                       "'%s' is at %llu, the layout said %llu", a->name,
                       (unsigned long long)b->data_offset, (unsigned long long)offset[order[j]]);
-        FZ_FUZZ_CHECK(fz_tensor_numel(b, &nbytes) && nbytes * fz_dtype_size(b->dtype) ==
-                                                         b->storage_nbytes,
+        FZ_FUZZ_CHECK(fz_tensor_numel(b, &nbytes) &&
+                          nbytes * fz_dtype_size(b->dtype) == b->storage_nbytes,
                       "'%s' size changed", a->name);
     }
     fz_tensor_list_free(&again);

@@ -5,8 +5,8 @@
  * The input is up to nine NUL-separated parts: tokenizer.json,
  * tokenizer_config.json, special_tokens_map.json, an add-tokens YAML,
  * config.json, generation_config.json, an inference preset, a --stop-tokens
- * list and the embedding's row count in decimal (absent: unknown). An empty or missing part is an absent file (without a
- * YAML the default PAD plan applies; with a preset its translation replaces
+ * list and the embedding's row count in decimal (absent: unknown). An empty or missing part is an
+ * absent file (without a YAML the default PAD plan applies; with a preset its translation replaces
  * the carried generation config), except config.json and
  * generation_config.json, which default to the real ones of
  * tests/unit/data/tok_pad.
@@ -24,10 +24,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         loaded = true;
     }
     char *text = fz_fuzz_strdup(data, size);
-    fz_blob part[9] = {{NULL, 0, "tokenizer.json"},  {NULL, 0, "tokenizer_config.json"},
-                       {NULL, 0, "special_tokens_map.json"}, {NULL, 0, "tokens.yaml"},
-                       {NULL, 0, "config.json"},     {NULL, 0, "generation_config.json"},
-                       {NULL, 0, "preset.json"},     {NULL, 0, "--stop-tokens"},
+    fz_blob part[9] = {{NULL, 0, "tokenizer.json"},
+                       {NULL, 0, "tokenizer_config.json"},
+                       {NULL, 0, "special_tokens_map.json"},
+                       {NULL, 0, "tokens.yaml"},
+                       {NULL, 0, "config.json"},
+                       {NULL, 0, "generation_config.json"},
+                       {NULL, 0, "preset.json"},
+                       {NULL, 0, "--stop-tokens"},
                        {NULL, 0, "embedding rows"}};
     size_t start = 0;
     for (int k = 0; k < 9 && start <= size; k++) {

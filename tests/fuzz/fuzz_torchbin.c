@@ -109,8 +109,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (t->storage_id == l.v[j].storage_id)
                 FZ_FUZZ_CHECK(t->data_offset == l.v[j].data_offset &&
                                   t->storage_nbytes == l.v[j].storage_nbytes,
-                              "tensors '%s' and '%s' share storage %u but not its bytes",
-                              t->name, l.v[j].name, t->storage_id);
+                              "tensors '%s' and '%s' share storage %u but not its bytes", t->name,
+                              l.v[j].name, t->storage_id);
         }
     }
     round_trip(&l);

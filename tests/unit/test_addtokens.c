@@ -194,18 +194,23 @@ static void test_errors(void **state)
 {
     (void)state;
     expect_error("sep_token: x\n", FZ_EINVAL, "my.yaml: sep_token: unknown key");
-    expect_error("pad_token: {token: x, init: gaussian}\n", FZ_EINVAL, "my.yaml: pad_token.init: bad init 'gaussian'");
+    expect_error("pad_token: {token: x, init: gaussian}\n", FZ_EINVAL,
+                 "my.yaml: pad_token.init: bad init 'gaussian'");
     expect_error("pad_token: {token: x, init: \"copy:abc\"}\n", FZ_EINVAL, "bad init 'copy:abc'");
-    expect_error("pad_token: {token: x, colour: red}\n", FZ_EINVAL, "my.yaml: pad_token.colour: unknown key");
+    expect_error("pad_token: {token: x, colour: red}\n", FZ_EINVAL,
+                 "my.yaml: pad_token.colour: unknown key");
     expect_error("pad_token: {init: zero}\n", FZ_EINVAL, "my.yaml: pad_token: missing 'token'");
-    expect_error("pad_token: {token: x, if_missing: maybe}\n", FZ_EINVAL, "pad_token.if_missing: must be true or false");
+    expect_error("pad_token: {token: x, if_missing: maybe}\n", FZ_EINVAL,
+                 "pad_token.if_missing: must be true or false");
     expect_error("special_tokens: \"<x>\"\n", FZ_EINVAL, "my.yaml: special_tokens: must be a list");
-    expect_error("special_tokens: [\"<x>\", 12]\n", FZ_EINVAL, "my.yaml: special_tokens[1]: must be a string");
-    expect_error("eos_token: [a]\n", FZ_EINVAL, "my.yaml: eos_token: must be a string or a mapping");
+    expect_error("special_tokens: [\"<x>\", 12]\n", FZ_EINVAL,
+                 "my.yaml: special_tokens[1]: must be a string");
+    expect_error("eos_token: [a]\n", FZ_EINVAL,
+                 "my.yaml: eos_token: must be a string or a mapping");
     expect_error("eos_token: \"a\n", FZ_EFORMAT, "my.yaml: invalid YAML at line");
     expect_error("- a\n", FZ_EINVAL, "must be a mapping");
-    expect_error("regular_tokens: [zz1]\npad_token: {token: \"<|UNK|>\", init: \"copy:5000\"}\n", FZ_EINVAL,
-                 "init copy:5000: not an existing token id");
+    expect_error("regular_tokens: [zz1]\npad_token: {token: \"<|UNK|>\", init: \"copy:5000\"}\n",
+                 FZ_EINVAL, "init copy:5000: not an existing token id");
 }
 
 /* Depth and size are capped before libyaml loads the document (its
@@ -348,10 +353,14 @@ int main(void)
 {
     fz_log_set_level(FZ_LOG_ERROR);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_padded_rows),     cmocka_unit_test(test_role_token_missing),
-        cmocka_unit_test(test_chatml),          cmocka_unit_test(test_default_pad),
-        cmocka_unit_test(test_if_missing_false_reassigns), cmocka_unit_test(test_reassign_existing),
-        cmocka_unit_test(test_lists_and_order), cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_padded_rows),
+        cmocka_unit_test(test_role_token_missing),
+        cmocka_unit_test(test_chatml),
+        cmocka_unit_test(test_default_pad),
+        cmocka_unit_test(test_if_missing_false_reassigns),
+        cmocka_unit_test(test_reassign_existing),
+        cmocka_unit_test(test_lists_and_order),
+        cmocka_unit_test(test_errors),
         cmocka_unit_test(test_depth_and_size_caps),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -17,8 +17,9 @@
 static void test_materialize_options(void **state)
 {
     (void)state;
-    char *argv[] = {"fzfs", "materialize", "SRC", "DEST", "--dtype", "bfloat16", "--safetensors",
-                    "-c", "CK", "--max-shard-size", "2M", "--workers", "3", "--add-tokens", "y"};
+    char *argv[] = {"fzfs",     "materialize",   "SRC", "DEST",         "--dtype",
+                    "bfloat16", "--safetensors", "-c",  "CK",           "--max-shard-size",
+                    "2M",       "--workers",     "3",   "--add-tokens", "y"};
     fz_cli c;
     assert_int_equal(fz_cli_parse(&c, ARGC(argv), argv), 0);
     assert_int_equal(c.cmd, FZ_CMD_MATERIALIZE);
@@ -161,8 +162,7 @@ static void test_mount_helper_form(void **state)
                              "--cache-dir /c -o allow_other");
     char *b[] = {"fzfs", "/data/run", "/mnt/x", "-oro", "-o", "add-tokens=/y.yaml,checkpoint=/c"};
     assert_int_equal(helper(b, ARGC(b), out, sizeof out), 1);
-    assert_string_equal(out,
-                        "fzfs mount /data/run /mnt/x --add-tokens /y.yaml --checkpoint /c");
+    assert_string_equal(out, "fzfs mount /data/run /mnt/x --add-tokens /y.yaml --checkpoint /c");
     char *c[] = {"fzfs", "./run", "/mnt/x"};
     assert_int_equal(helper(c, ARGC(c), out, sizeof out), 1);
     assert_string_equal(out, "fzfs mount ./run /mnt/x");

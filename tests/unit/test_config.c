@@ -32,7 +32,8 @@ static void test_patch_grow(void **state)
     assert_non_null(strstr(s, "\"tie_word_embeddings\": false,"));
     assert_non_null(strstr(s, "\"dtype\": \"bfloat16\","));
     assert_non_null(strstr(s, "\"torch_dtype\": \"bfloat16\","));
-    assert_non_null(strstr(s, "\"quantization_config\": {\n    \"quant_method\": \"compressed-tensors\"\n  },"));
+    assert_non_null(strstr(
+        s, "\"quantization_config\": {\n    \"quant_method\": \"compressed-tensors\"\n  },"));
     assert_true(strstr(s, "\"architectures\"") < strstr(s, "\"bos_token_id\""));
     json_decref(q);
     fz_meta_out_free(&o);
@@ -45,10 +46,12 @@ static void test_eos_kept(void **state)
     fixture f;
     fz_meta_out o;
     fx_load(&f, "tok_pad");
-    f.in.add_tokens_yaml = fx_text("eos_token: \"<|im_end|>\"\nbos_token: \"<|im_start|>\"\n", "a.yaml");
+    f.in.add_tokens_yaml =
+        fx_text("eos_token: \"<|im_end|>\"\nbos_token: \"<|im_start|>\"\n", "a.yaml");
     assert_int_equal(fz_meta_build(&f.in, &o), 0);
     json_t *c = fx_json(&o.config_json);
-    assert_int_equal(json_integer_value(json_object_get(c, "eos_token_id")), 2); /* DESIGN: unchanged */
+    assert_int_equal(json_integer_value(json_object_get(c, "eos_token_id")),
+                     2); /* DESIGN: unchanged */
     assert_int_equal(json_integer_value(json_object_get(c, "bos_token_id")), 300);
     assert_int_equal(json_integer_value(json_object_get(c, "vocab_size")), 302);
     assert_true(json_is_true(json_object_get(c, "tie_word_embeddings")));
@@ -66,11 +69,13 @@ static void test_nothing_added(void **state)
     fx_load(&f, "tok_pad");
     /* pointer moves but nothing is new: no sync, vocab_size unchanged */
     f.in.add_tokens_yaml = fx_text("bos_token: \"<|UNK|>\"\n", "a.yaml");
-    f.in.config = fx_text("{\"vocab_size\": 300, \"bos_token_id\": 0, \"x\": 8.0, \"tie_word_embeddings\": true}",
-                          "config.json");
+    f.in.config = fx_text(
+        "{\"vocab_size\": 300, \"bos_token_id\": 0, \"x\": 8.0, \"tie_word_embeddings\": true}",
+        "config.json");
     assert_int_equal(fz_meta_build(&f.in, &o), 0);
-    assert_string_equal(fx_str(&o.config_json), "{\n  \"bos_token_id\": 0,\n  \"tie_word_embeddings\": true,\n"
-                                                "  \"vocab_size\": 300,\n  \"x\": 8.0\n}\n");
+    assert_string_equal(fx_str(&o.config_json),
+                        "{\n  \"bos_token_id\": 0,\n  \"tie_word_embeddings\": true,\n"
+                        "  \"vocab_size\": 300,\n  \"x\": 8.0\n}\n");
     fz_meta_out_free(&o);
     f.in.config = fx_text("[1]", "SRC/config.json");
     assert_int_equal(fz_meta_build(&f.in, &o), FZ_EFORMAT);

@@ -17,7 +17,7 @@ static void test_utf8_valid(void **state)
     assert_true(fz_utf8_valid("", 0));
     assert_true(fz_utf8_valid("model.norm.weight", 17));
     assert_true(fz_utf8_valid("\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 9)); /* é € 😀 */
-    assert_true(fz_utf8_valid("a\0b", 3));                               /* NUL is UTF-8 */
+    assert_true(fz_utf8_valid("a\0b", 3));                                 /* NUL is UTF-8 */
     assert_false(fz_utf8_valid("\xff", 1));
     assert_false(fz_utf8_valid("\xc3", 1));             /* truncated */
     assert_false(fz_utf8_valid("\xc0\xae", 2));         /* overlong '.' */

@@ -27,9 +27,11 @@ static void test_carry(void **state)
     fx_load(&f, "tok_pad");
     f.in.add_tokens_yaml = fx_file(&f, "../../../examples/add_tokens", "chatml.yaml");
     /* carried: key order kept, eos list merged (original first), no newline */
-    assert_string_equal(gen(&f, &o), "{\n  \"bos_token_id\": 0,\n  \"eos_token_id\": [\n    2,\n    5,\n    300\n  ],\n"
-                                     "  \"pad_token_id\": 1,\n  \"temperature\": 0.7,\n  \"do_sample\": true,\n"
-                                     "  \"transformers_version\": \"4.57.1\"\n}");
+    assert_string_equal(
+        gen(&f, &o),
+        "{\n  \"bos_token_id\": 0,\n  \"eos_token_id\": [\n    2,\n    5,\n    300\n  ],\n"
+        "  \"pad_token_id\": 1,\n  \"temperature\": 0.7,\n  \"do_sample\": true,\n"
+        "  \"transformers_version\": \"4.57.1\"\n}");
     fz_meta_out_free(&o);
     /* --no-auto-stop-tokens + --stop-tokens */
     f.in.no_auto_stop_tokens = true;
@@ -51,11 +53,14 @@ static void test_minimal_and_none(void **state)
     fixture f;
     fz_meta_out o;
     fx_load(&f, "tok_nopad");
-    assert_string_equal(gen(&f, &o), "{\n  \"bos_token_id\": 0,\n  \"pad_token_id\": 300,\n  \"eos_token_id\": 1\n}");
+    assert_string_equal(
+        gen(&f, &o),
+        "{\n  \"bos_token_id\": 0,\n  \"pad_token_id\": 300,\n  \"eos_token_id\": 1\n}");
     assert_true(o.has_generation_config);
     fz_meta_out_free(&o);
     f.in.add_tokens_yaml = fx_text("eos_token: \"<|eot|>\"\n", "a.yaml");
-    assert_string_equal(gen(&f, &o), "{\n  \"bos_token_id\": 0,\n  \"eos_token_id\": [\n    1,\n    300\n  ]\n}");
+    assert_string_equal(
+        gen(&f, &o), "{\n  \"bos_token_id\": 0,\n  \"eos_token_id\": [\n    1,\n    300\n  ]\n}");
     fz_meta_out_free(&o);
     f.in.gen_mode = FZ_GEN_NONE;
     gen(&f, &o);
@@ -74,14 +79,19 @@ static void test_presets(void **state)
     f.in.gen_mode = FZ_GEN_PRESET;
     f.in.add_tokens_yaml = fx_file(&f, "../../../examples/add_tokens", "chatml.yaml");
     f.in.preset = fx_file(&f, "../../../examples/generation_config", "precise.json");
-    assert_string_equal(gen(&f, &o), "{\n  \"temperature\": 0.3,\n  \"top_p\": 0.8,\n  \"repetition_penalty\": 1.05,\n"
-                                     "  \"do_sample\": true,\n  \"bos_token_id\": 0,\n  \"pad_token_id\": 1,\n"
-                                     "  \"eos_token_id\": [\n    2,\n    300\n  ]\n}");
+    assert_string_equal(
+        gen(&f, &o),
+        "{\n  \"temperature\": 0.3,\n  \"top_p\": 0.8,\n  \"repetition_penalty\": 1.05,\n"
+        "  \"do_sample\": true,\n  \"bos_token_id\": 0,\n  \"pad_token_id\": 1,\n"
+        "  \"eos_token_id\": [\n    2,\n    300\n  ]\n}");
     fz_meta_out_free(&o);
-    f.in.preset = fx_text("{\"seed\": 1, \"max_tokens\": 256.7, \"num_beams\": 4, \"max_new_tokens\": 9}", "p.json");
-    assert_string_equal(gen(&f, &o), "{\n  \"max_new_tokens\": 9,\n  \"num_beams\": 4,\n  \"do_sample\": false,\n"
-                                     "  \"bos_token_id\": 0,\n  \"pad_token_id\": 1,\n  \"eos_token_id\": [\n    2,\n"
-                                     "    300\n  ]\n}");
+    f.in.preset = fx_text(
+        "{\"seed\": 1, \"max_tokens\": 256.7, \"num_beams\": 4, \"max_new_tokens\": 9}", "p.json");
+    assert_string_equal(
+        gen(&f, &o),
+        "{\n  \"max_new_tokens\": 9,\n  \"num_beams\": 4,\n  \"do_sample\": false,\n"
+        "  \"bos_token_id\": 0,\n  \"pad_token_id\": 1,\n  \"eos_token_id\": [\n    2,\n"
+        "    300\n  ]\n}");
     fz_meta_out_free(&o);
     const char *names[] = {"greedy.json", "balanced.json", "creative.json", "beam_search.json"};
     for (int i = 0; i < 4; i++) {
@@ -116,7 +126,8 @@ static void test_refusals(void **state)
     /* the bundled contrastive preset (finalize's) is refused by transformers 5.x too */
     refused("{\"penalty_alpha\": 0.6, \"top_k\": 4, \"do_sample\": false}", "`top_k` is 4");
     refused("{\"max_tokens\": 0}", "`max_new_tokens` must be greater than 0");
-    refused("{\"early_stopping\": \"sometimes\", \"num_beams\": 2}", "`early_stopping` must be a boolean");
+    refused("{\"early_stopping\": \"sometimes\", \"num_beams\": 2}",
+            "`early_stopping` must be a boolean");
     refused("{\"early_stopping\": true}", "`num_beams` is 1 but `early_stopping`");
     refused("{\"length_penalty\": 0.5, \"num_beams\": 1}", "`length_penalty`");
     /* the carried file is checked too */

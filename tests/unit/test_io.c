@@ -80,7 +80,7 @@ static void test_regular_file_opens_blocking(void **state)
     assert_true(fd >= 0);
     assert_int_equal(st.st_size, 5);
     int fl = fcntl(fd, F_GETFL);
-    assert_int_equal(fl & O_NONBLOCK, 0);        /* cleared again after the check */
+    assert_int_equal(fl & O_NONBLOCK, 0); /* cleared again after the check */
     assert_int_not_equal(fcntl(fd, F_GETFD) & FD_CLOEXEC, 0);
     assert_int_equal(fl & O_ACCMODE, O_RDONLY);
     char buf[8];
@@ -140,8 +140,7 @@ static void test_symlinks(void **state)
     fd = -1;
     expect_refused(fz_open_input(p, FZ_OPEN_NOFOLLOW, &fd, NULL), FZ_EINVAL, p,
                    "is a symbolic link");
-    expect_refused(fz_check_input(p, FZ_OPEN_NOFOLLOW, NULL), FZ_EINVAL, p,
-                   "is a symbolic link");
+    expect_refused(fz_check_input(p, FZ_OPEN_NOFOLLOW, NULL), FZ_EINVAL, p, "is a symbolic link");
     assert_int_equal(fd, -1);
 }
 

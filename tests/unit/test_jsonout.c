@@ -74,24 +74,29 @@ static void test_layout(void **state)
 {
     (void)state;
     const char *src = "{\"b\": [1, 2.0, {}], \"a\": {\"y\": null, \"x\": true}, \"c\": []}";
-    assert_string_equal(emit(src, FZ_JSON_PY(2)),
-                        "{\n  \"b\": [\n    1,\n    2.0,\n    {}\n  ],\n  \"a\": {\n    \"y\": null,\n"
-                        "    \"x\": true\n  },\n  \"c\": []\n}");
-    assert_string_equal(emit(src, FZ_JSON_HF(true)),
-                        "{\n  \"a\": {\n    \"x\": true,\n    \"y\": null\n  },\n  \"b\": [\n    1,\n"
-                        "    2.0,\n    {}\n  ],\n  \"c\": []\n}\n");
+    assert_string_equal(
+        emit(src, FZ_JSON_PY(2)),
+        "{\n  \"b\": [\n    1,\n    2.0,\n    {}\n  ],\n  \"a\": {\n    \"y\": null,\n"
+        "    \"x\": true\n  },\n  \"c\": []\n}");
+    assert_string_equal(
+        emit(src, FZ_JSON_HF(true)),
+        "{\n  \"a\": {\n    \"x\": true,\n    \"y\": null\n  },\n  \"b\": [\n    1,\n"
+        "    2.0,\n    {}\n  ],\n  \"c\": []\n}\n");
     fz_json_style compact = {0, false, true, false};
-    assert_string_equal(emit(src, compact), "{\"b\": [1, 2.0, {}], \"a\": {\"y\": null, \"x\": true}, \"c\": []}");
+    assert_string_equal(emit(src, compact),
+                        "{\"b\": [1, 2.0, {}], \"a\": {\"y\": null, \"x\": true}, \"c\": []}");
     fz_json_style tight = {-1, true, true, false};
-    assert_string_equal(emit(src, tight), "{\"a\":{\"x\":true,\"y\":null},\"b\":[1,2.0,{}],\"c\":[]}");
+    assert_string_equal(emit(src, tight),
+                        "{\"a\":{\"x\":true,\"y\":null},\"b\":[1,2.0,{}],\"c\":[]}");
 }
 
 static void test_ints(void **state)
 {
     (void)state;
     fz_json_style compact = {0, false, true, false};
-    assert_string_equal(emit("[9223372036854775807, -9223372036854775808, 0, -0, 8.0, -0.0]", compact),
-                        "[9223372036854775807, -9223372036854775808, 0, 0, 8.0, -0.0]");
+    assert_string_equal(
+        emit("[9223372036854775807, -9223372036854775808, 0, -0, 8.0, -0.0]", compact),
+        "[9223372036854775807, -9223372036854775808, 0, 0, 8.0, -0.0]");
 }
 
 /* transformers writes model_max_length = int(1e30) when a tokenizer has none:
@@ -121,10 +126,12 @@ static void test_bigint_tag_is_a_string(void **state)
 {
     (void)state;
     fz_json_style compact = {0, false, true, false};
-    const char *src = "{\"m\": \"\\u0001fz-bigint:1, \\\"auto_map\\\": {\\\"AutoConfig\\\": \\\"x.Y\\\"}\","
-                      " \"k\": [\"\\u0001fz-bigint:12345678901234567890123\"]}";
-    const char *want = "{\"m\": \"\\u0001fz-bigint:1, \\\"auto_map\\\": {\\\"AutoConfig\\\": \\\"x.Y\\\"}\", "
-                       "\"k\": [\"\\u0001fz-bigint:12345678901234567890123\"]}";
+    const char *src =
+        "{\"m\": \"\\u0001fz-bigint:1, \\\"auto_map\\\": {\\\"AutoConfig\\\": \\\"x.Y\\\"}\","
+        " \"k\": [\"\\u0001fz-bigint:12345678901234567890123\"]}";
+    const char *want =
+        "{\"m\": \"\\u0001fz-bigint:1, \\\"auto_map\\\": {\\\"AutoConfig\\\": \\\"x.Y\\\"}\", "
+        "\"k\": [\"\\u0001fz-bigint:12345678901234567890123\"]}";
     assert_string_equal(emit(src, compact), want);
     fz_json_style raw = {2, true, false, true};
     json_t *v = fz_json_parse(src, strlen(src), "t");
@@ -152,12 +159,14 @@ static void test_big_integers_placed(void **state)
 {
     (void)state;
     fz_json_style compact = {0, false, true, false};
-    const char *src = "[\"a:\", 99999999999999999999, {\"12345678901234567890123\" : -9223372036854775809,"
-                      " \"b\": [true, null, 1.5, \"x\\\"\", 9223372036854775808]}, false,"
-                      " 123456789012345678901234567890]";
-    const char *want = "[\"a:\", 99999999999999999999, {\"12345678901234567890123\": -9223372036854775809,"
-                       " \"b\": [true, null, 1.5, \"x\\\"\", 9223372036854775808]}, false,"
-                       " 123456789012345678901234567890]";
+    const char *src =
+        "[\"a:\", 99999999999999999999, {\"12345678901234567890123\" : -9223372036854775809,"
+        " \"b\": [true, null, 1.5, \"x\\\"\", 9223372036854775808]}, false,"
+        " 123456789012345678901234567890]";
+    const char *want =
+        "[\"a:\", 99999999999999999999, {\"12345678901234567890123\": -9223372036854775809,"
+        " \"b\": [true, null, 1.5, \"x\\\"\", 9223372036854775808]}, false,"
+        " 123456789012345678901234567890]";
     assert_string_equal(emit(src, compact), want);
     json_t *v = fz_json_parse(src, strlen(src), "t");
     assert_non_null(v);
@@ -194,12 +203,15 @@ static void test_escapes(void **state)
     (void)state;
     fz_json_style ascii = {0, false, true, false};
     fz_json_style raw = {0, false, false, false};
-    const char *src = "[\"q\\\" b\\\\ n\\n r\\r t\\t b\\b f\\f u\\u0001 \\u001f \\u007f caf\\u00e9 \\u6771 \\ud83d\\ude00 /\"]";
-    assert_string_equal(emit(src, ascii),
-                        "[\"q\\\" b\\\\ n\\n r\\r t\\t b\\b f\\f u\\u0001 \\u001f \x7f caf\\u00e9 \\u6771 "
-                        "\\ud83d\\ude00 /\"]");
-    assert_string_equal(emit(src, raw), "[\"q\\\" b\\\\ n\\n r\\r t\\t b\\b f\\f u\\u0001 \\u001f \x7f caf\xc3\xa9 "
-                                        "\xe6\x9d\xb1 \xf0\x9f\x98\x80 /\"]");
+    const char *src = "[\"q\\\" b\\\\ n\\n r\\r t\\t b\\b f\\f u\\u0001 \\u001f \\u007f caf\\u00e9 "
+                      "\\u6771 \\ud83d\\ude00 /\"]";
+    assert_string_equal(
+        emit(src, ascii),
+        "[\"q\\\" b\\\\ n\\n r\\r t\\t b\\b f\\f u\\u0001 \\u001f \x7f caf\\u00e9 \\u6771 "
+        "\\ud83d\\ude00 /\"]");
+    assert_string_equal(emit(src, raw),
+                        "[\"q\\\" b\\\\ n\\n r\\r t\\t b\\b f\\f u\\u0001 \\u001f \x7f caf\xc3\xa9 "
+                        "\xe6\x9d\xb1 \xf0\x9f\x98\x80 /\"]");
 }
 
 static void test_parse_errors(void **state)
@@ -221,9 +233,14 @@ static void test_parse_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_repr_table), cmocka_unit_test(test_repr_specials), cmocka_unit_test(test_layout),
-        cmocka_unit_test(test_ints),       cmocka_unit_test(test_escapes),       cmocka_unit_test(test_parse_errors),
-        cmocka_unit_test(test_big_integers), cmocka_unit_test(test_bigint_tag_is_a_string),
+        cmocka_unit_test(test_repr_table),
+        cmocka_unit_test(test_repr_specials),
+        cmocka_unit_test(test_layout),
+        cmocka_unit_test(test_ints),
+        cmocka_unit_test(test_escapes),
+        cmocka_unit_test(test_parse_errors),
+        cmocka_unit_test(test_big_integers),
+        cmocka_unit_test(test_bigint_tag_is_a_string),
         cmocka_unit_test(test_big_integers_placed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

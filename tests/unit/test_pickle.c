@@ -33,7 +33,8 @@ static void ustr(fz_buf *b, const char *s)
  * `storage` as the storage global line and `numel` as a raw integer opcode. */
 static void one_tensor(fz_buf *b, const char *storage_global, const char *numel, size_t nlen)
 {
-    RAW(b, "\x80\x02" "ccollections\nOrderedDict\n)R(");
+    RAW(b, "\x80\x02"
+           "ccollections\nOrderedDict\n)R(");
     ustr(b, "model.embed_tokens.weight");
     RAW(b, "ctorch._utils\n_rebuild_tensor_v2\n((");
     ustr(b, "storage");
@@ -41,7 +42,8 @@ static void one_tensor(fz_buf *b, const char *storage_global, const char *numel,
     ustr(b, "0");
     ustr(b, "cpu");
     raw(b, numel, nlen);
-    RAW(b, "tQK\x00K\x04K\x03\x86K\x03K\x01\x86\x89" "ccollections\nOrderedDict\n)RtRu.");
+    RAW(b, "tQK\x00K\x04K\x03\x86K\x03K\x01\x86\x89"
+           "ccollections\nOrderedDict\n)RtRu.");
 }
 
 /* {"a": _rebuild_tensor_v2(storage '0' FloatStorage numel 1, 0, <size>, <stride>, False, {})} */
@@ -105,23 +107,33 @@ static void test_denied_globals(void **state)
 {
     (void)state;
     /* The classic exploit: os.system('...') via GLOBAL + REDUCE. */
-    static const char os_system[] = "\x80\x02" "cos\nsystem\nX\x02\x00\x00\x00id\x85R.";
+    static const char os_system[] = "\x80\x02"
+                                    "cos\nsystem\nX\x02\x00\x00\x00id\x85R.";
     expect_denied(os_system, sizeof os_system - 1, "os.system");
     /* builtins.eval via STACK_GLOBAL (protocol 4). */
-    static const char eval4[] = "\x80\x04\x8c\x08" "builtins\x8c\x04" "eval\x93"
-                                "X\x01\x00\x00\x00" "1\x85R.";
+    static const char eval4[] = "\x80\x04\x8c\x08"
+                                "builtins\x8c\x04"
+                                "eval\x93"
+                                "X\x01\x00\x00\x00"
+                                "1\x85R.";
     expect_denied(eval4, sizeof eval4 - 1, "builtins.eval");
     /* Near misses of allowed names. */
-    static const char near1[] = "\x80\x02" "ctorch._utils\n_rebuild_tensor\n.";
+    static const char near1[] = "\x80\x02"
+                                "ctorch._utils\n_rebuild_tensor\n.";
     expect_denied(near1, sizeof near1 - 1, "torch._utils._rebuild_tensor");
-    static const char near2[] = "\x80\x02" "ctorch\nload\n.";
+    static const char near2[] = "\x80\x02"
+                                "ctorch\nload\n.";
     expect_denied(near2, sizeof near2 - 1, "torch.load");
-    static const char near3[] = "\x80\x02" "ccollections\nOrderedDictX\n.";
+    static const char near3[] = "\x80\x02"
+                                "ccollections\nOrderedDictX\n.";
     expect_denied(near3, sizeof near3 - 1, "collections.OrderedDictX");
     /* A NUL inside: every byte shown, never a name that reads as an allowed one. */
-    static const char nul4[] = "\x80\x04\x8c\x0e" "torch._utils\0x\x8c\x12" "_rebuild_tensor_v2\x93.";
+    static const char nul4[] = "\x80\x04\x8c\x0e"
+                               "torch._utils\0x\x8c\x12"
+                               "_rebuild_tensor_v2\x93.";
     expect_denied(nul4, sizeof nul4 - 1, "torch._utils\\x00x._rebuild_tensor_v2");
-    static const char nul2[] = "\x80\x02" "ccollections\nOrderedDict\0os\n.";
+    static const char nul2[] = "\x80\x02"
+                               "ccollections\nOrderedDict\0os\n.";
     expect_denied(nul2, sizeof nul2 - 1, "collections.OrderedDict\\x00os");
     /* A disallowed global inside an otherwise valid state dict. */
     fz_buf b = FZ_BUF_INIT;
@@ -151,14 +163,20 @@ static void test_malformed(void **state)
     FMT("\x80\x02}", "truncated");
     FMT("\x80\x01}.", "protocol");
     FMT("\x80\x02}\xff.", "opcode 0xff");
-    FMT("\x80\x02" "cos\nsystem", "unterminated");
+    FMT("\x80\x02"
+        "cos\nsystem",
+        "unterminated");
     FMT("\x80\x02i__main__\nX\n.", "opcode 0x69"); /* INST */
-    FMT("\x80\x02\x81.", "opcode 0x81");          /* NEWOBJ */
+    FMT("\x80\x02\x81.", "opcode 0x81");           /* NEWOBJ */
     FMT("\x80\x02h\x05.", "memo index 5 is not set");
     FMT("\x80\x02}q\x01h\x02.", "memo index 2 is not set");
     FMT("\x80\x02j\x00\x00\x00\x10.", "memo index");
-    FMT("\x80\x02X\xff\xff\xff\x7f" "abc.", "past the end");
-    FMT("\x80\x02\x8c\x09" "abc.", "past the end");
+    FMT("\x80\x02X\xff\xff\xff\x7f"
+        "abc.",
+        "past the end");
+    FMT("\x80\x02\x8c\x09"
+        "abc.",
+        "past the end");
     FMT("\x80\x02\x95\xff\x00\x00\x00\x00\x00\x00\x00}.", "frame");
     FMT("\x80\x02t.", "MARK");
     FMT("\x80\x02(.", "underflow");
@@ -167,12 +185,22 @@ static void test_malformed(void **state)
     FMT("\x80\x02}(K\x01u.", "odd");
     FMT("\x80\x02](K\x01K\x02u.", "non-dict");
     FMT("\x80\x02K\x01.", "not a flat state dict");
-    FMT("\x80\x02}X\x01\x00\x00\x00" "aK\x01s.", "not a flat state dict");
-    FMT("\x80\x02}X\x01\x00\x00\x00" "a}s.", "not a flat state dict");
-    FMT("\x80\x02" "ctorch\nFloatStorage\n)R.", "not callable");
-    FMT("\x80\x02" "ccollections\nOrderedDict\nK\x01\x85R.", "arguments");
+    FMT("\x80\x02}X\x01\x00\x00\x00"
+        "aK\x01s.",
+        "not a flat state dict");
+    FMT("\x80\x02}X\x01\x00\x00\x00"
+        "a}s.",
+        "not a flat state dict");
+    FMT("\x80\x02"
+        "ctorch\nFloatStorage\n)R.",
+        "not callable");
+    FMT("\x80\x02"
+        "ccollections\nOrderedDict\nK\x01\x85R.",
+        "arguments");
     FMT("\x80\x02(X\x07\x00\x00\x00storageK\x01tQ.", "persistent id");
-    FMT("\x80\x02K\x01K\x02" "b.", "BUILD");
+    FMT("\x80\x02K\x01K\x02"
+        "b.",
+        "BUILD");
     /* Unsupported storage type: allowed family, not representable. */
     fz_buf b = FZ_BUF_INIT;
     fz_pickle_dict d;
@@ -240,7 +268,8 @@ static void test_memory_bound(void **state)
     fz_pickle_dict d;
     RAW(&b, "\x80\x02]");
     for (int i = 0; i < 1000000; i++)
-        RAW(&b, "N\x85" "a");
+        RAW(&b, "N\x85"
+                "a");
     RAW(&b, ".");
     assert_int_equal(run(&b, &d), FZ_ERANGE);
     assert_non_null(strstr(fz_error_msg(), "m.bin: the pickle (3000004 bytes) needs more than"));
@@ -250,7 +279,8 @@ static void test_memory_bound(void **state)
      * (and refused for what it is: a list, not a state dict) */
     RAW(&b, "\x80\x02]");
     for (int i = 0; i < 1000; i++)
-        RAW(&b, "N\x85" "a");
+        RAW(&b, "N\x85"
+                "a");
     RAW(&b, ".");
     assert_int_equal(run(&b, &d), FZ_EFORMAT);
     fz_buf_free(&b);
@@ -317,9 +347,9 @@ static void test_roundtrip(void **state)
         {"emb", "0", FZ_DT_BF16, 2 * 12, 0, 2, {4, 3}, {3, 1}},
         {"head", "0", FZ_DT_BF16, 2 * 12, 0, 2, {4, 3}, {3, 1}},
         {"scalar", "1", FZ_DT_F32, 4, 0, 0, {0}, {0}},
-        {"big", "2", FZ_DT_I8, 3ull << 31, 0, 1, {3ull << 31}, {1}},   /* LONG1 numel */
-        {"huge", "3", FZ_DT_F16, 2ull << 40, 5, 1, {70000}, {1}},      /* M / J ints */
-        {"q", "4", FZ_DT_F8_E4M3, 16, 0, 2, {4, 4}, {4, 1}},             /* v3 + untyped */
+        {"big", "2", FZ_DT_I8, 3ull << 31, 0, 1, {3ull << 31}, {1}}, /* LONG1 numel */
+        {"huge", "3", FZ_DT_F16, 2ull << 40, 5, 1, {70000}, {1}},    /* M / J ints */
+        {"q", "4", FZ_DT_F8_E4M3, 16, 0, 2, {4, 4}, {4, 1}},         /* v3 + untyped */
         {"r", "5", FZ_DT_F8_E5M2, 8, 0, 1, {8}, {1}},
         {"five", "6", FZ_DT_BOOL, 32, 0, 5, {2, 2, 2, 2, 2}, {16, 8, 4, 2, 1}},
         {"i64", "7", FZ_DT_I64, 8, 0, 1, {1}, {1}},
@@ -379,7 +409,7 @@ static void test_many(void **state)
      * by globals, but names are many: check order is kept. */
     enum { N = 2500 };
     fz_pickle_tensor *t = calloc(N, sizeof *t);
-    char (*names)[16] = calloc(N, sizeof *names);
+    char(*names)[16] = calloc(N, sizeof *names);
     for (int i = 0; i < N; i++) {
         snprintf(names[i], sizeof names[i], "w.%d", N - i);
         t[i].name = names[i];
@@ -406,11 +436,11 @@ static void test_many(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_minimal),     cmocka_unit_test(test_denied_globals),
-        cmocka_unit_test(test_malformed),   cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_minimal),         cmocka_unit_test(test_denied_globals),
+        cmocka_unit_test(test_malformed),       cmocka_unit_test(test_limits),
         cmocka_unit_test(test_duplicate_names), cmocka_unit_test(test_names_must_be_utf8),
-        cmocka_unit_test(test_roundtrip),
-        cmocka_unit_test(test_many),        cmocka_unit_test(test_memory_bound),
+        cmocka_unit_test(test_roundtrip),       cmocka_unit_test(test_many),
+        cmocka_unit_test(test_memory_bound),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

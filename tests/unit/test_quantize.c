@@ -17,8 +17,11 @@
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 
 static const char *const RECIPES[] = {
-    "int8-dynamic-act-int4-weight", "int4-weight-only", "int8-weight-only",
-    "int8-dynamic-act-int8-weight", "float8-dynamic-act-float8-weight",
+    "int8-dynamic-act-int4-weight",
+    "int4-weight-only",
+    "int8-weight-only",
+    "int8-dynamic-act-int8-weight",
+    "float8-dynamic-act-float8-weight",
 };
 
 static const fz_qscheme *find(const char *name)
@@ -276,8 +279,8 @@ static void test_group_remainder_200(void **state)
     float w[200];
     for (int i = 0; i < 200; i++)
         w[i] = i < 128 ? 1.0f : 0.0f;
-    w[0] = 7.5f;    /* group 0 scale 1: q = 7, then 1s (u = 15, 9, 9, ...) */
-    w[198] = 0.25f; /* group 1 scale 0.5: 0.5 -> 0, u = 8 */
+    w[0] = 7.5f;     /* group 0 scale 1: q = 7, then 1s (u = 15, 9, 9, ...) */
+    w[198] = 0.25f;  /* group 1 scale 0.5: 0.5 -> 0, u = 8 */
     w[199] = -3.75f; /* -7.5 -> -8, u = 0 */
     uint8_t s[4], out[100];
     quant(w4, FZ_DT_F16, w, 200, s, out);

@@ -278,8 +278,8 @@ static void test_reject_entries(void **state)
                FZ_EFORMAT, "shape[0] is not a non-negative integer");
     expect_bad("{\"x\":{\"dtype\":\"F32\",\"shape\":[3.0],\"data_offsets\":[0,12]}}", 12, 0,
                FZ_EFORMAT, "shape[0]");
-    expect_bad("{\"x\":{\"dtype\":\"F32\",\"shape\":3,\"data_offsets\":[0,12]}}", 12, 0,
-               FZ_EFORMAT, "shape is not an array");
+    expect_bad("{\"x\":{\"dtype\":\"F32\",\"shape\":3,\"data_offsets\":[0,12]}}", 12, 0, FZ_EFORMAT,
+               "shape is not an array");
     expect_bad("{\"x\":{\"dtype\":\"U8\",\"shape\":[1,1,1,1,1,1,1,1,1],"
                "\"data_offsets\":[0,1]}}",
                1, 0, FZ_EFORMAT, "9 dimensions");
@@ -324,8 +324,8 @@ static void test_reject_tiling(void **state)
     expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
                "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}",
                12, 0, FZ_EFORMAT, "tensor 'b' data_offsets [8, 12] leave a gap");
-    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, 0,
-               FZ_EFORMAT, "gap");
+    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, 0, FZ_EFORMAT,
+               "gap");
     /* overlap, and two names aliasing the same bytes */
     expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
                "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
@@ -334,11 +334,11 @@ static void test_reject_tiling(void **state)
                "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",
                8, 0, FZ_EFORMAT, "overlap");
     /* trailing bytes after the last tensor; buffer shorter than the offsets */
-    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, 1,
-               FZ_EFORMAT, "trailing bytes");
+    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, 1, FZ_EFORMAT,
+               "trailing bytes");
     expect_bad("{}", 0, 3, FZ_EFORMAT, "trailing bytes");
-    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 6, 0,
-               FZ_EFORMAT, "truncated");
+    expect_bad("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 6, 0, FZ_EFORMAT,
+               "truncated");
 }
 
 /* ---- writer -------------------------------------------------------------- */
@@ -489,16 +489,11 @@ static void test_layout_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_read_reference_file),
-        cmocka_unit_test(test_read_no_metadata),
-        cmocka_unit_test(test_read_accepts),
-        cmocka_unit_test(test_reject_framing),
-        cmocka_unit_test(test_reject_json),
-        cmocka_unit_test(test_reject_entries),
-        cmocka_unit_test(test_reject_tiling),
-        cmocka_unit_test(test_layout_matches_reference),
-        cmocka_unit_test(test_layout_padding),
-        cmocka_unit_test(test_layout_roundtrip),
+        cmocka_unit_test(test_read_reference_file), cmocka_unit_test(test_read_no_metadata),
+        cmocka_unit_test(test_read_accepts),        cmocka_unit_test(test_reject_framing),
+        cmocka_unit_test(test_reject_json),         cmocka_unit_test(test_reject_entries),
+        cmocka_unit_test(test_reject_tiling),       cmocka_unit_test(test_layout_matches_reference),
+        cmocka_unit_test(test_layout_padding),      cmocka_unit_test(test_layout_roundtrip),
         cmocka_unit_test(test_layout_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

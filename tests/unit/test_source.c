@@ -120,7 +120,8 @@ static void test_index_precedence_and_shards(void **state)
     put("checkpoints/checkpoint-3/pytorch_model.bin", "");
     put("checkpoints/checkpoint-3/pytorch_model.bin.index.json",
         "{\"metadata\": {}, \"weight_map\": {\"b\": \"pytorch_model-00002-of-00002.bin\", "
-        "\"a\": \"pytorch_model-00001-of-00002.bin\", \"c\": \"pytorch_model-00002-of-00002.bin\"}}");
+        "\"a\": \"pytorch_model-00001-of-00002.bin\", \"c\": "
+        "\"pytorch_model-00002-of-00002.bin\"}}");
     put("checkpoints/checkpoint-3/pytorch_model-00001-of-00002.bin", "");
     put("checkpoints/checkpoint-3/pytorch_model-00002-of-00002.bin", "");
     assert_int_equal(fz_source_find(&s, root, NULL), 0);
@@ -139,7 +140,8 @@ static void test_index_rejects_bad_names(void **state)
         "{\"metadata\": {}, \"weight_map\": {\"a\": \"../../etc/passwd\"}}");
     assert_int_equal(fz_source_find(&s, root, NULL), FZ_EFORMAT);
     assert_non_null(strstr(fz_error_msg(), "model.safetensors.index.json"));
-    put("model.safetensors.index.json", "{\"metadata\": {}, \"weight_map\": {\"a\": \"missing.safetensors\"}}");
+    put("model.safetensors.index.json",
+        "{\"metadata\": {}, \"weight_map\": {\"a\": \"missing.safetensors\"}}");
     assert_int_equal(fz_source_find(&s, root, NULL), FZ_ENOTFOUND);
     assert_non_null(strstr(fz_error_msg(), "missing.safetensors"));
     put("model.safetensors.index.json", "{\"weight_map\": ");

@@ -16,20 +16,25 @@ static void test_chatml_files(void **state)
     fz_meta_out o;
     fx_load(&f, "tok_pad");
     f.in.add_tokens_yaml = fx_text("eos_token: \"<|im_end|>\"\nspecial_tokens: [\"<|im_start|>\"]\n"
-                                   "regular_tokens: [\"caf\xc3\xa9word\"]\n", "a.yaml");
+                                   "regular_tokens: [\"caf\xc3\xa9word\"]\n",
+                                   "a.yaml");
     f.in.chat_template = fx_text("{{ messages }}", "t.jinja");
     assert_int_equal(fz_meta_build(&f.in, &o), 0);
 
     /* tokenizer.json: tokenizers style (raw UTF-8, no trailing newline), all 7 fields */
     const char *tj = fx_str(&o.tokenizer_json);
-    assert_non_null(strstr(tj, "    {\n      \"id\": 300,\n      \"content\": \"<|im_end|>\",\n      \"single_word\": false,\n"
-                               "      \"lstrip\": false,\n      \"rstrip\": false,\n      \"normalized\": false,\n"
-                               "      \"special\": true\n    },"));
-    assert_non_null(strstr(tj, "\"id\": 302,\n      \"content\": \"caf\xc3\xa9word\",\n      \"single_word\": false,\n"
-                               "      \"lstrip\": false,\n      \"rstrip\": false,\n      \"normalized\": true,\n"
-                               "      \"special\": false"));
+    assert_non_null(strstr(
+        tj, "    {\n      \"id\": 300,\n      \"content\": \"<|im_end|>\",\n      \"single_word\": "
+            "false,\n"
+            "      \"lstrip\": false,\n      \"rstrip\": false,\n      \"normalized\": false,\n"
+            "      \"special\": true\n    },"));
+    assert_non_null(strstr(
+        tj, "\"id\": 302,\n      \"content\": \"caf\xc3\xa9word\",\n      \"single_word\": false,\n"
+            "      \"lstrip\": false,\n      \"rstrip\": false,\n      \"normalized\": true,\n"
+            "      \"special\": false"));
     assert_int_not_equal(tj[strlen(tj) - 1], '\n');
-    /* everything else as in the source: the source minus its added_tokens tail is a prefix-free match */
+    /* everything else as in the source: the source minus its added_tokens tail is a prefix-free
+     * match */
     assert_memory_equal(o.tokenizer_json.data, f.in.tokenizer.data, 20);
 
     json_t *tc = fx_json(&o.tokenizer_config_json);
@@ -50,8 +55,9 @@ static void test_chatml_files(void **state)
     json_t *stm = fx_json(&o.special_tokens_map_json);
     assert_string_equal(json_string_value(json_object_get(stm, "eos_token")), "<|im_end|>");
     assert_string_equal(json_string_value(json_object_get(stm, "bos_token")), "<|BOS|>");
-    assert_string_equal(json_string_value(json_array_get(json_object_get(stm, "additional_special_tokens"), 0)),
-                        "<|im_start|>");
+    assert_string_equal(
+        json_string_value(json_array_get(json_object_get(stm, "additional_special_tokens"), 0)),
+        "<|im_start|>");
     json_decref(stm);
 
     assert_true(o.has_chat_template);
@@ -84,8 +90,10 @@ static void test_template_precedence(void **state)
     /* list form: the "default" entry */
     f.in.chat_template = (fz_blob){0};
     f.in.chat_template_file = (fz_blob){0};
-    f.in.tokenizer_config = fx_text("{\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"T\"}, "
-                                    "{\"name\": \"default\", \"template\": \"D\"}]}", "tokenizer_config.json");
+    f.in.tokenizer_config =
+        fx_text("{\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"T\"}, "
+                "{\"name\": \"default\", \"template\": \"D\"}]}",
+                "tokenizer_config.json");
     assert_int_equal(fz_meta_build(&f.in, &o), 0);
     assert_string_equal(fx_str(&o.chat_template_jinja), "D");
     fz_meta_out_free(&o);
@@ -115,11 +123,12 @@ static void test_added_ids_as_loaded(void **state)
     fixture f;
     fz_meta_out o;
     fx_load(&f, "tok_nopad");
-    f.in.tokenizer = fx_text("{\"added_tokens\": [{\"id\": 5, \"content\": \"x\", \"special\": true}, "
-                             "{\"id\": 3, \"content\": \"y\", \"special\": true}, "
-                             "{\"id\": 9, \"content\": \"x\", \"special\": false}], "
-                             "\"model\": {\"type\": \"WordLevel\", \"vocab\": {\"a\": 0, \"b\": 1}}}",
-                             "tokenizer.json");
+    f.in.tokenizer =
+        fx_text("{\"added_tokens\": [{\"id\": 5, \"content\": \"x\", \"special\": true}, "
+                "{\"id\": 3, \"content\": \"y\", \"special\": true}, "
+                "{\"id\": 9, \"content\": \"x\", \"special\": false}], "
+                "\"model\": {\"type\": \"WordLevel\", \"vocab\": {\"a\": 0, \"b\": 1}}}",
+                "tokenizer.json");
     f.in.tokenizer_config = (fz_blob){0};
     f.in.add_tokens_yaml = fx_text("regular_tokens: [z]\n", "a.yaml");
     assert_int_equal(fz_meta_build(&f.in, &o), 0);
@@ -133,15 +142,18 @@ static void test_added_ids_as_loaded(void **state)
         assert_string_equal(json_string_value(json_object_get(e, "content")), want[i]);
         assert_int_equal(json_integer_value(json_object_get(e, "id")), 2 + i);
     }
-    assert_true(json_is_false(json_object_get(json_array_get(list, 0), "special"))); /* the last x */
+    assert_true(
+        json_is_false(json_object_get(json_array_get(list, 0), "special"))); /* the last x */
     assert_true(json_is_true(json_object_get(json_array_get(list, 1), "special")));
     json_decref(tj);
     fz_meta_out_free(&o);
     /* ids are u32 in the tokenizers library */
     f.in.tokenizer = fx_text("{\"model\": {\"vocab\": {\"a\": 9223372036854775807}}, "
-                             "\"added_tokens\": [{\"content\": \"a\"}]}", "SRC/tokenizer.json");
+                             "\"added_tokens\": [{\"content\": \"a\"}]}",
+                             "SRC/tokenizer.json");
     assert_int_equal(fz_meta_build(&f.in, &o), FZ_EFORMAT);
-    assert_non_null(strstr(fz_error_msg(), "SRC/tokenizer.json: model.vocab[\"a\"] is not a token id"));
+    assert_non_null(
+        strstr(fz_error_msg(), "SRC/tokenizer.json: model.vocab[\"a\"] is not a token id"));
     fx_free(&f);
 }
 
@@ -152,9 +164,10 @@ static void test_unigram_and_missing(void **state)
     fz_meta_out o;
     fx_load(&f, "tok_nopad");
     /* a Unigram tokenizer with no added tokens and no tokenizer_config */
-    f.in.tokenizer = fx_text("{\"version\": \"1.0\", \"added_tokens\": [], \"model\": {\"type\": \"Unigram\", "
-                             "\"unk_id\": 0, \"vocab\": [[\"<unk>\", 0.0], [\"a\", -1e-07], [\"b\", -0.00001]]}}",
-                             "tokenizer.json");
+    f.in.tokenizer = fx_text(
+        "{\"version\": \"1.0\", \"added_tokens\": [], \"model\": {\"type\": \"Unigram\", "
+        "\"unk_id\": 0, \"vocab\": [[\"<unk>\", 0.0], [\"a\", -1e-07], [\"b\", -0.00001]]}}",
+        "tokenizer.json");
     f.in.tokenizer_config = (fz_blob){0};
     assert_int_equal(fz_meta_build(&f.in, &o), 0);
     assert_int_equal(o.old_vocab, 3);
@@ -165,7 +178,8 @@ static void test_unigram_and_missing(void **state)
     assert_non_null(strstr(tj, "-0.00001"));
     json_t *tc = fx_json(&o.tokenizer_config_json);
     assert_string_equal(json_string_value(json_object_get(tc, "pad_token")), "[PAD]");
-    assert_string_equal(json_string_value(json_object_get(tc, "tokenizer_class")), "PreTrainedTokenizerFast");
+    assert_string_equal(json_string_value(json_object_get(tc, "tokenizer_class")),
+                        "PreTrainedTokenizerFast");
     json_decref(tc);
     fz_meta_out_free(&o);
     f.in.tokenizer = (fz_blob){0};
@@ -216,8 +230,8 @@ static void test_special_missing_added_on_load(void **state)
         assert_true(json_is_true(json_object_get(e, "special")));
         assert_true(json_is_false(json_object_get(e, "normalized")));
         snprintf(key, sizeof key, "%zu", 2 + i);
-        assert_string_equal(json_string_value(json_object_get(json_object_get(dec, key), "content")),
-                            want[i]);
+        assert_string_equal(
+            json_string_value(json_object_get(json_object_get(dec, key), "content")), want[i]);
     }
     assert_string_equal(json_string_value(json_object_get(tc, "eos_token")), "<e>");
     json_decref(tj);

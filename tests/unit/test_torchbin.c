@@ -229,7 +229,8 @@ static void test_corrupt(void **state)
     fz_buf_free(&p);
 
     /* A malicious pickle. */
-    static const char evil[] = "\x80\x02" "cos\nsystem\nX\x02\x00\x00\x00id\x85R.";
+    static const char evil[] = "\x80\x02"
+                               "cos\nsystem\nX\x02\x00\x00\x00id\x85R.";
     rec ev[] = {{"x/data.pkl", evil, sizeof evil - 1}, {"x/data/0", data, 48}};
     expect_err(ev, 2, FZ_EDENIED, "x.bin: pickle global 'os.system' is not allowed");
 

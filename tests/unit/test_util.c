@@ -42,8 +42,8 @@ static void test_buf(void **state)
     assert_int_equal(fz_buf_put_u16le(&b, 0x0102), 0);
     assert_int_equal(fz_buf_put_u32le(&b, 0x03040506), 0);
     assert_int_equal(fz_buf_put_u64le(&b, 0x0708090a0b0c0d0eull), 0);
-    const uint8_t want[] = {'a', 'b', 'c', '4', '2', '-', 'x', 0x02, 0x01, 0x06, 0x05, 0x04,
-                            0x03, 0x0e, 0x0d, 0x0c, 0x0b, 0x0a, 0x09, 0x08, 0x07};
+    const uint8_t want[] = {'a',  'b',  'c',  '4',  '2',  '-',  'x',  0x02, 0x01, 0x06, 0x05,
+                            0x04, 0x03, 0x0e, 0x0d, 0x0c, 0x0b, 0x0a, 0x09, 0x08, 0x07};
     assert_int_equal(b.len, sizeof want);
     assert_memory_equal(b.data, want, sizeof want);
     /* growth across many appends keeps every byte */
@@ -83,11 +83,9 @@ static void test_hindex(void **state)
     for (uint32_t i = 0; i < N; i++)
         assert_int_equal(fz_hindex_put(&h, fz_hindex_hash(ptrs[i], strlen(ptrs[i])), i), 0);
     for (uint32_t i = 0; i < N; i++)
-        assert_int_equal(fz_hindex_find(&h, fz_hindex_hash(ptrs[i], strlen(ptrs[i])), eq_word,
-                                        ptrs[i]),
-                         i);
-    assert_int_equal(fz_hindex_find(&h, fz_hindex_hash("nope", 4), eq_word, "nope"),
-                     UINT32_MAX);
+        assert_int_equal(
+            fz_hindex_find(&h, fz_hindex_hash(ptrs[i], strlen(ptrs[i])), eq_word, ptrs[i]), i);
+    assert_int_equal(fz_hindex_find(&h, fz_hindex_hash("nope", 4), eq_word, "nope"), UINT32_MAX);
     /* full: one more is refused, not an overflow */
     assert_int_equal(fz_hindex_put(&h, 1, 0), FZ_ENOMEM);
     fz_hindex_free(&h);

@@ -44,7 +44,6 @@ static void sh(const char *fmt, ...)
     assert_int_equal(system(cmd), 0);
 }
 
-
 static void config(const char *dir, int vocab, const char *tie, const char *extra)
 {
     char text[1024];
@@ -129,8 +128,9 @@ static void test_vocab_rows(void **state)
     (void)state;
     char *d = good_dir(false);
     config(d, 5, "false", "");
-    expect(d, "model.safetensors", "'model.embed_tokens.weight' has 4 rows but config.json "
-                                   "vocab_size is 5");
+    expect(d, "model.safetensors",
+           "'model.embed_tokens.weight' has 4 rows but config.json "
+           "vocab_size is 5");
     expect(d, "model.safetensors", "'lm_head.weight' has 4 rows");
     done(d);
     /* names no list knows: found by their [vocab_size, hidden] shape */
@@ -144,20 +144,23 @@ static void test_tokenizer(void **state)
 {
     (void)state;
     char *d = good_dir(false);
-    fz_test_put(d, "tokenizer.json",
+    fz_test_put(
+        d, "tokenizer.json",
         "{\"added_tokens\": [{\"id\": 3, \"content\": \"<eos>\"}, {\"id\": 4, \"content\": "
         "\"<new>\"}], \"model\": {\"type\": \"WordLevel\", \"vocab\": {\"<unk>\": 0, \"a\": 1, "
         "\"b\": 2}}}");
-    expect(d, "tokenizer.json", "the tokenizer has 5 tokens but config.json vocab_size gives the "
-                                "embedding 4 rows: token '<new>' (id 4)");
+    expect(d, "tokenizer.json",
+           "the tokenizer has 5 tokens but config.json vocab_size gives the "
+           "embedding 4 rows: token '<new>' (id 4)");
     done(d);
     d = good_dir(false);
     fz_test_put(d, "tokenizer_config.json",
-        "{\"eos_token\": {\"content\": \"<end>\"}, \"pad_token\": null, "
-        "\"added_tokens_decoder\": {\"3\": {\"content\": \"b\"}}}");
+                "{\"eos_token\": {\"content\": \"<end>\"}, \"pad_token\": null, "
+                "\"added_tokens_decoder\": {\"3\": {\"content\": \"b\"}}}");
     expect(d, "tokenizer_config.json", "eos_token '<end>' is not in the tokenizer's vocabulary");
-    expect(d, "tokenizer_config.json", "added_tokens_decoder gives 'b' id 3 but tokenizer.json "
-                                       "has another id");
+    expect(d, "tokenizer_config.json",
+           "added_tokens_decoder gives 'b' id 3 but tokenizer.json "
+           "has another id");
     done(d);
     d = good_dir(false);
     fz_test_put(d, "generation_config.json", "{\"eos_token_id\": [3, 7], \"pad_token_id\": -1}");
@@ -180,17 +183,34 @@ static void test_tie(void **state)
     done(d);
     d = good_dir(true);
     config(d, 4, "false", "");
-    expect(d, "config.json", "tie_word_embeddings is false but 'emb' and 'head' are stored as "
-                             "one tensor");
+    expect(d, "config.json",
+           "tie_word_embeddings is false but 'emb' and 'head' are stored as "
+           "one tensor");
     done(d);
 }
 
 static void index_json(const char *d, const char *file, const char *total, const char *more)
 {
-    static const char *const names[] = {
-        "model.embed_tokens.weight", "lm_head.weight", "a.f32", "a.f64", "a.f16", "a.i64",
-        "a.i32", "a.i16", "a.i8", "a.u8", "a.bool", "a.f8", "a.f8e5", "scalar", "empty",
-        "layers.9.w", "layers.10.w", "B", "_x", NULL};
+    static const char *const names[] = {"model.embed_tokens.weight",
+                                        "lm_head.weight",
+                                        "a.f32",
+                                        "a.f64",
+                                        "a.f16",
+                                        "a.i64",
+                                        "a.i32",
+                                        "a.i16",
+                                        "a.i8",
+                                        "a.u8",
+                                        "a.bool",
+                                        "a.f8",
+                                        "a.f8e5",
+                                        "scalar",
+                                        "empty",
+                                        "layers.9.w",
+                                        "layers.10.w",
+                                        "B",
+                                        "_x",
+                                        NULL};
     char text[4096];
     int k = snprintf(text, sizeof text, "{\"metadata\": {\"total_size\": %s}, \"weight_map\": {",
                      total);
@@ -211,8 +231,9 @@ static void test_index(void **state)
     index_json(d, "model-00001-of-00001.safetensors", "160", "");
     expect_clean(d);
     index_json(d, "model-00001-of-00001.safetensors", "161", "");
-    expect(d, "model.safetensors.index.json", "metadata.total_size is 161 but the tensors it maps "
-                                              "hold 160 bytes");
+    expect(d, "model.safetensors.index.json",
+           "metadata.total_size is 161 but the tensors it maps "
+           "hold 160 bytes");
     index_json(d, "model-00001-of-00001.safetensors", "160",
                ", \"extra.weight\": \"model-00001-of-00001.safetensors\"");
     expect(d, "model.safetensors.index.json",
@@ -224,11 +245,13 @@ static void test_index(void **state)
            "does not exist");
     index_json(d, "model-00001-of-00001.safetensors", "160", "");
     sh("cp '%s/st_nometa.safetensors' '%s/model-00002-of-00002.safetensors'", DATA, d);
-    expect(d, "model-00002-of-00002.safetensors", "a shard that model.safetensors.index.json does "
-                                                  "not reference");
+    expect(d, "model-00002-of-00002.safetensors",
+           "a shard that model.safetensors.index.json does "
+           "not reference");
     sh("rm '%s/model.safetensors.index.json'", d);
-    expect(d, "model-00001-of-00001.safetensors", "a shard but there is no "
-                                                  "model.safetensors.index.json");
+    expect(d, "model-00001-of-00001.safetensors",
+           "a shard but there is no "
+           "model.safetensors.index.json");
     done(d);
 }
 
@@ -240,7 +263,8 @@ static void test_many_shards(void **state)
     (void)state;
     char *d = good_dir(false);
     char text[4096];
-    int k = snprintf(text, sizeof text, "{\"metadata\": {}, \"weight_map\": {\"w\": "
+    int k = snprintf(text, sizeof text,
+                     "{\"metadata\": {}, \"weight_map\": {\"w\": "
                      "\"model-00001-of-00010.safetensors\"");
     sh("rm '%s/model.safetensors'", d);
     for (int i = 1; i <= 10; i++) {
@@ -253,8 +277,9 @@ static void test_many_shards(void **state)
     fz_test_put(d, "model.safetensors.index.json", text);
     expect(d, "model.safetensors.index.json", "puts 'x2' in model-00002-of-00010.safetensors");
     expect(d, "model-00006-of-00010.safetensors", "tensor 'w' is not mapped to this file");
-    expect(d, "model-00010-of-00010.safetensors", "tensor 'w' is also stored in "
-                                                  "model-00001-of-00010.safetensors");
+    expect(d, "model-00010-of-00010.safetensors",
+           "tensor 'w' is also stored in "
+           "model-00001-of-00010.safetensors");
     expect(d, "model.safetensors.index.json", "... and 4 more tensors missing");
     done(d);
 }
@@ -269,7 +294,8 @@ static void test_headers(void **state)
     d = good_dir(true);
     /* deliberately corrupt: the end-of-central-directory record overwritten */
     sh("printf 'XXXXXXXXXXXXXXXXXXXXXX' | dd of='%s/pytorch_model.bin' bs=1 seek=$(( $(stat -c %%s "
-       "'%s/pytorch_model.bin') - 22 )) conv=notrunc status=none", d, d);
+       "'%s/pytorch_model.bin') - 22 )) conv=notrunc status=none",
+       d, d);
     expect(d, "pytorch_model.bin", "zip");
     done(d);
     d = good_dir(false);
@@ -286,9 +312,11 @@ static char *tiny_model_dir(void)
 {
     char *d = fz_test_tmpdir("fz_test_verify_tiny");
     sh("cd '%s/tiny-run' && cp config.json tokenizer.json tokenizer_config.json "
-       "checkpoints/checkpoint-200/pytorch_model* '%s/'", FZ_SOURCE_EXAMPLES_DIR, d);
+       "checkpoints/checkpoint-200/pytorch_model* '%s/'",
+       FZ_SOURCE_EXAMPLES_DIR, d);
     sh("sed -i 's/\"tie_word_embeddings\": true/\"tie_word_embeddings\": false/' "
-       "'%s/config.json'", d);
+       "'%s/config.json'",
+       d);
     return d;
 }
 
@@ -300,12 +328,15 @@ static void test_tie_param_sharing(void **state)
     char *d = tiny_model_dir();
     expect_clean(d);
     sh("sed -i 's/\"tie_word_embeddings\": false/\"tie_word_embeddings\": true/' "
-       "'%s/config.json'", d);
-    expect(d, "pytorch_model-00002-of-00002.bin", "tie_word_embeddings: true but "
+       "'%s/config.json'",
+       d);
+    expect(d, "pytorch_model-00002-of-00002.bin",
+           "tie_word_embeddings: true but "
            "'lm_head.weight' is stored apart from the embedding 'model.embed_tokens.weight'");
     sh("sed -i 's/\"metadata\": {/\"metadata\": {\"param_sharing\": "
        "[[\"lm_head.weight\", \"model.embed_tokens.weight\"]], /' "
-       "'%s/pytorch_model.bin.index.json'", d);
+       "'%s/pytorch_model.bin.index.json'",
+       d);
     expect_clean(d);
     done(d);
 }
@@ -318,9 +349,11 @@ static void test_quantization(void **state)
     sh("sed -i 's/\"vocab_size\"/\"quantization_config\": {\"quant_method\": "
        "\"compressed-tensors\", \"format\": \"pack-quantized\", \"quantization_status\": "
        "\"compressed\", \"config_groups\": {\"group_0\": {\"targets\": [\"Linear\"]}}, "
-       "\"ignore\": [\"lm_head\"]}, \"vocab_size\"/' '%s/config.json'", d);
-    expect(d, "config.json", "no stored tensor is quantized (no *.weight_scale or *.weight_packed; "
-                             "'model.layers.0.self_attn.q_proj.weight' and 13 more");
+       "\"ignore\": [\"lm_head\"]}, \"vocab_size\"/' '%s/config.json'",
+       d);
+    expect(d, "config.json",
+           "no stored tensor is quantized (no *.weight_scale or *.weight_packed; "
+           "'model.layers.0.self_attn.q_proj.weight' and 13 more");
     done(d);
     /* every Linear in the ignore list (by name and by regex): consistent */
     d = tiny_model_dir();
@@ -328,7 +361,8 @@ static void test_quantization(void **state)
        "\"compressed-tensors\", \"format\": \"pack-quantized\", \"quantization_status\": "
        "\"compressed\", \"config_groups\": {\"group_0\": {\"targets\": [\"Linear\"]}}, "
        "\"ignore\": [\"lm_head\", \"re:.*[.]mlp[.].*\", \"re:.*self_attn.*\"]}, "
-       "\"vocab_size\"/' '%s/config.json'", d);
+       "\"vocab_size\"/' '%s/config.json'",
+       d);
     expect_clean(d);
     done(d);
 }
@@ -338,9 +372,11 @@ static void test_symlinks(void **state)
     (void)state;
     char *d = good_dir(false);
     sh("mkdir '%s/sub' && mv '%s/model.safetensors' '%s/sub/' && ln -s sub/model.safetensors "
-       "'%s/model.safetensors'", d, d, d, d);
+       "'%s/model.safetensors'",
+       d, d, d, d);
     sh("ln -s ../sub/x.json '%s/sub/dangling.json' && ln -s ../../etc/hostname '%s/sub/out' && "
-       "ln -s /etc/hostname '%s/abs' && ln -s loop '%s/loop'", d, d, d, d);
+       "ln -s /etc/hostname '%s/abs' && ln -s loop '%s/loop'",
+       d, d, d, d);
     expect(d, "sub/dangling.json", "dangling symlink: its target '../sub/x.json' does not exist");
     expect(d, "sub/out", "points outside the directory");
     expect(d, "abs", "points outside the directory");
@@ -373,8 +409,8 @@ static void test_json_output(void **state)
 static fz_view *view_of(const char *src, bool safetensors)
 {
     fz_view *v = NULL;
-    fz_view_opts o = {.src = src, .generation_config = "carry", .device = "cpu",
-                      .safetensors = safetensors};
+    fz_view_opts o = {
+        .src = src, .generation_config = "carry", .device = "cpu", .safetensors = safetensors};
     if (fz_view_build(&v, &o) != 0)
         fail_msg("view of %s: %s", src, fz_error_msg());
     return v;

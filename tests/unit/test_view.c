@@ -178,7 +178,8 @@ static void check_index(fz_view *v, const fz_node *n, const uint8_t *all)
     char dir[1024];
     snprintf(dir, sizeof dir, "%s", n->path);
     char *slash = strrchr(dir, '/');
-    json_object_foreach(wm, name, file) {
+    json_object_foreach(wm, name, file)
+    {
         char p[2048];
         if (slash)
             snprintf(p, sizeof p, "%.*s/%s", (int)(slash - dir), dir, json_string_value(file));
@@ -186,8 +187,8 @@ static void check_index(fz_view *v, const fz_node *n, const uint8_t *all)
             snprintf(p, sizeof p, "%s", json_string_value(file));
         assert_true(find_node(v, p) != UINT32_MAX);
     }
-    assert_true(json_integer_value(json_object_get(json_object_get(j, "metadata"),
-                                                   "total_size")) > 0);
+    assert_true(json_integer_value(json_object_get(json_object_get(j, "metadata"), "total_size")) >
+                0);
     json_decref(j);
 }
 
@@ -262,8 +263,7 @@ static void check_extents(fz_view *v, uint64_t max_len)
     for (int pass = 0; pass < 2; pass++) {
         for (size_t i = 0; i < n; i++)
             if (e[i].late == (pass == 1))
-                assert_int_equal(
-                    fz_view_read_extent(v, &e[i], got[e[i].node] + e[i].off), 0);
+                assert_int_equal(fz_view_read_extent(v, &e[i], got[e[i].node] + e[i].off), 0);
         if (pass == 1)
             break;
         /* headers from the CRCs the first pass taught the view */
@@ -380,8 +380,7 @@ static void test_plan_names_what_the_view_holds(void **state)
     assert_non_null(j);
     assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "checkpoint"), "step")),
                      200);
-    assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "tokens"),
-                                                        "new_vocab")),
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "tokens"), "new_vocab")),
                      261);
     assert_string_equal(json_string_value(json_object_get(j, "embedding")),
                         "model.embed_tokens.weight");

@@ -302,10 +302,8 @@ static void test_concurrent_reads(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_tiny_run_bin),
-        cmocka_unit_test(test_tiny_run_safetensors),
-        cmocka_unit_test(test_multi_chunk_bin),
-        cmocka_unit_test(test_multi_chunk_safetensors),
+        cmocka_unit_test(test_tiny_run_bin),     cmocka_unit_test(test_tiny_run_safetensors),
+        cmocka_unit_test(test_multi_chunk_bin),  cmocka_unit_test(test_multi_chunk_safetensors),
         cmocka_unit_test(test_concurrent_reads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -181,8 +181,8 @@ static void test_corrupt(void **state)
 
 /* Write records named `names` holding `data` with the writer; returns the
  * archive bytes. */
-static uint8_t *build(const char *const *names, const uint8_t *const *data,
-                      const uint64_t *sizes, size_t n, fz_zipw_layout *L)
+static uint8_t *build(const char *const *names, const uint8_t *const *data, const uint64_t *sizes,
+                      size_t n, fz_zipw_layout *L)
 {
     assert_int_equal(fz_zipw_layout_new(L, names, sizes, n), 0);
     uint8_t *out = calloc(1, L->total_size);
@@ -353,10 +353,8 @@ static void test_write_bad_names(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_read_torch),
-        cmocka_unit_test(test_corrupt),
-        cmocka_unit_test(test_write_roundtrip),
-        cmocka_unit_test(test_zip64_layout),
+        cmocka_unit_test(test_read_torch),      cmocka_unit_test(test_corrupt),
+        cmocka_unit_test(test_write_roundtrip), cmocka_unit_test(test_zip64_layout),
         cmocka_unit_test(test_write_bad_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -7,6 +7,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 bash scripts/install-deps.sh
+echo "== format"
+bash scripts/check-format.sh
 # warnings are errors here (CI), not a project default, so a newer compiler cannot break a user's build
 bash scripts/build.sh -Dwerror=true
 FZFS_BUILD_DIR="$here/build-asan" bash scripts/build.sh -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false

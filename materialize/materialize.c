@@ -333,13 +333,7 @@ int fz_materialize(fz_view *v, const char *dest, const fz_mat_opts *o)
         fds[i] = -1;
     if ((rc = make_tree(v, tmp, fds)) || (rc = fz_view_extents(v, FZ_CHUNK, &ext, &next)))
         goto done;
-    /* Late extents (zip headers) after all others: stable partition. */
-    for (size_t i = 0, k = 0; i < next; i++)
-        if (!ext[i].late) {
-            fz_extent e = ext[i];
-            memmove(&ext[k + 1], &ext[k], (i - k) * sizeof *ext);
-            ext[k++] = e;
-        }
+    /* The view lists the late extents (zip headers) last. */
     for (size_t i = next; i > 0 && ext[i - 1].late; i--)
         nlate++;
 

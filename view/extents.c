@@ -104,11 +104,22 @@ int fz_view_extents(fz_view *v, uint64_t max_len, fz_extent **out, size_t *nout)
         }
         free(next_piece);
     }
+    /* Late extents after all others (stable, O(n)): a reader of the list in
+     * order has every record's CRC before it reaches a header. */
+    fz_extent *sorted = rc ? NULL : malloc((n ? n : 1) * sizeof *sorted);
+    if (!rc && !sorted)
+        rc = fz_error_set(FZ_ENOMEM, "out of memory");
     if (rc) {
         free(ext);
         return rc;
     }
-    *out = ext;
+    size_t k = 0;
+    for (int late = 0; late < 2; late++)
+        for (size_t i = 0; i < n; i++)
+            if (ext[i].late == (late == 1))
+                sorted[k++] = ext[i];
+    free(ext);
+    *out = sorted;
     *nout = n;
     return 0;
 }

@@ -134,9 +134,9 @@ bool fz_view_direct(fz_view *v, uint32_t node, uint64_t off, uint64_t len, fz_pi
                     size_t max, size_t *n);
 
 /* Writing a whole view out (materialize): every file as extents of at most
- * `max_len` bytes, file by file, in order, covering each file exactly once.
- * An extent marked `late` depends on the bytes of the others (a zip header
- * whose CRC-32 covers records): read it after every other extent. */
+ * `max_len` bytes, covering each file exactly once: first every extent that
+ * is not `late`, file by file in order, then the late ones (zip headers whose
+ * CRC-32 covers records: read them after every other extent). */
 typedef struct {
     uint32_t node;
     uint64_t off, len;

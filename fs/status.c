@@ -44,23 +44,26 @@ static json_t *str_or_null(const char *s)
 /* The changing part: counters, stale sources (checked now). */
 static char *render(fz_status *s)
 {
-    json_t *o = json_deep_copy(s->fixed), *stale = json_array(), *cache = NULL;
+    json_t *o = json_deep_copy(s->fixed), *stale = json_array(), *replaced = json_array();
+    json_t *cache = NULL;
     char *out = NULL;
-    if (!o || !stale)
+    if (!o || !stale || !replaced)
         goto done;
     fz_view *v = s->fs->v;
     for (uint32_t i = 0; i < fz_view_source_count(v); i++) {
-        if (!fz_view_source_changed(v, i, true))
-            continue;
         const char *p = fz_view_source_path(v, i);
         char abs[PATH_MAX];
         if (p[0] != '/' && s->cwd &&
             (size_t)snprintf(abs, sizeof abs, "%s/%s", s->cwd, p) < sizeof abs)
             p = abs;
-        json_array_append_new(stale, json_string(p));
+        if (fz_view_source_changed(v, i, true))
+            json_array_append_new(stale, json_string(p));
+        else if (fz_view_source_replaced(v, i, p))
+            json_array_append_new(replaced, json_string(p));
     }
     json_object_set_new(o, "stale_sources", stale);
-    stale = NULL;
+    json_object_set_new(o, "replaced_sources", replaced);
+    stale = replaced = NULL;
     if (fz_view_cache_dir(v)) {
         uint64_t hits, misses, fills;
         fz_view_cache_counters(v, &hits, &misses, &fills);
@@ -80,6 +83,7 @@ static char *render(fz_status *s)
     out = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS);
 done:
     json_decref(stale);
+    json_decref(replaced);
     json_decref(o);
     return out;
 }
@@ -247,8 +251,8 @@ static json_t *mount_entry(const fz_mountent *e)
         json_decref(st);
         return NULL;
     }
-    static const char *const keys[] = {"options",      "log_file", "cache",  "stale_sources",
-                                       "bytes_served", "reads",    "started"};
+    static const char *const keys[] = {"options",          "log_file",     "cache", "stale_sources",
+                                       "replaced_sources", "bytes_served", "reads", "started"};
     json_object_set_new(o, "mountpoint", json_string(e->mnt));
     json_object_set_new(o, "source", json_string(e->source));
     json_object_set_new(o, "device", json_sprintf("%u:%u", e->maj, e->min));
@@ -304,6 +308,7 @@ static void print_text(FILE *f, json_t *all)
     {
         json_t *opts = json_object_get(m, "options"), *cache = json_object_get(m, "cache");
         json_t *stale = json_object_get(m, "stale_sources");
+        json_t *replaced = json_object_get(m, "replaced_sources");
         fprintf(f, "%s%s\n", i ? "\n" : "", jstr(m, "mountpoint", "?"));
         fprintf(f, "  source:        %s\n", jstr(m, "source", "?"));
         if (json_is_object(opts)) {
@@ -338,6 +343,16 @@ static void print_text(FILE *f, json_t *all)
                 fprintf(f,
                         "    %s (changed after mounting: files made from it fail with EIO; "
                         "remount)\n",
+                        json_string_value(p) ? json_string_value(p) : "?");
+        }
+        if (json_array_size(replaced)) {
+            size_t k;
+            json_t *p;
+            fprintf(f, "  replaced sources: \n");
+            json_array_foreach(replaced, k, p)
+                fprintf(f,
+                        "    %s (removed or replaced after mounting: the mount still serves the "
+                        "file it opened; remount to use the new one)\n",
                         json_string_value(p) ? json_string_value(p) : "?");
         }
         if (json_string_value(json_object_get(m, "problem")))

@@ -48,6 +48,8 @@ int fz_view_open_source_file(fz_view *v, const char *path, uint32_t *idx)
     s->dev = st.st_dev;
     s->ino = st.st_ino;
     s->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+    s->ctime_ns = (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec;
+    s->nlink = st.st_nlink;
     s->mode = st.st_mode & 0777;
     atomic_init(&s->changed, false);
     *idx = v->nfiles++;

@@ -51,6 +51,9 @@ typedef struct {
     dev_t dev;
     ino_t ino;
     int64_t mtime_ns;
+    int64_t ctime_ns; /* no user can set it: a rewrite that puts the old
+                       * mtime back (cp -p, rsync -t, touch -d) still moves it */
+    nlink_t nlink;    /* a link added or removed moves the ctime too */
     mode_t mode;
     atomic_bool changed;
 } fz_srcfile;

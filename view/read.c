@@ -47,9 +47,10 @@ static const fz_srcfile *file_of_fd(const fz_view *v, int fd, uint32_t *hint)
 
 static int put_identity(fz_buf *t, const fz_srcfile *f)
 {
-    return fz_buf_printf(t, "dev=%llu ino=%llu size=%llu mtime_ns=%lld", (unsigned long long)f->dev,
-                         (unsigned long long)f->ino, (unsigned long long)f->size,
-                         (long long)f->mtime_ns);
+    return fz_buf_printf(t, "dev=%llu ino=%llu size=%llu mtime_ns=%lld ctime_ns=%lld",
+                         (unsigned long long)f->dev, (unsigned long long)f->ino,
+                         (unsigned long long)f->size, (long long)f->mtime_ns,
+                         (long long)f->ctime_ns);
 }
 
 /* recipe_keys[i] = hash of (format, recipe text, source identity). */
@@ -158,9 +159,16 @@ done:
     return rc;
 }
 
-static int64_t mtime_ns(const struct stat *st)
+static int64_t ns_of(struct timespec ts)
 {
-    return (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void describe_identity(char *out, size_t n, uint64_t size, int64_t mtime, int64_t ctime)
+{
+    snprintf(out, n, "%" PRIu64 " bytes, mtime %lld.%09lld, ctime %lld.%09lld", size,
+             (long long)(mtime / 1000000000), (long long)(mtime % 1000000000),
+             (long long)(ctime / 1000000000), (long long)(ctime % 1000000000));
 }
 
 /* Check source file fi; `what` names the file being served, or is NULL. */
@@ -178,14 +186,19 @@ static int check_file(fz_view *v, uint32_t fi, const char *what)
     if (fstat(f->fd, &st) != 0)
         return fz_error_set(FZ_EIO, "%s%scannot stat source %s: %s", what, sep, f->path,
                             strerror(errno));
+    /* The ctime moves with any change to the inode, even a rewrite that puts
+     * the old mtime back. It also moves when a link is added or removed (the
+     * file renamed over or deleted: the view goes on serving the inode it
+     * holds, which is consistent), so a ctime move with a new link count is
+     * not taken for a change; a chmod is (a false alarm costs a remount, a
+     * missed rewrite costs wrong bytes). */
     if (st.st_dev == f->dev && st.st_ino == f->ino && (uint64_t)st.st_size == f->size &&
-        mtime_ns(&st) == f->mtime_ns)
+        ns_of(st.st_mtim) == f->mtime_ns &&
+        (ns_of(st.st_ctim) == f->ctime_ns || st.st_nlink != f->nlink))
         return 0;
-    char was[80], now[80];
-    snprintf(was, sizeof was, "%" PRIu64 " bytes, mtime %lld.%09lld", f->size,
-             (long long)(f->mtime_ns / 1000000000), (long long)(f->mtime_ns % 1000000000));
-    snprintf(now, sizeof now, "%lld bytes, mtime %lld.%09ld", (long long)st.st_size,
-             (long long)st.st_mtim.tv_sec, (long)st.st_mtim.tv_nsec);
+    char was[128], now[128];
+    describe_identity(was, sizeof was, f->size, f->mtime_ns, f->ctime_ns);
+    describe_identity(now, sizeof now, (uint64_t)st.st_size, ns_of(st.st_mtim), ns_of(st.st_ctim));
     if (!atomic_exchange(&f->changed, true) && v->log_changes)
         fz_log(FZ_LOG_ERROR,
                "%s%ssource %s changed after fzfs opened it (was %s, now %s): "
@@ -242,6 +255,16 @@ bool fz_view_source_changed(fz_view *v, uint32_t i, bool check)
     if (check)
         return check_file(v, i, NULL) != 0;
     return atomic_load_explicit(&v->files[i].changed, memory_order_relaxed);
+}
+
+bool fz_view_source_replaced(const fz_view *v, uint32_t i, const char *path)
+{
+    if (i >= v->nfiles)
+        return false;
+    struct stat st;
+    if (stat(path ? path : v->files[i].path, &st) != 0)
+        return errno == ENOENT || errno == ENOTDIR;
+    return st.st_dev != v->files[i].dev || st.st_ino != v->files[i].ino;
 }
 
 bool fz_view_node_stale(const fz_view *v, uint32_t node)

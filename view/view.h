@@ -107,6 +107,12 @@ void fz_view_log_changes(fz_view *v);
 uint32_t fz_view_source_count(const fz_view *v);
 const char *fz_view_source_path(const fz_view *v, uint32_t i);
 bool fz_view_source_changed(fz_view *v, uint32_t i, bool check);
+/* Whether source i's path (or `path`, the same file named from another
+ * directory, NULL for the view's own) no longer names the file the view
+ * holds open: removed, or replaced by another file (rename over it). The
+ * view keeps serving the file it opened, which is consistent, so this is
+ * news for `fzfs status`, not an error. One stat(2). */
+bool fz_view_source_replaced(const fz_view *v, uint32_t i, const char *path);
 /* Whether node i is made from a source already seen changed (no syscall:
  * the sticky flags only). */
 bool fz_view_node_stale(const fz_view *v, uint32_t node);

@@ -28,6 +28,7 @@ import time
 import pytest
 
 from conftest import FZFS_ASAN_BIN, SANITIZER_ENV, Fzfs
+from test_status import status, wait_status
 from test_mount import FS_TIMEOUT, Mounter, _fuse_available, child, is_mounted  # noqa: F401
 
 BUILDS = ["release"] + (["asan"] if FZFS_ASAN_BIN else [])
@@ -186,6 +187,78 @@ def test_rewritten_source_is_eio_and_logged(runs, materialized, mounter, tmp_pat
     log = mount_log(mnt)
     lines = [ln for ln in log.splitlines() if source in ln]
     assert len(lines) == 1 and "ERROR:" in lines[0] and "changed" in lines[0], log
+
+
+def test_rewrite_restoring_the_mtime_is_eio(runs, materialized, mounter, tmp_path):
+    """A tool that rewrites a file and puts its old mtime back (rsync -t, cp -p, touch -d)
+    cannot hide the change: the inode's ctime, which no user can set, moves."""
+    run = "llama-untied-st"
+    ref, src, mnt = mount_copy(run, ST, runs, materialized, mounter, tmp_path)
+    source = weight_file(src, runs, run)
+    rel = os.path.relpath(source, src)
+    st = os.stat(source)
+    rewrite_in_place(source)
+    os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(source).st_mtime_ns == st.st_mtime_ns
+    r = mounted_read(os.path.join(mnt, rel), os.path.join(ref.dest, rel))
+    assert r.get("errno") == errno.EIO, f"rewritten source, mtime restored: got {r}"
+
+
+def test_cache_never_serves_bytes_of_a_rewrite_that_restored_the_mtime(runs, fz, mounter,
+                                                                        tmp_path):
+    """Computed chunks are keyed by the source's identity: a source rewritten between two
+    mounts, its mtime put back, must be computed again, not served from the cache."""
+    run = "llama-untied-st"
+    opts, cache = [*ST, "--dtype", "float32"], str(tmp_path / "cache")  # bf16 source: a cast
+    src = clone(runs, run, tmp_path)
+    source = weight_file(src, runs, run)
+    rel = os.path.relpath(source, src)
+    mnt = str(tmp_path / "mnt")
+    mounter.mount(src, mnt, *opts, cache=cache)
+    first = child("""
+        import sys
+        with open(sys.argv[1], "rb") as f:
+            print(f.read().hex())
+    """, os.path.join(mnt, rel))
+    mounter.umount(mnt)
+
+    st = os.stat(source)
+    size = os.path.getsize(source)
+    with open(source, "r+b") as f:  # a whole value of the last tensor, so the cast differs
+        f.seek(size - 64)
+        f.write(bytes(64))
+    os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))
+    dest = str(tmp_path / "dest")
+    r = fz.run("materialize", src, dest, *opts, "--no-cache")
+    assert r.returncode == 0, r.stderr
+    with open(os.path.join(dest, rel), "rb") as f:
+        want = f.read()
+    assert want.hex() != first, "the rewrite did not change the cast bytes"
+    mnt2 = str(tmp_path / "mnt2")
+    mounter.mount(src, mnt2, *opts, cache=cache)
+    r = mounted_read(os.path.join(mnt2, rel), os.path.join(dest, rel))
+    assert r.get("same"), f"stale cached bytes served after a rewrite: {r}"
+
+
+def test_replaced_source_is_reported_and_the_old_bytes_served(runs, materialized, mounter,
+                                                             tmp_path):
+    """A source replaced by rename (a new inode under the old name) does not change what
+    the mount serves - the file it opened - but `fzfs status` says so."""
+    run = "llama-untied-st"
+    ref, src, mnt = mount_copy(run, ST, runs, materialized, mounter, tmp_path)
+    source = weight_file(src, runs, run)
+    rel = os.path.relpath(source, src)
+    new = source + ".new"
+    shutil.copyfile(source, new)
+    rewrite_in_place(new)
+    os.replace(new, source)
+    r = mounted_read(os.path.join(mnt, rel), os.path.join(ref.dest, rel))
+    assert r.get("same"), f"the mount must serve the file it opened: {r}"
+    e = wait_status(mounter.fzfs, mnt, lambda e: e.get("replaced_sources"), "a replaced source")
+    assert e["replaced_sources"] == [os.path.realpath(source)], e
+    assert e["stale_sources"] == [], e
+    text = status(mounter.fzfs).stdout
+    assert re.search(r"replaced sources: \n    " + re.escape(os.path.realpath(source)), text), text
 
 
 @pytest.mark.parametrize("run,opts", [("llama-untied-st", ST), ("llama-tied-bin", [])],

@@ -64,6 +64,61 @@ bool fz_source_has_weights(const char *dir)
     return false;
 }
 
+/* A checkpoint whose weights are still split across ranks: DeepSpeed ZeRO
+ * (global_stepN/ with *_model_states.pt or zero_pp_rank_* files) or an FSDP
+ * sharded state dict (pytorch_model_fsdp_N/ or *.distcp files, written by
+ * torch.distributed.checkpoint). fzfs reads consolidated weights only; the
+ * hint says how to make them. Returns "" when dir holds neither; otherwise a
+ * static-buffer-free text in `out` (n bytes). Only names are looked at. */
+static const char *sharded_hint(const char *dir, char *out, size_t n)
+{
+    DIR *d = opendir(dir);
+    const char *kind = NULL;
+    char sub[256] = "";
+    if (!d)
+        return "";
+    struct dirent *e;
+    while (!kind && (e = readdir(d))) {
+        if (has_suffix(e->d_name, ".distcp")) {
+            kind = "fsdp";
+        } else if (strncmp(e->d_name, "pytorch_model_fsdp_", 19) == 0 ||
+                   strncmp(e->d_name, "global_step", 11) == 0) {
+            char *p = join(dir, e->d_name);
+            DIR *s2 = p && is_dir(p) ? opendir(p) : NULL;
+            struct dirent *f;
+            while (s2 && !kind && (f = readdir(s2))) {
+                if (has_suffix(f->d_name, ".distcp"))
+                    kind = "fsdp";
+                else if (has_suffix(f->d_name, "_model_states.pt") ||
+                         strncmp(f->d_name, "zero_pp_rank_", 13) == 0)
+                    kind = "deepspeed";
+            }
+            if (s2)
+                closedir(s2);
+            free(p);
+            if (kind)
+                snprintf(sub, sizeof sub, "%s", e->d_name);
+        }
+    }
+    closedir(d);
+    if (!kind)
+        return "";
+    if (strcmp(kind, "deepspeed") == 0)
+        snprintf(out, n,
+                 "; %s/%s is a DeepSpeed ZeRO checkpoint, its weights split across ranks: "
+                 "consolidate them first (python %s/zero_to_fp32.py %s %s --safe_serialization, "
+                 "the script DeepSpeed saves beside it), or train with "
+                 "stage3_gather_16bit_weights_on_model_save: true",
+                 dir, sub, dir, dir, dir);
+    else
+        snprintf(out, n,
+                 "; %s%s%s holds an FSDP sharded state dict (.distcp files): merge it first "
+                 "(accelerate merge-weights %s%s%s %s), or save with the FULL_STATE_DICT "
+                 "state_dict_type",
+                 dir, *sub ? "/" : "", sub, dir, *sub ? "/" : "", sub, dir);
+    return out;
+}
+
 /* N of "checkpoint-N" (digits only), else -1. */
 static int64_t parse_step(const char *base)
 {
@@ -365,10 +420,15 @@ static int add_skipped(fz_source *s, const char *name, const char *fmt, ...)
 /* The reason an entry that is not a checkpoint with weights was passed over. */
 static int skip_invalid(fz_source *s, const fz_cand *k)
 {
-    return add_skipped(s, k->name, "%s",
+    char hint[1536];
+    const char *h = k->dir ? sharded_hint(k->path, hint, sizeof hint) : "";
+    if (*h) /* a checkpoint the user may well want, in a form fzfs cannot read */
+        fz_log(FZ_LOG_WARNING, "%s skipped: no consolidated weights%s", k->path, h);
+    return add_skipped(s, k->name, "%s%s",
                        !k->dir ? "not a directory"
                                : "no weights (no model.safetensors[.index.json] "
-                                 "or pytorch_model.bin[.index.json])");
+                                 "or pytorch_model.bin[.index.json])",
+                       h);
 }
 
 /* Forgather: SRC/checkpoints/checkpoint-*, the newest by manifest timestamp
@@ -522,13 +582,18 @@ static int pick_trainer(fz_source *s, fz_cand *c, size_t n)
         if (!b || k->gstep > b->gstep || (k->gstep == b->gstep && k->step > b->step))
             best = i;
     }
-    if (best == SIZE_MAX)
+    if (best == SIZE_MAX) {
+        char hint[1536] = "";
+        for (size_t i = n; i-- > 0 && !hint[0];) /* the highest step first */
+            if (c[i].dir)
+                sharded_hint(c[i].path, hint, sizeof hint);
         return fz_error_set(FZ_ENOTFOUND,
                             "%s: %zu checkpoint-* entries and none is a checkpoint-<number> "
                             "directory holding model.safetensors[.index.json] or "
                             "pytorch_model.bin[.index.json]; the source root has no weights "
-                            "either. Point SRC or -c at a directory that holds weights",
-                            s->root, n);
+                            "either%s. Point SRC or -c at a directory that holds weights",
+                            s->root, n, hint);
+    }
     const fz_cand *b = &c[best];
     for (size_t i = 0; i < n && rc == 0; i++) {
         const fz_cand *k = &c[i];
@@ -573,15 +638,17 @@ static int pick_no_checkpoints_dir(fz_source *s)
         return rc;
     }
     free(c);
-    if (!fz_source_has_weights(s->root))
+    if (!fz_source_has_weights(s->root)) {
+        char hint[1536];
         return fz_error_set(FZ_ENOTFOUND,
                             "%s: not a training output fzfs recognises. It looks for: a Forgather "
                             "run (checkpoints/checkpoint-N/ with weights), a Hugging Face Trainer "
                             "output_dir (checkpoint-N/ directories, or a model saved at the "
                             "root), a checkpoint-N directory itself, or a model directory "
                             "(model.safetensors, pytorch_model.bin, or their .index.json) -- "
-                            "none is here. Point SRC at one, or name the checkpoint with -c PATH",
-                            s->root);
+                            "none is here%s. Point SRC at one, or name the checkpoint with -c PATH",
+                            s->root, sharded_hint(s->root, hint, sizeof hint));
+    }
     const char *base = strrchr(s->root, '/');
     s->step = parse_step(base ? base + 1 : s->root);
     s->ckpt = strdup(s->root);
@@ -650,10 +717,11 @@ int fz_source_find(fz_source *s, const char *src, const char *ckpt_opt)
             goto done;
         }
         if (!fz_source_has_weights(rp)) {
+            char hint[1536];
             rc = fz_error_set(FZ_ENOTFOUND,
                               "%s: checkpoint holds no weights (none of "
-                              "model.safetensors[.index.json], pytorch_model.bin[.index.json])",
-                              rp);
+                              "model.safetensors[.index.json], pytorch_model.bin[.index.json])%s",
+                              rp, sharded_hint(rp, hint, sizeof hint));
             goto done;
         }
         s->layout = FZ_LAYOUT_EXPLICIT;

@@ -310,3 +310,67 @@ def test_mount_matches_materialize_and_loads(fzfs, trainer_runs, mounter, tmp_pa
     compare_models(*pairs, in_child=True)
     for mnt, _, _ in pairs:
         mounter.umount(mnt)
+
+
+# ---- checkpoints whose weights are split across ranks ------------------------------------
+
+SHARDED = r"""
+import os, sys, torch
+from safetensors.torch import load_file
+kind, ckpt = sys.argv[1], sys.argv[2]
+name = next(f for f in os.listdir(ckpt) if f.startswith("model") and f.endswith(".safetensors"))
+sd = load_file(os.path.join(ckpt, name))
+for f in os.listdir(ckpt):
+    if f.startswith("model") and (f.endswith(".safetensors") or f.endswith(".index.json")):
+        os.remove(os.path.join(ckpt, f))
+step = os.path.basename(ckpt).split("-")[1]
+if kind == "deepspeed":  # what DeepSpeed's engine.save_checkpoint writes on one rank
+    d = os.path.join(ckpt, f"global_step{step}")
+    os.makedirs(d)
+    torch.save({"module": sd}, os.path.join(d, "mp_rank_00_model_states.pt"))
+    torch.save({"optimizer_state_dict": {}}, os.path.join(d, "zero_pp_rank_0_mp_rank_00_optim_states.pt"))
+    with open(os.path.join(ckpt, "latest"), "w") as f:
+        f.write(f"global_step{step}")
+else:  # FSDP SHARDED_STATE_DICT, as accelerate saves it: torch.distributed.checkpoint
+    import torch.distributed.checkpoint as dcp
+    dcp.save(sd, checkpoint_id=os.path.join(ckpt, "pytorch_model_fsdp_0"))
+"""
+
+
+def make_sharded(kind, ckpt):
+    p = subprocess.run([sys.executable, "-c", SHARDED, kind, ckpt], capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+
+def test_deepspeed_checkpoints_are_refused_with_the_way_to_consolidate(fzfs, trainer_runs,
+                                                                       tmp_path):
+    src = str(tmp_path / "out")
+    shutil.copytree(trainer_runs.src("trainer-st"), src)
+    ckpts = sorted(d for d in os.listdir(src) if d.startswith("checkpoint-"))
+    for d in ckpts:
+        make_sharded("deepspeed", os.path.join(src, d))
+    r = fzfs.run("materialize", src, str(tmp_path / "dest"))
+    assert r.returncode != 0
+    assert "DeepSpeed ZeRO" in r.stderr and "zero_to_fp32.py" in r.stderr, r.stderr
+    assert "global_step" in r.stderr, r.stderr
+    assert not os.path.exists(tmp_path / "dest")
+    r = fzfs.run("plan", os.path.join(src, ckpts[-1]))  # SRC = the checkpoint itself
+    assert r.returncode != 0 and "zero_to_fp32.py" in r.stderr, r.stderr
+    r = fzfs.run("plan", src, "-c", os.path.join(src, ckpts[-1]))
+    assert r.returncode != 0 and "zero_to_fp32.py" in r.stderr, r.stderr
+
+
+def test_newest_fsdp_sharded_checkpoint_skipped_with_a_warning(fzfs, trainer_runs, tmp_path):
+    src = str(tmp_path / "out")
+    shutil.copytree(trainer_runs.src("trainer-st"), src)
+    ckpts = sorted((d for d in os.listdir(src) if d.startswith("checkpoint-")),
+                   key=lambda d: int(d.split("-")[1]))
+    make_sharded("fsdp", os.path.join(src, ckpts[-1]))
+    r = fzfs.run("plan", src, "--json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    skipped = {k["name"]: k["why"] for k in plan["checkpoint"]["skipped"]}
+    assert "FSDP sharded state dict" in skipped[ckpts[-1]], skipped
+    assert "accelerate merge-weights" in skipped[ckpts[-1]], skipped
+    assert "WARNING" in r.stderr and ckpts[-1] in r.stderr and "FSDP" in r.stderr, r.stderr

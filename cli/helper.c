@@ -14,6 +14,7 @@
 
 #include "cli/options.h"
 #include "util/error.h"
+#include "util/vec.h"
 
 /* mount(8)'s generic options and fstab-only keys that mean nothing to a
  * read-only FUSE view; prefixes end with '*'. */
@@ -59,19 +60,13 @@ static int helper_usage(const char *fmt, const char *arg)
 
 typedef struct {
     char **v;
-    int n, cap;
+    size_t n, cap;
 } argvec;
 
 static int push(argvec *a, const char *s, size_t len)
 {
-    if (a->n + 2 > a->cap) {
-        int cap = a->cap ? a->cap * 2 : 16;
-        char **v = realloc(a->v, (size_t)cap * sizeof *v);
-        if (!v)
-            return FZ_ENOMEM;
-        a->v = v;
-        a->cap = cap;
-    }
+    if (FZ_VEC_RESERVE(a->v, a->cap, a->n + 2))
+        return FZ_ENOMEM;
     char *d = strndup(s, len);
     if (!d)
         return FZ_ENOMEM;
@@ -82,7 +77,7 @@ static int push(argvec *a, const char *s, size_t len)
 
 /* One -o item: a mount option, a generic option (dropped), or a FUSE option
  * (appended to *fuse, comma-separated). */
-static int convert_item(argvec *a, char *item, char **fuse, size_t *fuse_len)
+static int convert_item(argvec *a, char *item, char **fuse)
 {
     if (!*item || is_generic(item))
         return 0;
@@ -109,16 +104,7 @@ static int convert_item(argvec *a, char *item, char **fuse, size_t *fuse_len)
             return rc;
         }
     }
-    size_t n = strlen(item);
-    char *f = realloc(*fuse, *fuse_len + n + 2);
-    if (!f)
-        return FZ_ENOMEM;
-    if (*fuse_len)
-        f[(*fuse_len)++] = ',';
-    memcpy(f + *fuse_len, item, n + 1);
-    *fuse_len += n;
-    *fuse = f;
-    return 0;
+    return fz_cli_join(fuse, ',', item);
 }
 
 int fz_cli_helper_argv(int argc, char **argv, int *out_argc, char ***out)
@@ -132,7 +118,6 @@ int fz_cli_helper_argv(int argc, char **argv, int *out_argc, char ***out)
         return 0;
     argvec a = {0};
     char *fuse = NULL;
-    size_t fuse_len = 0;
     int rc = 0;
     if ((rc = push(&a, argv[0], strlen(argv[0]))) || (rc = push(&a, "mount", 5)) ||
         (rc = push(&a, argv[1], strlen(argv[1]))) || (rc = push(&a, argv[2], strlen(argv[2]))))
@@ -159,20 +144,20 @@ int fz_cli_helper_argv(int argc, char **argv, int *out_argc, char ***out)
             goto done;
         }
         for (char *t = strtok_r(copy, ",", &save); t && rc == 0; t = strtok_r(NULL, ",", &save))
-            rc = convert_item(&a, t, &fuse, &fuse_len);
+            rc = convert_item(&a, t, &fuse);
         free(copy);
     }
-    if (rc == 0 && fuse_len && (rc = push(&a, "-o", 2)) == 0)
-        rc = push(&a, fuse, fuse_len);
+    if (rc == 0 && fuse && (rc = push(&a, "-o", 2)) == 0)
+        rc = push(&a, fuse, strlen(fuse));
 done:
     free(fuse);
     if (rc == FZ_ENOMEM)
         rc = helper_usage("%s", "out of memory");
     if (rc) {
-        fz_cli_helper_free(a.n, a.v);
+        fz_cli_helper_free((int)a.n, a.v);
         return rc;
     }
-    *out_argc = a.n;
+    *out_argc = (int)a.n;
     *out = a.v;
     return 1;
 }

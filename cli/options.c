@@ -287,16 +287,16 @@ static void getopt_tables(fz_cmd cmd, struct option *longopts, char *shortopts)
     shortopts[sl] = 0;
 }
 
-static int append_fuse_opts(fz_cli *c, const char *cmd, const char *arg)
+int fz_cli_join(char **list, char sep, const char *item)
 {
-    size_t old = c->fuse_opts ? strlen(c->fuse_opts) : 0;
-    char *n = realloc(c->fuse_opts, old + strlen(arg) + 2);
-    if (!n)
-        return usage_error(cmd, "out of memory (%s)", arg);
+    size_t old = *list ? strlen(*list) : 0, n = strlen(item);
+    char *s = realloc(*list, old + n + 2);
+    if (!s)
+        return FZ_ENOMEM;
     if (old)
-        n[old++] = ',';
-    strcpy(n + old, arg);
-    c->fuse_opts = n;
+        s[old++] = sep;
+    memcpy(s + old, item, n + 1);
+    *list = s;
     return 0;
 }
 
@@ -308,14 +308,10 @@ static int note_view_arg(fz_cli *c, const char *cmd, int o, const char *arg)
     for (size_t i = 0; i < NOPT; i++) {
         if (table[i].opt.val != o || !(table[i].cmds & view_cmds))
             continue;
-        size_t old = c->view_args ? strlen(c->view_args) : 0;
-        size_t add = strlen(table[i].opt.name) + 4 + (arg ? strlen(arg) + 1 : 0);
-        char *n = realloc(c->view_args, old + add);
-        if (!n)
+        char flag[80];
+        snprintf(flag, sizeof flag, "--%s", table[i].opt.name);
+        if (fz_cli_join(&c->view_args, ' ', flag) || (arg && fz_cli_join(&c->view_args, ' ', arg)))
             return usage_error(cmd, "out of memory (%s)", table[i].opt.name);
-        snprintf(n + old, add, "%s--%s%s%s", old ? " " : "", table[i].opt.name, arg ? " " : "",
-                 arg ? arg : "");
-        c->view_args = n;
         return 0;
     }
     return 0;
@@ -419,7 +415,8 @@ static int apply_option(fz_cli *c, size_t ci, int o, char *arg)
                                arg);
         break;
     case O_FUSE_OPTS:
-        return append_fuse_opts(c, cmd, arg);
+        return fz_cli_join(&c->fuse_opts, ',', arg) ? usage_error(cmd, "out of memory (%s)", arg)
+                                                    : 0;
     case O_WORKERS: {
         char *end;
         long w = strtol(arg, &end, 10);

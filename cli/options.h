@@ -49,6 +49,10 @@ typedef struct {
  * FZ_EUSAGE. */
 int fz_cli_parse_size(const char *s, uint64_t *out);
 
+/* Append `item` to the string *list (NULL when empty), after `sep` unless
+ * *list is empty. 0, or FZ_ENOMEM with *list unchanged. */
+int fz_cli_join(char **list, char sep, const char *item);
+
 /* fz_cli_parse returns 0 (run c->cmd), FZ_CLI_EXIT_OK (help/version printed),
  * or FZ_EUSAGE (message printed). */
 #define FZ_CLI_EXIT_OK 1

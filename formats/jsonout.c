@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "util/error.h"
+#include "util/vec.h"
 
 /* Shortest round-trip digits.
  *
@@ -445,14 +446,9 @@ typedef struct {
 
 static int big_push(big_list *l, size_t ordinal, size_t start, size_t len)
 {
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? 2 * l->cap : 8;
-        big_lit *nv = realloc(l->v, cap * sizeof *nv);
-        if (!nv)
-            return fz_error_set(FZ_ENOMEM, "out of memory");
-        l->v = nv;
-        l->cap = cap;
-    }
+    int rc = FZ_VEC_RESERVE(l->v, l->cap, l->n + 1);
+    if (rc)
+        return rc;
     l->v[l->n++] = (big_lit){ordinal, start, len};
     return 0;
 }

@@ -10,6 +10,7 @@
 
 #include "fs/pidfile.h"
 #include "util/error.h"
+#include "util/vec.h"
 
 /* Undo mountinfo's octal escapes (\040 for a space...) in place. */
 static void unescape(char *s)
@@ -80,16 +81,8 @@ int fz_mounts_read(fz_mountent **out, size_t *n)
     fz_mountent *m = NULL;
     int rc = 0;
     while (getline(&line, &cap, f) > 0) {
-        if (cnt == room) {
-            size_t nr = room ? 2 * room : 64;
-            fz_mountent *nm = realloc(m, nr * sizeof *m);
-            if (!nm) {
-                rc = fz_error_set(FZ_ENOMEM, "out of memory");
-                break;
-            }
-            m = nm;
-            room = nr;
-        }
+        if ((rc = FZ_VEC_RESERVE(m, room, cnt + 1)))
+            break;
         memset(&m[cnt], 0, sizeof m[cnt]);
         int pr = parse_line(line, &m[cnt]);
         if (pr < 0) {

@@ -10,6 +10,7 @@
 #include "transform/meta_int.h"
 #include "util/error.h"
 #include "util/log.h"
+#include "util/vec.h"
 
 void fz_addtok_spec_free(fz_addtok_spec *spec)
 {
@@ -335,14 +336,9 @@ static int init_set(init_list *l, int64_t id, fz_init_kind kind, uint64_t copy_f
             l->v[i].copy_from = copy_from;
             return 0;
         }
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? 2 * l->cap : 8;
-        fz_tok_init *p = realloc(l->v, cap * sizeof *p);
-        if (!p)
-            return fz_error_set(FZ_ENOMEM, "out of memory");
-        l->v = p;
-        l->cap = cap;
-    }
+    int rc = FZ_VEC_RESERVE(l->v, l->cap, l->n + 1);
+    if (rc)
+        return rc;
     l->v[l->n++] = (fz_tok_init){id, kind, copy_from};
     return 0;
 }

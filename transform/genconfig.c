@@ -12,6 +12,7 @@
 #include "util/buf.h"
 #include "util/error.h"
 #include "util/log.h"
+#include "util/vec.h"
 
 /* finalize._PRESET_PASSTHROUGH_KEYS */
 static const char *const passthrough[] = {"temperature",
@@ -300,14 +301,9 @@ static int id_add(idlist *l, int64_t id)
     for (size_t i = 0; i < l->n; i++)
         if (l->v[i] == id)
             return 0;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? 2 * l->cap : 8;
-        int64_t *p = realloc(l->v, cap * sizeof *p);
-        if (!p)
-            return fz_error_set(FZ_ENOMEM, "out of memory");
-        l->v = p;
-        l->cap = cap;
-    }
+    int rc = FZ_VEC_RESERVE(l->v, l->cap, l->n + 1);
+    if (rc)
+        return rc;
     l->v[l->n++] = id;
     return 0;
 }

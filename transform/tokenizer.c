@@ -6,6 +6,7 @@
 #include "formats/jsonout.h"
 #include "transform/meta_int.h"
 #include "util/error.h"
+#include "util/vec.h"
 
 const char *const fz_role_keys[FZ_ROLE_N] = {"bos_token", "eos_token", "pad_token", "unk_token"};
 
@@ -58,14 +59,9 @@ int fz_tok_add(fz_tok *t, const char *s, bool special, int64_t *id)
         *id = have;
         return 0;
     }
-    if (t->n_entries == t->cap_entries) {
-        size_t cap = t->cap_entries ? 2 * t->cap_entries : 8;
-        fz_tok_entry *p = realloc(t->entries, cap * sizeof *p);
-        if (!p)
-            return fz_error_set(FZ_ENOMEM, "out of memory");
-        t->entries = p;
-        t->cap_entries = cap;
-    }
+    int rc = FZ_VEC_RESERVE(t->entries, t->cap_entries, t->n_entries + 1);
+    if (rc)
+        return rc;
     char *c = strdup(s);
     if (!c)
         return fz_error_set(FZ_ENOMEM, "out of memory");

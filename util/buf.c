@@ -1,33 +1,21 @@
 #include "util/buf.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "util/error.h"
+#include "util/vec.h"
 
 int fz_buf_reserve(fz_buf *b, size_t extra)
 {
     if (b->cap - b->len >= extra)
         return 0;
-    size_t need = b->len + extra;
-    if (need < b->len)
+    if (extra > SIZE_MAX - b->len)
         return fz_error_set(FZ_ENOMEM, "buffer size overflow");
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap < need) {
-        if (cap > SIZE_MAX / 2) {
-            cap = need;
-            break;
-        }
-        cap *= 2;
-    }
-    uint8_t *p = realloc(b->data, cap);
-    if (!p)
-        return fz_error_set(FZ_ENOMEM, "out of memory (%zu bytes)", cap);
-    b->data = p;
-    b->cap = cap;
-    return 0;
+    return FZ_VEC_RESERVE(b->data, b->cap, b->len + extra);
 }
 
 int fz_buf_append(fz_buf *b, const void *p, size_t n)

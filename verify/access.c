@@ -13,6 +13,7 @@
 
 #include "util/error.h"
 #include "util/io.h"
+#include "util/vec.h"
 #include "verify/verify.h"
 
 static int cmp_name(const void *a, const void *b)
@@ -22,14 +23,9 @@ static int cmp_name(const void *a, const void *b)
 
 static int push_name(char ***names, size_t *n, size_t *cap, const char *name)
 {
-    if (*n == *cap) {
-        size_t nc = *cap ? 2 * *cap : 16;
-        char **nn = realloc(*names, nc * sizeof *nn);
-        if (!nn)
-            return fz_error_set(FZ_ENOMEM, "out of memory");
-        *names = nn;
-        *cap = nc;
-    }
+    int rc = FZ_VEC_RESERVE(*names, *cap, *n + 1);
+    if (rc)
+        return rc;
     if (!((*names)[*n] = strdup(name)))
         return fz_error_set(FZ_ENOMEM, "out of memory");
     (*n)++;

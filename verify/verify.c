@@ -8,6 +8,7 @@
 #include "formats/jsonout.h"
 #include "util/error.h"
 #include "util/log.h"
+#include "util/vec.h"
 #include "verify/internal.h"
 
 /* A JSON file larger than this is not a config or tokenizer we can check. */
@@ -32,15 +33,7 @@ void fz_vfail(fz_vctx *c, const char *file, const char *fmt, ...)
         text = NULL;
     else
         f = strdup(file);
-    if (f && r->n == r->cap) {
-        size_t cap = r->cap ? 2 * r->cap : 16;
-        fz_vproblem *nv = realloc(r->v, cap * sizeof *nv);
-        if (nv) {
-            r->v = nv;
-            r->cap = cap;
-        }
-    }
-    if (!text || !f || r->n == r->cap) {
+    if (!text || !f || FZ_VEC_RESERVE(r->v, r->cap, r->n + 1)) {
         free(text);
         free(f);
         c->err = fz_error_set(FZ_ENOMEM, "out of memory");

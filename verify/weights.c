@@ -12,6 +12,7 @@
 #include "formats/torchbin.h"
 #include "util/checked.h"
 #include "util/error.h"
+#include "util/vec.h"
 #include "verify/internal.h"
 
 typedef struct {
@@ -69,15 +70,10 @@ static wfile *get_file(fz_vctx *c, wfiles *F, const char *name)
     for (size_t i = 0; i < F->n; i++)
         if (strcmp(F->v[i]->name, name) == 0)
             return F->v[i];
-    if (F->n == F->cap) {
-        size_t cap = F->cap ? 2 * F->cap : 8;
-        wfile **nv = realloc(F->v, cap * sizeof *nv);
-        if (!nv) {
-            c->err = fz_error_set(FZ_ENOMEM, "out of memory");
-            return NULL;
-        }
-        F->v = nv;
-        F->cap = cap;
+    int err = FZ_VEC_RESERVE(F->v, F->cap, F->n + 1);
+    if (err) {
+        c->err = err;
+        return NULL;
     }
     wfile *f = calloc(1, sizeof *f);
     if (!f || !(f->name = strdup(name))) {
@@ -208,7 +204,7 @@ static void check_index(fz_vctx *c, wfiles *F, const char *iname, const json_t *
     const char *key;
     const json_t *val;
     wfile **set = NULL;
-    size_t nset = 0, absent = 0, unlisted = 0;
+    size_t nset = 0, capset = 0, absent = 0, unlisted = 0;
     *set_out = NULL;
     *nset_out = 0;
     if (!json_is_object(wm)) {
@@ -230,13 +226,12 @@ static void check_index(fz_vctx *c, wfiles *F, const char *iname, const json_t *
         for (size_t k = 0; k < nset && !seen; k++)
             seen = set[k] == f;
         if (!seen) {
-            wfile **ns = realloc(set, (nset + 1) * sizeof *ns);
-            if (!ns) {
+            int err = FZ_VEC_RESERVE(set, capset, nset + 1);
+            if (err) {
+                c->err = err;
                 free(set);
-                c->err = fz_error_set(FZ_ENOMEM, "out of memory");
                 return;
             }
-            set = ns;
             set[nset++] = f;
             if (!f->present)
                 fz_vfail(c, iname, "weight_map names '%s' (for '%s' and maybe more), which %s",
@@ -322,7 +317,7 @@ void fz_vcheck_weights(fz_vctx *c)
 {
     wfiles F = {0};
     wfile **refd = NULL; /* files some index references */
-    size_t nrefd = 0;
+    size_t nrefd = 0, caprefd = 0;
     bool any = false;
     for (size_t i = 0; i < c->nroot && !c->err; i++) {
         const char *n = c->root[i];
@@ -347,11 +342,10 @@ void fz_vcheck_weights(fz_vctx *c)
         if (listed(model_indexes, n) && idx && !c->err)
             model_set(c, set, nset,
                       json_object_get(json_object_get(idx, "metadata"), "param_sharing"));
-        wfile **nr = nset ? realloc(refd, (nrefd + nset) * sizeof *nr) : refd;
-        if (!nr) {
-            c->err = fz_error_set(FZ_ENOMEM, "out of memory");
-        } else {
-            refd = nr;
+        int err = FZ_VEC_RESERVE(refd, caprefd, nrefd + nset);
+        if (err) {
+            c->err = err;
+        } else if (nset) {
             memcpy(refd + nrefd, set, nset * sizeof *set);
             nrefd += nset;
         }

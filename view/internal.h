@@ -101,6 +101,7 @@ struct fz_view {
 
     fz_srcfile *files;
     uint32_t nfiles;
+    size_t capfiles;
     fz_tensor_list *tensors; /* per weight file (files[0..src.nfiles-1]) */
 
     fz_recipe *recipes;
@@ -111,7 +112,8 @@ struct fz_view {
     uint32_t nshards;
 
     fz_node *nodes;
-    uint32_t nnodes, capnodes;
+    uint32_t nnodes;
+    size_t capnodes;
 
     fz_zipview *zips;
     uint32_t nzips;
@@ -126,7 +128,8 @@ struct fz_view {
     bool log_changes; /* fz_view_log_changes */
 
     uint8_t **lits; /* literal buffers owned by the view */
-    uint32_t nlits, caplits;
+    uint32_t nlits;
+    size_t caplits;
 
     /* The chunk cache (view/read.c, fz_view_set_cache): borrowed, NULL =
      * compute directly. recipe_keys[i] is recipe i's identity (hi/lo; chunk

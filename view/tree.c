@@ -4,17 +4,13 @@
 #include <string.h>
 
 #include "util/error.h"
+#include "util/vec.h"
 
 static int new_node(fz_view *v, uint32_t parent, const char *name, fz_node_kind kind, uint32_t *out)
 {
-    if (v->nnodes == v->capnodes) {
-        uint32_t cap = v->capnodes ? v->capnodes * 2 : 32;
-        fz_node *n = realloc(v->nodes, cap * sizeof *n);
-        if (!n)
-            return fz_error_set(FZ_ENOMEM, "out of memory");
-        v->nodes = n;
-        v->capnodes = cap;
-    }
+    int rc = FZ_VEC_RESERVE(v->nodes, v->capnodes, (size_t)v->nnodes + 1);
+    if (rc)
+        return rc;
     /* Children grow by doubling (the array is full when nchildren is a
      * power of two); two children with one name are refused by
      * fz_tree_finish, once sorted: adding n children costs O(n log n). */
@@ -64,15 +60,10 @@ int fz_tree_dir(fz_view *v, uint32_t parent, const char *name, uint32_t *out)
 
 int fz_tree_keep(fz_view *v, uint8_t *data)
 {
-    if (v->nlits == v->caplits) {
-        uint32_t cap = v->caplits ? v->caplits * 2 : 32;
-        uint8_t **l = realloc(v->lits, cap * sizeof *l);
-        if (!l) {
-            free(data);
-            return fz_error_set(FZ_ENOMEM, "out of memory");
-        }
-        v->lits = l;
-        v->caplits = cap;
+    int rc = FZ_VEC_RESERVE(v->lits, v->caplits, (size_t)v->nlits + 1);
+    if (rc) {
+        free(data);
+        return rc;
     }
     v->lits[v->nlits++] = data;
     return 0;

@@ -1,4 +1,4 @@
-/* util/: checked arithmetic, the growable buffer, the hash index, errors
+/* util/: checked arithmetic, the growable buffer and arrays, the hash index, errors
  * (messages, prefixes, errno mapping). */
 #include <errno.h>
 #include <setjmp.h>
@@ -15,6 +15,7 @@
 #include "util/checked.h"
 #include "util/error.h"
 #include "util/hindex.h"
+#include "util/vec.h"
 
 static void test_checked(void **state)
 {
@@ -58,6 +59,40 @@ static void test_buf(void **state)
     assert_int_equal(b.len, 0);
     free(p);
     fz_buf_free(&b);
+}
+
+static void test_vec(void **state)
+{
+    (void)state;
+    uint64_t *v = NULL;
+    size_t n = 0, cap = 0;
+    for (uint64_t i = 0; i < 10000; i++) {
+        assert_int_equal(FZ_VEC_RESERVE(v, cap, n + 1), 0);
+        assert_true(cap >= n + 1);
+        v[n++] = i * i;
+    }
+    for (uint64_t i = 0; i < n; i++)
+        assert_true(v[i] == i * i); /* every element survives the moves */
+    assert_true(cap < 2 * n);       /* doubling, not one allocation per append */
+    /* room already there: nothing moves */
+    uint64_t *before = v;
+    size_t had = cap;
+    assert_int_equal(FZ_VEC_RESERVE(v, cap, 10), 0);
+    assert_ptr_equal(v, before);
+    assert_int_equal(cap, had);
+    /* a size that overflows is refused, and the array is still the caller's */
+    assert_int_equal(FZ_VEC_RESERVE(v, cap, SIZE_MAX / 4), FZ_ENOMEM);
+    assert_ptr_equal(v, before);
+    assert_int_equal(cap, had);
+    assert_true(v[n - 1] == (n - 1) * (n - 1));
+    free(v);
+    /* any element type: an array of strings */
+    char **s = NULL;
+    size_t ns = 0, caps = 0;
+    assert_int_equal(FZ_VEC_RESERVE(s, caps, 3), 0);
+    s[ns++] = "a";
+    assert_true(caps >= 3);
+    free(s);
 }
 
 static const char *const *words;
@@ -120,10 +155,8 @@ static void test_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_checked),
-        cmocka_unit_test(test_buf),
-        cmocka_unit_test(test_hindex),
-        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_checked), cmocka_unit_test(test_buf),    cmocka_unit_test(test_vec),
+        cmocka_unit_test(test_hindex),  cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -255,16 +255,7 @@ int fz_st_read(int fd, const char *path, uint64_t file_size, fz_tensor_list *out
         goto done;
     }
 
-    /* Hand over all or nothing. */
-    for (k = 0; k < got.n; k++) {
-        if ((rc = fz_tensor_list_push(out, &got.v[k])) != 0) {
-            out->n -= k; /* the names are still owned by got */
-            goto done;
-        }
-    }
-    for (k = 0; k < got.n; k++)
-        got.v[k].name = NULL; /* now owned by *out */
-    rc = 0;
+    rc = fz_tensor_list_append(out, &got);
 
 done:
     fz_tensor_list_free(&got);

@@ -7,6 +7,7 @@
 
 #include "util/checked.h"
 #include "util/error.h"
+#include "util/vec.h"
 
 static const struct {
     const char *st, *storage, *torch;
@@ -94,15 +95,24 @@ int fz_dtype_from_torch_name(const char *s, fz_dtype *out)
 
 int fz_tensor_list_push(fz_tensor_list *l, const fz_tensor *t)
 {
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 16;
-        fz_tensor *v = realloc(l->v, cap * sizeof *v);
-        if (!v)
-            return fz_error_set(FZ_ENOMEM, "out of memory");
-        l->v = v;
-        l->cap = cap;
-    }
+    int rc = FZ_VEC_RESERVE(l->v, l->cap, l->n + 1);
+    if (rc)
+        return rc;
     l->v[l->n++] = *t;
+    return 0;
+}
+
+int fz_tensor_list_append(fz_tensor_list *dst, fz_tensor_list *src)
+{
+    if (src->n > SIZE_MAX - dst->n)
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    int rc = FZ_VEC_RESERVE(dst->v, dst->cap, dst->n + src->n);
+    if (rc)
+        return rc;
+    if (src->n)
+        memcpy(dst->v + dst->n, src->v, src->n * sizeof *src->v);
+    dst->n += src->n;
+    src->n = 0; /* the names now belong to dst */
     return 0;
 }
 

@@ -61,6 +61,11 @@ typedef struct {
 
 /* Append a copy of *t (taking ownership of t->name). 0 or FZ_ENOMEM. */
 int fz_tensor_list_push(fz_tensor_list *l, const fz_tensor *t);
+/* Move every tensor of *src to the end of *dst, all or nothing: 0 (src is
+ * left empty, dst owns the names), or FZ_ENOMEM with both unchanged. A
+ * reader collects a file's tensors in a list of its own and hands them over
+ * with this, so a failed read leaves the caller's list as it was. */
+int fz_tensor_list_append(fz_tensor_list *dst, fz_tensor_list *src);
 void fz_tensor_list_free(fz_tensor_list *l);
 
 /* Number of elements (false on overflow). */

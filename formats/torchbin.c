@@ -21,23 +21,87 @@ static int cmp_entry(const void *a, const void *b)
     return strcmp((*(const fz_zip_entry *const *)a)->name, (*(const fz_zip_entry *const *)b)->name);
 }
 
-static const fz_zip_entry *find_sorted(const fz_zip_entry **idx, size_t n, const char *name)
+/* A torch.save archive: its zip directory, indexed by name. */
+typedef struct {
+    fz_zip_dir dir;
+    const fz_zip_entry **idx; /* dir's entries sorted by name (no name twice) */
+    char *prefix;             /* "<archive>/": every entry's name starts with it */
+    size_t plen;
+    char *rname; /* scratch: the full name of a record looked up */
+    size_t rcap;
+} tb_archive;
+
+#define MAX_KEY 4096 /* a storage key's length (torch's are decimal numbers) */
+
+static void archive_close(tb_archive *a)
 {
-    fz_zip_entry key = {.name = (char *)name};
+    free(a->rname);
+    free(a->prefix);
+    free(a->idx);
+    fz_zip_dir_free(&a->dir);
+}
+
+/* The record <prefix><name>, or NULL; a->rname holds its full name. */
+static const fz_zip_entry *archive_find(tb_archive *a, const char *name)
+{
+    snprintf(a->rname, a->rcap, "%s%s", a->prefix, name);
+    fz_zip_entry key = {.name = a->rname};
     const fz_zip_entry *kp = &key;
-    const fz_zip_entry **hit = bsearch(&kp, idx, n, sizeof *idx, cmp_entry);
+    const fz_zip_entry **hit = bsearch(&kp, a->idx, a->dir.n, sizeof *a->idx, cmp_entry);
     return hit ? *hit : NULL;
+}
+
+/* Read the zip directory of a torch.save file and index it: one prefix
+ * (the first entry's name up to its first '/') for every entry, no name
+ * twice. */
+static int archive_open(int fd, const char *path, tb_archive *a)
+{
+    struct stat st;
+    uint8_t magic[4];
+    int rc;
+    if (fstat(fd, &st) < 0)
+        return fz_error_set(FZ_EIO, "%s: stat failed: %s", path, strerror(errno));
+    if (st.st_size < 4 || (rc = fz_pread_exact(fd, magic, 4, 0, path)) ||
+        memcmp(magic, "PK\3\4", 4))
+        return fz_error_set(FZ_EFORMAT,
+                            "%s: not a torch zip archive (legacy torch.save format "
+                            "is not supported)",
+                            path);
+    if ((rc = fz_zip_read_dir(fd, path, (uint64_t)st.st_size, &a->dir)))
+        return rc;
+    const fz_zip_dir *d = &a->dir;
+    if (d->n == 0)
+        return fz_error_set(FZ_EFORMAT, "%s: empty zip archive", path);
+    const char *slash = strchr(d->v[0].name, '/');
+    if (!slash || slash == d->v[0].name)
+        return fz_error_set(FZ_EFORMAT, "%s: file in archive is not in a subdirectory: '%s'", path,
+                            d->v[0].name);
+    a->plen = (size_t)(slash - d->v[0].name) + 1;
+    a->rcap = a->plen + MAX_KEY + 32;
+    if (!(a->prefix = strndup(d->v[0].name, a->plen)) || !(a->idx = calloc(d->n, sizeof *a->idx)) ||
+        !(a->rname = malloc(a->rcap)))
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    for (size_t i = 0; i < d->n; i++) {
+        if (strncmp(d->v[i].name, a->prefix, a->plen))
+            return fz_error_set(FZ_EFORMAT, "%s: archive entry '%s' is not under '%s'", path,
+                                d->v[i].name, a->prefix);
+        a->idx[i] = &d->v[i];
+    }
+    qsort(a->idx, d->n, sizeof *a->idx, cmp_entry);
+    for (size_t i = 1; i < d->n; i++)
+        if (!strcmp(a->idx[i - 1]->name, a->idx[i]->name))
+            return fz_error_set(FZ_EFORMAT, "%s: archive entry '%s' appears twice", path,
+                                a->idx[i]->name);
+    return 0;
 }
 
 /* <prefix>byteorder: "little" or "big" (torch.save writes the machine's
  * order; a file without the record is little-endian, as torch.load assumes).
  * Tensor bytes are served as stored, so only little-endian is accepted. */
-static int check_byteorder(int fd, const char *path, const fz_zip_entry **idx, size_t n,
-                           const char *prefix, char *rname)
+static int check_byteorder(int fd, const char *path, tb_archive *a)
 {
     char bo[16] = "", esc[80];
-    snprintf(rname, strlen(prefix) + 32, "%sbyteorder", prefix);
-    const fz_zip_entry *e = find_sorted(idx, n, rname);
+    const fz_zip_entry *e = archive_find(a, "byteorder");
     if (!e)
         return 0;
     int rc = e->size < sizeof bo ? fz_pread_exact(fd, bo, e->size, e->data_offset, path) : 0;
@@ -50,163 +114,88 @@ static int check_byteorder(int fd, const char *path, const fz_zip_entry **idx, s
                             "%s: tensors are stored big-endian (record '%s' says "
                             "\"big\"); fzfs reads little-endian checkpoints only: load it with "
                             "torch and save it again on a little-endian machine",
-                            path, rname);
-    return fz_error_set(
-        FZ_EFORMAT,
-        "%s: record '%s' holds '%s', not \"little\" or \"big\": "
-        "the file is corrupt",
-        path, rname, e->size < sizeof bo ? fz_escape(bo, e->size, esc, sizeof esc) : "(too long)");
+                            path, a->rname);
+    return fz_error_set(FZ_EFORMAT,
+                        "%s: record '%s' holds '%s', not \"little\" or \"big\": "
+                        "the file is corrupt",
+                        path, a->rname,
+                        e->size < sizeof bo ? fz_escape(bo, e->size, esc, sizeof esc)
+                                            : "(too long)");
+}
+
+/* Run <prefix>data.pkl: the state dict's tensors, in pickle order. */
+static int read_state_dict(int fd, const char *path, tb_archive *a, fz_pickle_dict *pd)
+{
+    const fz_zip_entry *pe = archive_find(a, "data.pkl");
+    if (!pe)
+        return fz_error_set(FZ_EFORMAT, "%s: archive has no '%s'", path, a->rname);
+    if (pe->size > MAX_PKL_BYTES)
+        return fz_error_set(FZ_ERANGE, "%s: data.pkl is %llu bytes", path,
+                            (unsigned long long)pe->size);
+    uint8_t *pkl = malloc(pe->size ? pe->size : 1);
+    if (!pkl)
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    int rc = fz_pread_exact(fd, pkl, pe->size, pe->data_offset, path);
+    if (rc == 0)
+        rc = fz_pickle_read_state_dict(pkl, pe->size, path, pd);
+    free(pkl);
+    return rc;
+}
+
+/* Each tensor of the pickle with its storage record <prefix>data/<key>:
+ * the file's tensor list. Names move from pd to *got. */
+static int resolve_storages(const char *path, tb_archive *a, fz_pickle_dict *pd,
+                            fz_tensor_list *got)
+{
+    char key[MAX_KEY + 8];
+    int rc;
+    for (size_t i = 0; i < pd->n; i++) {
+        fz_pickle_tensor *p = &pd->v[i];
+        if (strlen(p->key) > MAX_KEY)
+            return fz_error_set(FZ_EFORMAT, "%s: tensor '%s' has an overlong storage key", path,
+                                p->name);
+        snprintf(key, sizeof key, "data/%s", p->key);
+        const fz_zip_entry *e = archive_find(a, key);
+        if (!e)
+            return fz_error_set(FZ_EFORMAT, "%s: tensor '%s': storage record '%s' is missing", path,
+                                p->name, a->rname);
+        if (e->size != p->storage_nbytes)
+            return fz_error_set(FZ_EFORMAT,
+                                "%s: tensor '%s': storage record '%s' holds %llu bytes "
+                                "but the pickle says %llu",
+                                path, p->name, a->rname, (unsigned long long)e->size,
+                                (unsigned long long)p->storage_nbytes);
+        fz_tensor t = {
+            .name = p->name,
+            .dtype = p->dtype,
+            .ndim = p->ndim,
+            .storage_offset = p->storage_offset,
+            .data_offset = e->data_offset,
+            .storage_nbytes = e->size,
+            .storage_id = (uint32_t)(e - a->dir.v), /* one id per record: equal keys share it */
+        };
+        memcpy(t.shape, p->shape, sizeof t.shape);
+        memcpy(t.stride, p->stride, sizeof t.stride);
+        if ((rc = fz_tensor_check_bounds(&t, path)) || (rc = fz_tensor_list_push(got, &t)))
+            return rc;
+        p->name = NULL; /* now got's */
+    }
+    return 0;
 }
 
 int fz_torchbin_read(int fd, const char *path, fz_tensor_list *out)
 {
-    fz_zip_dir dir = {NULL, 0};
+    tb_archive a = {0};
     fz_pickle_dict pd = {NULL, 0};
-    const fz_zip_entry **idx = NULL;
-    uint8_t *pkl = NULL;
-    char *prefix = NULL, *rname = NULL;
-    fz_tensor *tv = NULL;
-    size_t nt = 0;
-    struct stat st;
+    fz_tensor_list got = {0};
     int rc;
-
-    if (fstat(fd, &st) < 0)
-        return fz_error_set(FZ_EIO, "%s: stat failed: %s", path, strerror(errno));
-    uint8_t magic[4];
-    if (st.st_size < 4 || (rc = fz_pread_exact(fd, magic, 4, 0, path)) ||
-        memcmp(magic, "PK\3\4", 4))
-        return fz_error_set(FZ_EFORMAT,
-                            "%s: not a torch zip archive (legacy torch.save format "
-                            "is not supported)",
-                            path);
-    if ((rc = fz_zip_read_dir(fd, path, (uint64_t)st.st_size, &dir)))
-        return rc;
-    if (dir.n == 0) {
-        rc = fz_error_set(FZ_EFORMAT, "%s: empty zip archive", path);
-        goto done;
-    }
-
-    /* The archive prefix: the first entry's name up to its first '/'. */
-    const char *slash = strchr(dir.v[0].name, '/');
-    if (!slash || slash == dir.v[0].name) {
-        rc = fz_error_set(FZ_EFORMAT, "%s: file in archive is not in a subdirectory: '%s'", path,
-                          dir.v[0].name);
-        goto done;
-    }
-    size_t plen = (size_t)(slash - dir.v[0].name) + 1;
-    if (!(prefix = strndup(dir.v[0].name, plen)) || !(idx = calloc(dir.n, sizeof *idx))) {
-        rc = fz_error_set(FZ_ENOMEM, "out of memory");
-        goto done;
-    }
-    for (size_t i = 0; i < dir.n; i++) {
-        if (strncmp(dir.v[i].name, prefix, plen)) {
-            rc = fz_error_set(FZ_EFORMAT, "%s: archive entry '%s' is not under '%s'", path,
-                              dir.v[i].name, prefix);
-            goto done;
-        }
-        idx[i] = &dir.v[i];
-    }
-    qsort(idx, dir.n, sizeof *idx, cmp_entry);
-    for (size_t i = 1; i < dir.n; i++)
-        if (!strcmp(idx[i - 1]->name, idx[i]->name)) {
-            rc = fz_error_set(FZ_EFORMAT, "%s: archive entry '%s' appears twice", path,
-                              idx[i]->name);
-            goto done;
-        }
-
-    if (!(rname = malloc(plen + 32 + 4096))) {
-        rc = fz_error_set(FZ_ENOMEM, "out of memory");
-        goto done;
-    }
-    if ((rc = check_byteorder(fd, path, idx, dir.n, prefix, rname)))
-        goto done;
-
-    /* Run data.pkl. */
-    snprintf(rname, plen + 32, "%sdata.pkl", prefix);
-    const fz_zip_entry *pe = find_sorted(idx, dir.n, rname);
-    if (!pe) {
-        rc = fz_error_set(FZ_EFORMAT, "%s: archive has no '%s'", path, rname);
-        goto done;
-    }
-    if (pe->size > MAX_PKL_BYTES) {
-        rc = fz_error_set(FZ_ERANGE, "%s: data.pkl is %llu bytes", path,
-                          (unsigned long long)pe->size);
-        goto done;
-    }
-    if (!(pkl = malloc(pe->size ? pe->size : 1))) {
-        rc = fz_error_set(FZ_ENOMEM, "out of memory");
-        goto done;
-    }
-    if ((rc = fz_pread_exact(fd, pkl, pe->size, pe->data_offset, path)) ||
-        (rc = fz_pickle_read_state_dict(pkl, pe->size, path, &pd)))
-        goto done;
-
-    /* Resolve each tensor's storage record. */
-    if (!(tv = calloc(pd.n ? pd.n : 1, sizeof *tv))) {
-        rc = fz_error_set(FZ_ENOMEM, "out of memory");
-        goto done;
-    }
-    for (size_t i = 0; i < pd.n; i++) {
-        fz_pickle_tensor *p = &pd.v[i];
-        if (strlen(p->key) > 4096) {
-            rc = fz_error_set(FZ_EFORMAT, "%s: tensor '%s' has an overlong storage key", path,
-                              p->name);
-            goto done;
-        }
-        snprintf(rname, plen + 32 + 4096, "%sdata/%s", prefix, p->key);
-        const fz_zip_entry *e = find_sorted(idx, dir.n, rname);
-        if (!e) {
-            rc = fz_error_set(FZ_EFORMAT, "%s: tensor '%s': storage record '%s' is missing", path,
-                              p->name, rname);
-            goto done;
-        }
-        if (e->size != p->storage_nbytes) {
-            rc = fz_error_set(FZ_EFORMAT,
-                              "%s: tensor '%s': storage record '%s' holds %llu bytes "
-                              "but the pickle says %llu",
-                              path, p->name, rname, (unsigned long long)e->size,
-                              (unsigned long long)p->storage_nbytes);
-            goto done;
-        }
-        fz_tensor *t = &tv[nt++];
-        t->name = p->name;
-        p->name = NULL;
-        t->dtype = p->dtype;
-        t->ndim = p->ndim;
-        memcpy(t->shape, p->shape, sizeof t->shape);
-        memcpy(t->stride, p->stride, sizeof t->stride);
-        t->storage_offset = p->storage_offset;
-        t->data_offset = e->data_offset;
-        t->storage_nbytes = e->size;
-        t->storage_id = (uint32_t)(e - dir.v); /* one id per record: equal keys share it */
-        if ((rc = fz_tensor_check_bounds(t, path)))
-            goto done;
-    }
-
-    /* Hand over: make room first so nothing can fail half way. */
-    if (out->cap - out->n < nt) {
-        size_t cap = out->n + nt;
-        fz_tensor *v = realloc(out->v, cap * sizeof *v);
-        if (!v) {
-            rc = fz_error_set(FZ_ENOMEM, "out of memory");
-            goto done;
-        }
-        out->v = v;
-        out->cap = cap;
-    }
-    for (size_t i = 0; i < nt; i++)
-        fz_tensor_list_push(out, &tv[i]);
-    nt = 0;
-done:
-    for (size_t i = 0; i < nt; i++)
-        free(tv[i].name);
-    free(tv);
+    if ((rc = archive_open(fd, path, &a)) == 0 && (rc = check_byteorder(fd, path, &a)) == 0 &&
+        (rc = read_state_dict(fd, path, &a, &pd)) == 0 &&
+        (rc = resolve_storages(path, &a, &pd, &got)) == 0)
+        rc = fz_tensor_list_append(out, &got);
+    fz_tensor_list_free(&got);
     fz_pickle_dict_free(&pd);
-    free(pkl);
-    free(rname);
-    free(prefix);
-    free(idx);
-    fz_zip_dir_free(&dir);
+    archive_close(&a);
     return rc;
 }
 

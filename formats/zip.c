@@ -164,6 +164,68 @@ static int apply_zip64_extra(const char *path, const uint8_t *x, size_t xlen, ui
     return 0;
 }
 
+/* Central directory entry `i` at cd[*pos]: *e gets its name (owned),
+ * size and CRC, *loff where its local header is; *pos moves past it. Only
+ * stored, unencrypted records are accepted. */
+static int central_entry(const char *path, const uint8_t *cd, size_t cd_size, size_t *pos,
+                         uint64_t i, fz_zip_entry *e, uint64_t *loff)
+{
+    const uint8_t *c = cd + *pos;
+    if (cd_size - *pos < CENTRAL_LEN || rd32(c) != SIG_CENTRAL)
+        return fz_error_set(FZ_EFORMAT, "%s: bad zip central directory entry %llu", path,
+                            (unsigned long long)i);
+    uint16_t flags = rd16(c + 8), method = rd16(c + 10);
+    uint64_t csize = rd32(c + 20), usize = rd32(c + 24);
+    size_t nlen = rd16(c + 28), xlen = rd16(c + 30), clen = rd16(c + 32);
+    *loff = rd32(c + 42);
+    if (cd_size - *pos - CENTRAL_LEN < nlen + xlen + clen)
+        return fz_error_set(FZ_EFORMAT, "%s: zip central directory entry %llu overruns", path,
+                            (unsigned long long)i);
+    const uint8_t *name = c + CENTRAL_LEN;
+    if (nlen == 0 || memchr(name, 0, nlen))
+        return fz_error_set(FZ_EFORMAT, "%s: zip entry %llu has a bad name", path,
+                            (unsigned long long)i);
+    if (!(e->name = strndup((const char *)name, nlen)))
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    int rc = apply_zip64_extra(path, name + nlen, xlen, &usize, &csize, loff);
+    if (rc)
+        return rc;
+    if (flags & 0x0041)
+        return fz_error_set(FZ_EFORMAT, "%s: zip record '%s' is encrypted", path, e->name);
+    if (method != 0 || csize != usize)
+        return fz_error_set(FZ_EFORMAT, "%s: zip record '%s' is compressed (method %u)", path,
+                            e->name, method);
+    e->size = usize;
+    e->crc32 = rd32(c + 16);
+    *pos += CENTRAL_LEN + nlen + xlen + clen;
+    return 0;
+}
+
+/* e->data_offset from the local header at `loff` (never the central copy),
+ * checking that the record's data lies inside the file. */
+static int local_data(int fd, const char *path, uint64_t file_size, uint64_t loff, fz_zip_entry *e)
+{
+    uint8_t lh[LOCAL_LEN];
+    uint64_t lend, data_off, data_end;
+    int rc;
+    if (!fz_add_u64(loff, LOCAL_LEN, &lend) || lend > file_size)
+        return fz_error_set(FZ_ERANGE, "%s: zip record '%s' header lies outside the file", path,
+                            e->name);
+    if ((rc = fz_pread_exact(fd, lh, LOCAL_LEN, loff, path)))
+        return rc;
+    if (rd32(lh) != SIG_LOCAL)
+        return fz_error_set(FZ_EFORMAT, "%s: zip record '%s' has a bad local header", path,
+                            e->name);
+    if (rd16(lh + 8) != 0)
+        return fz_error_set(FZ_EFORMAT, "%s: zip record '%s' is compressed (method %u)", path,
+                            e->name, rd16(lh + 8));
+    if (!fz_add_u64(lend, (uint64_t)rd16(lh + 26) + rd16(lh + 28), &data_off) ||
+        !fz_add_u64(data_off, e->size, &data_end) || data_end > file_size)
+        return fz_error_set(FZ_ERANGE, "%s: zip record '%s' lies outside the file", path, e->name);
+    e->data_offset = data_off;
+    return 0;
+}
+
 int fz_zip_read_dir(int fd, const char *path, uint64_t file_size, fz_zip_dir *out)
 {
     eocd_info info = {0, 0, 0, 0};
@@ -190,77 +252,15 @@ int fz_zip_read_dir(int fd, const char *path, uint64_t file_size, fz_zip_dir *ou
         rc = fz_error_set(FZ_ENOMEM, "out of memory");
         goto done;
     }
+    d.n = (size_t)info.entries; /* names NULL until read: fz_zip_dir_free frees what there is */
     if ((rc = fz_pread_exact(fd, cd, info.cd_size, info.cd_off, path)))
         goto done;
-
     size_t pos = 0;
     for (uint64_t i = 0; i < info.entries; i++) {
-        const uint8_t *c = cd + pos;
-        if (info.cd_size - pos < CENTRAL_LEN || rd32(c) != SIG_CENTRAL) {
-            rc = fz_error_set(FZ_EFORMAT, "%s: bad zip central directory entry %llu", path,
-                              (unsigned long long)i);
+        uint64_t loff;
+        if ((rc = central_entry(path, cd, (size_t)info.cd_size, &pos, i, &d.v[i], &loff)) ||
+            (rc = local_data(fd, path, file_size, loff, &d.v[i])))
             goto done;
-        }
-        uint16_t flags = rd16(c + 8), method = rd16(c + 10);
-        uint32_t crc = rd32(c + 16);
-        uint64_t csize = rd32(c + 20), usize = rd32(c + 24), loff = rd32(c + 42);
-        size_t nlen = rd16(c + 28), xlen = rd16(c + 30), clen = rd16(c + 32);
-        if (info.cd_size - pos - CENTRAL_LEN < nlen + xlen + clen) {
-            rc = fz_error_set(FZ_EFORMAT, "%s: zip central directory entry %llu overruns", path,
-                              (unsigned long long)i);
-            goto done;
-        }
-        const uint8_t *name = c + CENTRAL_LEN;
-        if (nlen == 0 || memchr(name, 0, nlen)) {
-            rc = fz_error_set(FZ_EFORMAT, "%s: zip entry %llu has a bad name", path,
-                              (unsigned long long)i);
-            goto done;
-        }
-        char *nm = strndup((const char *)name, nlen);
-        if (!nm) {
-            rc = fz_error_set(FZ_ENOMEM, "out of memory");
-            goto done;
-        }
-        d.v[d.n++].name = nm;
-        if ((rc = apply_zip64_extra(path, name + nlen, xlen, &usize, &csize, &loff)))
-            goto done;
-        if (flags & 0x0041) {
-            rc = fz_error_set(FZ_EFORMAT, "%s: zip record '%s' is encrypted", path, nm);
-            goto done;
-        }
-        if (method != 0 || csize != usize) {
-            rc = fz_error_set(FZ_EFORMAT, "%s: zip record '%s' is compressed (method %u)", path, nm,
-                              method);
-            goto done;
-        }
-        /* The data offset comes from the local header, never the central copy. */
-        uint8_t lh[LOCAL_LEN];
-        uint64_t lend, data_off, data_end;
-        if (!fz_add_u64(loff, LOCAL_LEN, &lend) || lend > file_size) {
-            rc = fz_error_set(FZ_ERANGE, "%s: zip record '%s' header lies outside the file", path,
-                              nm);
-            goto done;
-        }
-        if ((rc = fz_pread_exact(fd, lh, LOCAL_LEN, loff, path)))
-            goto done;
-        if (rd32(lh) != SIG_LOCAL) {
-            rc = fz_error_set(FZ_EFORMAT, "%s: zip record '%s' has a bad local header", path, nm);
-            goto done;
-        }
-        if (rd16(lh + 8) != 0) {
-            rc = fz_error_set(FZ_EFORMAT, "%s: zip record '%s' is compressed (method %u)", path, nm,
-                              rd16(lh + 8));
-            goto done;
-        }
-        if (!fz_add_u64(lend, (uint64_t)rd16(lh + 26) + rd16(lh + 28), &data_off) ||
-            !fz_add_u64(data_off, usize, &data_end) || data_end > file_size) {
-            rc = fz_error_set(FZ_ERANGE, "%s: zip record '%s' lies outside the file", path, nm);
-            goto done;
-        }
-        d.v[d.n - 1].data_offset = data_off;
-        d.v[d.n - 1].size = usize;
-        d.v[d.n - 1].crc32 = crc;
-        pos += CENTRAL_LEN + nlen + xlen + clen;
     }
     *out = d;
     d.v = NULL;

@@ -486,6 +486,36 @@ static void test_layout_errors(void **state)
     fz_buf_free(&hdr);
 }
 
+/* Reads append to the caller's list, all or nothing: a second file's
+ * tensors follow the first's, and a file refused half way (its tiling is
+ * checked after every entry was parsed) adds none. */
+static void test_read_appends(void **state)
+{
+    (void)state;
+    fz_tensor_list l = {0};
+    size_t len;
+    uint8_t *b = mk("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, 0, &len);
+    assert_int_equal(read_bytes(b, len, &l), 0);
+    free(b);
+    b = mk("{\"b\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]},"
+           "\"c\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[4,8]}}",
+           8, 0, &len);
+    assert_int_equal(read_bytes(b, len, &l), 0);
+    free(b);
+    assert_int_equal(l.n, 3);
+    assert_string_equal(l.v[0].name, "a");
+    assert_string_equal(l.v[1].name, "b");
+    assert_string_equal(l.v[2].name, "c");
+    b = mk("{\"d\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]},"
+           "\"e\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[5,9]}}",
+           9, 0, &len);
+    assert_int_equal(read_bytes(b, len, &l), FZ_EFORMAT);
+    free(b);
+    assert_int_equal(l.n, 3);
+    assert_string_equal(l.v[2].name, "c");
+    fz_tensor_list_free(&l);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -494,7 +524,7 @@ int main(void)
         cmocka_unit_test(test_reject_json),         cmocka_unit_test(test_reject_entries),
         cmocka_unit_test(test_reject_tiling),       cmocka_unit_test(test_layout_matches_reference),
         cmocka_unit_test(test_layout_padding),      cmocka_unit_test(test_layout_roundtrip),
-        cmocka_unit_test(test_layout_errors),
+        cmocka_unit_test(test_layout_errors),       cmocka_unit_test(test_read_appends),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

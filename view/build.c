@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <regex.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -17,6 +18,7 @@
 #include "util/error.h"
 #include "util/io.h"
 #include "util/log.h"
+#include "util/vec.h"
 #include "view/internal.h"
 #include "view/shards.h"
 #include "view/tree.h"
@@ -30,14 +32,13 @@ int fz_view_open_source_file(fz_view *v, const char *path, uint32_t *idx)
             *idx = i;
             return 0;
         }
-    fz_srcfile *f = realloc(v->files, (v->nfiles + 1) * sizeof *f);
-    if (!f)
-        return fz_error_set(FZ_ENOMEM, "out of memory");
-    v->files = f;
+    int rc = FZ_VEC_RESERVE(v->files, v->capfiles, (size_t)v->nfiles + 1);
+    if (rc)
+        return rc;
     fz_srcfile *s = &v->files[v->nfiles];
     memset(s, 0, sizeof *s);
     struct stat st;
-    int rc = fz_open_input(path, 0, &s->fd, &st);
+    rc = fz_open_input(path, 0, &s->fd, &st);
     if (rc)
         return rc;
     if (!(s->path = strdup(path))) {
@@ -77,8 +78,9 @@ static char *path_join(const char *a, const char *b)
     return p;
 }
 
-/* Read SRC/<name> into a blob; absent files give an empty blob unless required. */
-static int read_blob(const char *dir, const char *name, bool required, fz_blob *b, char **keep)
+/* Read SRC/<name> into a blob (data and path owned: blob_free); absent
+ * files give an empty blob unless required. */
+static int read_blob(const char *dir, const char *name, bool required, fz_blob *b)
 {
     char *path = path_join(dir, name);
     char *data = NULL;
@@ -99,9 +101,13 @@ static int read_blob(const char *dir, const char *name, bool required, fz_blob *
     b->data = data;
     b->len = len;
     b->path = path;
-    keep[0] = data;
-    keep[1] = path;
     return 0;
+}
+
+static void blob_free(fz_blob *b)
+{
+    free((char *)b->data);
+    free((char *)b->path);
 }
 
 int fz_view_opts_check(const fz_view_opts *o)
@@ -282,40 +288,37 @@ static int build_meta(fz_view *v, json_t **config_out)
     int rc = 0;
     const fz_view_opts *o = &v->opts;
     const char *cdir = v->src.config_dir, *tdir = v->src.tokenizer_dir;
-    char *keep[18] = {0};
     fz_meta_in in;
     memset(&in, 0, sizeof in);
     char *preset_path = NULL;
-    if ((rc = read_blob(cdir, "config.json", true, &in.config, keep + 0)) ||
-        (rc = read_blob(tdir, "tokenizer.json", true, &in.tokenizer, keep + 2)) ||
-        (rc = read_blob(tdir, "tokenizer_config.json", false, &in.tokenizer_config, keep + 4)) ||
-        (rc =
-             read_blob(tdir, "special_tokens_map.json", false, &in.special_tokens_map, keep + 6)) ||
-        (rc = read_blob(tdir, "chat_template.jinja", false, &in.chat_template_file, keep + 8)))
+    if ((rc = read_blob(cdir, "config.json", true, &in.config)) ||
+        (rc = read_blob(tdir, "tokenizer.json", true, &in.tokenizer)) ||
+        (rc = read_blob(tdir, "tokenizer_config.json", false, &in.tokenizer_config)) ||
+        (rc = read_blob(tdir, "special_tokens_map.json", false, &in.special_tokens_map)) ||
+        (rc = read_blob(tdir, "chat_template.jinja", false, &in.chat_template_file)))
         goto done;
     const char *gen = o->generation_config ? o->generation_config : "carry";
     if (strcmp(gen, "carry") == 0) {
         in.gen_mode = FZ_GEN_CARRY;
-        if ((rc = read_blob(cdir, "generation_config.json", false, &in.generation_config,
-                            keep + 10)))
+        if ((rc = read_blob(cdir, "generation_config.json", false, &in.generation_config)))
             goto done;
     } else if (strcmp(gen, "none") == 0) {
         in.gen_mode = FZ_GEN_NONE;
     } else {
         in.gen_mode = FZ_GEN_PRESET;
         if ((rc = find_preset(gen, &preset_path)) ||
-            (rc = read_blob(".", preset_path, true, &in.preset, keep + 12)))
+            (rc = read_blob(".", preset_path, true, &in.preset)))
             goto done;
     }
     if (o->chat_template_path) {
-        rc = read_blob(".", o->chat_template_path, true, &in.chat_template, keep + 14);
+        rc = read_blob(".", o->chat_template_path, true, &in.chat_template);
         if (rc == FZ_ENOTFOUND)
             rc = fz_error_set(FZ_ENOTFOUND, "Chat template not found: %s", o->chat_template_path);
         if (rc)
             goto done;
     }
     if (o->add_tokens) {
-        rc = read_blob(".", o->add_tokens, true, &in.add_tokens_yaml, keep + 16);
+        rc = read_blob(".", o->add_tokens, true, &in.add_tokens_yaml);
         if (rc == FZ_ENOTFOUND)
             rc = fz_error_set(FZ_ENOTFOUND, "Add-tokens file not found: %s", o->add_tokens);
         if (rc)
@@ -347,30 +350,56 @@ static int build_meta(fz_view *v, json_t **config_out)
         json_decref(config);
     else
         *config_out = config;
-done:
-    for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++)
-        free(keep[i]);
+done:;
+    fz_blob *read[] = {&in.config,
+                       &in.tokenizer,
+                       &in.tokenizer_config,
+                       &in.special_tokens_map,
+                       &in.chat_template_file,
+                       &in.generation_config,
+                       &in.preset,
+                       &in.chat_template,
+                       &in.add_tokens_yaml};
+    for (size_t i = 0; i < sizeof read / sizeof read[0]; i++)
+        blob_free(read[i]);
     free(preset_path);
     return rc;
 }
 
+/* The option strings a view keeps a copy of: one list, for copying and
+ * for freeing. */
+static const size_t opt_strings[] = {offsetof(fz_view_opts, src),
+                                     offsetof(fz_view_opts, checkpoint),
+                                     offsetof(fz_view_opts, add_tokens),
+                                     offsetof(fz_view_opts, chat_template_path),
+                                     offsetof(fz_view_opts, stop_tokens),
+                                     offsetof(fz_view_opts, generation_config),
+                                     offsetof(fz_view_opts, dtype),
+                                     offsetof(fz_view_opts, device),
+                                     offsetof(fz_view_opts, quantize),
+                                     offsetof(fz_view_opts, embedding_tensors),
+                                     offsetof(fz_view_opts, quantize_ignore)};
+#define N_OPT_STRINGS (sizeof opt_strings / sizeof opt_strings[0])
+
+static const char **opt_string(fz_view_opts *o, size_t i)
+{
+    return (const char **)((char *)o + opt_strings[i]);
+}
+
+/* v->opts = *o with copies of its strings. Every string is first NULL, so
+ * a failure half way leaves v->opts owning only copies (fz_view_free frees
+ * them), never the caller's strings. */
 static int dup_opts(fz_view *v, const fz_view_opts *o)
 {
+    fz_view_opts theirs = *o;
     v->opts = *o;
-    const char **s[] = {&v->opts.src,
-                        &v->opts.checkpoint,
-                        &v->opts.add_tokens,
-                        &v->opts.chat_template_path,
-                        &v->opts.stop_tokens,
-                        &v->opts.generation_config,
-                        &v->opts.dtype,
-                        &v->opts.device,
-                        &v->opts.quantize,
-                        &v->opts.embedding_tensors,
-                        &v->opts.quantize_ignore};
-    for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
-        if (*s[i] && !(*s[i] = strdup(*s[i])))
+    for (size_t i = 0; i < N_OPT_STRINGS; i++)
+        *opt_string(&v->opts, i) = NULL;
+    for (size_t i = 0; i < N_OPT_STRINGS; i++) {
+        const char *s = *opt_string(&theirs, i);
+        if (s && !(*opt_string(&v->opts, i) = strdup(s)))
             return fz_error_set(FZ_ENOMEM, "out of memory");
+    }
     return 0;
 }
 
@@ -466,19 +495,8 @@ void fz_view_free(fz_view *v)
     free(v->roles_doubt);
     free(v->dest_ckpt_dir);
     json_decref(v->quant_config);
-    const char *s[] = {v->opts.src,
-                       v->opts.checkpoint,
-                       v->opts.add_tokens,
-                       v->opts.chat_template_path,
-                       v->opts.stop_tokens,
-                       v->opts.generation_config,
-                       v->opts.dtype,
-                       v->opts.device,
-                       v->opts.quantize,
-                       v->opts.embedding_tensors,
-                       v->opts.quantize_ignore};
-    for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
-        free((char *)s[i]);
+    for (size_t i = 0; i < N_OPT_STRINGS; i++)
+        free((char *)*opt_string(&v->opts, i));
     pthread_mutex_destroy(&v->crc_lock);
     free(v);
 }

@@ -45,6 +45,38 @@ static fz_view *build(fz_view_opts o)
     return v;
 }
 
+/* libc's strdup, standing in for it in this program, that fails on the
+ * n-th call once strdup_countdown = n > 0: the view's ownership when memory
+ * runs out. */
+static int strdup_countdown;
+
+char *strdup(const char *s)
+{
+    if (strdup_countdown > 0 && --strdup_countdown == 0)
+        return NULL;
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    return d ? memcpy(d, s, n) : NULL;
+}
+
+/* A copy of the options that fails half way frees only the view's copies,
+ * never the caller's strings (here literals: freeing one aborts). */
+static void test_options_copy_out_of_memory(void **state)
+{
+    (void)state;
+    fz_view_opts o = {
+        .src = tiny, .generation_config = "carry", .dtype = "bfloat16", .device = "cpu"};
+    for (int k = 1; k <= 4; k++) {
+        fz_view *v = NULL;
+        strdup_countdown = k;
+        int rc = fz_view_build(&v, &o);
+        strdup_countdown = 0;
+        assert_int_equal(rc, FZ_ENOMEM);
+        assert_null(v);
+    }
+    assert_string_equal(o.dtype, "bfloat16");
+}
+
 static uint8_t *read_all(fz_view *v, uint32_t i)
 {
     const fz_node *n = fz_view_node(v, i);
@@ -434,6 +466,7 @@ int main(void)
         cmocka_unit_test(test_quantized),
         cmocka_unit_test(test_plan_names_what_the_view_holds),
         cmocka_unit_test(test_total_bytes),
+        cmocka_unit_test(test_options_copy_out_of_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -322,7 +322,7 @@ done:
 /* ---- the algorithm --------------------------------------------------- */
 
 typedef struct {
-    fz_tok_init *v;
+    fz_row_init *v; /* row = the token id; new_token unused */
     size_t n, cap;
 } init_list;
 
@@ -331,7 +331,7 @@ typedef struct {
 static int init_set(init_list *l, int64_t id, fz_init_kind kind, uint64_t copy_from)
 {
     for (size_t i = 0; i < l->n; i++)
-        if (l->v[i].id == id) {
+        if (l->v[i].row == (uint64_t)id) {
             l->v[i].kind = kind;
             l->v[i].copy_from = copy_from;
             return 0;
@@ -339,7 +339,7 @@ static int init_set(init_list *l, int64_t id, fz_init_kind kind, uint64_t copy_f
     int rc = FZ_VEC_RESERVE(l->v, l->cap, l->n + 1);
     if (rc)
         return rc;
-    l->v[l->n++] = (fz_tok_init){id, kind, copy_from};
+    l->v[l->n++] = (fz_row_init){(uint64_t)id, kind, copy_from, false};
     return 0;
 }
 
@@ -354,11 +354,11 @@ static int init_set(init_list *l, int64_t id, fz_init_kind kind, uint64_t copy_f
  *  3. special_tokens not already in the additional-special list are added
  *     as special and replace that list;
  *  4. regular_tokens not in the vocabulary are added as regular tokens. */
-int fz_addtok_apply(fz_tok *t, const fz_addtok_spec *spec, fz_tok_init **inits, size_t *n_inits)
+int fz_addtok_apply(fz_tok *t, const fz_addtok_spec *spec, fz_row_init **inits, size_t *n_inits)
 {
     init_list l = {0};
     bool named[FZ_ROLE_N] = {0}, has_named_init[FZ_ROLE_N] = {0};
-    fz_tok_init named_init[FZ_ROLE_N];
+    fz_row_init named_init[FZ_ROLE_N];
     int rc = 0;
     int64_t id;
     json_t *special = NULL;
@@ -378,12 +378,12 @@ int fz_addtok_apply(fz_tok *t, const fz_addtok_spec *spec, fz_tok_init **inits, 
                     goto done;
             } else if (old_id >= 0) {
                 has_named_init[r] = true;
-                named_init[r] = (fz_tok_init){0, FZ_INIT_COPY, (uint64_t)old_id};
+                named_init[r] = (fz_row_init){0, FZ_INIT_COPY, (uint64_t)old_id, false};
             }
         } else if (!old) {
             named[r] = true;
             has_named_init[r] = true;
-            named_init[r] = (fz_tok_init){0, s->init, s->copy_from};
+            named_init[r] = (fz_row_init){0, s->init, s->copy_from, false};
         }
     }
     for (int r = 0; r < FZ_ROLE_N; r++) {

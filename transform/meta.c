@@ -38,7 +38,7 @@ static int cmp_row(const void *a, const void *b)
  * no entry where a row is grown (new rows default to it) and is a no-op on
  * an existing token's row; a new token inside the padding rows of a padded
  * embedding gets its init explicitly, mean included. */
-static int plan_inits(const fz_meta_in *in, const fz_tok *t, const fz_tok_init *ti, size_t n,
+static int plan_inits(const fz_meta_in *in, const fz_tok *t, const fz_row_init *ti, size_t n,
                       fz_meta_out *out)
 {
     const char *yaml = in->add_tokens_yaml.path ? in->add_tokens_yaml.path : "add-tokens YAML";
@@ -49,7 +49,7 @@ static int plan_inits(const fz_meta_in *in, const fz_tok *t, const fz_tok_init *
         return fz_error_set(FZ_ENOMEM, "out of memory");
     for (size_t i = 0; i < n; i++) {
         fz_init_kind kind = ti[i].kind;
-        uint64_t row = (uint64_t)ti[i].id;
+        uint64_t row = ti[i].row;
         if (kind == FZ_INIT_COPY && ti[i].copy_from >= out->old_vocab) {
             /* a role token added on load has a mean row: a copy of it is the mean */
             if (ti[i].copy_from >= out->old_vocab + out->n_role_added)
@@ -160,7 +160,7 @@ int fz_meta_build(const fz_meta_in *in, fz_meta_out *out)
 {
     fz_tok t;
     fz_addtok_spec spec;
-    fz_tok_init *ti = NULL;
+    fz_row_init *ti = NULL;
     size_t n_ti = 0;
     json_t *tmpl = NULL;
     char **names = NULL;

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "transform/rows.h"
 #include "util/buf.h"
 
 /* A file's bytes as read by the view; data == NULL means "absent". `path`
@@ -50,16 +51,6 @@ typedef struct {
     uint64_t embed_rows;               /* rows of the input embedding in the weights, 0 = unknown */
     const json_t *quantization_config; /* borrowed; added to config.json when non-NULL */
 } fz_meta_in;
-
-typedef enum { FZ_INIT_MEAN, FZ_INIT_ZERO, FZ_INIT_COPY } fz_init_kind;
-
-/* How one embedding row is produced after the resize. */
-typedef struct {
-    uint64_t row;
-    fz_init_kind kind;
-    uint64_t copy_from; /* FZ_INIT_COPY: the source row (an id < old_vocab) */
-    bool new_token;     /* the row is a new token's (else an existing token's) */
-} fz_row_init;
 
 typedef struct {
     /* Output files. A buffer with has_* false is not written. */

@@ -93,16 +93,9 @@ int fz_addtok_parse(const char *text, size_t len, const char *path, fz_addtok_sp
 int fz_addtok_default(fz_addtok_spec *spec);
 void fz_addtok_spec_free(fz_addtok_spec *spec);
 
-/* One entry of finalize's token_inits (id -> strategy), in insertion order. */
-typedef struct {
-    int64_t id;
-    fz_init_kind kind;
-    uint64_t copy_from;
-} fz_tok_init;
-
 /* Run finalize's add_tokens_to_tokenizer on t (reference §3.2, roles in the
  * fixed order bos, eos, pad, unk). *inits (caller frees) gets token_inits. */
-int fz_addtok_apply(fz_tok *t, const fz_addtok_spec *spec, fz_tok_init **inits, size_t *n_inits);
+int fz_addtok_apply(fz_tok *t, const fz_addtok_spec *spec, fz_row_init **inits, size_t *n_inits);
 
 /* config.c ------------------------------------------------------------- */
 

@@ -23,7 +23,7 @@ static uint64_t row_len_of(int ndim, const uint64_t *shape)
 
 static int cmp_rule(const void *a, const void *b)
 {
-    const fz_row_rule *x = a, *y = b;
+    const fz_row_init *x = a, *y = b;
     return x->row < y->row ? -1 : x->row > y->row;
 }
 
@@ -35,7 +35,7 @@ static void memo_init(fz_recipe *r)
 }
 
 int fz_recipe_init(fz_recipe *r, int fd, const char *src_path, const fz_tensor *src,
-                   fz_dtype out_dtype, uint64_t out_rows, const fz_row_rule *rules, size_t n_rules)
+                   fz_dtype out_dtype, uint64_t out_rows, const fz_row_init *rules, size_t n_rules)
 {
     memset(r, 0, sizeof *r);
     r->fd = fd;
@@ -71,12 +71,12 @@ int fz_recipe_init(fz_recipe *r, int fd, const char *src_path, const fz_tensor *
             r->n_rules = n_rules;
             for (size_t i = 0; i < n_rules; i++) {
                 if (r->rules[i].row >= out_rows ||
-                    (r->rules[i].kind == FZ_ROW_SOURCE && r->rules[i].src_row >= src_rows))
+                    (r->rules[i].kind == FZ_INIT_COPY && r->rules[i].copy_from >= src_rows))
                     return fz_error_set(FZ_EINVAL,
                                         "%s: tensor '%s': row rule %llu -> %llu is out "
                                         "of range (%llu source rows, %llu output rows)",
                                         src_path, src->name, (unsigned long long)r->rules[i].row,
-                                        (unsigned long long)r->rules[i].src_row,
+                                        (unsigned long long)r->rules[i].copy_from,
                                         (unsigned long long)src_rows, (unsigned long long)out_rows);
                 if (i && r->rules[i].row == r->rules[i - 1].row)
                     return fz_error_set(FZ_EINVAL, "%s: tensor '%s': two rules for row %llu",
@@ -359,7 +359,7 @@ static int get_mean(fz_recipe *r, uint8_t *scratch)
     return rc;
 }
 
-static const fz_row_rule *find_rule(const fz_recipe *r, uint64_t row)
+static const fz_row_init *find_rule(const fz_recipe *r, uint64_t row)
 {
     size_t lo = 0, hi = r->n_rules;
     while (lo < hi) {
@@ -389,29 +389,29 @@ static int produce_elems(fz_recipe *r, uint64_t e0, uint64_t e1, uint8_t *out, u
         uint64_t n = rl - c;
         if (n > e1 - e)
             n = e1 - e;
-        fz_row_kind kind = FZ_ROW_SOURCE;
+        fz_init_kind kind = FZ_INIT_COPY;
         uint64_t sr = row;
-        const fz_row_rule *rule = NULL;
+        const fz_row_init *rule = NULL;
         if (r->resize) {
             rule = find_rule(r, row);
             if (rule) {
                 kind = rule->kind;
-                sr = rule->src_row;
+                sr = rule->copy_from;
             } else if (row >= src_rows) {
-                kind = FZ_ROW_MEAN;
+                kind = FZ_INIT_MEAN;
             }
         }
         int rc = 0;
         switch (kind) {
-        case FZ_ROW_ZERO:
+        case FZ_INIT_ZERO:
             memset(out, 0, n * oes);
             break;
-        case FZ_ROW_MEAN:
+        case FZ_INIT_MEAN:
             rc = get_mean(r, scratch);
             if (rc == 0)
                 memcpy(out, r->mean_row + c * oes, n * oes);
             break;
-        case FZ_ROW_SOURCE:
+        case FZ_INIT_COPY:
             if (!r->gather && !r->resize) {
                 rc = copy_run(r, r->src.storage_offset + e, n, out, scratch);
             } else {
@@ -560,12 +560,13 @@ int fz_recipe_describe(const fz_recipe *r, fz_buf *out)
     if (!rc && r->resize) {
         rc = fz_buf_printf(out, " resize=%llu", (unsigned long long)r->shape[0]);
         for (size_t i = 0; i < r->n_rules && !rc; i++)
-            rc = fz_buf_printf(
-                out, " row%llu=%s%llu", (unsigned long long)r->rules[i].row,
-                r->rules[i].kind == FZ_ROW_ZERO   ? "zero"
-                : r->rules[i].kind == FZ_ROW_MEAN ? "mean"
-                                                  : "copy:",
-                r->rules[i].kind == FZ_ROW_SOURCE ? (unsigned long long)r->rules[i].src_row : 0ULL);
+            rc = fz_buf_printf(out, " row%llu=%s%llu", (unsigned long long)r->rules[i].row,
+                               r->rules[i].kind == FZ_INIT_ZERO   ? "zero"
+                               : r->rules[i].kind == FZ_INIT_MEAN ? "mean"
+                                                                  : "copy:",
+                               r->rules[i].kind == FZ_INIT_COPY
+                                   ? (unsigned long long)r->rules[i].copy_from
+                                   : 0ULL);
     }
     if (!rc && r->cast)
         rc = fz_buf_printf(out, " cast=%s", fz_dtype_torch_name(r->val_dtype));

@@ -25,16 +25,8 @@
 
 #include "formats/tensor.h"
 #include "transform/quantize.h"
+#include "transform/rows.h"
 #include "util/buf.h"
-
-/* What an output row is made of, when the recipe resizes dim 0. */
-typedef enum { FZ_ROW_SOURCE, FZ_ROW_MEAN, FZ_ROW_ZERO } fz_row_kind;
-
-typedef struct {
-    uint64_t row;
-    fz_row_kind kind;
-    uint64_t src_row; /* FZ_ROW_SOURCE: which source row */
-} fz_row_rule;
 
 /* What part of the output a recipe makes. */
 typedef enum {
@@ -61,10 +53,10 @@ typedef struct {
     /* ops */
     bool gather; /* source is not a contiguous whole: read element by element runs */
     bool resize;
-    fz_row_rule *rules; /* owned; rows whose content is not "source row r" (sorted by row) */
+    fz_row_init *rules; /* owned; rows whose content is not "source row r" (sorted by row) */
     size_t n_rules;
     bool cast;
-    /* memo for FZ_ROW_MEAN: one output row in out_dtype */
+    /* memo for FZ_INIT_MEAN: one output row in out_dtype */
     pthread_mutex_t mean_lock;
     pthread_cond_t mean_cond; /* signalled when a computation ends */
     bool mean_busy;           /* a thread is computing it (no lock held) */
@@ -76,11 +68,11 @@ typedef struct {
 /* Initialise r for source tensor *src (copied; name borrowed) read from fd,
  * to be emitted as out_dtype with out_rows rows in dim 0 (== src rows when
  * not resizing). rules (may be NULL) are copied. Rows >= the source row
- * count not named in rules become FZ_ROW_MEAN.
+ * count not named in rules become FZ_INIT_MEAN.
  * Errors: FZ_EINVAL (cast not supported, resize of a 0-d tensor, a rule
  * naming a source row out of range), FZ_ERANGE, FZ_ENOMEM. */
 int fz_recipe_init(fz_recipe *r, int fd, const char *src_path, const fz_tensor *src,
-                   fz_dtype out_dtype, uint64_t out_rows, const fz_row_rule *rules, size_t n_rules);
+                   fz_dtype out_dtype, uint64_t out_rows, const fz_row_init *rules, size_t n_rules);
 /* A quantized part (QWEIGHT or QSCALE) of 2-D source weight *src, whose
  * values are first cast to val_dtype (the model dtype; scales are stored in
  * it). Errors: FZ_EINVAL (not 2-D, not floating point), FZ_ERANGE. */

@@ -550,10 +550,10 @@ int fz_view_check_roles(const fz_view *v)
 /* Rules for a resized tensor with `src_rows` rows, from the token plan. A
  * head bias follows finalize (HF's resize): a new token's entry is the old
  * bias's mean whatever the token's init, and existing entries stay. */
-static int rules_for(const fz_view *v, uint64_t src_rows, bool bias, fz_row_rule **out, size_t *n)
+static int rules_for(const fz_view *v, uint64_t src_rows, bool bias, fz_row_init **out, size_t *n)
 {
     const fz_meta_out *m = &v->meta;
-    fz_row_rule *r = calloc(m->n_inits ? m->n_inits : 1, sizeof *r);
+    fz_row_init *r = calloc(m->n_inits ? m->n_inits : 1, sizeof *r);
     if (!r)
         return fz_error_set(FZ_ENOMEM, "out of memory");
     size_t k = 0;
@@ -563,13 +563,9 @@ static int rules_for(const fz_view *v, uint64_t src_rows, bool bias, fz_row_rule
             continue;
         if (bias) {
             if (in->new_token && in->row < src_rows) /* a padding row taken by a new token */
-                r[k++] = (fz_row_rule){in->row, FZ_ROW_MEAN, 0};
-        } else if (in->kind == FZ_INIT_MEAN) {
-            r[k++] = (fz_row_rule){in->row, FZ_ROW_MEAN, 0};
-        } else if (in->kind == FZ_INIT_ZERO) {
-            r[k++] = (fz_row_rule){in->row, FZ_ROW_ZERO, 0};
+                r[k++] = (fz_row_init){in->row, FZ_INIT_MEAN, 0, true};
         } else {
-            if (in->copy_from >= src_rows) {
+            if (in->kind == FZ_INIT_COPY && in->copy_from >= src_rows) {
                 free(r);
                 return fz_error_set(FZ_EINVAL,
                                     "init copy:%llu for token id %llu: the source row "
@@ -577,7 +573,7 @@ static int rules_for(const fz_view *v, uint64_t src_rows, bool bias, fz_row_rule
                                     (unsigned long long)in->copy_from, (unsigned long long)in->row,
                                     (unsigned long long)src_rows);
             }
-            r[k++] = (fz_row_rule){in->row, FZ_ROW_SOURCE, in->copy_from};
+            r[k++] = *in;
         }
     }
     *out = r;
@@ -678,7 +674,7 @@ int fz_view_build_recipes(fz_view *v)
                                         t->dtype == FZ_DT_BF16 || t->dtype == FZ_DT_F64))
                 out = want;
             uint64_t rows = t->ndim ? t->shape[0] : 1;
-            fz_row_rule *rules = NULL;
+            fz_row_init *rules = NULL;
             size_t nrules = 0;
             if (o->role && v->meta.resize && t->ndim >= 1) {
                 if ((rc = rules_for(v, rows, !strcmp(o->role, "head bias"), &rules, &nrules)))

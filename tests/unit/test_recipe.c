@@ -135,7 +135,7 @@ static void test_resize_rules(void **state)
     float v[12], out[24];
     int fd = make_storage(12, v);
     fz_tensor t = tensor2d(4, 3, 3, 1, 0, 12);
-    fz_row_rule rules[] = {{4, FZ_ROW_ZERO, 0}, {1, FZ_ROW_SOURCE, 3}};
+    fz_row_init rules[] = {{4, FZ_INIT_ZERO, 0, false}, {1, FZ_INIT_COPY, 3, false}};
     fz_recipe r;
     assert_int_equal(fz_recipe_init(&r, fd, "mem", &t, FZ_DT_F32, 8, rules, 2), 0);
     assert_int_equal(r.nbytes, 8 * 3 * 4);
@@ -182,8 +182,8 @@ static void test_bad_rules(void **state)
     float v[12];
     int fd = make_storage(12, v);
     fz_tensor t = tensor2d(4, 3, 3, 1, 0, 12);
-    fz_row_rule bad_src[] = {{4, FZ_ROW_SOURCE, 9}};
-    fz_row_rule bad_row[] = {{9, FZ_ROW_ZERO, 0}};
+    fz_row_init bad_src[] = {{4, FZ_INIT_COPY, 9, false}};
+    fz_row_init bad_row[] = {{9, FZ_INIT_ZERO, 0, false}};
     fz_recipe r;
     assert_int_equal(fz_recipe_init(&r, fd, "mem", &t, FZ_DT_F32, 6, bad_src, 1), FZ_EINVAL);
     assert_non_null(strstr(fz_error_msg(), "out of range"));

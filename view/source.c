@@ -258,6 +258,10 @@ static int list_weight_files(fz_source *s)
         rc = FZ_EFORMAT;
         goto done;
     }
+    /* kept for the embedding search (view/tensors.c): the index is parsed once */
+    json_t *ps = json_object_get(json_object_get(j, "metadata"), "param_sharing");
+    if (json_is_array(ps))
+        s->param_sharing = json_incref(ps);
     json_t *wm = json_object_get(j, "weight_map");
     if (!json_is_object(wm) || json_object_size(wm) == 0) {
         rc = fz_error_set(FZ_EFORMAT, "%s: no \"weight_map\" object", path);
@@ -820,6 +824,7 @@ void fz_source_free(fz_source *s)
     free(s->timestamp);
     free(s->pytorch_version);
     free(s->index_name);
+    json_decref(s->param_sharing);
     for (uint32_t i = 0; i < s->nfiles; i++)
         free(s->files[i]);
     free(s->files);

@@ -10,6 +10,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+struct json_t;
+
 typedef enum { FZ_W_ST_INDEX, FZ_W_BIN_INDEX, FZ_W_BIN, FZ_W_ST } fz_weights_kind;
 
 /* What SRC was recognised as. */
@@ -46,8 +48,9 @@ typedef struct {
     char *timestamp;       /* the checkpoint manifest's "timestamp", or NULL */
     char *pytorch_version; /* the checkpoint manifest's "pytorch_version", or NULL */
     fz_weights_kind kind;
-    char *index_name; /* index file name, or NULL */
-    char **files;     /* weight file names in ckpt, sorted, unique */
+    char *index_name;             /* index file name, or NULL */
+    struct json_t *param_sharing; /* the index's metadata.param_sharing (an array), or NULL */
+    char **files;                 /* weight file names in ckpt, sorted, unique */
     uint32_t nfiles;
 } fz_source;
 

@@ -7,7 +7,6 @@
 #include "formats/jsonout.h"
 #include "util/error.h"
 #include "util/hindex.h"
-#include "util/io.h"
 #include "view/internal.h"
 
 /* Names by which the input embedding and output head are known. */
@@ -77,8 +76,8 @@ typedef struct {
 typedef struct {
     vtensor *v;
     size_t n;
-    size_t total;    /* tensors in the state dict */
-    json_t *sharing; /* the index's metadata.param_sharing, or NULL */
+    size_t total;          /* tensors in the state dict */
+    const json_t *sharing; /* the index's metadata.param_sharing, or NULL */
 } vset;
 
 /* +1: the name says input embedding; -1: output head; 0: neither or both. */
@@ -123,32 +122,6 @@ static const fz_tensor *sibling_bias(fz_view *v, const char *name, uint64_t rows
     }
     free(b);
     return NULL;
-}
-
-/* metadata.param_sharing of the source index (a list of name groups), or NULL. */
-static json_t *read_param_sharing(const fz_view *v)
-{
-    if (!v->src.index_name)
-        return NULL;
-    size_t n = strlen(v->src.ckpt) + strlen(v->src.index_name) + 2, len = 0;
-    char *path = malloc(n), *data = NULL;
-    json_t *doc = NULL, *ps = NULL;
-    if (!path)
-        return NULL;
-    snprintf(path, n, "%s/%s", v->src.ckpt, v->src.index_name);
-    /* the index was read and checked by source discovery; a failure here only
-     * loses a hint */
-    if (fz_read_file(path, 64u << 20, &data, &len) == 0 && (doc = fz_json_parse(data, len, path)))
-        ps = json_object_get(json_object_get(doc, "metadata"), "param_sharing");
-    fz_error_clear();
-    if (json_is_array(ps))
-        json_incref(ps);
-    else
-        ps = NULL;
-    json_decref(doc);
-    free(data);
-    free(path);
-    return ps;
 }
 
 static bool shared_in_index(const json_t *sharing, const char *a, const char *b)
@@ -378,7 +351,7 @@ static int roles_by_search(fz_view *v, const json_t *config)
     if (known && known->ndim == 2)
         H = known->shape[1];
     bool order_known = v->src.kind == FZ_W_BIN || v->src.kind == FZ_W_BIN_INDEX;
-    s.sharing = read_param_sharing(v);
+    s.sharing = v->src.param_sharing;
     if (V == 0) {
         why = cfg_vocab > 0 ? "no tensor has config.json's vocab_size rows and no embedding has a "
                               "known name"
@@ -472,7 +445,6 @@ doubt:
     rc = describe_candidates(v, &s, V ? V : (uint64_t)(cfg_vocab > 0 ? cfg_vocab : 0), order_known,
                              why);
 done:
-    json_decref(s.sharing);
     free(s.v);
     return rc;
 }

@@ -340,6 +340,28 @@ def test_uninformative_names_refused_then_named(fzfs, session_tmp, fmt):
     check_release(dest, model, old, {old: "zero"})
 
 
+def test_index_param_sharing_ties_candidates(fzfs, session_tmp):
+    """The source index's metadata.param_sharing is tie evidence: p.weight and q.weight in
+    safetensors are refused as two unknown matrices (above), but listed as one group in
+    the index they are one matrix under two names: the first is the embedding, the other
+    the head, and the plan is certain."""
+    base = os.path.join(session_tmp, "emb", "plain-shared")
+    src = os.path.join(base, os.path.basename(base))  # a module name of its own (remote code)
+    make_custom_run(src, "PlainLM", False, "st", seed=9)
+    p = fzfs.run("plan", src)
+    assert p.returncode == 1 and "--embedding-tensors" in p.stderr, p.stdout + p.stderr
+    index = os.path.join(src, "checkpoints", "checkpoint-100", "model.safetensors.index.json")
+    with open(index) as f:
+        idx = json.load(f)
+    idx["metadata"]["param_sharing"] = [["q.weight", "p.weight"]]
+    with open(index, "w") as f:
+        json.dump(idx, f)
+    p = fzfs.run("plan", src, "--json")
+    assert p.returncode == 0, p.stderr
+    plan = json.loads(p.stdout)
+    assert (plan["embedding"], plan["head"]) == ("p.weight", "q.weight"), plan
+
+
 def test_embedding_tensors_emb_only_tied(fzfs, session_tmp):
     """--embedding-tensors EMB on a tied model: the head over the same storage and the head's
     bias are found from it (the search alone finds them too: one matrix under two names)."""

@@ -9,7 +9,10 @@
  *    weight_map file exists in the tree;
  *  - fz_view_direct agrees with fz_view_read on every range it accepts
  *    (segment edges, odd ranges, whole files);
- *  - the plan (text and JSON) names what the view holds. */
+ *  - the plan (text and JSON) names what the view holds;
+ *  - building reads each metadata file once (fz_read_file is wrapped at link
+ *    time, -Wl,--wrap: a second parse of a 100k-tensor index cost a fifth of
+ *    `fzfs plan`). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -28,10 +31,33 @@
 #include "formats/zip.h"
 #include "util/buf.h"
 #include "util/error.h"
+#include "util/io.h"
 #include "view/internal.h" /* white-box: the segment tables */
 #include "view/view.h"
 
 static char tiny[1024];
+
+/* Every fz_read_file of the library goes through here (tests/unit/meson.build
+ * links this test with -Wl,--wrap=fz_read_file): the paths read, in order. */
+int __real_fz_read_file(const char *path, size_t max_len, char **data, size_t *len);
+int __wrap_fz_read_file(const char *path, size_t max_len, char **data, size_t *len);
+static char *reads[64];
+static size_t nreads;
+
+int __wrap_fz_read_file(const char *path, size_t max_len, char **data, size_t *len)
+{
+    if (nreads < sizeof reads / sizeof reads[0])
+        reads[nreads] = strdup(path);
+    nreads++;
+    return __real_fz_read_file(path, max_len, data, len);
+}
+
+static void reads_clear(void)
+{
+    for (size_t i = 0; i < nreads && i < sizeof reads / sizeof reads[0]; i++)
+        free(reads[i]);
+    nreads = 0;
+}
 
 static fz_view *build(fz_view_opts o)
 {
@@ -454,6 +480,26 @@ static void test_total_bytes(void **state)
     fz_view_free(v);
 }
 
+/* Building a view reads each metadata file (index, config, tokenizer files,
+ * manifest) at most once: the parsed tree is handed on, not parsed again. */
+static void test_each_file_read_once(void **state)
+{
+    (void)state;
+    reads_clear();
+    fz_view *v = build((fz_view_opts){0});
+    assert_true(nreads <= sizeof reads / sizeof reads[0]);
+    bool index_read = false;
+    for (size_t i = 0; i < nreads; i++) {
+        index_read = index_read || ends_with(reads[i], "/pytorch_model.bin.index.json");
+        for (size_t k = 0; k < i; k++)
+            if (!strcmp(reads[i], reads[k]))
+                fail_msg("%s was read twice while building the view", reads[i]);
+    }
+    assert_true(index_read);
+    reads_clear();
+    fz_view_free(v);
+}
+
 int main(void)
 {
     snprintf(tiny, sizeof tiny, "%s/tiny-run", FZ_SOURCE_EXAMPLES_DIR);
@@ -467,6 +513,7 @@ int main(void)
         cmocka_unit_test(test_plan_names_what_the_view_holds),
         cmocka_unit_test(test_total_bytes),
         cmocka_unit_test(test_options_copy_out_of_memory),
+        cmocka_unit_test(test_each_file_read_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -298,37 +298,19 @@ static void remove_stale_temps(const char *parent, const char *base)
     closedir(d);
 }
 
-int fz_materialize(fz_view *v, const char *dest, const fz_mat_opts *o)
+/* Write every file of the view under `tmp` (its directories and symlinks
+ * made, its files opened at full size) and fsync each file: the extents
+ * through the pool, then the late ones (their bytes follow from what the
+ * first pass read). */
+static int write_files(fz_view *v, const char *tmp, const fz_mat_opts *o)
 {
-    int rc = 0;
-    char tmp[PATH_MAX], dcopy[PATH_MAX], bcopy[PATH_MAX];
-    const char *parent, *base;
     uint32_t n = fz_view_node_count(v);
-    int *fds = NULL;
     fz_extent *ext = NULL;
     size_t next = 0, nlate = 0;
-    bool made = false;
-
-    if ((rc = fz_materialize_check_dest(dest)) ||
-        (rc = split_dest(dest, dcopy, bcopy, &parent, &base)))
-        return rc;
-    if ((size_t)snprintf(tmp, sizeof tmp, "%s/.%s.fzfs-tmp-%ld", parent, base, (long)getpid()) >=
-        sizeof tmp)
-        return fz_error_set(FZ_ERANGE, "%s: path too long", dest);
-
-    fz_stop = o && o->stop ? o->stop : &no_stop;
-
-    remove_stale_temps(parent, base);
-    if (mkdir(tmp, fz_view_node(v, 0)->mode) != 0) {
-        rc = fz_error_set(FZ_EIO, "%s: cannot create: %s", tmp, strerror(errno));
-        goto done;
-    }
-    made = true;
-    fds = malloc(n * sizeof *fds);
-    if (!fds) {
-        rc = fz_error_set(FZ_ENOMEM, "out of memory");
-        goto done;
-    }
+    int rc = 0;
+    int *fds = malloc(n * sizeof *fds);
+    if (!fds)
+        return fz_error_set(FZ_ENOMEM, "out of memory");
     for (uint32_t i = 0; i < n; i++)
         fds[i] = -1;
     if ((rc = make_tree(v, tmp, fds)) || (rc = fz_view_extents(v, FZ_CHUNK, &ext, &next)))
@@ -340,8 +322,6 @@ int fz_materialize(fz_view *v, const char *dest, const fz_mat_opts *o)
     int workers = o && o->workers > 0 ? o->workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (workers < 1)
         workers = 1;
-    /* Two passes over one pool: the extents, then the late ones (their
-     * bytes follow from what the first pass read). */
     fz_pool p = {.v = v, .ext = ext, .njobs = next - nlate, .fds = fds, .tmp = tmp};
     atomic_init(&p.done_bytes, 0);
     atomic_init(&p.failed, 0);
@@ -355,37 +335,103 @@ int fz_materialize(fz_view *v, const char *dest, const fz_mat_opts *o)
         rc = run_pool(&p, workers, o && o->progress && pass == 0, fz_view_total_bytes(v));
     }
     pthread_mutex_destroy(&p.err_lock);
-    if (rc)
-        goto done;
+    for (uint32_t i = 0; i < n && rc == 0; i++)
+        if (fds[i] >= 0 && fsync(fds[i]) != 0)
+            rc = fz_error_set(FZ_EIO, "%s: fsync: %s", fz_view_node(v, i)->path, strerror(errno));
+done:
     for (uint32_t i = 0; i < n; i++)
-        if (fds[i] >= 0) {
-            if (fsync(fds[i]) != 0) {
-                rc = fz_error_set(FZ_EIO, "%s: fsync: %s", fz_view_node(v, i)->path,
-                                  strerror(errno));
-                goto done;
-            }
+        if (fds[i] >= 0)
             close(fds[i]);
-            fds[i] = -1;
-        }
+    free(fds);
+    free(ext);
+    return rc;
+}
+
+/* fsync every directory under `tmp`, so the entries are durable before the
+ * rename publishes them. */
+static int sync_dirs(fz_view *v, const char *tmp)
+{
+    uint32_t n = fz_view_node_count(v);
     for (uint32_t i = 0; i < n; i++) {
         const fz_node *nd = fz_view_node(v, i);
         char path[PATH_MAX];
+        int rc;
         if (nd->kind != FZ_NODE_DIR)
             continue;
-        if ((size_t)snprintf(path, sizeof path, "%s/%s", tmp, nd->path) >= sizeof path) {
-            rc = fz_error_set(FZ_ERANGE, "%s/%s: path too long", tmp, nd->path);
-            goto done;
-        }
+        if ((size_t)snprintf(path, sizeof path, "%s/%s", tmp, nd->path) >= sizeof path)
+            return fz_error_set(FZ_ERANGE, "%s/%s: path too long", tmp, nd->path);
         if ((rc = fsync_path(path, O_RDONLY | O_DIRECTORY)))
-            goto done;
+            return rc;
     }
+    return 0;
+}
+
+/* The atomic directory: DEST is written as a temporary sibling
+ * ".<base>.fzfs-tmp-<pid>" and renamed into place only when complete. */
+typedef struct {
+    const char *dest, *parent, *base;
+    char tmp[PATH_MAX], dcopy[PATH_MAX], bcopy[PATH_MAX];
+    bool made; /* tmp exists and is ours to remove */
+} fz_stage;
+
+/* Check DEST, clear stale siblings of killed runs, create the sibling. */
+static int stage_open(fz_stage *s, const char *dest, mode_t mode)
+{
+    int rc;
+    s->dest = dest;
+    s->made = false;
+    if ((rc = fz_materialize_check_dest(dest)) ||
+        (rc = split_dest(dest, s->dcopy, s->bcopy, &s->parent, &s->base)))
+        return rc;
+    if ((size_t)snprintf(s->tmp, sizeof s->tmp, "%s/.%s.fzfs-tmp-%ld", s->parent, s->base,
+                         (long)getpid()) >= sizeof s->tmp)
+        return fz_error_set(FZ_ERANGE, "%s: path too long", dest);
+    remove_stale_temps(s->parent, s->base);
+    if (mkdir(s->tmp, mode) != 0)
+        return fz_error_set(FZ_EIO, "%s: cannot create: %s", s->tmp, strerror(errno));
+    s->made = true;
+    return 0;
+}
+
+/* Rename the sibling onto nothing, or onto an empty directory (rename(2)
+ * replaces one atomically and fails if it has gained an entry meanwhile),
+ * then make the rename durable. */
+static int stage_publish(fz_stage *s)
+{
+    struct stat dst;
+    bool onto_empty = lstat(s->dest, &dst) == 0 && S_ISDIR(dst.st_mode);
+    if (renameat2(AT_FDCWD, s->tmp, AT_FDCWD, s->dest, onto_empty ? 0 : RENAME_NOREPLACE) != 0) {
+        int e = errno;
+        return fz_error_set(e == EEXIST || e == ENOTEMPTY ? FZ_EEXIST : FZ_EIO,
+                            "%s: cannot rename into place: %s%s", s->dest, strerror(e),
+                            e == ENOTEMPTY ? " (DEST gained content while fzfs was writing)" : "");
+    }
+    s->made = false;
+    return fsync_path(s->parent, O_RDONLY | O_DIRECTORY);
+}
+
+/* Remove the sibling unless it was published. */
+static void stage_close(fz_stage *s)
+{
+    if (s->made)
+        remove_tree(s->tmp);
+    s->made = false;
+}
+
+int fz_materialize(fz_view *v, const char *dest, const fz_mat_opts *o)
+{
+    fz_stage st;
+    int rc = stage_open(&st, dest, fz_view_node(v, 0)->mode);
+    fz_stop = o && o->stop ? o->stop : &no_stop;
+    if (rc || (rc = write_files(v, st.tmp, o)) || (rc = sync_dirs(v, st.tmp)))
+        goto done;
     if (fz_stop_signal) {
         rc = fz_error_set(FZ_EINTR, "interrupted by signal %d; nothing was written",
                           (int)fz_stop_signal);
         goto done;
     }
     /* What is published must pass `fzfs verify`. */
-    if ((rc = fz_verify_gate_dir(tmp, v, dest)))
+    if ((rc = fz_verify_gate_dir(st.tmp, v, dest)))
         goto done;
     test_pause();
     /* Every read was checked against its source; a source changed after
@@ -394,29 +440,9 @@ int fz_materialize(fz_view *v, const char *dest, const fz_mat_opts *o)
         rc = fz_error_prefix(rc, "%s: not written", dest);
         goto done;
     }
-    /* Onto nothing, or onto an empty directory (rename(2) replaces one
-     * atomically and fails if it has gained an entry meanwhile). */
-    struct stat dst;
-    bool onto_empty = lstat(dest, &dst) == 0 && S_ISDIR(dst.st_mode);
-    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dest, onto_empty ? 0 : RENAME_NOREPLACE) != 0) {
-        int e = errno;
-        rc = fz_error_set(e == EEXIST || e == ENOTEMPTY ? FZ_EEXIST : FZ_EIO,
-                          "%s: cannot rename into place: %s%s", dest, strerror(e),
-                          e == ENOTEMPTY ? " (DEST gained content while fzfs was writing)" : "");
-        goto done;
-    }
-    made = false;
-    rc = fsync_path(parent, O_RDONLY | O_DIRECTORY);
+    rc = stage_publish(&st);
 done:
-    if (fds) {
-        for (uint32_t i = 0; i < n; i++)
-            if (fds[i] >= 0)
-                close(fds[i]);
-        free(fds);
-    }
-    free(ext);
-    if (made)
-        remove_tree(tmp);
+    stage_close(&st);
     fz_stop = &no_stop;
     return rc;
 }

@@ -67,11 +67,14 @@ static void materialize_cache(const fz_cli *c, fz_view *v)
     struct stat st;
     if (c->no_cache)
         return;
-    char *dir = c->cache_dir ? NULL : fz_cache_default_dir();
+    /* The default directory is used only when it exists already (or
+     * --fill-cache asks for it); --cache-dir always. */
+    char *dflt = c->cache_dir ? NULL : fz_cache_default_dir();
+    const char *dir = c->cache_dir ? c->cache_dir : dflt;
     if (c->cache_dir || c->fill_cache || (dir && stat(dir, &st) == 0))
-        if (fz_view_open_cache(v, c->cache_dir, c->cache_size, c->fill_cache) != 0)
+        if (fz_view_open_cache(v, dir, c->cache_size, c->fill_cache) != 0)
             fz_warn("cache unavailable, computing without it: %s", fz_error_msg());
-    free(dir);
+    free(dflt);
 }
 
 static volatile sig_atomic_t stop_signal;

@@ -180,6 +180,9 @@ int fz_view_read_metadata(fz_view *v, uint32_t node,
 {
     if (node >= v->nnodes || v->nodes[node].kind != FZ_NODE_FILE)
         return fz_error_set(FZ_EINVAL, "internal error: node %u is not a file", node);
+    uint32_t f;
+    if (fz_view_whole_source(v, node, &f))
+        return f < v->src.nfiles ? fz_view_whole_metadata(v, f, emit, ctx) : 0;
     const fz_node *nd = &v->nodes[node];
     int rc = 0;
     for (uint32_t s = 0; s < nd->nsegs && rc == 0; s++) {

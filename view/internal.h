@@ -181,6 +181,27 @@ int fz_view_assign_shards(fz_view *v);
 /* view/shards.c: whether out tensor i is written in safetensors output. */
 bool fz_view_st_emits(const fz_view *v, uint32_t i);
 
+/* view/whole.c: whether shard s (the out tensors outs[0..n), to be named
+ * `name`) is source weight file s unchanged, so that the file's own bytes
+ * are the shard: shards mirror the source files (no --max-shard-size), the
+ * format is kept, every tensor is the source's in place and in order (same
+ * name, dtype, shape; no cast, resize or quantization, no tied head moved
+ * or dropped), a .bin's records are whole source storages under "<stem>/"
+ * (stem: `name` without .bin), a safetensors header has no __metadata__
+ * or says format "pt" in it.
+ * Reads at most the file's zip directory or safetensors header. */
+bool fz_view_shard_is_whole(const fz_view *v, uint32_t s, const uint32_t *outs, uint32_t n,
+                            const char *name);
+/* Add file `name` under `dir`: all of source file s, one span. */
+int fz_view_add_whole(fz_view *v, uint32_t dir, uint32_t s, const char *name);
+/* Whether node is exactly one whole source file (*file its index). */
+bool fz_view_whole_source(const fz_view *v, uint32_t node, uint32_t *file);
+/* For fz_view_read_metadata: every byte of weight file f that is not tensor
+ * data (container headers, pickle, central directory), read from the file. */
+int fz_view_whole_metadata(fz_view *v, uint32_t f,
+                           int (*emit)(void *ctx, uint64_t off, const uint8_t *p, uint64_t len),
+                           void *ctx);
+
 /* view/quant.c: whether source tensor t of file f is quantized; append its
  * quantized parts (recipes and out tensors) for shard f. */
 bool fz_view_quantizable(const fz_view *v, const fz_tensor *t, const char *role);

@@ -23,8 +23,13 @@ static const char *op_of(const fz_view *v, const fz_recipe *r)
     return "gather";
 }
 
-static const char *seg_kind(const fz_node *n)
+static const char *seg_kind(const fz_view *v, uint32_t i, const char **whole)
 {
+    const fz_node *n = &v->nodes[i];
+    int fd;
+    *whole = NULL;
+    if (fz_view_backing(v, i, &fd, whole))
+        return "whole";
     bool lit = false, span = false, comp = false;
     for (uint32_t i = 0; i < n->nsegs; i++) {
         lit |= n->segs[i].kind == FZ_SEG_LITERAL || n->segs[i].kind == FZ_SEG_DEFERRED;
@@ -121,8 +126,11 @@ int fz_view_plan_text(const fz_view *v, FILE *f)
             fprintf(f, "  %s/\n", n->path);
         else if (n->kind == FZ_NODE_SYMLINK)
             fprintf(f, "  %s -> %s\n", n->path, n->target);
-        else
-            fprintf(f, "  %-60s %12llu  %s\n", n->path, (unsigned long long)n->size, seg_kind(n));
+        else {
+            const char *whole, *kind = seg_kind(v, i, &whole);
+            fprintf(f, "  %-60s %12llu  %s%s%s\n", n->path, (unsigned long long)n->size, kind,
+                    whole ? ": the source file " : "", whole ? whole : "");
+        }
     }
     return 0;
 }
@@ -210,7 +218,10 @@ int fz_view_plan_json(const fz_view *v, fz_buf *out)
                                                                      : "file"));
         if (n->kind == FZ_NODE_FILE) {
             json_object_set_new(e, "size", json_integer((json_int_t)n->size));
-            json_object_set_new(e, "content", json_string(seg_kind(n)));
+            const char *whole;
+            json_object_set_new(e, "content", json_string(seg_kind(v, i, &whole)));
+            if (whole)
+                json_object_set_new(e, "source", json_string(whole));
         }
         if (n->kind == FZ_NODE_SYMLINK)
             json_object_set_new(e, "target", json_string(n->target));

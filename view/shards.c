@@ -554,7 +554,12 @@ int fz_view_build_tree(fz_view *v)
         }
         const uint32_t *outs = by_shard + start[s];
         uint32_t n = start[s + 1] - start[s];
-        rc = st ? add_st_shard(v, wdir, outs, n, name) : add_bin_shard(v, wdir, outs, n, name);
+        if (fz_view_shard_is_whole(v, s, outs, n, name))
+            rc = fz_view_add_whole(v, wdir, s, name);
+        else if (st)
+            rc = add_st_shard(v, wdir, outs, n, name);
+        else
+            rc = add_bin_shard(v, wdir, outs, n, name);
         if (rc)
             goto done;
     }

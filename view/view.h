@@ -139,6 +139,16 @@ typedef struct {
 bool fz_view_direct(fz_view *v, uint32_t node, uint64_t off, uint64_t len, fz_piece *pieces,
                     size_t max, size_t *n);
 
+/* Whether node i is exactly the whole of one source file, unchanged by the
+ * view (a copied *.py, optimizer_state.pt, a weight shard passed through
+ * whole: fz_view_shard_is_whole), so that a reader may read that file
+ * instead: *fd is the held-open source (borrowed, valid for the view's
+ * life; read it with pread only, never move its offset), *path its path
+ * (for messages; may be NULL). No syscall: it does not check the source;
+ * call fz_view_check_node before handing the fd on (the mount registers it
+ * for FUSE passthrough). */
+bool fz_view_backing(const fz_view *v, uint32_t node, int *fd, const char **path);
+
 /* Writing a whole view out (materialize): every file as extents of at most
  * `max_len` bytes, covering each file exactly once: first every extent that
  * is not `late`, file by file in order, then the late ones (zip headers whose
@@ -188,9 +198,11 @@ void fz_view_set_cache(fz_view *v, struct fz_cache *c, bool store);
 /* For metadata checks (verify/), never for serving: hand every byte range
  * of file `node` that is metadata to emit(ctx, off, bytes, len) — generated
  * bytes (config, headers, pickles) and zip headers made from the record CRCs
- * known so far (0 for the others) — without reading or computing any tensor
- * byte, so a container's structure is readable at no cost. Returns 0, the
- * first non-zero emit result, or FZ_ENOMEM / FZ_EINVAL. */
+ * known so far (0 for the others); for a weight file passed through whole
+ * (fz_view_backing), every source byte that is not tensor data, read from
+ * the source — without reading or computing any tensor byte, so a
+ * container's structure is readable at no cost. Returns 0, the first
+ * non-zero emit result, or FZ_ENOMEM / FZ_EINVAL / FZ_EIO (a source read). */
 int fz_view_read_metadata(fz_view *v, uint32_t node,
                           int (*emit)(void *ctx, uint64_t off, const uint8_t *p, uint64_t len),
                           void *ctx);

@@ -12,7 +12,9 @@
  *  - the plan (text and JSON) names what the view holds;
  *  - building reads each metadata file once (fz_read_file is wrapped at link
  *    time, -Wl,--wrap: a second parse of a 100k-tensor index cost a fifth of
- *    `fzfs plan`). */
+ *    `fzfs plan`);
+ *  - a shard nothing changes is its source file byte for byte, with that
+ *    file as its backing (fz_view_backing), and any change rewrites it. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -182,13 +184,18 @@ static void check_direct(fz_view *v, uint32_t i, const uint8_t *all)
     }
 }
 
-/* A torch zip's records in torch's order, each parsed by our readers. */
-static void check_bin(const fz_node *n, const uint8_t *all, size_t *ntensors)
+/* A torch zip's records in torch's order, each parsed by our readers (a
+ * source file passed through whole keeps torch.save's own records). */
+static void check_bin(const fz_node *n, const uint8_t *all, bool whole, size_t *ntensors)
 {
     int fd = memfd_of(all, n->size);
     fz_zip_dir d = {0};
     assert_int_equal(fz_zip_read_dir(fd, n->path, n->size, &d), 0);
     assert_true(d.n >= 3);
+    for (size_t k = 0; whole && k < d.n; k++)
+        assert_non_null(strstr(d.v[k].name, "/"));
+    if (whole)
+        goto parse;
     assert_true(ends_with(d.v[0].name, "/data.pkl"));
     assert_true(ends_with(d.v[1].name, "/byteorder"));
     assert_true(ends_with(d.v[d.n - 1].name, "/version"));
@@ -197,6 +204,7 @@ static void check_bin(const fz_node *n, const uint8_t *all, size_t *ntensors)
     const fz_zip_entry *bo = &d.v[1];
     assert_int_equal(bo->size, 6);
     assert_memory_equal(all + bo->data_offset, "little", 6);
+parse:
     fz_zip_dir_free(&d);
     fz_tensor_list l = {0};
     if (fz_torchbin_read(fd, n->path, &l) != 0)
@@ -254,8 +262,9 @@ static size_t check_view(fz_view *v)
         check_segments(n);
         uint8_t *all = read_all(v, i);
         check_direct(v, i, all);
+        int bfd;
         if (ends_with(n->path, ".bin")) {
-            check_bin(n, all, &ntensors);
+            check_bin(n, all, fz_view_backing(v, i, &bfd, NULL), &ntensors);
             nweights++;
         } else if (ends_with(n->path, ".safetensors")) {
             check_st(n, all, &ntensors);
@@ -461,6 +470,87 @@ static void test_plan_names_what_the_view_holds(void **state)
     fz_view_free(v);
 }
 
+static bool backed(fz_view *v, const char *path)
+{
+    int fd;
+    uint32_t i = find_node(v, path);
+    assert_true(i != UINT32_MAX);
+    return fz_view_backing(v, i, &fd, NULL);
+}
+
+#define SHARD1 "checkpoints/checkpoint-200/pytorch_model-00001-of-00002.bin"
+#define SHARD2 "checkpoints/checkpoint-200/pytorch_model-00002-of-00002.bin"
+
+/* A shard nothing changes is its source file, byte for byte, with that file
+ * as its backing; any change to its tensors or its container makes it a
+ * rewritten file again. tiny-run: embedding in shard 1, the tied head kept
+ * as its own copy in shard 2 (the view makes it from the embedding). */
+static void test_whole_files(void **state)
+{
+    (void)state;
+    fz_view *v = build((fz_view_opts){.skip_default_tokens = true, .keep_optimizer = true});
+    check_view(v);
+    uint32_t i = find_node(v, SHARD1);
+    const fz_node *n = fz_view_node(v, i);
+    int fd = -1;
+    const char *src = NULL;
+    assert_true(fz_view_backing(v, i, &fd, &src));
+    assert_true(ends_with(src, "/checkpoint-200/pytorch_model-00001-of-00002.bin"));
+    FILE *f = fopen(src, "rb");
+    assert_non_null(f);
+    uint8_t *want = malloc(n->size + 1), *got = read_all(v, i);
+    assert_int_equal(fread(want, 1, n->size + 1, f), n->size); /* the same length */
+    fclose(f);
+    assert_memory_equal(got, want, n->size);
+    /* the metadata of a whole file (verify's view) is the source's, tensor data left out */
+    meta_buf m = {calloc(1, n->size), n->size};
+    assert_int_equal(fz_view_read_metadata(v, i, put_meta, &m), 0);
+    int mfd = memfd_of(m.buf, n->size);
+    fz_tensor_list l = {0}, full = {0};
+    assert_int_equal(fz_torchbin_read(mfd, n->path, &l), 0);
+    assert_int_equal(fz_torchbin_read(fd, n->path, &full), 0);
+    assert_true(l.n == full.n && l.n > 0);
+    for (size_t k = 0; k < l.n; k++) {
+        const fz_tensor *t = &full.v[k];
+        uint8_t zero[64] = {0};
+        uint64_t z = t->storage_nbytes < sizeof zero ? t->storage_nbytes : sizeof zero;
+        assert_memory_equal(m.buf + t->data_offset, zero, z); /* no tensor byte read */
+    }
+    assert_memory_equal(m.buf, want, 30); /* the first local header */
+    fz_tensor_list_free(&l);
+    fz_tensor_list_free(&full);
+    close(mfd);
+    free(m.buf);
+    free(want);
+    free(got);
+    assert_false(backed(v, SHARD2)); /* its head is made from shard 1's embedding */
+    assert_true(backed(v, "checkpoints/checkpoint-200/optimizer_state.pt"));
+    assert_false(backed(v, "config.json"));
+    fz_buf b = FZ_BUF_INIT;
+    assert_int_equal(fz_view_plan_json(v, &b), 0);
+    assert_non_null(strstr((const char *)b.data, "\"content\": \"whole\""));
+    fz_buf_free(&b);
+    fz_view_free(v);
+
+    /* each change makes shard 1 a rewritten file */
+    const fz_view_opts changed[] = {
+        {0}, /* [PAD] added: the embedding grows */
+        {.skip_default_tokens = true, .dtype = "bfloat16"},
+        {.skip_default_tokens = true, .safetensors = true},
+        {.skip_default_tokens = true, .max_shard_size = 1u << 30},
+        {.skip_default_tokens = true, .quantize = "int8-weight-only"},
+    };
+    for (size_t k = 0; k < sizeof changed / sizeof changed[0]; k++) {
+        v = build(changed[k]);
+        for (uint32_t j = 0; j < fz_view_node_count(v); j++) {
+            n = fz_view_node(v, j);
+            if (ends_with(n->path, ".bin") || ends_with(n->path, ".safetensors"))
+                assert_false(fz_view_backing(v, j, &fd, NULL));
+        }
+        fz_view_free(v);
+    }
+}
+
 static void test_total_bytes(void **state)
 {
     (void)state;
@@ -506,6 +596,7 @@ int main(void)
         cmocka_unit_test(test_total_bytes),
         cmocka_unit_test(test_options_copy_out_of_memory),
         cmocka_unit_test(test_each_file_read_once),
+        cmocka_unit_test(test_whole_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -143,6 +143,7 @@ static int cmd_mount(fz_cli *c)
                         .compute_threads = c->workers,
                         .log_file = c->log_file,
                         .view_args = c->view_args,
+                        .no_passthrough = c->no_passthrough,
                         .use_cache = !c->no_cache,
                         .cache_dir = c->cache_dir,
                         .cache_size = c->cache_size};

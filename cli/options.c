@@ -44,6 +44,7 @@ enum {
     O_LOG_FILE,
     O_HUB,
     O_LAZY,
+    O_NO_PASSTHROUGH,
 };
 
 /* The option table: every subcommand's options, with the help text. */
@@ -163,6 +164,11 @@ static const struct {
      "chunk cache size, K/M/G/T suffixes (default: 16G)",
      M | MT},
     {{"no-cache", no_argument, 0, O_NO_CACHE}, NULL, "compute every chunk; use no cache", M | MT},
+    {{"no-passthrough", no_argument, 0, O_NO_PASSTHROUGH},
+     NULL,
+     "serve every read through the daemon, never by FUSE passthrough (also "
+     "FZFS_NO_PASSTHROUGH=1)",
+     MT},
     {{"fill-cache", no_argument, 0, O_FILL_CACHE},
      NULL,
      "keep computed chunks in the cache (default: only reuse them)",
@@ -403,6 +409,9 @@ static int apply_option(fz_cli *c, size_t ci, int o, char *arg)
         break;
     case O_NO_CACHE:
         c->no_cache = true;
+        break;
+    case O_NO_PASSTHROUGH:
+        c->no_passthrough = true;
         break;
     case O_FILL_CACHE:
         c->fill_cache = true;

@@ -36,6 +36,7 @@ typedef struct {
     char *fuse_opts; /* every -o joined with commas (owned), or NULL */
     char *view_args; /* mount: the view options as given, space-joined (owned), or NULL */
     bool lazy;       /* umount --lazy */
+    bool no_passthrough;
     const char *log_file;
     /* cache (mount, materialize, cache) */
     const char *cache_dir;

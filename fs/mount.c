@@ -513,6 +513,15 @@ int fz_mount_serve(fz_view *v, const char *mnt_in, const fz_mount_opts *o_in)
     fs->gid = getgid();
     fs->mnt = mnt;
     fs->progress = calloc(fs->nnodes ? fs->nnodes : 1, sizeof *fs->progress);
+    /* FUSE passthrough, unless forced off (op_init decides the rest). */
+    const char *no_pt = getenv("FZFS_NO_PASSTHROUGH");
+    if (o->no_passthrough || (no_pt && *no_pt && strcmp(no_pt, "0") != 0)) {
+        fs->no_passthrough = true;
+        snprintf(fs->pt_why, sizeof fs->pt_why, "forced off by %s",
+                 o->no_passthrough ? "--no-passthrough" : "FZFS_NO_PASSTHROUGH");
+    }
+    pthread_mutex_init(&fs->pt_lock, NULL);
+    fs->backing = calloc(fs->nnodes ? fs->nnodes : 1, sizeof *fs->backing);
     char *base = base_opts(o->src ? o->src : "");
     char *fuse_all = NULL;
     if (base && asprintf(&fuse_all, "%s%s%s", base, o->fuse_opts && *o->fuse_opts ? "," : "",
@@ -567,6 +576,7 @@ int fz_mount_serve(fz_view *v, const char *mnt_in, const fz_mount_opts *o_in)
         rc = serve(fs, se, mnt, o->src ? o->src : "", o, pfd[1], &si);
         se = NULL;
         free(fs->progress);
+        free(fs->backing);
         free(fs);
         free(fuse_all);
         /* The child never returns into the caller's command: its exit
@@ -583,6 +593,8 @@ done:
     if (se)
         fuse_session_destroy(se);
     free(fs->progress);
+    free(fs->backing);
+    pthread_mutex_destroy(&fs->pt_lock);
     free(fs);
     free(fuse_all);
     return rc;

@@ -25,6 +25,7 @@ typedef struct {
     const char *log_file;  /* daemon's log (stderr) destination; NULL = one file per
                             * mount under $XDG_STATE_HOME/fzfs (mnt-<escaped MNT>.log) */
     const char *view_args; /* the view options as given (for fzfs status), or NULL */
+    bool no_passthrough;   /* never use FUSE passthrough (also: FZFS_NO_PASSTHROUGH=1) */
     /* Cache (borrowed strings). The cache is opened in the serving process
      * (after the fork: an LMDB environment must not cross fork()). */
     bool use_cache;

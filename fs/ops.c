@@ -109,9 +109,104 @@ static uint32_t find_child(fz_fs *fs, const fz_node *dir, const char *name)
     return UINT32_MAX;
 }
 
+/* ---- FUSE passthrough -------------------------------------------------
+ *
+ * A file that is the whole of one unchanged source file (fz_view_backing:
+ * a weight shard passed through whole, a copied *.py, optimizer_state.pt)
+ * is opened in passthrough mode (Linux 6.9+): its source is registered
+ * with the kernel as the backing file, and the kernel then serves read,
+ * mmap and readahead of that open straight from the source's page cache,
+ * with no FUSE request at all. The kernel wants every concurrent open of
+ * an inode on the same backing, so a node keeps one backing id while it
+ * has opens (fz_fs_backing, under pt_lock); the last release drops it.
+ *
+ * Whether a source is unchanged is checked at open (fz_view_check_node, as
+ * for every open): a changed source is never opened. A source rewritten in
+ * place while a passthrough open is up shows through that open, as it
+ * would for a process reading the source itself (docs/design.md).
+ *
+ * Passthrough is asked for at init when the kernel offers it; it stays off
+ * (one log line says why) when forced off, not offered, or not root (the
+ * registration needs CAP_SYS_ADMIN), and turns off for good at the first
+ * registration that fails (one warning): files not yet open then go
+ * through the daemon, files already open keep their backing. */
+static void passthrough_init(fz_fs *fs, struct fuse_conn_info *conn)
+{
+    if (!fs->no_passthrough && !(conn->capable & FUSE_CAP_PASSTHROUGH))
+        snprintf(fs->pt_why, sizeof fs->pt_why,
+                 "the kernel does not offer it (Linux 6.9+ built with CONFIG_FUSE_PASSTHROUGH)");
+    else if (!fs->no_passthrough && geteuid() != 0)
+        snprintf(fs->pt_why, sizeof fs->pt_why,
+                 "registering a backing file needs root (CAP_SYS_ADMIN)");
+    if (fs->no_passthrough || fs->pt_why[0]) {
+        fz_info("FUSE passthrough off: %s; every read goes through the daemon", fs->pt_why);
+        return;
+    }
+    conn->want |= FUSE_CAP_PASSTHROUGH;
+    /* Sources may live on a stacked filesystem (overlayfs, as in a
+     * container); then nothing can be stacked over the mount, which no
+     * one does with a model directory. */
+    conn->max_backing_stack_depth = FUSE_BACKING_STACKED_OVER;
+    atomic_store(&fs->passthrough, true);
+    fz_info("FUSE passthrough on: files that are whole unchanged source files are read by the "
+            "kernel straight from the source");
+}
+
+/* Open node idx in passthrough mode when it is a whole source file and
+ * passthrough is on (or the node still has a backing): fills fi and counts
+ * the open on the node. False: serve it through the daemon. */
+static bool passthrough_attach(fz_fs *fs, fuse_req_t req, uint32_t idx, struct fuse_file_info *fi)
+{
+    int fd;
+    const char *src;
+    if (!fs->backing || !fz_view_backing(fs->v, idx, &fd, &src))
+        return false;
+    fz_fs_backing *b = &fs->backing[idx];
+    pthread_mutex_lock(&fs->pt_lock);
+    if (b->id <= 0 && atomic_load(&fs->passthrough)) {
+        int id = fuse_passthrough_open(req, fd);
+        int e = errno;
+        if (id > 0) {
+            b->id = id;
+        } else {
+            snprintf(fs->pt_why, sizeof fs->pt_why, "registering %s as a backing file failed: %s%s",
+                     src, strerror(e),
+                     e == EPERM ? " (it needs CAP_SYS_ADMIN in the initial user namespace)" : "");
+            atomic_store(&fs->passthrough, false);
+            fz_warn("FUSE passthrough off from now on: %s; reads go through the daemon",
+                    fs->pt_why);
+        }
+    }
+    bool ok = b->id > 0;
+    if (ok) {
+        b->nopen++;
+        fi->backing_id = b->id;
+        fi->fh = 1;         /* this open holds the node's backing (op_release) */
+        fi->keep_cache = 0; /* nothing of the FUSE inode's own page cache is used */
+        atomic_fetch_add_explicit(&fs->pt_opens, 1, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&fs->pt_lock);
+    return ok;
+}
+
+/* An open of node idx that held its backing ended; the last one closes the
+ * backing id (with req, a request not yet answered), or leaves it for the
+ * next open when req is NULL (an open whose reply the kernel never got). */
+static void passthrough_detach(fz_fs *fs, fuse_req_t req, uint32_t idx)
+{
+    fz_fs_backing *b = &fs->backing[idx];
+    pthread_mutex_lock(&fs->pt_lock);
+    if (b->nopen > 0 && --b->nopen == 0 && b->id > 0 && req) {
+        fuse_passthrough_close(req, b->id);
+        b->id = 0;
+    }
+    pthread_mutex_unlock(&fs->pt_lock);
+}
+
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
-    (void)userdata;
+    fz_fs *fs = userdata;
+    passthrough_init(fs, conn);
     /* Enough requests in flight for a 4 MiB readahead window split into
      * 1 MiB READs across several files (peers-and-design B.3, B.5). */
     conn->max_background = 64;
@@ -261,8 +356,9 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+    fz_fs *fs = fs_of(req);
     uint32_t idx;
-    const fz_node *n = node_of(fs_of(req), ino, &idx);
+    const fz_node *n = node_of(fs, ino, &idx);
     if (!n) {
         fuse_reply_err(req, ENOENT);
         return;
@@ -276,7 +372,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         return;
     }
     /* A file whose source changed is not opened (the view logs which). */
-    int rc = fz_view_check_node(fs_of(req)->v, idx);
+    int rc = fz_view_check_node(fs->v, idx);
     if (rc) {
         fuse_reply_err(req, fz_error_errno(rc));
         return;
@@ -285,13 +381,18 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fi->keep_cache = 1;
     fi->direct_io = 0;
     fi->noflush = 1;
-    fuse_reply_open(req, fi);
+    fi->fh = 0;
+    bool pt = passthrough_attach(fs, req, idx, fi);
+    if (fuse_reply_open(req, fi) != 0 && pt)
+        passthrough_detach(fs, NULL, idx); /* no release will come for it */
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-    (void)ino;
-    (void)fi;
+    fz_fs *fs = fs_of(req);
+    uint32_t idx;
+    if (fi->fh && fs->backing && node_of(fs, ino, &idx))
+        passthrough_detach(fs, req, idx);
     fuse_reply_err(req, 0);
 }
 

@@ -40,9 +40,27 @@ typedef struct {
     atomic_bool finished;
 } fz_fs_progress;
 
+/* FUSE passthrough of one node (a whole unchanged source file): the
+ * backing id registered with the kernel (0: none) and the opens using it.
+ * The kernel wants every concurrent open of an inode on one backing, so
+ * the id lives as long as some open does (fs/ops.c, under pt_lock). */
+typedef struct {
+    int32_t id;
+    uint32_t nopen;
+} fz_fs_backing;
+
 typedef struct {
     fz_view *v;
     uint32_t nnodes;
+    /* FUSE passthrough (op_init, op_open, op_release): whether opens of
+     * whole files are handed to the kernel; pt_why says why not (set once,
+     * before passthrough turns off). backing is per node, under pt_lock. */
+    bool no_passthrough; /* forced off (--no-passthrough, FZFS_NO_PASSTHROUGH=1) */
+    atomic_bool passthrough;
+    char pt_why[256];
+    pthread_mutex_t pt_lock;
+    fz_fs_backing *backing;
+    _Atomic uint64_t pt_opens; /* opens answered with passthrough (status) */
     /* Counters for `fzfs status` (relaxed atomics, one add per read). */
     _Atomic uint64_t bytes_served, reads;
     fz_fs_progress *progress; /* per node, or NULL (no progress lines) */

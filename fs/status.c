@@ -80,6 +80,12 @@ static char *render(fz_status *s)
     json_object_set_new(
         o, "reads",
         json_integer((json_int_t)atomic_load_explicit(&s->fs->reads, memory_order_relaxed)));
+    bool pt = atomic_load(&s->fs->passthrough);
+    json_object_set_new(
+        o, "passthrough",
+        json_pack("{s:b,s:o,s:I}", "on", pt, "why_off",
+                  pt ? json_null() : json_string(s->fs->pt_why), "opens",
+                  (json_int_t)atomic_load_explicit(&s->fs->pt_opens, memory_order_relaxed)));
     out = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS);
 done:
     json_decref(stale);
@@ -251,8 +257,9 @@ static json_t *mount_entry(const fz_mountent *e)
         json_decref(st);
         return NULL;
     }
-    static const char *const keys[] = {"options",          "log_file",     "cache", "stale_sources",
-                                       "replaced_sources", "bytes_served", "reads", "started"};
+    static const char *const keys[] = {"options",       "log_file",         "cache",
+                                       "stale_sources", "replaced_sources", "bytes_served",
+                                       "reads",         "passthrough",      "started"};
     json_object_set_new(o, "mountpoint", json_string(e->mnt));
     json_object_set_new(o, "source", json_string(e->source));
     json_object_set_new(o, "device", json_sprintf("%u:%u", e->maj, e->min));
@@ -335,6 +342,12 @@ static void print_text(FILE *f, json_t *all)
         if (json_is_object(opts))
             fprintf(f, "  served:        %llu bytes in %llu reads\n", jnum(m, "bytes_served"),
                     jnum(m, "reads"));
+        json_t *pt = json_object_get(m, "passthrough");
+        if (json_is_object(pt) && json_is_true(json_object_get(pt, "on")))
+            fprintf(f, "  passthrough:   on (%llu opens read by the kernel from the source)\n",
+                    jnum(pt, "opens"));
+        else if (json_is_object(pt))
+            fprintf(f, "  passthrough:   off: %s\n", jstr(pt, "why_off", "?"));
         if (json_is_array(stale)) {
             size_t k;
             json_t *p;

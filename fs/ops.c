@@ -168,6 +168,8 @@ static bool passthrough_attach(fz_fs *fs, fuse_req_t req, uint32_t idx, struct f
         int e = errno;
         if (id > 0) {
             b->id = id;
+            fz_debug("passthrough: %s/%s reads %s (backing id %d)", fs->mnt,
+                     fz_view_node(fs->v, idx)->path, src, id);
         } else {
             snprintf(fs->pt_why, sizeof fs->pt_why, "registering %s as a backing file failed: %s%s",
                      src, strerror(e),

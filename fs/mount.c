@@ -119,6 +119,10 @@ static void fuse_log_hook(enum fuse_log_level level, const char *fmt, va_list ap
     while (l && fz_fuse_line[l - 1] == '\n')
         fz_fuse_line[--l] = 0;
     const char *msg = strncmp(fz_fuse_line, "fuse: ", 6) ? fz_fuse_line : fz_fuse_line + 6;
+    /* A failed passthrough registration is not an error of the mount: fs/ops.c
+     * falls back and says so once, with the reason. */
+    if (strncmp(msg, "passthrough_open: ", 18) == 0)
+        level = FUSE_LOG_DEBUG;
     if (level <= FUSE_LOG_ERR) {
         pthread_mutex_lock(&fz_fuse_lock);
         snprintf(fz_fuse_last, sizeof fz_fuse_last, "%s", msg);

@@ -173,7 +173,10 @@ static bool passthrough_attach(fz_fs *fs, fuse_req_t req, uint32_t idx, struct f
         } else {
             snprintf(fs->pt_why, sizeof fs->pt_why, "registering %s as a backing file failed: %s%s",
                      src, strerror(e),
-                     e == EPERM ? " (it needs CAP_SYS_ADMIN in the initial user namespace)" : "");
+                     e == EPERM   ? " (it needs CAP_SYS_ADMIN in the initial user namespace)"
+                     : e == ELOOP ? " (the source is on a stacked filesystem: another FUSE "
+                                    "passthrough mount, or an overlayfs over one)"
+                                  : "");
             atomic_store(&fs->passthrough, false);
             fz_warn("FUSE passthrough off from now on: %s; reads go through the daemon",
                     fs->pt_why);

@@ -6,7 +6,8 @@ nothing changes (same format, tensors, dtype and shard), a copied *.py, the opti
 state. For those the mount's bytes equal materialize's and the source's; safetensors'
 mmap, torch.load(mmap=True) and pread work; unmounting with such files open neither
 hangs nor crashes; and the forced fallback (--no-passthrough, FZFS_NO_PASSTHROUGH=1)
-gives the same bytes through the daemon. Each test checks from the daemon's log and
+and the fallback after a registration the kernel refuses give the same bytes through
+the daemon. Each test checks from the daemon's log and
 `fzfs status` that passthrough really was (or was not) used, so a mount that silently
 never engages it fails.
 
@@ -333,3 +334,32 @@ def test_forced_fallback_gives_the_same_bytes(how, runs, materialized, home, mou
     log = read_log(mnt)
     assert len(re.findall(r"INFO: FUSE passthrough off: forced off by " + re.escape(why),
                           log)) == 1, log
+
+
+def test_failed_registration_falls_back(runs, materialized, fz, mounter, tmp_path):
+    """A source the kernel refuses as a backing file (here: one on another fzfs mount,
+    itself a FUSE passthrough filesystem: too deep a stack, ELOOP) turns passthrough off
+    with one warning naming the file and the reason; every byte is then served by the
+    daemon, the same bytes."""
+    run, opts = "llama-untied-st", ST
+    ref = materialized(run, opts)
+    ref.check_ok()
+    m1, m2 = str(tmp_path / "m1"), str(tmp_path / "m2")
+    mounter.mount(runs.src(run), m1, *opts)
+    mounter.mount(m1, m2, *opts)  # the view of a view: the same files, whole again
+    try:
+        shards = sorted(p for p in whole_files(fz, m1, *opts) if p.endswith(".safetensors"))
+        assert len(shards) == 2, shards
+        sizes = child(READ_FILES, *[os.path.join(m2, p) for p in shards])
+        e = status_entry(fz, m2, lambda e: e["bytes_served"] >= sum(sizes.values()),
+                         "the shards' bytes served by the daemon")
+        assert e["passthrough"]["on"] is False and e["passthrough"]["opens"] == 0, e
+        assert "registering" in e["passthrough"]["why_off"], e
+        diff_trees(m2, ref.dest)
+    finally:
+        mounter.umount(m2)
+        mounter.umount(m1)
+    log = read_log(m2)
+    warn = [ln for ln in log.splitlines() if "FUSE passthrough off from now on" in ln]
+    assert len(warn) == 1 and "WARNING:" in warn[0] and "stacked filesystem" in warn[0], log
+    assert m1 in warn[0] and not re.search(r"ERROR|CRITICAL", log), log

@@ -86,7 +86,8 @@ void fz_cache_handle_stats(fz_cache *c, fz_cache_stats *out)
                             .misses = ctr[FZ_CTR_MISSES],
                             .fills = ctr[FZ_CTR_FILLS],
                             .corrupt = ctr[FZ_CTR_CORRUPT],
-                            .evictions = ctr[FZ_CTR_EVICTIONS]};
+                            .evictions = ctr[FZ_CTR_EVICTIONS],
+                            .dropped = c ? atomic_load(&c->dropped) : 0};
 }
 
 int fz_cache_get_stats(fz_cache *c, fz_cache_stats *out)

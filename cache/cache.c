@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -119,9 +120,10 @@ static void destroy_locks(fz_cache *c)
     pthread_rwlock_destroy(&c->txn_lock);
     pthread_mutex_destroy(&c->fl_lock);
     pthread_cond_destroy(&c->fl_cond);
+    pthread_mutex_destroy(&c->rt_lock);
+    pthread_mutex_destroy(&c->trim_lock);
     pthread_mutex_destroy(&c->q_lock);
     pthread_cond_destroy(&c->q_work);
-    pthread_cond_destroy(&c->q_room);
     pthread_cond_destroy(&c->q_idle);
 }
 
@@ -140,10 +142,13 @@ static int env_open_guarded(fz_cache *c, void *arg)
     fz_env_args *a = arg;
     MDB_txn *txn;
     int mrc;
-    /* NOTLS: read txns are not tied to threads (FUSE workers, compute pool).
+    /* NOTLS: read txns are not tied to threads (FUSE workers, compute
+     * pool), so a reset one can be renewed by any thread.
      * NOSYNC without WRITEMAP: a crash may lose the last commits, never
      * corrupt the tree; fz_cache_close syncs. Without WRITEMAP the map is
-     * only read, so only reads can fault (damage.c). */
+     * only read, so only reads can fault (damage.c). (WRITEMAP, measured
+     * on a cold mount, saved no time worth its costs: a data file as long
+     * as the map, and a tree a system crash can damage.) */
     if ((mrc = mdb_env_open(c->env, a->dir, MDB_NOTLS | MDB_NOSYNC, 0644))) {
         if (mrc != MDB_INVALID && mrc != MDB_VERSION_MISMATCH && mrc != MDB_CORRUPTED)
             return lmdb_error(a->dir, "mdb_env_open", mrc);
@@ -244,9 +249,10 @@ int fz_cache_open_flags(fz_cache **out, const char *dir, uint64_t map_size, unsi
     pthread_rwlock_init(&c->txn_lock, NULL);
     pthread_mutex_init(&c->fl_lock, NULL);
     pthread_cond_init(&c->fl_cond, NULL);
+    pthread_mutex_init(&c->rt_lock, NULL);
+    pthread_mutex_init(&c->trim_lock, NULL);
     pthread_mutex_init(&c->q_lock, NULL);
     pthread_cond_init(&c->q_work, NULL);
-    pthread_cond_init(&c->q_room, NULL);
     pthread_cond_init(&c->q_idle, NULL);
     locks = true;
 
@@ -318,6 +324,8 @@ done:
 static int close_guarded(fz_cache *c, void *arg)
 {
     (void)arg;
+    while (c->nrtxn > 0)
+        mdb_txn_abort(c->rtxn[--c->nrtxn]);
     int mrc = atomic_load(&c->broken) ? 0 : mdb_env_sync(c->env, 1);
     if (mrc)
         fz_log(FZ_LOG_WARNING, "cache: mdb_env_sync: %s", mdb_strerror(mrc));
@@ -356,6 +364,10 @@ int fz_cache_txn_begin(fz_cache *c, unsigned flags, MDB_txn **txn)
         /* Another process grew the map: adopt its size with no txn live here. */
         pthread_rwlock_wrlock(&c->txn_lock);
         mrc = mdb_env_set_mapsize(c->env, 0);
+        pthread_mutex_lock(&c->trim_lock); /* the map moved: forget where it was */
+        c->trim_lo = c->trim_hi = 0;
+        c->trim_bytes = 0;
+        pthread_mutex_unlock(&c->trim_lock);
         if (mrc == 0) {
             MDB_envinfo info;
             mdb_env_info(c->env, &info);
@@ -367,6 +379,12 @@ int fz_cache_txn_begin(fz_cache *c, unsigned flags, MDB_txn **txn)
     }
 }
 
+void fz_cache_txn_release(fz_cache *c)
+{
+    fz_cache_guard_note(NULL, false);
+    pthread_rwlock_unlock(&c->txn_lock);
+}
+
 int fz_cache_txn_end(fz_cache *c, MDB_txn *txn, bool commit)
 {
     int mrc = 0;
@@ -374,9 +392,70 @@ int fz_cache_txn_end(fz_cache *c, MDB_txn *txn, bool commit)
         mrc = mdb_txn_commit(txn);
     else
         mdb_txn_abort(txn);
-    fz_cache_guard_note(NULL, false);
-    pthread_rwlock_unlock(&c->txn_lock);
+    fz_cache_txn_release(c);
     return mrc;
+}
+
+/* Read transactions are reused: a lookup renews a reset one (no reader
+ * table lock, no allocation) and resets it afterwards. A renew that fails
+ * (MDB_MAP_RESIZED: another process grew the map) drops that transaction
+ * and begins a new one the usual way, which adopts the new size. */
+static int rtxn_begin(fz_cache *c, MDB_txn **txn)
+{
+    pthread_mutex_lock(&c->rt_lock);
+    MDB_txn *t = c->nrtxn ? c->rtxn[--c->nrtxn] : NULL;
+    pthread_mutex_unlock(&c->rt_lock);
+    if (t) {
+        pthread_rwlock_rdlock(&c->txn_lock);
+        fz_cache_guard_note(t, true); /* a fault aborts it: it is no longer pooled */
+        if (mdb_txn_renew(t) == 0) {
+            *txn = t;
+            return 0;
+        }
+        mdb_txn_abort(t);
+        fz_cache_txn_release(c);
+    }
+    return fz_cache_txn_begin(c, MDB_RDONLY, txn);
+}
+
+static void rtxn_end(fz_cache *c, MDB_txn *txn)
+{
+    mdb_txn_reset(txn);
+    fz_cache_txn_release(c);
+    pthread_mutex_lock(&c->rt_lock);
+    if (c->nrtxn < FZ_CACHE_RTXN_MAX) {
+        c->rtxn[c->nrtxn++] = txn;
+        txn = NULL;
+    }
+    pthread_mutex_unlock(&c->rt_lock);
+    if (txn)
+        mdb_txn_abort(txn);
+}
+
+void fz_cache_trim(fz_cache *c, const void *p, uint64_t len)
+{
+    static long page;
+    if (len < FZ_CACHE_TRIM_MIN)
+        return;
+    if (!page)
+        page = sysconf(_SC_PAGESIZE);
+    uintptr_t lo = (uintptr_t)p, hi = lo + (uintptr_t)len;
+    pthread_mutex_lock(&c->trim_lock);
+    if (!c->trim_hi || lo < c->trim_lo)
+        c->trim_lo = lo;
+    if (hi > c->trim_hi)
+        c->trim_hi = hi;
+    c->trim_bytes += len;
+    if (c->trim_bytes < FZ_CACHE_TRIM_EVERY) {
+        pthread_mutex_unlock(&c->trim_lock);
+        return;
+    }
+    lo = c->trim_lo & ~(uintptr_t)(page - 1);
+    hi = (c->trim_hi + (uintptr_t)page - 1) & ~(uintptr_t)(page - 1);
+    c->trim_lo = c->trim_hi = 0;
+    c->trim_bytes = 0;
+    pthread_mutex_unlock(&c->trim_lock);
+    madvise((void *)lo, (size_t)(hi - lo), MADV_DONTNEED);
 }
 
 static uint64_t stat_pages(const MDB_stat *s)
@@ -414,7 +493,7 @@ static int lookup_guarded(fz_cache *c, void *arg)
     uint64_t vl = 0;
     const uint8_t *payload;
     fz_cache_key_encode(a->key, kb);
-    int mrc = fz_cache_txn_begin(c, MDB_RDONLY, &txn);
+    int mrc = rtxn_begin(c, &txn);
     if (mrc) {
         if (!fz_cache_lmdb_damage(c, mrc))
             fz_log(FZ_LOG_WARNING, "cache: read transaction: %s", mdb_strerror(mrc));
@@ -431,12 +510,15 @@ static int lookup_guarded(fz_cache *c, void *arg)
     } else if (fz_cache_value_parse(v.mv_data, v.mv_size, a->key, &vl, &payload) && vl == a->len &&
                fz_cache_value_check(v.mv_data, a->off, a->n)) {
         /* The pointer is into the map: valid only until the txn ends. */
-        memcpy(a->out, payload + a->off, (size_t)a->n);
+        if (a->n)
+            memcpy(a->out, payload + a->off, (size_t)a->n);
         res = 1;
     } else {
         res = -1;
     }
-    fz_cache_txn_end(c, txn, false);
+    if (mrc == 0)
+        fz_cache_trim(c, v.mv_data, v.mv_size);
+    rtxn_end(c, txn);
     return res;
 }
 
@@ -519,13 +601,20 @@ static bool flight_wait(fz_cache *c, fz_flight *f, uint64_t off, uint64_t n, uin
 }
 
 /* Fill the chunk as the flight `me` (already linked) and publish it.
- * recheck_db: LMDB said "absent" (not "unsound") at the first look. */
+ * recheck_db: LMDB said "absent" (not "unsound") at the first look.
+ * out is NULL (and n 0) for a prefetch: nothing is copied out.
+ *
+ * A caller that wants the whole chunk gets it filled straight into out
+ * (the queue then keeps a copy); otherwise the chunk is filled into a
+ * value buffer (fz_cache_value_alloc) that the queue takes as it is, once
+ * the last waiter has copied from it. */
 static int flight_fill(fz_cache *c, fz_flight *me, uint64_t off, uint64_t n, uint8_t *out,
                        fz_cache_fill_fn fill, void *arg, bool store, bool recheck_db)
 {
-    uint64_t len = me->len;
-    bool whole = off == 0 && n == len, filled = false;
-    uint8_t *chunk = whole ? out : malloc(len ? (size_t)len : 1);
+    uint64_t len = me->len, hl = fz_cache_header_len(len);
+    bool whole = out && off == 0 && n == len, filled = false;
+    uint8_t *val = whole ? NULL : fz_cache_value_alloc(c, len);
+    uint8_t *chunk = whole ? out : val ? val + hl : NULL;
     int rc = 0;
     /* A filler that finished between our first look and our flight queued
      * its value before unlinking its flight, so it is now in the queue or
@@ -547,18 +636,28 @@ static int flight_fill(fz_cache *c, fz_flight *me, uint64_t off, uint64_t n, uin
     me->data = chunk;
     pthread_cond_broadcast(&c->fl_cond);
     pthread_mutex_unlock(&c->fl_lock);
-    /* Waiters copy from `chunk` while it is queued (both only read it). */
-    if (rc == 0 && !whole)
+    /* Waiters copy from `chunk` meanwhile (everyone only reads it; the
+     * header goes in front of it, in bytes nobody else reads). */
+    bool keep = rc == 0 && store && filled;
+    if (rc == 0 && !whole && n)
         memcpy(out, chunk + off, (size_t)n);
-    if (rc == 0 && store && filled)
+    if (keep && whole)
         fz_cache_queue_put(c, &me->key, chunk, len);
+    else if (keep)
+        fz_cache_header(val, &me->key, chunk, len);
     pthread_mutex_lock(&c->fl_lock);
     while (me->waiters > 0)
         pthread_cond_wait(&c->fl_cond, &c->fl_lock);
+    /* Queued before the flight is unlinked (so a thread that finds no
+     * flight finds the value), and only now that no waiter reads it. */
+    if (keep && !whole) {
+        fz_cache_queue_put_value(c, &me->key, val, len);
+        val = NULL;
+    }
     flight_remove(c, me);
     pthread_mutex_unlock(&c->fl_lock);
-    if (!whole)
-        free(chunk);
+    if (val)
+        fz_cache_value_free(c, val, len);
     return rc;
 }
 
@@ -580,6 +679,11 @@ int fz_cache_fetch_range(fz_cache *c, const fz_cache_key *key, uint64_t len, uin
             memcpy(out, chunk + off, (size_t)n);
         free(chunk);
         return rc;
+    }
+    /* The queue first: a chunk computed ahead of its reader is there. */
+    if (fz_cache_queue_lookup(c, key, len, off, n, out)) {
+        atomic_fetch_add(&c->delta[FZ_CTR_HITS], 1);
+        return 0;
     }
     int first = lookup(c, key, len, off, n, out);
     if (first == 1) {
@@ -607,6 +711,27 @@ int fz_cache_fetch_range(fz_cache *c, const fz_cache_key *key, uint64_t len, uin
         pthread_mutex_unlock(&c->fl_lock);
         return flight_fill(c, &me, off, n, out, fill, arg, store, first == 0);
     }
+}
+
+int fz_cache_prefetch(fz_cache *c, const fz_cache_key *key, uint64_t len, fz_cache_fill_fn fill,
+                      void *arg)
+{
+    /* Without room in the queue the chunk would be computed for nothing. */
+    if (!c || !fz_cache_queue_room(c, len) || fz_cache_queue_lookup(c, key, len, 0, 0, NULL))
+        return 0;
+    int first = lookup(c, key, len, 0, 0, NULL);
+    if (first == 1 || first == -2)
+        return 0;
+    pthread_mutex_lock(&c->fl_lock);
+    if (flight_find(c, key, len)) {
+        pthread_mutex_unlock(&c->fl_lock);
+        return 0; /* being computed: by a reader, or another prefetch */
+    }
+    fz_flight me = {.key = *key, .len = len, .state = FZ_FLIGHT_FILLING, .next = c->flights};
+    c->flights = &me;
+    pthread_mutex_unlock(&c->fl_lock);
+    atomic_fetch_add(&c->delta[FZ_CTR_MISSES], 1);
+    return flight_fill(c, &me, 0, 0, NULL, fill, arg, true, first == 0);
 }
 
 int fz_cache_fetch(fz_cache *c, const fz_cache_key *key, uint64_t len, uint8_t *out,

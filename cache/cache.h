@@ -8,8 +8,13 @@
  * is deleted and recomputed, never served. A value larger than a third of
  * the map is computed every time, not stored. Fills are single-flight within a process: two
  * threads wanting the same missing key compute it once. Writes are batched
- * by one writer thread; MDB_NOTLS, MDB_NOSYNC without MDB_WRITEMAP (a crash
- * may lose recent entries, never corrupt one); fz_cache_close syncs.
+ * by one writer thread, which a read never waits for: when the write queue
+ * is full, the oldest queued values are dropped (not stored; computed again
+ * when next read). MDB_NOTLS, MDB_NOSYNC without MDB_WRITEMAP (a crash may
+ * lose recent entries, never corrupt one); fz_cache_close syncs. Read
+ * transactions are reset after a lookup and renewed by the next one. The
+ * pages of the map values are read from are let go every few dozen MiB,
+ * so the process's resident size does not grow with the cache.
  * Eviction is least-recently-used from 90% of the map down to 80%;
  * MDB_MAP_FULL evicts and retries once. Counters (hits, misses, fills,
  * corrupt, evictions) persist in the environment so `fzfs cache stats`
@@ -83,9 +88,20 @@ int fz_cache_fetch(fz_cache *c, const fz_cache_key *key, uint64_t len, uint8_t *
 int fz_cache_fetch_range(fz_cache *c, const fz_cache_key *key, uint64_t len, uint64_t off,
                          uint64_t n, uint8_t *out, fz_cache_fill_fn fill, void *arg, bool store);
 
+/* Compute the chunk for `key` ahead of its reader: unless it is stored,
+ * queued or being filled already, fill it (as fz_cache_fetch would, the
+ * fill single-flight with readers wanting it meanwhile) and queue it to be
+ * stored; a later fetch of the key is then served from the queue or LMDB.
+ * Does nothing without a cache (c NULL or broken) or when the write queue
+ * has no room for it (the bytes would be dropped). Returns 0, or what fill
+ * returned (nothing was kept; a reader computes it again and reports). */
+int fz_cache_prefetch(fz_cache *c, const fz_cache_key *key, uint64_t len, fz_cache_fill_fn fill,
+                      void *arg);
+
 typedef struct {
     uint64_t entries, bytes, map_size, used_bytes;
     uint64_t hits, misses, fills, corrupt, evictions;
+    uint64_t dropped; /* fz_cache_handle_stats only: values not stored (queue full) */
 } fz_cache_stats;
 
 /* Wait until every value queued by earlier fetches of this process is

@@ -30,8 +30,15 @@
 #define FZ_CACHE_MAX_BLOCKS 4096u /* ... grown for values over 256 MiB */
 #define FZ_CACHE_KEYLEN 24u       /* hi, lo, chunk: big endian so a recipe's chunks sort together */
 
-/* Bound on bytes queued for the writer (values copied out of fetches). */
+/* Bound on bytes queued for the writer: a value that would pass it is
+ * dropped (not stored), never waited for. */
 #define FZ_CACHE_QUEUE_MAX (64ull << 20)
+/* Read transactions kept reset for reuse (mdb_txn_renew), at most. */
+#define FZ_CACHE_RTXN_MAX 32u
+/* Value buffers the writer keeps for the next fills instead of freeing
+ * them, at most (only values of at least FZ_CACHE_SPARE_MIN bytes). */
+#define FZ_CACHE_SPARE_MAX 8u
+#define FZ_CACHE_SPARE_MIN (1ull << 20)
 /* Bound on one write transaction's value bytes (keeps write txns short). */
 #define FZ_CACHE_TXN_MAX (32ull << 20)
 /* Bound on access-time updates remembered between writer batches. */
@@ -39,7 +46,8 @@
 
 typedef enum { FZ_OP_PUT, FZ_OP_DEL } fz_cache_opkind;
 
-/* One queued write. PUT owns `val` (header + bytes, vlen bytes). */
+/* One queued write. PUT owns `val` (header + bytes, vlen bytes; from
+ * fz_cache_value_alloc). */
 typedef struct fz_cache_op {
     fz_cache_opkind kind;
     fz_cache_key key;
@@ -86,12 +94,23 @@ struct fz_cache {
     pthread_cond_t fl_cond;
     fz_flight *flights;
 
+    /* Read transactions reset after use, for the next lookup to renew
+     * (any thread: MDB_NOTLS), under rt_lock. */
+    pthread_mutex_t rt_lock;
+    MDB_txn *rtxn[FZ_CACHE_RTXN_MAX];
+    unsigned nrtxn;
+
     /* Writer queue, under q_lock. `batch` is the list the writer is
      * committing (still searchable by fetch until committed). */
     pthread_mutex_t q_lock;
-    pthread_cond_t q_work, q_room, q_idle;
+    pthread_cond_t q_work, q_idle;
     fz_cache_op *head, *tail, *batch;
-    uint64_t q_bytes; /* value bytes in head..tail and batch */
+    uint64_t q_bytes;    /* value bytes in head..tail and batch */
+    uint64_t head_bytes; /* of which in head..tail */
+    /* Committed values' buffers kept for reuse (fz_cache_value_alloc). */
+    uint8_t *spare[FZ_CACHE_SPARE_MAX];
+    uint64_t spare_len[FZ_CACHE_SPARE_MAX];
+    unsigned nspare;
     fz_cache_key *touched;
     unsigned ntouched;
     uint64_t flush_req, flush_done;
@@ -104,6 +123,12 @@ struct fz_cache {
     /* This handle's counts already moved from delta to the meta DB
      * (fz_cache_handle_stats: persisted + delta). */
     _Atomic uint64_t persisted[FZ_NCTR];
+    /* Values this handle did not store because the queue was full. */
+    _Atomic uint64_t dropped;
+    /* What went through the map since it was last let go (fz_cache_trim). */
+    pthread_mutex_t trim_lock;
+    uintptr_t trim_lo, trim_hi;
+    uint64_t trim_bytes;
 };
 
 static inline bool fz_cache_key_eq(const fz_cache_key *a, const fz_cache_key *b)
@@ -175,6 +200,21 @@ void fz_cache_key_decode(const uint8_t in[FZ_CACHE_KEYLEN], fz_cache_key *k);
 int fz_cache_txn_begin(fz_cache *c, unsigned flags, MDB_txn **txn);
 /* Commit (commit=true) or abort, and release txn_lock. Returns an LMDB code. */
 int fz_cache_txn_end(fz_cache *c, MDB_txn *txn, bool commit);
+/* Release txn_lock after a transaction ended by hand (mdb_txn_reset). */
+void fz_cache_txn_release(fz_cache *c);
+/* Note a value [p, p+len) read through the map; every
+ * FZ_CACHE_TRIM_EVERY bytes, let go of the pages of the map between the
+ * lowest and the highest address noted (MADV_DONTNEED: the pages stay in
+ * the page cache, dirty ones are still written back, an access maps them
+ * again). So the process's resident size does not grow with the bytes
+ * read through the map, for one call per FZ_CACHE_TRIM_EVERY bytes.
+ * Call it with txn_lock held: the map does not move meanwhile, and a move
+ * (MDB_MAP_RESIZED, under the lock held exclusively) forgets the range.
+ * Values under FZ_CACHE_TRIM_MIN bytes share their pages with the tree and
+ * are not noted. */
+#define FZ_CACHE_TRIM_EVERY (32ull << 20)
+#define FZ_CACHE_TRIM_MIN (64u << 10)
+void fz_cache_trim(fz_cache *c, const void *p, uint64_t len);
 /* Bytes of pages holding live data (all DBs), measured inside txn. */
 uint64_t fz_cache_used_bytes(fz_cache *c, MDB_txn *txn);
 
@@ -187,14 +227,29 @@ uint64_t fz_cache_meta_get(fz_cache *c, MDB_txn *txn, const char *name);
 int fz_cache_writer_start(fz_cache *c);
 /* Stop the writer after it drained the queue and persisted counters. */
 void fz_cache_writer_stop(fz_cache *c);
-/* Queue a PUT of (key, bytes): copies the bytes; blocks while the queue
- * holds FZ_CACHE_QUEUE_MAX bytes. A failed allocation drops the write. */
+/* A buffer for a value of len payload bytes: fz_cache_header_len(len) +
+ * len bytes, the payload at + fz_cache_header_len(len); a spare one the
+ * writer kept when one of that size is, else malloc'ed. NULL when out of
+ * memory. Give it to fz_cache_queue_put_value or fz_cache_value_free. */
+uint8_t *fz_cache_value_alloc(fz_cache *c, uint64_t len);
+void fz_cache_value_free(fz_cache *c, uint8_t *val, uint64_t len);
+/* Queue a PUT of val (from fz_cache_value_alloc, header written by
+ * fz_cache_header): takes it. Never waits: the oldest values not yet taken
+ * by the writer are dropped (counted) until it fits FZ_CACHE_QUEUE_MAX
+ * beside the batch being committed (which holds at most
+ * FZ_CACHE_TXN_MAX); if it still does not fit, it is dropped itself, as
+ * is one too large for the map, one after a stop or with a broken cache. */
+void fz_cache_queue_put_value(fz_cache *c, const fz_cache_key *key, uint8_t *val, uint64_t len);
+/* The same from bytes that stay the caller's (copied). */
 void fz_cache_queue_put(fz_cache *c, const fz_cache_key *key, const uint8_t *bytes, uint64_t len);
+/* Whether a value of len bytes fits the queue now without pushing any
+ * other value out (for work that is only worth doing if it is kept). */
+bool fz_cache_queue_room(fz_cache *c, uint64_t len);
 void fz_cache_queue_del(fz_cache *c, const fz_cache_key *key);
 /* Remember an access for the LRU table (dropped when the table is full). */
 void fz_cache_queue_touch(fz_cache *c, const fz_cache_key *key);
 /* If a PUT for key of len bytes is queued or being committed, copy its
- * bytes [off, off+n) into out and return true. */
+ * bytes [off, off+n) into out (nothing when n is 0) and return true. */
 bool fz_cache_queue_lookup(fz_cache *c, const fz_cache_key *key, uint64_t len, uint64_t off,
                            uint64_t n, uint8_t *out);
 /* value.c: value headers */

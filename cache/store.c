@@ -39,44 +39,150 @@ static void append(fz_cache *c, fz_cache_op *op)
         c->head = op;
     c->tail = op;
     c->q_bytes += op->vlen;
+    c->head_bytes += op->vlen;
     pthread_cond_signal(&c->q_work);
+}
+
+uint8_t *fz_cache_value_alloc(fz_cache *c, uint64_t len)
+{
+    uint64_t vlen = fz_cache_header_len(len) + len;
+    if (vlen >= FZ_CACHE_SPARE_MIN) {
+        pthread_mutex_lock(&c->q_lock);
+        for (unsigned i = 0; i < c->nspare; i++)
+            if (c->spare_len[i] == vlen) {
+                uint8_t *val = c->spare[i];
+                c->nspare--;
+                c->spare[i] = c->spare[c->nspare];
+                c->spare_len[i] = c->spare_len[c->nspare];
+                pthread_mutex_unlock(&c->q_lock);
+                return val;
+            }
+        pthread_mutex_unlock(&c->q_lock);
+    }
+    return malloc((size_t)vlen);
+}
+
+/* fz_cache_value_free with q_lock held. */
+static void value_free_locked(fz_cache *c, uint8_t *val, uint64_t vlen)
+{
+    if (vlen < FZ_CACHE_SPARE_MIN || c->nspare == FZ_CACHE_SPARE_MAX || c->stop) {
+        free(val);
+        return;
+    }
+    c->spare[c->nspare] = val;
+    c->spare_len[c->nspare++] = vlen;
+}
+
+void fz_cache_value_free(fz_cache *c, uint8_t *val, uint64_t len)
+{
+    if (!val)
+        return;
+    pthread_mutex_lock(&c->q_lock);
+    value_free_locked(c, val, fz_cache_header_len(len) + len);
+    pthread_mutex_unlock(&c->q_lock);
+}
+
+/* Whether a value of vlen bytes may join the queue (q_lock held): it fits
+ * beside the batch being committed, pushing out older values if need be. */
+static bool room_locked(const fz_cache *c, uint64_t vlen)
+{
+    uint64_t batch = c->q_bytes - c->head_bytes;
+    return batch == 0 || batch + vlen <= FZ_CACHE_QUEUE_MAX;
+}
+
+/* Drop the oldest queued values (not yet taken by the writer) until vlen
+ * more bytes fit under FZ_CACHE_QUEUE_MAX. A value dropped is computed
+ * again when it is next read; the newest is the one the reads right behind
+ * it want. A delete is never dropped (it may remove an unsound value). */
+static void make_room_locked(fz_cache *c, uint64_t vlen)
+{
+    fz_cache_op **p = &c->head, *prev = NULL;
+    while (*p && c->q_bytes + vlen > FZ_CACHE_QUEUE_MAX) {
+        fz_cache_op *op = *p;
+        if (op->kind != FZ_OP_PUT) {
+            prev = op;
+            p = &op->next;
+            continue;
+        }
+        *p = op->next;
+        if (c->tail == op)
+            c->tail = prev;
+        c->q_bytes -= op->vlen;
+        c->head_bytes -= op->vlen;
+        value_free_locked(c, op->val, op->vlen);
+        free(op);
+        atomic_fetch_add(&c->dropped, 1);
+    }
+}
+
+/* Whether a value of len bytes would be queued now: pushing older values
+ * out (push), or in the free room alone. */
+static bool admissible(fz_cache *c, uint64_t len, bool push)
+{
+    uint64_t vlen = fz_cache_header_len(len) + len;
+    if (atomic_load(&c->broken) || vlen > c->map_size / 3)
+        return false;
+    pthread_mutex_lock(&c->q_lock);
+    bool room = !c->stop && (push ? room_locked(c, vlen)
+                                  : c->q_bytes == 0 || c->q_bytes + vlen <= FZ_CACHE_QUEUE_MAX);
+    pthread_mutex_unlock(&c->q_lock);
+    return room;
+}
+
+bool fz_cache_queue_room(fz_cache *c, uint64_t len)
+{
+    return admissible(c, len, false);
+}
+
+void fz_cache_queue_put_value(fz_cache *c, const fz_cache_key *key, uint8_t *val, uint64_t len)
+{
+    uint64_t vlen = fz_cache_header_len(len) + len;
+    /* A value this large against the map would evict everything else on
+     * every store (and may not fit at all): compute it each time instead. */
+    if (atomic_load(&c->broken) || vlen > c->map_size / 3) {
+        if (!atomic_load(&c->broken))
+            fz_log(FZ_LOG_DEBUG, "cache: %llu-byte value not stored in a %llu-byte map",
+                   (unsigned long long)vlen, (unsigned long long)c->map_size);
+        fz_cache_value_free(c, val, len);
+        return;
+    }
+    fz_cache_op *op = malloc(sizeof *op);
+    pthread_mutex_lock(&c->q_lock);
+    /* Memory held by queued values stays under the bound; a reader never
+     * waits for the writer: older values make room, or (when the batch
+     * being committed leaves none) this one is dropped; dropped bytes are
+     * computed again by a later read. */
+    if (op && !c->stop && room_locked(c, vlen))
+        make_room_locked(c, vlen);
+    if (!op || c->stop || !room_locked(c, vlen)) {
+        if (op && !c->stop)
+            atomic_fetch_add(&c->dropped, 1);
+        value_free_locked(c, val, vlen);
+        pthread_mutex_unlock(&c->q_lock);
+        free(op);
+        return;
+    }
+    *op = (fz_cache_op){.kind = FZ_OP_PUT, .key = *key, .val = val, .vlen = vlen};
+    append(c, op);
+    pthread_mutex_unlock(&c->q_lock);
 }
 
 void fz_cache_queue_put(fz_cache *c, const fz_cache_key *key, const uint8_t *bytes, uint64_t len)
 {
-    uint64_t hl = fz_cache_header_len(len), vlen = hl + len;
-    if (atomic_load(&c->broken))
-        return;
-    /* A value this large against the map would evict everything else on
-     * every store (and may not fit at all): compute it each time instead. */
-    if (vlen > c->map_size / 3) {
-        fz_log(FZ_LOG_DEBUG, "cache: %llu-byte value not stored in a %llu-byte map",
-               (unsigned long long)vlen, (unsigned long long)c->map_size);
+    if (!admissible(c, len, true)) {
+        if (!atomic_load(&c->broken) && fz_cache_header_len(len) + len <= c->map_size / 3)
+            atomic_fetch_add(&c->dropped, 1);
         return;
     }
-    fz_cache_op *op = malloc(sizeof *op);
-    uint8_t *val = op ? malloc((size_t)vlen) : NULL;
+    uint8_t *val = fz_cache_value_alloc(c, len);
     if (!val) {
-        free(op);
         fz_log(FZ_LOG_DEBUG, "cache: out of memory queueing a value; not stored");
         return;
     }
-    fz_cache_header(val, key, bytes, len);
+    uint64_t hl = fz_cache_header_len(len);
     memcpy(val + hl, bytes, (size_t)len);
-    *op = (fz_cache_op){.kind = FZ_OP_PUT, .key = *key, .val = val, .vlen = vlen};
-    pthread_mutex_lock(&c->q_lock);
-    /* Back-pressure: memory held by queued values stays under the bound
-     * (a single value larger than the bound is admitted alone). */
-    while (!c->stop && c->q_bytes > 0 && c->q_bytes + vlen > FZ_CACHE_QUEUE_MAX)
-        pthread_cond_wait(&c->q_room, &c->q_lock);
-    if (c->stop) {
-        pthread_mutex_unlock(&c->q_lock);
-        free(val);
-        free(op);
-        return;
-    }
-    append(c, op);
-    pthread_mutex_unlock(&c->q_lock);
+    fz_cache_header(val, key, val + hl, len);
+    fz_cache_queue_put_value(c, key, val, len);
 }
 
 void fz_cache_queue_del(fz_cache *c, const fz_cache_key *key)
@@ -116,7 +222,8 @@ static bool find_in(const fz_cache_op *op, const fz_cache_key *key, uint64_t len
     uint64_t hl = fz_cache_header_len(len);
     if (!found || found->kind != FZ_OP_PUT || found->vlen != hl + len)
         return false;
-    memcpy(out, found->val + hl + off, (size_t)n);
+    if (n)
+        memcpy(out, found->val + hl + off, (size_t)n);
     return true;
 }
 
@@ -312,7 +419,7 @@ static int write_group(fz_cache *c, const fz_cache_op *from, const fz_cache_op *
 }
 
 typedef struct {
-    const fz_cache_op *ops;
+    fz_cache_op *ops;
     const fz_cache_key *touched;
     unsigned nt;
     const uint64_t *deltas;
@@ -322,10 +429,10 @@ static int process_guarded(fz_cache *c, void *arg)
 {
     const fz_batch *b = arg;
     const uint64_t *deltas = b->deltas;
-    const fz_cache_op *from = b->ops;
+    fz_cache_op *from = b->ops;
     bool first = true;
     while (first || from) {
-        const fz_cache_op *to = from;
+        fz_cache_op *to = from;
         uint64_t need = 0;
         size_t nops = 0;
         while (to && (nops == 0 || need + to->vlen <= FZ_CACHE_TXN_MAX)) {
@@ -372,7 +479,7 @@ static int process_guarded(fz_cache *c, void *arg)
 /* Commit a detached batch, in groups of at most FZ_CACHE_TXN_MAX value
  * bytes; the first group also carries the touches and counters. A
  * damaged environment drops the batch (damage.c). */
-static void process(fz_cache *c, const fz_cache_op *ops, const fz_cache_key *touched, unsigned nt)
+static void process(fz_cache *c, fz_cache_op *ops, const fz_cache_key *touched, unsigned nt)
 {
     uint64_t deltas[FZ_NCTR];
     bool any = ops || nt;
@@ -410,9 +517,25 @@ static void *writer_main(void *arg)
         while (!c->stop && !c->head && c->flush_req == c->flush_done)
             if (pthread_cond_timedwait(&c->q_work, &c->q_lock, &deadline))
                 break;
-        fz_cache_op *batch = c->head;
-        c->head = c->tail = NULL;
+        /* At most FZ_CACHE_TXN_MAX value bytes per batch, so that half the
+         * queue's room is always outside the batch, where a new value can
+         * push out an older one (fz_cache_queue_put_value). */
+        fz_cache_op *batch = c->head, *last = NULL;
+        uint64_t taken = 0;
+        for (fz_cache_op *op = c->head; op && (!last || taken + op->vlen <= FZ_CACHE_TXN_MAX);
+             op = op->next) {
+            taken += op->vlen;
+            last = op;
+        }
+        if (last) {
+            c->head = last->next;
+            if (!c->head)
+                c->tail = NULL;
+            last->next = NULL;
+        }
         c->batch = batch;
+        c->head_bytes -= taken;
+        bool all = !c->head; /* everything queued so far is in this batch */
         unsigned nt = 0;
         if (mine) {
             fz_cache_key *t = c->touched;
@@ -432,12 +555,13 @@ static void *writer_main(void *arg)
         while (batch) {
             fz_cache_op *next = batch->next;
             c->q_bytes -= batch->vlen;
-            free(batch->val);
+            if (batch->val)
+                value_free_locked(c, batch->val, batch->vlen);
             free(batch);
             batch = next;
         }
-        pthread_cond_broadcast(&c->q_room);
-        c->flush_done = req;
+        if (all)
+            c->flush_done = req;
         pthread_cond_broadcast(&c->q_idle);
         if (stopping && !c->head && ((!c->ntouched && !deltas_pending(c)) || ++final_rounds > 3))
             break;
@@ -465,7 +589,8 @@ void fz_cache_writer_stop(fz_cache *c)
     pthread_mutex_lock(&c->q_lock);
     c->stop = true;
     pthread_cond_broadcast(&c->q_work);
-    pthread_cond_broadcast(&c->q_room);
     pthread_mutex_unlock(&c->q_lock);
     pthread_join(c->writer, NULL);
+    while (c->nspare > 0)
+        free(c->spare[--c->nspare]);
 }

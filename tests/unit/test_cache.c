@@ -1,9 +1,11 @@
 /* The LMDB chunk cache: fill once then hit, persistence, corrupt values
  * (flipped through a raw LMDB transaction) recomputed and counted, single
  * flight under concurrency, a map far smaller than the data, clear, verify,
- * partial-range fetches, two processes sharing one environment, and a
+ * partial-range fetches, two processes sharing one environment, a
  * damaged data.mdb (truncated before opening and while mapped, garbage):
- * recreated, reported, or computed around, never a crash. */
+ * recreated, reported, or computed around, never a crash; a writer that
+ * cannot commit never holds up a fetch; read transactions reused;
+ * prefetch; map pages not kept resident. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -758,6 +760,342 @@ static void test_reset_refused_while_in_use(void **state)
     free(d);
 }
 
+/* ---- the write queue, read transactions, prefetch, resident size ---- */
+
+/* Another process holding LMDB's write lock: the cache's writer thread
+ * blocks behind it (as behind a slow disk). holder_start forks it once the
+ * environment exists; holder_stop lets it go. */
+typedef struct {
+    pid_t pid;
+    int done; /* pipe write end: closing it lets the lock go */
+} holder;
+
+static void holder_start(holder *h, const char *dir)
+{
+    int p1[2], p2[2];
+    assert_int_equal(pipe(p1), 0);
+    assert_int_equal(pipe(p2), 0);
+    h->pid = fork();
+    assert_true(h->pid >= 0);
+    if (h->pid == 0) {
+        close(p1[0]);
+        close(p2[1]);
+        MDB_env *env;
+        MDB_txn *txn;
+        char ch = 0;
+        if (mdb_env_create(&env) || mdb_env_set_maxdbs(env, 4) || mdb_env_open(env, dir, 0, 0644) ||
+            mdb_txn_begin(env, NULL, 0, &txn))
+            _exit(2);
+        if (write(p1[1], "h", 1) != 1 || read(p2[0], &ch, 1) < 0)
+            _exit(3);
+        mdb_txn_abort(txn);
+        mdb_env_close(env);
+        _exit(0);
+    }
+    close(p1[1]);
+    close(p2[0]);
+    char ch;
+    assert_int_equal(read(p1[0], &ch, 1), 1); /* the lock is held */
+    close(p1[0]);
+    h->done = p2[1];
+}
+
+static void holder_stop(holder *h)
+{
+    int st;
+    close(h->done);
+    assert_int_equal(waitpid(h->pid, &st, 0), h->pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+/* A writer that cannot commit never holds up a fetch: once the queue is
+ * full, older values are dropped (and computed again when read), the
+ * newest kept; a prefetch then computes nothing. */
+static void test_full_queue_never_blocks(void **state)
+{
+    (void)state;
+    char *d = fz_test_tmpdir("fz_test_cache");
+    fz_cache *c;
+    enum { N = 48 };
+    uint64_t len = 4u << 20;
+    uint8_t *b = malloc(len);
+    assert_int_equal(fz_cache_open(&c, d, 1ull << 30), 0);
+    holder h;
+    holder_start(&h, d);
+    /* 192 MiB of values against a 64 MiB queue: half fetched whole (the
+     * queue copies them), half by a slice (the queue takes the buffer). */
+    for (uint64_t i = 0; i < N; i++) {
+        fz_cache_key k = key_of("blocked writer", i);
+        fill_ctx f = {.seed = 500 + i};
+        uint64_t off = i % 2 ? 12345 : 0, n = i % 2 ? 1u << 20 : len;
+        assert_int_equal(fz_cache_fetch_range(c, &k, len, off, n, b, fill, &f, true), 0);
+        check_bytes(b, 500 + i, off, n);
+    }
+    fz_cache_stats hs;
+    fz_cache_handle_stats(c, &hs);
+    printf("writer blocked: %llu of %d values dropped\n", (unsigned long long)hs.dropped, N);
+    assert_true(hs.dropped >= N / 2);
+    fz_cache_key kp = key_of("blocked writer", 1000);
+    fill_ctx fp = {.seed = 9};
+    assert_int_equal(fz_cache_prefetch(c, &kp, len, fill, &fp), 0);
+    assert_int_equal(atomic_load(&fp.calls), 0);
+    holder_stop(&h);
+    fz_cache_flush(c);
+    /* Every byte right, stored or computed again; the newest was kept. */
+    int refilled = 0;
+    for (uint64_t i = 0; i < N; i++) {
+        fz_cache_key k = key_of("blocked writer", i);
+        fill_ctx f = {.seed = 500 + i};
+        assert_int_equal(fz_cache_fetch_range(c, &k, len, 4096, 1u << 20, b, fill, &f, true), 0);
+        check_bytes(b, 500 + i, 4096, 1u << 20);
+        refilled += atomic_load(&f.calls);
+        if (i == N - 1)
+            assert_int_equal(atomic_load(&f.calls), 0);
+    }
+    assert_true(refilled > 0 && refilled < N);
+    fz_cache_close(c);
+    free(b);
+    fz_test_rmtree(d);
+    free(d);
+}
+
+static int count_reader(const char *msg, void *ctx)
+{
+    /* "    pid     thread     txnid" lines, one per slot in use */
+    long pid;
+    if (sscanf(msg, " %ld", &pid) == 1 && pid == (long)getppid())
+        (*(int *)ctx)++;
+    return 0;
+}
+
+/* How many LMDB reader slots the parent holds, seen from a child. */
+static int parent_reader_slots(const char *dir)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        MDB_env *env;
+        int n = 0;
+        if (mdb_env_create(&env) || mdb_env_set_maxdbs(env, 4) || mdb_env_open(env, dir, 0, 0644))
+            _exit(255);
+        mdb_reader_list(env, count_reader, &n);
+        mdb_env_close(env);
+        _exit(n > 200 ? 200 : n);
+    }
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    assert_true(WEXITSTATUS(st) != 255);
+    return WEXITSTATUS(st);
+}
+
+typedef struct {
+    fz_cache *c;
+    int rc;
+} hits_arg;
+
+static void *hits_thread(void *p)
+{
+    hits_arg *a = p;
+    uint8_t b[5000];
+    for (int r = 0; r < 200 && a->rc == 0; r++) {
+        fz_cache_key k = key_of("reuse", (uint64_t)r % 4);
+        fill_ctx f = {.seed = (uint64_t)r % 4};
+        a->rc = fz_cache_fetch_range(a->c, &k, 100000, 777, sizeof b, b, fill, &f, true);
+        if (a->rc == 0 && (atomic_load(&f.calls) != 0 || b[0] != byte_at((uint64_t)r % 4, 777)))
+            a->rc = -1;
+    }
+    return NULL;
+}
+
+/* Lookups renew read transactions that earlier ones reset: their reader
+ * slots stay this process's (a few, bounded) instead of being taken and
+ * given back per lookup; and a map grown by another process (which makes
+ * a renew fail) is adopted by beginning a new one. */
+static void test_read_txn_reuse(void **state)
+{
+    (void)state;
+    char *d = fz_test_tmpdir("fz_test_cache");
+    fz_cache *c;
+    uint8_t *b = malloc(100000);
+    assert_int_equal(fz_cache_open(&c, d, 8ull << 20), 0);
+    assert_int_equal(parent_reader_slots(d), 0); /* no lookup yet */
+    for (uint64_t i = 0; i < 4; i++) {
+        fz_cache_key k = key_of("reuse", i);
+        fill_ctx f = {.seed = i};
+        assert_int_equal(fz_cache_fetch(c, &k, 100000, b, fill, &f, true), 0);
+    }
+    fz_cache_flush(c);
+    enum { T = 4 };
+    pthread_t th[T];
+    hits_arg a[T];
+    for (int i = 0; i < T; i++) {
+        a[i] = (hits_arg){c, 0};
+        assert_int_equal(pthread_create(&th[i], NULL, hits_thread, &a[i]), 0);
+    }
+    for (int i = 0; i < T; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(a[i].rc, 0);
+    }
+    int slots = parent_reader_slots(d);
+    printf("reader slots kept after %d lookups on %d threads: %d\n", 200 * T, T, slots);
+    assert_true(slots >= 1 && slots <= T);
+
+    /* Another process grows the map past this one's and fills it: the
+     * next renew fails (MDB_MAP_RESIZED) and a new transaction adopts it. */
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        MDB_env *env;
+        MDB_txn *txn;
+        MDB_dbi dbi;
+        if (mdb_env_create(&env) || mdb_env_set_maxdbs(env, 4) ||
+            mdb_env_set_mapsize(env, 64ull << 20) || mdb_env_open(env, d, 0, 0644) ||
+            mdb_txn_begin(env, NULL, 0, &txn) || mdb_dbi_open(txn, "data", 0, &dbi))
+            _exit(2);
+        for (int i = 0; i < 24; i++) {
+            char name[16];
+            snprintf(name, sizeof name, "filler %d", i);
+            MDB_val k = {strlen(name), name}, v = {1u << 20, NULL};
+            if (mdb_put(txn, dbi, &k, &v, MDB_RESERVE))
+                _exit(3);
+            memset(v.mv_data, i, v.mv_size);
+        }
+        if (mdb_txn_commit(txn))
+            _exit(4);
+        mdb_env_close(env);
+        _exit(0);
+    }
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    for (uint64_t i = 0; i < 4; i++) {
+        fz_cache_key k = key_of("reuse", i);
+        fill_ctx f = {.seed = i};
+        assert_int_equal(fz_cache_fetch_range(c, &k, 100000, 1000, 5000, b, fill, &f, true), 0);
+        check_bytes(b, i, 1000, 5000);
+        assert_int_equal(atomic_load(&f.calls), 0);
+    }
+    fz_cache_stats s = fz_test_cache_stats(c);
+    assert_true(s.map_size >= 64ull << 20);
+    fz_cache_close(c);
+    free(b);
+    fz_test_rmtree(d);
+    free(d);
+}
+
+static void *pf_thread(void *p)
+{
+    sf_arg *a = p;
+    a->rc = fz_cache_prefetch(a->c, &a->key, a->len, fill, a->f);
+    return NULL;
+}
+
+/* A prefetch computes a chunk once: a reader arriving meanwhile waits for
+ * it, later readers hit it; a chunk already there is not computed again;
+ * a failed prefetch keeps nothing. */
+static void test_prefetch(void **state)
+{
+    (void)state;
+    char *d = fz_test_tmpdir("fz_test_cache");
+    fz_cache *c;
+    uint64_t len = 1u << 20;
+    uint8_t *b = malloc(len);
+    assert_int_equal(fz_cache_open(&c, d, 64ull << 20), 0);
+    fz_cache_key k = key_of("ahead", 0);
+    fill_ctx f = {.seed = 31, .sleep_ms = 300};
+    sf_arg a = {.c = c, .key = k, .f = &f, .len = len, .rc = -1};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, pf_thread, &a), 0);
+    while (atomic_load(&f.calls) == 0) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    assert_int_equal(fz_cache_fetch_range(c, &k, len, 5000, 70000, b, fill, &f, true), 0);
+    check_bytes(b, 31, 5000, 70000);
+    pthread_join(th, NULL);
+    assert_int_equal(a.rc, 0);
+    assert_int_equal(atomic_load(&f.calls), 1);
+    assert_int_equal(fz_cache_prefetch(c, &k, len, fill, &f), 0); /* queued or stored */
+    fz_cache_flush(c);
+    assert_int_equal(fz_cache_prefetch(c, &k, len, fill, &f), 0);
+    assert_int_equal(fz_cache_fetch(c, &k, len, b, fill, &f, true), 0);
+    check_bytes(b, 31, 0, len);
+    assert_int_equal(atomic_load(&f.calls), 1);
+    /* failing: reported, nothing kept, the reader computes it */
+    fz_cache_key k2 = key_of("ahead", 1);
+    fill_ctx g = {.seed = 32, .fail = FZ_EIO};
+    assert_int_equal(fz_cache_prefetch(c, &k2, len, fill, &g), FZ_EIO);
+    g.fail = 0;
+    fz_cache_flush(c);
+    assert_int_equal(fz_cache_fetch_range(c, &k2, len, 1, 10, b, fill, &g, true), 0);
+    check_bytes(b, 32, 1, 10);
+    assert_int_equal(atomic_load(&g.calls), 2);
+    /* no cache: nowhere to keep it, nothing computed */
+    fill_ctx h = {.seed = 33};
+    assert_int_equal(fz_cache_prefetch(NULL, &k2, len, fill, &h), 0);
+    assert_int_equal(atomic_load(&h.calls), 0);
+    fz_cache_close(c);
+    free(b);
+    fz_test_rmtree(d);
+    free(d);
+}
+
+/* kB of file pages this process has mapped (RssFile). */
+static long rss_file_kb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    assert_non_null(f);
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "RssFile: %ld", &kb) == 1)
+            break;
+    fclose(f);
+    return kb;
+}
+
+/* Values written and read through the map do not stay resident in this
+ * process (the mount's memory bound). */
+static void test_map_pages_let_go(void **state)
+{
+    (void)state;
+    char *d = fz_test_tmpdir("fz_test_cache");
+    fz_cache *c;
+    enum { N = 64 };
+    uint64_t len = 4u << 20;
+    uint8_t *b = malloc(len);
+    assert_int_equal(fz_cache_open(&c, d, 1ull << 30), 0);
+    long base = rss_file_kb();
+    for (uint64_t i = 0; i < N; i++) {
+        fz_cache_key k = key_of("resident", i);
+        fill_ctx f = {.seed = i};
+        assert_int_equal(fz_cache_fetch(c, &k, len, b, fill, &f, true), 0);
+        if (i % 8 == 7)
+            fz_cache_flush(c); /* no drops: every value goes through the map */
+    }
+    fz_cache_flush(c);
+    long written = rss_file_kb() - base;
+    for (uint64_t i = 0; i < N; i++)
+        for (uint64_t off = 0; off < len; off += 1u << 20) {
+            fz_cache_key k = key_of("resident", i);
+            fill_ctx f = {.seed = i};
+            assert_int_equal(fz_cache_fetch_range(c, &k, len, off, 1u << 20, b, fill, &f, true), 0);
+            assert_int_equal(atomic_load(&f.calls), 0);
+        }
+    long read = rss_file_kb() - base;
+    printf("256 MiB through the map: %ld kB resident after writing, %ld kB after reading\n",
+           written, read);
+    assert_true(written < 96 * 1024);
+    assert_true(read < 96 * 1024);
+    fz_cache_close(c);
+    free(b);
+    fz_test_rmtree(d);
+    free(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -776,6 +1114,10 @@ int main(void)
         cmocka_unit_test(test_truncated_before_open),
         cmocka_unit_test(test_truncated_while_mapped),
         cmocka_unit_test(test_reset_refused_while_in_use),
+        cmocka_unit_test(test_full_queue_never_blocks),
+        cmocka_unit_test(test_read_txn_reuse),
+        cmocka_unit_test(test_prefetch),
+        cmocka_unit_test(test_map_pages_let_go),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

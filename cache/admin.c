@@ -5,6 +5,7 @@
 
 #include "cache/cache_int.h"
 #include "util/error.h"
+#include "util/vec.h"
 
 #define FZ_CACHE_VERIFY_STEP 64
 
@@ -126,7 +127,7 @@ static int delete_keys(fz_cache *c, const uint8_t *keys, size_t n)
 
 typedef struct {
     uint64_t checked;
-    uint8_t *badkeys; /* freed by fz_cache_verify, also after a fault */
+    uint8_t (*badkeys)[FZ_CACHE_KEYLEN]; /* freed by fz_cache_verify, also after a fault */
     size_t nbad, capbad;
 } fz_verify;
 
@@ -176,19 +177,12 @@ static int verify_guarded(fz_cache *c, void *arg)
             }
             (*checked)++;
             if (!ok && k.mv_size == FZ_CACHE_KEYLEN) {
-                if (vf->nbad == vf->capbad) {
-                    size_t cap = vf->capbad ? 2 * vf->capbad : 16;
-                    uint8_t *p = realloc(vf->badkeys, cap * FZ_CACHE_KEYLEN);
-                    if (!p) {
-                        mdb_cursor_close(cur);
-                        fz_cache_txn_end(c, txn, false);
-                        rc = fz_error_set(FZ_ENOMEM, "out of memory");
-                        goto done;
-                    }
-                    vf->badkeys = p;
-                    vf->capbad = cap;
+                if ((rc = FZ_VEC_RESERVE(vf->badkeys, vf->capbad, vf->nbad + 1))) {
+                    mdb_cursor_close(cur);
+                    fz_cache_txn_end(c, txn, false);
+                    goto done;
                 }
-                memcpy(vf->badkeys + vf->nbad++ * FZ_CACHE_KEYLEN, k.mv_data, FZ_CACHE_KEYLEN);
+                memcpy(vf->badkeys[vf->nbad++], k.mv_data, FZ_CACHE_KEYLEN);
             }
             if (i + 1 < FZ_CACHE_VERIFY_STEP)
                 mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
@@ -202,7 +196,7 @@ static int verify_guarded(fz_cache *c, void *arg)
         }
     }
     if (vf->nbad)
-        rc = delete_keys(c, vf->badkeys, vf->nbad);
+        rc = delete_keys(c, vf->badkeys[0], vf->nbad);
 done:
     return rc;
 }

@@ -10,6 +10,7 @@
 #include "cache/cache_int.h"
 #include "util/error.h"
 #include "util/log.h"
+#include "util/vec.h"
 
 const char *const fz_cache_ctr_names[FZ_NCTR] = {"hits", "misses", "fills", "corrupt", "evictions"};
 
@@ -305,15 +306,9 @@ static int evict(fz_cache *c, uint64_t need, bool forced)
     while ((mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
         if (k.mv_size != FZ_CACHE_KEYLEN || v.mv_size != 8)
             continue;
-        if (n == cap) {
-            size_t ncap = cap ? 2 * cap : 256;
-            fz_lru_ent *p = realloc(ents, ncap * sizeof *p);
-            if (!p) {
-                mrc = ENOMEM;
-                goto done;
-            }
-            ents = p;
-            cap = ncap;
+        if (FZ_VEC_RESERVE(ents, cap, n + 1)) {
+            mrc = ENOMEM;
+            goto done;
         }
         memcpy(&ents[n].seq, v.mv_data, 8);
         memcpy(ents[n].key, k.mv_data, FZ_CACHE_KEYLEN);

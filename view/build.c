@@ -57,16 +57,6 @@ int fz_view_open_source_file(fz_view *v, const char *path, uint32_t *idx)
     return 0;
 }
 
-uint32_t fz_view_file_of_fd(const fz_view *v, int fd, uint32_t *hint)
-{
-    if (*hint < v->nfiles && v->files[*hint].fd == fd)
-        return *hint;
-    for (uint32_t i = 0; i < v->nfiles; i++)
-        if (v->files[i].fd == fd)
-            return *hint = i;
-    return UINT32_MAX;
-}
-
 static char *path_join(const char *a, const char *b)
 {
     if (b[0] == '/' || strcmp(a, ".") == 0)

@@ -13,6 +13,7 @@
 #include <zlib.h>
 
 #include "util/error.h"
+#include "util/vec.h"
 #include "view/internal.h"
 
 void fz_view_extents_free(fz_view *v, uint32_t zi)
@@ -30,16 +31,10 @@ void fz_view_extents_free(fz_view *v, uint32_t zi)
 
 static int push(fz_extent **v, size_t *n, size_t *cap, fz_extent e)
 {
-    if (*n == *cap) {
-        size_t nc = *cap ? *cap * 2 : 256;
-        fz_extent *nv = realloc(*v, nc * sizeof *nv);
-        if (!nv)
-            return fz_error_set(FZ_ENOMEM, "out of memory");
-        *v = nv;
-        *cap = nc;
-    }
-    (*v)[(*n)++] = e;
-    return 0;
+    int rc = FZ_VEC_RESERVE(*v, *cap, *n + 1);
+    if (rc == 0)
+        (*v)[(*n)++] = e;
+    return rc;
 }
 
 /* Give every record of zip zi an accumulator sized for its extents. */

@@ -117,11 +117,13 @@ struct fz_view {
 
     fz_zipview *zips;
     uint32_t nzips;
+    size_t capzips;
     pthread_mutex_t crc_lock;
 
     /* Source files each node is made from (view/read.c): node i's are
      * deps[dep_start[i] .. dep_start[i+1]); recipe_file[r] is recipe r's
-     * source file (UINT32_MAX: none). All three arrays are kept in lits. */
+     * source file (UINT32_MAX: none), set as the recipe is made
+     * (fz_view_new_recipe). All three arrays are kept in lits. */
     uint32_t *dep_start, *deps, *recipe_file;
     /* Permission bits of generated directories and files (from SRC's). */
     mode_t dir_mode, file_mode;
@@ -153,10 +155,6 @@ void fz_view_extents_free(fz_view *v, uint32_t zi);
 
 /* view/build.c helpers used by the other view files. */
 int fz_view_open_source_file(fz_view *v, const char *path, uint32_t *idx);
-/* The index of the view file held open as fd, UINT32_MAX if none. *hint
- * (the last answer; start at 0) is tried first: callers going through
- * recipes in order find each in O(1), as recipes come file by file. */
-uint32_t fz_view_file_of_fd(const fz_view *v, int fd, uint32_t *hint);
 
 /* view/tensors.c: find the embedding, head, head bias and tying (sets
  * v->embed_name, head_name, head_bias_name, tied, roles_certain; *tie_out =
@@ -171,6 +169,9 @@ int fz_view_check_roles(const fz_view *v);
 /* "embedding", "head", "head bias" or NULL for a source tensor name. */
 const char *fz_view_role_of(const fz_view *v, const char *name);
 int fz_view_build_recipes(fz_view *v);
+/* The next recipe slot, made from source file f (UINT32_MAX: none), which
+ * recipe_file records: no recipe's source is looked up by its fd. */
+fz_recipe *fz_view_new_recipe(fz_view *v, uint32_t f);
 void fz_view_merge_tied_head(fz_view *v);
 /* Decide the output shards: the source files one to one, or with
  * --max-shard-size finalize's rule (add a tensor, close the shard once it

@@ -97,13 +97,13 @@ int fz_view_add_quantized(fz_view *v, uint32_t f, const fz_tensor *t, fz_dtype v
         goto done;
     }
     /* the quantized weight */
-    rc = fz_recipe_init_quant(&v->recipes[v->nrecipes++], v->files[f].fd, v->files[f].path, t,
+    rc = fz_recipe_init_quant(fz_view_new_recipe(v, f), v->files[f].fd, v->files[f].path, t,
                               val_dtype, q, FZ_PART_QWEIGHT);
     snprintf(name, nl, "%s.%s", m, q->fmt == FZ_QFMT_PACKED ? "weight_packed" : "weight");
     if (rc || (rc = push(v, f, name, true)))
         goto done;
     /* its scales */
-    rc = fz_recipe_init_quant(&v->recipes[v->nrecipes++], v->files[f].fd, v->files[f].path, t,
+    rc = fz_recipe_init_quant(fz_view_new_recipe(v, f), v->files[f].fd, v->files[f].path, t,
                               val_dtype, q, FZ_PART_QSCALE);
     snprintf(name, nl, "%s.weight_scale", m);
     if (rc || (rc = push(v, f, name, true)))
@@ -120,7 +120,8 @@ int fz_view_add_quantized(fz_view *v, uint32_t f, const fz_tensor *t, fz_dtype v
             for (int b = 0; b < 8; b++)
                 d[8 * k + b] = (uint8_t)(t->shape[k] >> (8 * b));
         snprintf(name, nl, "%s.weight_shape", m);
-        rc = fz_recipe_init_const(&v->recipes[v->nrecipes++], t->name, FZ_DT_I64, 1, &two, d);
+        rc =
+            fz_recipe_init_const(fz_view_new_recipe(v, UINT32_MAX), t->name, FZ_DT_I64, 1, &two, d);
         if (rc || (rc = push(v, f, name, true)))
             goto done;
     }

@@ -22,6 +22,7 @@
 #include "util/error.h"
 #include "util/io.h"
 #include "util/log.h"
+#include "util/vec.h"
 #include "view/internal.h"
 #include "view/tree.h"
 
@@ -37,13 +38,6 @@
 static int read_range(fz_view *v, uint32_t node, uint64_t off, uint64_t len, uint8_t *buf);
 
 /* ---- cache keys ---- */
-
-/* The source file held open as fd (NULL if none: then nothing is cached). */
-static const fz_srcfile *file_of_fd(const fz_view *v, int fd, uint32_t *hint)
-{
-    uint32_t i = fz_view_file_of_fd(v, fd, hint);
-    return i == UINT32_MAX ? NULL : &v->files[i];
-}
 
 static int put_identity(fz_buf *t, const fz_srcfile *f)
 {
@@ -61,10 +55,11 @@ static int make_recipe_keys(fz_view *v)
     fz_cache_key *keys = calloc(v->nrecipes ? v->nrecipes : 1, sizeof *keys);
     if (!keys)
         return fz_error_set(FZ_ENOMEM, "out of memory");
-    uint32_t hint = 0;
     for (uint32_t i = 0; i < v->nrecipes && rc == 0; i++) {
         const fz_recipe *r = &v->recipes[i];
-        const fz_srcfile *f = file_of_fd(v, r->fd, &hint);
+        /* the recipe's source file (none: nothing is cached) */
+        uint32_t fi = v->recipe_file[i];
+        const fz_srcfile *f = fi < v->nfiles ? &v->files[fi] : NULL;
         uint64_t span_off;
         keys[i].chunk = UINT64_MAX;
         if (!f || fz_recipe_is_span(r, &span_off))
@@ -96,22 +91,19 @@ static int make_recipe_keys(fz_view *v)
  * fd is fstat'ed: a file replaced by rename keeps serving its old inode,
  * which is consistent, so only changes to the inode itself count. */
 
-/* Indexes of the source files of node i's segments (deps) and of every
- * recipe (recipe_file). Build time, single-threaded. */
+/* Indexes of the source files of node i's segments (deps). Build time,
+ * single-threaded. */
 int fz_view_index_sources(fz_view *v)
 {
     uint32_t *start = calloc((size_t)v->nnodes + 1, sizeof *start);
-    uint32_t *rf = malloc((v->nrecipes ? v->nrecipes : 1) * sizeof *rf);
     uint32_t *deps = NULL, *seen = calloc(v->nfiles ? v->nfiles : 1, sizeof *seen);
+    const uint32_t *rf = v->recipe_file;
     size_t n = 0, cap = 0;
     int rc = 0;
-    if (!start || !rf || !seen) {
+    if (!start || !seen) {
         rc = fz_error_set(FZ_ENOMEM, "out of memory");
         goto done;
     }
-    uint32_t hint = 0;
-    for (uint32_t r = 0; r < v->nrecipes; r++)
-        rf[r] = fz_view_file_of_fd(v, v->recipes[r].fd, &hint);
     /* seen[f] == node + 1: file f already listed for this node. */
     for (uint32_t i = 0; i < v->nnodes; i++) {
         const fz_node *nd = &v->nodes[i];
@@ -124,15 +116,8 @@ int fz_view_index_sources(fz_view *v)
             if (f >= v->nfiles || seen[f] == i + 1)
                 continue;
             seen[f] = i + 1;
-            if (n == cap) {
-                cap = cap ? 2 * cap : 64;
-                uint32_t *d = realloc(deps, cap * sizeof *d);
-                if (!d) {
-                    rc = fz_error_set(FZ_ENOMEM, "out of memory");
-                    goto done;
-                }
-                deps = d;
-            }
+            if ((rc = FZ_VEC_RESERVE(deps, cap, n + 1)))
+                goto done;
             deps[n++] = f;
         }
     }
@@ -142,8 +127,8 @@ int fz_view_index_sources(fz_view *v)
         goto done;
     }
     /* The view keeps the arrays (fz_tree_keep frees one it cannot keep). */
-    uint32_t **mine[] = {&start, &deps, &rf}, **dst[] = {&v->dep_start, &v->deps, &v->recipe_file};
-    for (int k = 0; k < 3; k++) {
+    uint32_t **mine[] = {&start, &deps}, **dst[] = {&v->dep_start, &v->deps};
+    for (int k = 0; k < 2; k++) {
         uint32_t *p = *mine[k];
         *mine[k] = NULL;
         if (rc)
@@ -154,7 +139,6 @@ int fz_view_index_sources(fz_view *v)
 done:
     free(start);
     free(deps);
-    free(rf);
     free(seen);
     return rc;
 }

@@ -15,6 +15,7 @@
 #include "util/error.h"
 #include "util/hindex.h"
 #include "util/io.h"
+#include "util/vec.h"
 #include "view/shards.h"
 #include "view/tree.h"
 
@@ -91,7 +92,7 @@ static int add_sources(fz_view *v, uint32_t root)
     if (!d)
         return fz_error_set(FZ_EIO, "%s: cannot read directory", dir);
     char **names = NULL;
-    size_t n = 0;
+    size_t n = 0, cap = 0;
     struct dirent *e;
     while ((e = readdir(d))) {
         size_t l = strlen(e->d_name);
@@ -99,13 +100,12 @@ static int add_sources(fz_view *v, uint32_t root)
         /* .package_files_copied is Forgather's marker: not part of a Hub release. */
         if (!py && (v->opts.hub || strcmp(e->d_name, ".package_files_copied") != 0))
             continue;
-        char **nn = realloc(names, (n + 1) * sizeof *nn);
-        if (!nn || !(nn[n] = strdup(e->d_name))) {
-            names = nn ? nn : names;
+        if ((rc = FZ_VEC_RESERVE(names, cap, n + 1)))
+            break;
+        if (!(names[n] = strdup(e->d_name))) {
             rc = fz_error_set(FZ_ENOMEM, "out of memory");
             break;
         }
-        names = nn;
         n++;
     }
     closedir(d);
@@ -134,7 +134,7 @@ static int add_sources(fz_view *v, uint32_t root)
 }
 
 /* The data segment of a recipe: a span when no op applies, else computed. */
-static fz_seg tensor_seg(const fz_view *v, uint32_t recipe, int32_t zrec, uint32_t *hint)
+static fz_seg tensor_seg(const fz_view *v, uint32_t recipe, int32_t zrec)
 {
     const fz_recipe *r = &v->recipes[recipe];
     fz_seg s = {.len = r->nbytes, .zrec = zrec};
@@ -143,8 +143,7 @@ static fz_seg tensor_seg(const fz_view *v, uint32_t recipe, int32_t zrec, uint32
         s.kind = FZ_SEG_SPAN;
         s.u.span.fd = r->fd;
         s.u.span.off = off;
-        uint32_t src = fz_view_file_of_fd(v, r->fd, hint);
-        s.u.span.src = src == UINT32_MAX ? 0 : src; /* (every recipe's fd is a view file) */
+        s.u.span.src = v->recipe_file[recipe];
     } else {
         s.kind = FZ_SEG_COMPUTED;
         s.u.recipe = recipe;
@@ -173,52 +172,97 @@ static bool rec_is(const void *ctx, uint32_t k)
     return a->recipe_of_rec[k] == a->recipe;
 }
 
-/* A .bin shard of the n out tensors outs[0..n): one record per recipe. */
-static int add_bin_shard(fz_view *v, uint32_t dir, const uint32_t *outs, uint32_t n,
-                         const char *name)
+/* The records of a .bin shard: one per distinct recipe (names sharing a
+ * recipe share its storage, as torch.save writes tied tensors), and the
+ * pickle naming them. */
+typedef struct {
+    uint32_t *recipe_of_rec; /* record k holds recipe recipe_of_rec[k] */
+    uint64_t *rec_bytes;
+    size_t n;
+    fz_buf pkl;
+} bin_records;
+
+static void bin_records_free(bin_records *b)
+{
+    free(b->recipe_of_rec);
+    free(b->rec_bytes);
+    fz_buf_free(&b->pkl);
+}
+
+static int bin_records_make(const fz_view *v, const uint32_t *outs, uint32_t n, bin_records *b)
 {
     int rc = 0;
-    uint32_t *recipe_of_rec = calloc(n ? n : 1, sizeof *recipe_of_rec);
-    uint64_t *rec_bytes = calloc(n ? n : 1, sizeof *rec_bytes);
     fz_torchbin_entry *ent = calloc(n ? n : 1, sizeof *ent);
     fz_hindex recs = {0};
-    fz_seg *segs = NULL;
-    fz_buf pkl = FZ_BUF_INIT;
-    char stem[256];
-    size_t K = 0, ne = 0;
-    if (!recipe_of_rec || !rec_bytes || !ent || fz_hindex_init(&recs, n)) {
+    memset(b, 0, sizeof *b);
+    b->recipe_of_rec = calloc(n ? n : 1, sizeof *b->recipe_of_rec);
+    b->rec_bytes = calloc(n ? n : 1, sizeof *b->rec_bytes);
+    if (!b->recipe_of_rec || !b->rec_bytes || !ent || fz_hindex_init(&recs, n)) {
         rc = fz_error_set(FZ_ENOMEM, "out of memory");
         goto done;
     }
     for (uint32_t j = 0; j < n; j++) {
         const fz_outtensor *o = &v->outs[outs[j]];
         const fz_recipe *r = &v->recipes[o->recipe];
-        rec_ctx rcx = {recipe_of_rec, o->recipe};
+        rec_ctx rcx = {b->recipe_of_rec, o->recipe};
         uint64_t h = fz_hindex_hash(&o->recipe, sizeof o->recipe);
         uint32_t k = fz_hindex_find(&recs, h, rec_is, &rcx);
         if (k == UINT32_MAX) {
-            k = (uint32_t)K;
-            recipe_of_rec[K] = o->recipe;
-            rec_bytes[K] = r->nbytes;
-            K++;
+            k = (uint32_t)b->n;
+            b->recipe_of_rec[k] = o->recipe;
+            b->rec_bytes[k] = r->nbytes;
+            b->n++;
             if ((rc = fz_hindex_put(&recs, h, k)))
                 goto done;
         }
-        ent[ne++] = (fz_torchbin_entry){o->name, r->out_dtype, r->ndim, r->shape, k};
+        ent[j] = (fz_torchbin_entry){o->name, r->out_dtype, r->ndim, r->shape, k};
     }
-    if ((rc = fz_torchbin_pickle(ent, ne, rec_bytes, K, &pkl)))
-        goto done;
+    rc = fz_torchbin_pickle(ent, n, b->rec_bytes, b->n, &b->pkl);
+done:
+    fz_hindex_free(&recs);
+    free(ent);
+    return rc;
+}
+
+/* The segment of zip record i (of nrec, `size` bytes) of a torch archive
+ * of b's records: a literal (pickle, byteorder, version) or its tensor. */
+static fz_seg bin_record_seg(const fz_view *v, const bin_records *b, const uint8_t *pkl, size_t i,
+                             size_t nrec, uint64_t size)
+{
+    fz_seg d = {.kind = FZ_SEG_LITERAL, .len = size, .zrec = (int32_t)i};
+    size_t k = 0;
+    switch (fz_torchbin_record_role(i, nrec - 3, &k)) {
+    case FZ_TB_PICKLE:
+        d.u.lit = pkl;
+        break;
+    case FZ_TB_BYTEORDER:
+        d.u.lit = fz_torchbin_byteorder;
+        break;
+    case FZ_TB_VERSION:
+        d.u.lit = fz_torchbin_version;
+        break;
+    case FZ_TB_DATA:
+        d = tensor_seg(v, b->recipe_of_rec[k], (int32_t)i);
+        break;
+    }
+    return d;
+}
+
+/* File `name` under `dir`: the torch zip archive of b's records. Its local
+ * headers and central directory are deferred segments (their CRCs come
+ * from the bytes), the literal records' CRCs are known now. */
+static int add_bin_archive(fz_view *v, uint32_t dir, const char *name, bin_records *b)
+{
+    char stem[256];
+    fz_seg *segs = NULL;
+    int rc;
     snprintf(stem, sizeof stem, "%.*s", (int)(strlen(name) - 4), name);
-    fz_zipview *zv = realloc(v->zips, (v->nzips + 1) * sizeof *zv);
-    if (!zv) {
-        rc = fz_error_set(FZ_ENOMEM, "out of memory");
-        goto done;
-    }
-    v->zips = zv;
-    zv = &v->zips[v->nzips];
+    if ((rc = FZ_VEC_RESERVE(v->zips, v->capzips, (size_t)v->nzips + 1)))
+        return rc;
+    fz_zipview *zv = &v->zips[v->nzips];
     memset(zv, 0, sizeof *zv);
-    if ((rc = fz_torchbin_layout(&zv->L, stem, pkl.len, rec_bytes, K)))
-        goto done;
+    if ((rc = fz_torchbin_layout(&zv->L, stem, b->pkl.len, b->rec_bytes, b->n)))
+        return rc;
     uint32_t zi = v->nzips++;
     size_t nrec = zv->L.n;
     zv->crc = calloc(nrec, sizeof *zv->crc);
@@ -228,10 +272,10 @@ static int add_bin_shard(fz_view *v, uint32_t dir, const uint32_t *outs, uint32_
         rc = fz_error_set(FZ_ENOMEM, "out of memory");
         goto done;
     }
-    uint8_t *pkl_data = fz_buf_steal(&pkl, NULL);
-    if ((rc = fz_tree_keep(v, pkl_data)))
+    uint8_t *pkl = fz_buf_steal(&b->pkl, NULL);
+    if ((rc = fz_tree_keep(v, pkl)))
         goto done;
-    uint32_t ns = 0, hint = 0;
+    uint32_t ns = 0;
     uint64_t pos = 0;
     for (size_t i = 0; i < nrec; i++) {
         const fz_zipw_rec *zr = &zv->L.rec[i];
@@ -241,22 +285,7 @@ static int add_bin_shard(fz_view *v, uint32_t dir, const uint32_t *outs, uint32_
         }
         segs[ns++] = (fz_seg){
             .kind = FZ_SEG_DEFERRED, .len = zr->header_len, .zrec = -1, .u.def = {zi, (int32_t)i}};
-        fz_seg d = {.kind = FZ_SEG_LITERAL, .len = zr->size, .zrec = (int32_t)i};
-        size_t k = 0;
-        switch (fz_torchbin_record_role(i, nrec - 3, &k)) {
-        case FZ_TB_PICKLE:
-            d.u.lit = pkl_data;
-            break;
-        case FZ_TB_BYTEORDER:
-            d.u.lit = fz_torchbin_byteorder;
-            break;
-        case FZ_TB_VERSION:
-            d.u.lit = fz_torchbin_version;
-            break;
-        case FZ_TB_DATA:
-            d = tensor_seg(v, recipe_of_rec[k], (int32_t)i, &hint);
-            break;
-        }
+        fz_seg d = bin_record_seg(v, b, pkl, i, nrec, zr->size);
         if (d.kind == FZ_SEG_LITERAL) {
             zv->crc[i] = (uint32_t)crc32(0L, d.u.lit, (uInt)d.len);
             zv->crc_known[i] = true;
@@ -277,12 +306,19 @@ static int add_bin_shard(fz_view *v, uint32_t dir, const uint32_t *outs, uint32_
     v->nodes[node].zip = zi + 1;
     zv->node = node;
 done:
-    fz_hindex_free(&recs);
-    free(recipe_of_rec);
-    free(rec_bytes);
-    free(ent);
     free(segs);
-    fz_buf_free(&pkl);
+    return rc;
+}
+
+/* A .bin shard of the n out tensors outs[0..n): one record per recipe. */
+static int add_bin_shard(fz_view *v, uint32_t dir, const uint32_t *outs, uint32_t n,
+                         const char *name)
+{
+    bin_records b;
+    int rc = bin_records_make(v, outs, n, &b);
+    if (rc == 0)
+        rc = add_bin_archive(v, dir, name, &b);
+    bin_records_free(&b);
     return rc;
 }
 
@@ -317,7 +353,7 @@ static int add_st_shard(fz_view *v, uint32_t dir, const uint32_t *outs, uint32_t
     uint8_t *h = fz_buf_steal(&hdr, &hlen);
     if ((rc = fz_tree_keep(v, h)))
         goto done;
-    uint32_t ns = 0, hint = 0;
+    uint32_t ns = 0;
     segs[ns++] = (fz_seg){.kind = FZ_SEG_LITERAL, .len = hlen, .zrec = -1, .u.lit = h};
     for (size_t j = 0; j < n; j++) {
         size_t i = order[j];
@@ -325,7 +361,7 @@ static int add_st_shard(fz_view *v, uint32_t dir, const uint32_t *outs, uint32_t
             rc = fz_error_set(FZ_EINVAL, "%s: internal error: safetensors layout has a gap", name);
             goto done;
         }
-        fz_seg s = tensor_seg(v, recipe[i], -1, &hint);
+        fz_seg s = tensor_seg(v, recipe[i], -1);
         if (s.len)
             segs[ns++] = s;
         pos += s.len;

@@ -18,6 +18,7 @@
 #include "util/hindex.h"
 #include "util/io.h"
 #include "util/log.h"
+#include "util/vec.h"
 
 static const char *const weight_names[] = {"model.safetensors.index.json",
                                            "pytorch_model.bin.index.json", "pytorch_model.bin",
@@ -362,16 +363,8 @@ static int scan_checkpoints(const char *dir, fz_cand **out, size_t *n)
     while ((e = readdir(d))) {
         if (strncmp(e->d_name, "checkpoint-", 11) != 0)
             continue;
-        if (*n == cap) {
-            size_t nc = cap ? cap * 2 : 8;
-            fz_cand *g = realloc(c, nc * sizeof *g);
-            if (!g) {
-                rc = fz_error_set(FZ_ENOMEM, "out of memory");
-                break;
-            }
-            c = g;
-            cap = nc;
-        }
+        if ((rc = FZ_VEC_RESERVE(c, cap, *n + 1)))
+            break;
         fz_cand *k = &c[*n];
         memset(k, 0, sizeof *k);
         (*n)++;
@@ -400,11 +393,10 @@ static int add_skipped(fz_source *s, const char *name, const char *fmt, ...)
 
 static int add_skipped(fz_source *s, const char *name, const char *fmt, ...)
 {
-    fz_skipped *g = realloc(s->skipped, (s->nskipped + 1) * sizeof *g);
-    if (!g)
-        return fz_error_set(FZ_ENOMEM, "out of memory");
-    s->skipped = g;
-    fz_skipped *k = &g[s->nskipped];
+    int rc = FZ_VEC_RESERVE(s->skipped, s->capskipped, (size_t)s->nskipped + 1);
+    if (rc)
+        return rc;
+    fz_skipped *k = &s->skipped[s->nskipped];
     char why[512];
     va_list ap;
     va_start(ap, fmt);

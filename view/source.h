@@ -8,6 +8,7 @@
 #define FZ_VIEW_SOURCE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct json_t;
@@ -39,6 +40,7 @@ typedef struct {
     char *why;           /* one line: why this checkpoint was chosen */
     fz_skipped *skipped; /* checkpoints not chosen, in step order */
     uint32_t nskipped;
+    size_t capskipped;
     char *config_dir;      /* config.json, generation_config.json, *.py: SRC root when it
                             * has config.json, else the checkpoint when it has one */
     char *tokenizer_dir;   /* tokenizer files: SRC root when it has tokenizer.json, else the

@@ -8,6 +8,7 @@
 #include "util/error.h"
 #include "util/hindex.h"
 #include "view/internal.h"
+#include "view/tree.h"
 
 /* Names by which the input embedding and output head are known. */
 static const char *const embed_names[] = {"model.embed_tokens.weight",
@@ -587,6 +588,12 @@ static uint64_t view_hash(const fz_tensor *t)
 /* One recipe per distinct source tensor view; aliases share it (found
  * through a hash index of the recipes: building stays linear in the
  * tensor count). */
+fz_recipe *fz_view_new_recipe(fz_view *v, uint32_t f)
+{
+    v->recipe_file[v->nrecipes] = f;
+    return &v->recipes[v->nrecipes++];
+}
+
 int fz_view_build_recipes(fz_view *v)
 {
     size_t total = 0;
@@ -599,7 +606,11 @@ int fz_view_build_recipes(fz_view *v)
     v->recipes = calloc(total, sizeof *v->recipes);
     v->outs = calloc(total, sizeof *v->outs);
     recipe_role = calloc(total, sizeof *recipe_role);
-    if (!v->recipes || !v->outs || !recipe_role || fz_hindex_init(&views, total)) {
+    uint32_t *rf = malloc(total * sizeof *rf);
+    if (rf && fz_tree_keep(v, (uint8_t *)rf)) /* (which frees rf if it cannot keep it) */
+        rf = NULL;
+    v->recipe_file = rf;
+    if (!v->recipes || !v->outs || !recipe_role || !rf || fz_hindex_init(&views, total)) {
         rc = fz_error_set(FZ_ENOMEM, "out of memory");
         goto done;
     }
@@ -653,10 +664,9 @@ int fz_view_build_recipes(fz_view *v)
                     goto done;
                 rows = v->meta.rows;
             }
-            fz_recipe *rc_ = &v->recipes[v->nrecipes];
+            fz_recipe *rc_ = fz_view_new_recipe(v, f);
             rc = fz_recipe_init(rc_, v->files[f].fd, v->files[f].path, t, out, rows, rules, nrules);
             free(rules);
-            v->nrecipes++;
             if (rc || (rc = fz_hindex_put(&views, view_hash(t), v->nrecipes - 1)))
                 goto done;
             o->recipe = v->nrecipes - 1;

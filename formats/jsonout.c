@@ -155,7 +155,7 @@ static uint32_t utf8_next(const unsigned char *s, size_t len, size_t *i)
     return cp;
 }
 
-static int emit_string(const char *str, size_t len, bool ascii, fz_buf *out)
+int fz_json_emit_string(const char *str, size_t len, bool ascii, fz_buf *out)
 {
     const unsigned char *s = (const unsigned char *)str;
     int rc = fz_buf_putc(out, '"');
@@ -275,7 +275,7 @@ static int emit_object(const json_t *v, const emit_style *st, int depth, fz_buf 
         if (i > 0)
             rc = item_sep(st, depth + 1, out);
         if (rc == 0)
-            rc = emit_string(keys[i], strlen(keys[i]), st->ensure_ascii, out);
+            rc = fz_json_emit_string(keys[i], strlen(keys[i]), st->ensure_ascii, out);
         if (rc == 0)
             rc = fz_buf_puts(out, st->indent < 0 ? ":" : ": ");
         if (rc == 0)
@@ -321,7 +321,8 @@ static int emit_value(const json_t *v, const emit_style *st, int depth, fz_buf *
     case JSON_ARRAY:
         return emit_array(v, st, depth, out);
     case JSON_STRING:
-        return emit_string(json_string_value(v), json_string_length(v), st->ensure_ascii, out);
+        return fz_json_emit_string(json_string_value(v), json_string_length(v), st->ensure_ascii,
+                                   out);
     case JSON_INTEGER:
         return fz_buf_printf(out, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
     case JSON_REAL:

@@ -30,6 +30,12 @@ typedef struct {
 /* Append the serialisation of v to *out. 0, FZ_ENOMEM or FZ_EINVAL. */
 int fz_json_emit(const json_t *v, const fz_json_style *style, fz_buf *out);
 
+/* Append s[0..len) (well-formed UTF-8) as a JSON string: '"' and '\\'
+ * escaped, control characters as \b \f \n \r \t or \u00xx (lowercase hex,
+ * as Python's json and serde_json write them), non-ASCII as \uXXXX (UTF-16)
+ * when ascii, else as is. 0 or FZ_ENOMEM. */
+int fz_json_emit_string(const char *s, size_t len, bool ascii, fz_buf *out);
+
 /* Append v as the tokenizers library's Tokenizer.save(pretty=True) writes
  * tokenizer.json (serde_json): indent 2, insertion order, raw UTF-8, no
  * trailing newline, reals as fz_json_format_real_rust (non-finite: null).

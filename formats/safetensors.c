@@ -2,13 +2,15 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "formats/jsonout.h"
+#include "formats/jsontok.h"
 #include "util/checked.h"
 #include "util/error.h"
+#include "util/hindex.h"
 #include "util/io.h"
 
 /* Reading follows the reference reader (safetensors tensor.rs read_metadata /
@@ -40,66 +42,74 @@ static uint64_t st_get_u64le(const uint8_t *b)
     return v;
 }
 
-/* A JSON value that must be a non-negative integer (serde's usize). */
-static int st_json_u64(const json_t *v, uint64_t *out)
+/* Value i (UINT32_MAX: absent) must be a non-negative integer (serde's usize). */
+static int st_json_u64(const fz_jdoc *d, uint32_t i, uint64_t *out)
 {
-    if (!json_is_integer(v) || json_integer_value(v) < 0)
+    if (i == UINT32_MAX || d->t[i].type != FZ_JT_INT || d->t[i].v.i < 0)
         return -1;
-    *out = (uint64_t)json_integer_value(v);
+    *out = (uint64_t)d->t[i].v.i;
     return 0;
 }
 
-static int st_check_metadata(const json_t *meta, const char *path)
+/* At most 200 bytes of string token i, for a message ("%.*s"). */
+static int st_shown(const fz_jdoc *d, uint32_t i)
 {
-    const char *k;
-    json_t *v;
-    if (json_is_null(meta)) /* serde's Option<HashMap>: null means absent */
+    return d->t[i].len > 200 ? 200 : (int)d->t[i].len;
+}
+
+static int st_check_metadata(const fz_jdoc *d, uint32_t meta, const char *path)
+{
+    if (d->t[meta].type == FZ_JT_NULL) /* serde's Option<HashMap>: null means absent */
         return 0;
-    if (!json_is_object(meta))
+    if (d->t[meta].type != FZ_JT_OBJECT)
         return fz_error_set(FZ_EFORMAT, "%s: __metadata__ is not an object", path);
-    json_object_foreach((json_t *)meta, k, v)
-    {
-        if (!json_is_string(v))
-            return fz_error_set(FZ_EFORMAT, "%s: __metadata__ value of '%.200s' is not a string",
-                                path, k);
-    }
+    for (uint32_t m = 0, k = meta + 1; m < d->t[meta].n; m++, k = d->t[k + 1].next)
+        if (d->t[k + 1].type != FZ_JT_STRING)
+            return fz_error_set(FZ_EFORMAT, "%s: __metadata__ value of '%.*s' is not a string",
+                                path, st_shown(d, k), fz_jtok_str(d, k));
     return 0;
 }
 
-/* Parse one tensor entry into *t (name not set). */
-static int st_parse_entry(const char *name, json_t *v, const char *path, fz_tensor *t,
-                          st_span *span)
+/* Parse entry v (the value of key `name`) into *t (name not set). */
+static int st_parse_entry(const fz_jdoc *d, const char *name, uint32_t v, const char *path,
+                          fz_tensor *t, st_span *span)
 {
-    json_t *dt = json_object_get(v, "dtype"), *shape = json_object_get(v, "shape");
-    json_t *offs = json_object_get(v, "data_offsets");
+    uint32_t dt = fz_jtok_get(d, v, "dtype"), shape = fz_jtok_get(d, v, "shape");
+    uint32_t offs = fz_jtok_get(d, v, "data_offsets");
     uint64_t numel, nbytes;
     size_t es;
+    char dts[16];
 
-    if (!json_is_object(v))
+    if (d->t[v].type != FZ_JT_OBJECT)
         return fz_error_set(FZ_EFORMAT, "%s: tensor '%.200s' is not an object", path, name);
     /* Extra keys are ignored, as the reference reader (serde) ignores them. */
-    if (!dt || !shape || !offs)
+    if (dt == UINT32_MAX || shape == UINT32_MAX || offs == UINT32_MAX)
         return fz_error_set(
             FZ_EFORMAT, "%s: tensor '%.200s' must have dtype, shape and data_offsets", path, name);
-    if (!json_is_string(dt))
+    if (d->t[dt].type != FZ_JT_STRING)
         return fz_error_set(FZ_EFORMAT, "%s: tensor '%.200s' dtype is not a string", path, name);
-    if (fz_dtype_from_st_name(json_string_value(dt), &t->dtype) != 0)
-        return fz_error_set(FZ_EFORMAT, "%s: tensor '%.200s' has unknown dtype '%s'", path, name,
-                            json_string_value(dt));
-    if (!json_is_array(shape))
+    size_t dl = d->t[dt].len;
+    if (dl < sizeof dts) {
+        memcpy(dts, fz_jtok_str(d, dt), dl);
+        dts[dl] = '\0';
+    }
+    if (dl >= sizeof dts || fz_dtype_from_st_name(dts, &t->dtype) != 0)
+        return fz_error_set(FZ_EFORMAT, "%s: tensor '%.200s' has unknown dtype '%.*s'", path, name,
+                            st_shown(d, dt), fz_jtok_str(d, dt));
+    if (d->t[shape].type != FZ_JT_ARRAY)
         return fz_error_set(FZ_EFORMAT, "%s: tensor '%.200s' shape is not an array", path, name);
-    if (json_array_size(shape) > FZ_MAX_DIMS)
-        return fz_error_set(FZ_EFORMAT, "%s: tensor '%.200s' has %zu dimensions (at most %d)", path,
-                            name, json_array_size(shape), FZ_MAX_DIMS);
-    t->ndim = (int)json_array_size(shape);
-    for (int i = 0; i < t->ndim; i++)
-        if (st_json_u64(json_array_get(shape, (size_t)i), &t->shape[i]) != 0)
+    if (d->t[shape].n > FZ_MAX_DIMS)
+        return fz_error_set(FZ_EFORMAT, "%s: tensor '%.200s' has %u dimensions (at most %d)", path,
+                            name, d->t[shape].n, FZ_MAX_DIMS);
+    t->ndim = (int)d->t[shape].n;
+    for (uint32_t i = 0, k = shape + 1; i < d->t[shape].n; i++, k = d->t[k].next)
+        if (st_json_u64(d, k, &t->shape[i]) != 0)
             return fz_error_set(FZ_EFORMAT,
-                                "%s: tensor '%.200s' shape[%d] is not a non-negative integer", path,
+                                "%s: tensor '%.200s' shape[%u] is not a non-negative integer", path,
                                 name, i);
-    if (!json_is_array(offs) || json_array_size(offs) != 2 ||
-        st_json_u64(json_array_get(offs, 0), &span->begin) != 0 ||
-        st_json_u64(json_array_get(offs, 1), &span->end) != 0)
+    if (d->t[offs].type != FZ_JT_ARRAY || d->t[offs].n != 2 ||
+        st_json_u64(d, offs + 1, &span->begin) != 0 ||
+        st_json_u64(d, d->t[offs + 1].next, &span->end) != 0)
         return fz_error_set(FZ_EFORMAT,
                             "%s: tensor '%.200s' data_offsets is not a pair of non-negative "
                             "integers",
@@ -159,14 +169,12 @@ int fz_st_read(int fd, const char *path, uint64_t file_size, fz_tensor_list *out
 {
     uint8_t lenbuf[8];
     uint8_t *hbuf = NULL;
-    json_t *root = NULL;
+    fz_jdoc d = {0};
     st_span *spans = NULL;
     fz_tensor_list got = {0};
     uint64_t n, data_start, pos;
-    size_t nt = 0, k;
-    const char *key;
-    json_t *val;
-    json_error_t jerr;
+    size_t nt = 0, k, err_at;
+    const char *why;
     int rc;
 
     if (file_size < 8)
@@ -191,34 +199,35 @@ int fz_st_read(int fd, const char *path, uint64_t file_size, fz_tensor_list *out
     if ((rc = fz_pread_exact(fd, hbuf, n, 8, path)) != 0)
         goto done;
 
-    root = json_loadb((const char *)hbuf, n, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
-    if (!root) {
-        rc = fz_error_set(FZ_EFORMAT, "%s: header is not valid JSON: %s (at byte %d)", path,
-                          jerr.text, jerr.position);
+    rc = fz_jtok_parse(&d, (const char *)hbuf, n, 0, &err_at, &why);
+    if (rc == FZ_EFORMAT)
+        rc = fz_error_set(FZ_EFORMAT, "%s: header is not valid JSON: %s (at byte %zu)", path, why,
+                          err_at);
+    if (rc)
         goto done;
-    }
-    if (!json_is_object(root)) {
+    if (d.t[0].type != FZ_JT_OBJECT) {
         rc = fz_error_set(FZ_EFORMAT, "%s: header is not a JSON object", path);
         goto done;
     }
-    if ((spans = calloc(json_object_size(root) + 1, sizeof *spans)) == NULL) {
+    if ((spans = calloc((size_t)d.t[0].n + 1, sizeof *spans)) == NULL) {
         rc = fz_error_set(FZ_ENOMEM, "%s: out of memory", path);
         goto done;
     }
 
-    /* jansson keeps object keys in file order, so this walks the header order. */
-    json_object_foreach(root, key, val)
-    {
+    /* Members in file order: keys at k, values at k + 1. */
+    for (uint32_t m = 0, key = 1; m < d.t[0].n; m++, key = d.t[key + 1].next) {
         fz_tensor t = {0};
-        if (strcmp(key, "__metadata__") == 0) {
-            if ((rc = st_check_metadata(val, path)) != 0)
+        if (fz_jtok_streq(&d, key, "__metadata__")) {
+            if ((rc = st_check_metadata(&d, key + 1, path)) != 0)
                 goto done;
             continue;
         }
-        if ((rc = st_parse_entry(key, val, path, &t, &spans[nt])) != 0)
-            goto done;
-        if (!(t.name = strdup(key))) {
+        if (!(t.name = fz_jtok_strdup(&d, key))) {
             rc = fz_error_set(FZ_ENOMEM, "%s: out of memory", path);
+            goto done;
+        }
+        if ((rc = st_parse_entry(&d, t.name, key + 1, path, &t, &spans[nt])) != 0) {
+            free(t.name);
             goto done;
         }
         t.storage_id = (uint32_t)nt; /* n <= 1e8 bytes, so fewer than 2^32 tensors */
@@ -260,7 +269,7 @@ int fz_st_read(int fd, const char *path, uint64_t file_size, fz_tensor_list *out
 done:
     fz_tensor_list_free(&got);
     free(spans);
-    json_decref(root);
+    fz_jtok_free(&d);
     free(hbuf);
     return rc;
 }
@@ -295,35 +304,72 @@ static int st_key_cmp(const void *a, const void *b)
     return strcmp(x->name, y->name); /* strcmp compares as unsigned char: byte order */
 }
 
-static json_t *st_entry_json(const fz_st_entry *e, uint64_t begin, uint64_t end)
+/* A decimal number into b. */
+static int st_put_u64(fz_buf *b, uint64_t v)
 {
-    json_t *shape = json_array();
-    if (!shape || begin > INT64_MAX || end > INT64_MAX) {
-        json_decref(shape);
-        return NULL;
-    }
-    for (int d = 0; d < e->ndim; d++)
-        if (e->shape[d] > INT64_MAX ||
-            json_array_append_new(shape, json_integer((json_int_t)e->shape[d])) != 0) {
-            json_decref(shape);
-            return NULL;
-        }
-    /* Key order as the Rust writer: dtype, shape, data_offsets. "o" steals shape. */
-    return json_pack("{s:s, s:o, s:[I, I]}", "dtype", fz_dtype_st_name(e->dtype), "shape", shape,
-                     "data_offsets", (json_int_t)begin, (json_int_t)end);
+    char d[20];
+    size_t n = 0;
+    do {
+        d[sizeof d - ++n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return fz_buf_append(b, d + sizeof d - n, n);
+}
+
+/* One header entry, as the Rust writer writes it (compact, keys dtype, shape,
+ * data_offsets): ,"NAME":{"dtype":"F32","shape":[2,3],"data_offsets":[B,E]} */
+static int st_put_entry(fz_buf *b, const fz_st_entry *e, uint64_t begin, uint64_t end)
+{
+    int rc = fz_buf_putc(b, ',');
+    if (!rc)
+        rc = fz_json_emit_string(e->name, strlen(e->name), false, b);
+    if (!rc)
+        rc = fz_buf_puts(b, ":{\"dtype\":\"");
+    if (!rc)
+        rc = fz_buf_puts(b, fz_dtype_st_name(e->dtype));
+    if (!rc)
+        rc = fz_buf_puts(b, "\",\"shape\":[");
+    for (int d = 0; d < e->ndim && !rc; d++)
+        if (!(rc = d ? fz_buf_putc(b, ',') : 0))
+            rc = st_put_u64(b, e->shape[d]);
+    if (!rc)
+        rc = fz_buf_puts(b, "],\"data_offsets\":[");
+    if (!rc)
+        rc = st_put_u64(b, begin);
+    if (!rc)
+        rc = fz_buf_putc(b, ',');
+    if (!rc)
+        rc = st_put_u64(b, end);
+    return rc ? rc : fz_buf_puts(b, "]}");
+}
+
+typedef struct {
+    const fz_st_entry *e;
+    const char *name;
+} st_name_ctx;
+
+static bool st_same_name(const void *ctx, uint32_t i)
+{
+    const st_name_ctx *c = ctx;
+    return strcmp(c->e[i].name, c->name) == 0;
 }
 
 int fz_st_layout(const fz_st_entry *e, size_t n, fz_buf *hdr, size_t *order, uint64_t *offset)
 {
     st_key *keys = NULL;
     uint64_t *rel = NULL;
-    json_t *root = NULL, *meta = NULL;
-    char *text = NULL;
+    fz_hindex names = {0};
+    size_t base = hdr->len;
     uint64_t pos = 0, hlen;
-    size_t len, j;
+    size_t j;
     int rc;
 
-    if (!(keys = calloc(n + 1, sizeof *keys)) || !(rel = calloc(n + 1, sizeof *rel))) {
+    if (n >= UINT32_MAX) {
+        rc = fz_error_set(FZ_ERANGE, "safetensors layout: %zu tensors is too many", n);
+        goto done;
+    }
+    if (!(keys = calloc(n + 1, sizeof *keys)) || !(rel = calloc(n + 1, sizeof *rel)) ||
+        fz_hindex_init(&names, n)) {
         rc = fz_error_set(FZ_ENOMEM, "safetensors layout: out of memory");
         goto done;
     }
@@ -338,26 +384,21 @@ int fz_st_layout(const fz_st_entry *e, size_t n, fz_buf *hdr, size_t *order, uin
     }
     qsort(keys, n, sizeof *keys, st_key_cmp);
 
-    root = json_object();
-    meta = json_pack("{s:s}", "format", "pt");
-    if (!root || !meta) {
-        json_decref(meta);
-        rc = fz_error_set(FZ_ENOMEM, "safetensors layout: out of memory");
+    /* the length is filled in once the JSON is written */
+    if ((rc = fz_buf_put_u64le(hdr, 0)) != 0 ||
+        (rc = fz_buf_puts(hdr, "{\"__metadata__\":{\"format\":\"pt\"}")) != 0)
         goto done;
-    }
-    if (json_object_set_new(root, "__metadata__", meta) != 0) { /* steals meta */
-        rc = fz_error_set(FZ_ENOMEM, "safetensors layout: out of memory");
-        goto done;
-    }
     for (j = 0; j < n; j++) {
         const fz_st_entry *t = &e[keys[j].idx];
-        uint64_t numel, nbytes, end;
-        json_t *ent;
-        if (j && strcmp(keys[j - 1].name, t->name) == 0) {
+        uint64_t numel, nbytes, end, h = fz_hindex_hash(t->name, strlen(t->name));
+        st_name_ctx nc = {e, t->name};
+        if (fz_hindex_find(&names, h, st_same_name, &nc) != UINT32_MAX) {
             rc = fz_error_set(FZ_EINVAL, "safetensors layout: tensor name '%.200s' appears twice",
                               t->name);
             goto done;
         }
+        if ((rc = fz_hindex_put(&names, h, (uint32_t)keys[j].idx)) != 0)
+            goto done;
         if (strcmp(t->name, "__metadata__") == 0) {
             rc = fz_error_set(FZ_EINVAL, "safetensors layout: '__metadata__' is reserved");
             goto done;
@@ -369,28 +410,31 @@ int fz_st_layout(const fz_st_entry *e, size_t n, fz_buf *hdr, size_t *order, uin
                               t->name);
             goto done;
         }
-        if (!(ent = st_entry_json(t, pos, end))) {
+        /* the reader takes JSON integers as int64 */
+        bool fits = end <= INT64_MAX;
+        for (int d = 0; d < t->ndim; d++)
+            fits = fits && t->shape[d] <= INT64_MAX;
+        if (!fits) {
             rc = fz_error_set(FZ_ERANGE, "safetensors layout: tensor '%.200s' cannot be encoded",
                               t->name);
             goto done;
         }
-        if (json_object_set_new(root, t->name, ent) != 0) { /* steals ent */
+        if (!fz_utf8_valid(t->name, strlen(t->name))) {
             rc = fz_error_set(
                 FZ_EINVAL, "safetensors layout: tensor name '%.200s' is not valid UTF-8", t->name);
             goto done;
         }
+        if ((rc = st_put_entry(hdr, t, pos, end)) != 0)
+            goto done;
         order[j] = keys[j].idx;
         rel[keys[j].idx] = pos;
         pos = end;
     }
-
-    /* Compact separators and insertion order: what the Rust writer emits. */
-    if (!(text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER))) {
-        rc = fz_error_set(FZ_ENOMEM, "safetensors layout: out of memory");
+    if ((rc = fz_buf_putc(hdr, '}')) != 0)
         goto done;
-    }
-    len = strlen(text);
-    hlen = ((uint64_t)len + 7) & ~(uint64_t)7;
+
+    /* Padded with spaces to a multiple of 8, as the Rust writer pads it. */
+    hlen = ((uint64_t)(hdr->len - base - 8) + 7) & ~(uint64_t)7;
     if (hlen > FZ_ST_MAX_HEADER) {
         rc = fz_error_set(FZ_ERANGE, "safetensors layout: header of %" PRIu64 " bytes exceeds %u",
                           hlen, FZ_ST_MAX_HEADER);
@@ -401,17 +445,17 @@ int fz_st_layout(const fz_st_entry *e, size_t n, fz_buf *hdr, size_t *order, uin
             rc = fz_error_set(FZ_ERANGE, "safetensors layout: offsets overflow");
             goto done;
         }
-    if ((rc = fz_buf_reserve(hdr, 8 + (size_t)hlen + 1)) != 0 ||
-        (rc = fz_buf_put_u64le(hdr, hlen)) != 0 || (rc = fz_buf_append(hdr, text, len)) != 0)
-        goto done;
-    for (; len < hlen; len++)
+    while (hdr->len - base - 8 < hlen)
         if ((rc = fz_buf_putc(hdr, ' ')) != 0)
             goto done;
+    for (int i = 0; i < 8; i++)
+        hdr->data[base + (size_t)i] = (uint8_t)(hlen >> (8 * i));
     rc = 0;
 
 done:
-    free(text);
-    json_decref(root);
+    if (rc)
+        hdr->len = base;
+    fz_hindex_free(&names);
     free(rel);
     free(keys);
     return rc;

@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "formats/jsonout.h"
+#include "formats/jsontok.h"
 #include "util/buf.h"
 #include "util/error.h"
 #include "util/hindex.h"
@@ -211,29 +212,78 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* A shard name from an index must be a plain file name in the checkpoint. */
-static bool safe_name(const char *n)
+/* A shard name from an index (n bytes) must be a plain file name in the checkpoint. */
+static bool safe_name(const char *n, size_t len)
 {
-    return n[0] && strcmp(n, ".") && strcmp(n, "..") && !strchr(n, '/');
+    return len && !(len == 1 && n[0] == '.') && !(len == 2 && n[0] == '.' && n[1] == '.') &&
+           !memchr(n, '/', len);
 }
 
 typedef struct {
     char *const *files;
     const char *name;
+    size_t len;
 } name_ctx;
 
 static bool same_name(const void *ctx, uint32_t k)
 {
     const name_ctx *c = ctx;
-    return strcmp(c->files[k], c->name) == 0;
+    return strncmp(c->files[k], c->name, c->len) == 0 && c->files[k][c->len] == '\0';
+}
+
+/* The weight_map of the index (the flat-token reader: an index lists every
+ * tensor, 100k of them in a MoE checkpoint): the distinct shard names into
+ * s->files, and metadata.param_sharing (the only other part fzfs uses) into
+ * s->param_sharing. */
+static int read_index(fz_source *s, const fz_jdoc *d, const char *path)
+{
+    uint32_t meta = fz_jtok_get(d, 0, "metadata");
+    uint32_t ps = meta == UINT32_MAX ? UINT32_MAX : fz_jtok_get(d, meta, "param_sharing");
+    if (ps != UINT32_MAX && d->t[ps].type == FZ_JT_ARRAY &&
+        !(s->param_sharing = fz_jtok_to_json(d, ps)))
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    uint32_t wm = fz_jtok_get(d, 0, "weight_map");
+    if (wm == UINT32_MAX || d->t[wm].type != FZ_JT_OBJECT || d->t[wm].n == 0)
+        return fz_error_set(FZ_EFORMAT, "%s: no \"weight_map\" object", path);
+    if (!(s->files = calloc(d->t[wm].n, sizeof *s->files)))
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    /* the distinct file names, found through a hash index (100k tensors
+     * over many shards: no scan of the names so far per tensor) */
+    fz_hindex seen;
+    if (fz_hindex_init(&seen, d->t[wm].n))
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    int rc = 0;
+    uint32_t last = UINT32_MAX; /* the previous entry's value: most often the same file */
+    for (uint32_t m = 0, k = wm + 1; m < d->t[wm].n && rc == 0; m++, k = d->t[k + 1].next) {
+        uint32_t v = k + 1;
+        const char *f = fz_jtok_str(d, v);
+        size_t n = d->t[v].len;
+        if (d->t[v].type != FZ_JT_STRING || !safe_name(f, n)) {
+            rc = fz_error_set(FZ_EFORMAT, "%s: weight_map[\"%.*s\"] is not a file name", path,
+                              (int)d->t[k].len, fz_jtok_str(d, k));
+            break;
+        }
+        if (last != UINT32_MAX && d->t[last].len == n && !memcmp(fz_jtok_str(d, last), f, n))
+            continue;
+        last = v;
+        name_ctx nc = {s->files, f, n};
+        uint64_t h = fz_hindex_hash(f, n);
+        if (fz_hindex_find(&seen, h, same_name, &nc) != UINT32_MAX)
+            continue;
+        if (!(s->files[s->nfiles] = strndup(f, n)) || fz_hindex_put(&seen, h, s->nfiles))
+            rc = fz_error_set(FZ_ENOMEM, "out of memory");
+        else
+            s->nfiles++;
+    }
+    fz_hindex_free(&seen);
+    return rc;
 }
 
 static int list_weight_files(fz_source *s)
 {
     int rc = 0;
     char *path = NULL, *text = NULL;
-    json_t *j = NULL;
-    fz_hindex seen = {0};
+    fz_jdoc d = {0};
     size_t len;
     for (size_t i = 0; i < 4; i++)
         if (is_file(s->ckpt, weight_names[i])) {
@@ -254,50 +304,13 @@ static int list_weight_files(fz_source *s)
     rc = fz_read_file(path, 256u << 20, &text, &len);
     if (rc)
         goto done;
-    j = fz_json_parse(text, len, path);
-    if (!j) {
-        rc = FZ_EFORMAT;
+    size_t err_at;
+    const char *why;
+    rc = fz_jtok_parse(&d, text, len, FZ_JTOK_BIGINT, &err_at, &why);
+    if (rc == FZ_EFORMAT)
+        rc = fz_jtok_error(text, err_at, why, path);
+    if (rc || (rc = read_index(s, &d, path)))
         goto done;
-    }
-    /* kept for the embedding search (view/tensors.c): the index is parsed once */
-    json_t *ps = json_object_get(json_object_get(j, "metadata"), "param_sharing");
-    if (json_is_array(ps))
-        s->param_sharing = json_incref(ps);
-    json_t *wm = json_object_get(j, "weight_map");
-    if (!json_is_object(wm) || json_object_size(wm) == 0) {
-        rc = fz_error_set(FZ_EFORMAT, "%s: no \"weight_map\" object", path);
-        goto done;
-    }
-    s->files = calloc(json_object_size(wm), sizeof *s->files);
-    if (!s->files) {
-        rc = fz_error_set(FZ_ENOMEM, "out of memory");
-        goto done;
-    }
-    const char *key;
-    json_t *val;
-    /* the distinct file names, found through a hash index (100k tensors
-     * over many shards: no scan of the names so far per tensor) */
-    if (fz_hindex_init(&seen, json_object_size(wm))) {
-        rc = fz_error_set(FZ_ENOMEM, "out of memory");
-        goto done;
-    }
-    json_object_foreach(wm, key, val)
-    {
-        const char *f = json_string_value(val);
-        if (!f || !safe_name(f)) {
-            rc = fz_error_set(FZ_EFORMAT, "%s: weight_map[\"%s\"] is not a file name", path, key);
-            goto done;
-        }
-        name_ctx nc = {s->files, f};
-        uint64_t h = fz_hindex_hash(f, strlen(f));
-        if (fz_hindex_find(&seen, h, same_name, &nc) == UINT32_MAX) {
-            if (!(s->files[s->nfiles] = strdup(f)) || fz_hindex_put(&seen, h, s->nfiles)) {
-                rc = fz_error_set(FZ_ENOMEM, "out of memory");
-                goto done;
-            }
-            s->nfiles++;
-        }
-    }
     qsort(s->files, s->nfiles, sizeof *s->files, cmp_str);
     for (uint32_t k = 0; k < s->nfiles && rc == 0; k++) {
         char *shard = join(s->ckpt, s->files[k]);
@@ -310,8 +323,7 @@ static int list_weight_files(fz_source *s)
             rc = fz_error_prefix(rc, "%s lists shard '%s'", path, s->files[k]);
     }
 done:
-    fz_hindex_free(&seen);
-    json_decref(j);
+    fz_jtok_free(&d);
     free(text);
     free(path);
     return rc;

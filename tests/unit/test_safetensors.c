@@ -381,6 +381,33 @@ static void test_layout_matches_reference(void **state)
     free(file);
 }
 
+/* Names that need escaping are written as the reference writer (serde_json)
+ * writes them: control characters as \u00xx in lowercase, \t, \" and \\;
+ * '/', DEL and non-ASCII as they are (bytes from safetensors 0.x save_file). */
+static void test_layout_escapes_as_reference(void **state)
+{
+    (void)state;
+    uint64_t s1[1] = {1}, s2[1] = {2};
+    fz_st_entry e[] = {{"a\x1f"
+                        "b\"c\\d/\x7f\xc3\xa9\t",
+                        FZ_DT_F32, 1, s2},
+                       {"x", FZ_DT_I64, 1, s1}};
+    static const char want[] =
+        "{\"__metadata__\":{\"format\":\"pt\"},\"x\":{\"dtype\":\"I64\",\"shape\":[1],"
+        "\"data_offsets\":[0,8]},\"a\\u001fb\\\"c\\\\d/\x7f\xc3\xa9\\t\":{\"dtype\":\"F32\","
+        "\"shape\":[2],\"data_offsets\":[8,16]}}  ";
+    size_t order[2];
+    uint64_t off[2];
+    fz_buf hdr = FZ_BUF_INIT;
+    assert_int_equal(fz_st_layout(e, 2, &hdr, order, off), 0);
+    assert_int_equal(hdr.len, 8 + sizeof want - 1);
+    assert_int_equal(hdr.data[0], sizeof want - 1);
+    assert_memory_equal(hdr.data + 8, want, sizeof want - 1);
+    assert_int_equal(off[0], hdr.len + 8);
+    assert_int_equal(off[1], hdr.len);
+    fz_buf_free(&hdr);
+}
+
 static void test_layout_padding(void **state)
 {
     (void)state;
@@ -470,11 +497,16 @@ static void test_layout_errors(void **state)
 {
     (void)state;
     uint64_t s1[1] = {1}, huge[2] = {UINT64_C(1) << 40, UINT64_C(1) << 40};
-    size_t order[2];
-    uint64_t off[2];
+    size_t order[3];
+    uint64_t off[3];
     fz_buf hdr = FZ_BUF_INIT;
     fz_st_entry dup[] = {{"x", FZ_DT_F32, 1, s1}, {"x", FZ_DT_F32, 1, s1}};
     assert_int_equal(fz_st_layout(dup, 2, &hdr, order, off), FZ_EINVAL);
+    assert_non_null(strstr(fz_error_msg(), "'x' appears twice"));
+    /* the same name in two dtypes, another between them in the writer's order */
+    fz_st_entry dup2[] = {
+        {"x", FZ_DT_F32, 1, s1}, {"y", FZ_DT_F64, 1, s1}, {"x", FZ_DT_I64, 1, s1}};
+    assert_int_equal(fz_st_layout(dup2, 3, &hdr, order, off), FZ_EINVAL);
     assert_non_null(strstr(fz_error_msg(), "'x' appears twice"));
     fz_st_entry meta[] = {{"__metadata__", FZ_DT_F32, 1, s1}};
     assert_int_equal(fz_st_layout(meta, 1, &hdr, order, off), FZ_EINVAL);
@@ -519,12 +551,19 @@ static void test_read_appends(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_read_reference_file), cmocka_unit_test(test_read_no_metadata),
-        cmocka_unit_test(test_read_accepts),        cmocka_unit_test(test_reject_framing),
-        cmocka_unit_test(test_reject_json),         cmocka_unit_test(test_reject_entries),
-        cmocka_unit_test(test_reject_tiling),       cmocka_unit_test(test_layout_matches_reference),
-        cmocka_unit_test(test_layout_padding),      cmocka_unit_test(test_layout_roundtrip),
-        cmocka_unit_test(test_layout_errors),       cmocka_unit_test(test_read_appends),
+        cmocka_unit_test(test_read_reference_file),
+        cmocka_unit_test(test_read_no_metadata),
+        cmocka_unit_test(test_read_accepts),
+        cmocka_unit_test(test_reject_framing),
+        cmocka_unit_test(test_reject_json),
+        cmocka_unit_test(test_reject_entries),
+        cmocka_unit_test(test_reject_tiling),
+        cmocka_unit_test(test_layout_matches_reference),
+        cmocka_unit_test(test_layout_escapes_as_reference),
+        cmocka_unit_test(test_layout_padding),
+        cmocka_unit_test(test_layout_roundtrip),
+        cmocka_unit_test(test_layout_errors),
+        cmocka_unit_test(test_read_appends),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -31,7 +31,7 @@ static bool out_is_source(const fz_view *v, const fz_outtensor *o, uint32_t f, c
 {
     const fz_recipe *r = &v->recipes[o->recipe];
     if (strcmp(o->name, t->name) != 0 || r->part != FZ_PART_PLAIN || !fz_recipe_is_span(r, NULL) ||
-        r->fd != v->files[f].fd)
+        v->recipe_file[o->recipe] != f)
         return false;
     const fz_tensor *s = &r->src;
     if (s->storage_id != t->storage_id || s->storage_offset != t->storage_offset ||

@@ -3,11 +3,11 @@
  * rather than as a rewritten container around spans of its tensors. Such a
  * node has a backing file (fz_view_backing), which is what lets the mount
  * hand it to the kernel (FUSE passthrough). */
-#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "formats/jsontok.h"
 #include "formats/zip.h"
 #include "util/error.h"
 #include "util/io.h"
@@ -59,13 +59,19 @@ static bool st_format_pt(const fz_srcfile *sf)
         return false;
     char *h = malloc(n ? (size_t)n : 1);
     bool ok = false;
-    if (h && pread(sf->fd, h, (size_t)n, 8) == (ssize_t)n) {
-        json_t *j = json_loadb(h, (size_t)n, 0, NULL);
-        const json_t *meta = json_object_get(j, "__metadata__");
-        const char *fmt = json_string_value(json_object_get(meta, "format"));
-        ok = j && (!meta || json_is_null(meta) || (fmt && strcmp(fmt, "pt") == 0));
-        json_decref(j);
+    fz_jdoc d = {0};
+    size_t err_off;
+    const char *why;
+    if (h && pread(sf->fd, h, (size_t)n, 8) == (ssize_t)n &&
+        fz_jtok_parse(&d, h, (size_t)n, 0, &err_off, &why) == 0 && d.n &&
+        d.t[0].type == FZ_JT_OBJECT) {
+        uint32_t meta = fz_jtok_get(&d, 0, "__metadata__"), fmt = UINT32_MAX;
+        if (meta != UINT32_MAX && d.t[meta].type == FZ_JT_OBJECT)
+            fmt = fz_jtok_get(&d, meta, "format");
+        ok = meta == UINT32_MAX || d.t[meta].type == FZ_JT_NULL ||
+             (fmt != UINT32_MAX && d.t[fmt].type == FZ_JT_STRING && fz_jtok_streq(&d, fmt, "pt"));
     }
+    fz_jtok_free(&d);
     free(h);
     return ok;
 }

@@ -117,6 +117,21 @@ def test_plan_says_which_files_pass_through_whole(runs, fzfs):
     assert len([p for p in w if p.endswith(".safetensors")]) == 2, w
 
 
+def test_safetensors_metadata_decides(runs, fzfs, tmp_path):
+    """A safetensors shard passes through with its own __metadata__ only when that says
+    format pt (or there is none): transformers refuses a file whose metadata names no
+    format, which the rewritten shard (format pt) fixes."""
+    from safetensors.torch import load_file, save_file
+    src = clone(runs, "llama-untied-st", tmp_path)
+    first, second = weight_file(src, runs, "llama-untied-st", 0), \
+        weight_file(src, runs, "llama-untied-st", 1)
+    save_file(load_file(first), first, metadata={"format": "pt", "note": "kept"})
+    save_file(load_file(second), second, metadata={"note": "no format"})
+    w = whole_files(fzfs, src, *ST)
+    got = {os.path.basename(p) for p in w if p.endswith(".safetensors")}
+    assert got == {os.path.basename(first)}, w
+
+
 # ---- passthrough on ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("run,opts", [("llama-untied-st", ST), ("llama-tied-bin", [])],

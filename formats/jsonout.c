@@ -155,6 +155,29 @@ static uint32_t utf8_next(const unsigned char *s, size_t len, size_t *i)
     return cp;
 }
 
+/* JSON's two-character escape of c, NULL when it has none. */
+static const char *short_escape(unsigned char c)
+{
+    switch (c) {
+    case '"':
+        return "\\\"";
+    case '\\':
+        return "\\\\";
+    case '\n':
+        return "\\n";
+    case '\r':
+        return "\\r";
+    case '\t':
+        return "\\t";
+    case '\b':
+        return "\\b";
+    case '\f':
+        return "\\f";
+    default:
+        return NULL;
+    }
+}
+
 int fz_json_emit_string(const char *str, size_t len, bool ascii, fz_buf *out)
 {
     const unsigned char *s = (const unsigned char *)str;
@@ -170,37 +193,11 @@ int fz_json_emit_string(const char *str, size_t len, bool ascii, fz_buf *out)
             i = j;
             continue;
         }
-        switch (c) {
-        case '"':
-            rc = fz_buf_puts(out, "\\\"");
+        const char *esc = short_escape(c);
+        if (esc) {
+            rc = fz_buf_puts(out, esc);
             i++;
             continue;
-        case '\\':
-            rc = fz_buf_puts(out, "\\\\");
-            i++;
-            continue;
-        case '\n':
-            rc = fz_buf_puts(out, "\\n");
-            i++;
-            continue;
-        case '\r':
-            rc = fz_buf_puts(out, "\\r");
-            i++;
-            continue;
-        case '\t':
-            rc = fz_buf_puts(out, "\\t");
-            i++;
-            continue;
-        case '\b':
-            rc = fz_buf_puts(out, "\\b");
-            i++;
-            continue;
-        case '\f':
-            rc = fz_buf_puts(out, "\\f");
-            i++;
-            continue;
-        default:
-            break;
         }
         if (c < 0x20) {
             rc = fz_buf_printf(out, "\\u%04x", c);

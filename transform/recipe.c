@@ -34,13 +34,19 @@ static void memo_init(fz_recipe *r)
     r->inited = true;
 }
 
-int fz_recipe_init(fz_recipe *r, int fd, const char *src_path, const fz_tensor *src,
-                   fz_dtype out_dtype, uint64_t out_rows, const fz_row_init *rules, size_t n_rules)
+/* An empty recipe over tensor *src, read from fd. */
+static void recipe_start(fz_recipe *r, int fd, const char *src_path, const fz_tensor *src)
 {
     memset(r, 0, sizeof *r);
     r->fd = fd;
     r->src_path = src_path;
     r->src = *src;
+}
+
+int fz_recipe_init(fz_recipe *r, int fd, const char *src_path, const fz_tensor *src,
+                   fz_dtype out_dtype, uint64_t out_rows, const fz_row_init *rules, size_t n_rules)
+{
+    recipe_start(r, fd, src_path, src);
     r->out_dtype = out_dtype;
     r->val_dtype = out_dtype;
     r->part = FZ_PART_PLAIN;
@@ -97,10 +103,7 @@ int fz_recipe_init(fz_recipe *r, int fd, const char *src_path, const fz_tensor *
 int fz_recipe_init_quant(fz_recipe *r, int fd, const char *src_path, const fz_tensor *src,
                          fz_dtype val_dtype, const fz_qscheme *q, fz_part part)
 {
-    memset(r, 0, sizeof *r);
-    r->fd = fd;
-    r->src_path = src_path;
-    r->src = *src;
+    recipe_start(r, fd, src_path, src);
     r->part = part;
     r->q = q;
     r->val_dtype = val_dtype;

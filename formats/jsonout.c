@@ -229,9 +229,14 @@ typedef struct {
 
 static int newline(const emit_style *st, int depth, fz_buf *out)
 {
-    int rc = fz_buf_putc(out, '\n');
-    for (int i = 0; rc == 0 && i < depth * st->indent; i++)
-        rc = fz_buf_putc(out, ' ');
+    size_t pad = (size_t)depth * (size_t)st->indent;
+    int rc = fz_buf_reserve(out, pad + 2);
+    if (rc == 0) {
+        out->data[out->len++] = '\n';
+        memset(out->data + out->len, ' ', pad);
+        out->len += pad;
+        out->data[out->len] = 0;
+    }
     return rc;
 }
 
@@ -244,9 +249,16 @@ static int item_sep(const emit_style *st, int depth, fz_buf *out)
     return fz_buf_puts(out, st->indent == 0 ? ", " : ",");
 }
 
+/* An object member: its key and value, taken in one pass over the object. */
+typedef struct {
+    const char *key;
+    size_t len;
+    const json_t *val;
+} member;
+
 static int cmp_keys(const void *a, const void *b)
 {
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
+    return strcmp(((const member *)a)->key, ((const member *)b)->key);
 }
 
 static int emit_value(const json_t *v, const emit_style *st, int depth, fz_buf *out);
@@ -256,13 +268,13 @@ static int emit_object(const json_t *v, const emit_style *st, int depth, fz_buf 
     size_t n = json_object_size(v);
     if (n == 0)
         return fz_buf_puts(out, "{}");
-    const char **keys = malloc(n * sizeof *keys);
+    member *keys = malloc(n * sizeof *keys);
     if (!keys)
         return fz_error_set(FZ_ENOMEM, "out of memory");
-    size_t k = 0;
+    size_t k = 0, len;
     const char *key;
     json_t *val;
-    json_object_foreach((json_t *)v, key, val) keys[k++] = key;
+    json_object_keylen_foreach((json_t *)v, key, len, val) keys[k++] = (member){key, len, val};
     if (st->sort_keys)
         qsort(keys, n, sizeof *keys, cmp_keys);
     int rc = fz_buf_putc(out, '{');
@@ -272,11 +284,11 @@ static int emit_object(const json_t *v, const emit_style *st, int depth, fz_buf 
         if (i > 0)
             rc = item_sep(st, depth + 1, out);
         if (rc == 0)
-            rc = fz_json_emit_string(keys[i], strlen(keys[i]), st->ensure_ascii, out);
+            rc = fz_json_emit_string(keys[i].key, keys[i].len, st->ensure_ascii, out);
         if (rc == 0)
-            rc = fz_buf_puts(out, st->indent < 0 ? ":" : ": ");
+            rc = st->indent < 0 ? fz_buf_putc(out, ':') : fz_buf_append(out, ": ", 2);
         if (rc == 0)
-            rc = emit_value(json_object_get(v, keys[i]), st, depth + 1, out);
+            rc = emit_value(keys[i].val, st, depth + 1, out);
     }
     if (rc == 0 && st->indent > 0)
         rc = newline(st, depth, out);
@@ -320,8 +332,12 @@ static int emit_value(const json_t *v, const emit_style *st, int depth, fz_buf *
     case JSON_STRING:
         return fz_json_emit_string(json_string_value(v), json_string_length(v), st->ensure_ascii,
                                    out);
-    case JSON_INTEGER:
-        return fz_buf_printf(out, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+    case JSON_INTEGER: {
+        json_int_t i = json_integer_value(v);
+        int rc = i < 0 ? fz_buf_putc(out, '-') : 0;
+        /* the magnitude in unsigned arithmetic: INT64_MIN has no positive twin */
+        return rc ? rc : fz_buf_put_dec(out, i < 0 ? 0 - (uint64_t)i : (uint64_t)i);
+    }
     case JSON_REAL:
         if (st->rust_floats)
             fz_json_format_real_rust(json_real_value(v), num);
@@ -340,9 +356,14 @@ static int emit_value(const json_t *v, const emit_style *st, int depth, fz_buf *
 
 int fz_json_emit(const json_t *v, const fz_json_style *style, fz_buf *out)
 {
+    return fz_json_emit_nested(v, style, 0, out);
+}
+
+int fz_json_emit_nested(const json_t *v, const fz_json_style *style, int depth, fz_buf *out)
+{
     size_t mark = out->len;
     emit_style st = {style->indent, style->sort_keys, style->ensure_ascii, false};
-    int rc = emit_value(v, &st, 0, out);
+    int rc = emit_value(v, &st, depth, out);
     if (rc == 0 && style->trailing_newline)
         rc = fz_buf_putc(out, '\n');
     if (rc)

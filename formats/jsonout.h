@@ -30,6 +30,10 @@ typedef struct {
 /* Append the serialisation of v to *out. 0, FZ_ENOMEM or FZ_EINVAL. */
 int fz_json_emit(const json_t *v, const fz_json_style *style, fz_buf *out);
 
+/* fz_json_emit for a value that sits `depth` levels deep in a document the
+ * caller writes around it: its inner lines are indented for that depth. */
+int fz_json_emit_nested(const json_t *v, const fz_json_style *style, int depth, fz_buf *out);
+
 /* Append s[0..len) (well-formed UTF-8) as a JSON string: '"' and '\\'
  * escaped, control characters as \b \f \n \r \t or \u00xx (lowercase hex,
  * as Python's json and serde_json write them), non-ASCII as \uXXXX (UTF-16)

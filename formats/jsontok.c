@@ -46,11 +46,7 @@ static int push_tok(parser *P, fz_jtype type, size_t off, uint32_t *i)
     if (d->n == d->cap && FZ_VEC_RESERVE(d->t, d->cap, d->n + 1))
         return FZ_ENOMEM;
     *i = (uint32_t)d->n;
-    fz_jtok *t = &d->t[d->n++];
-    memset(t, 0, sizeof *t);
-    t->type = (uint8_t)type;
-    t->off = (uint32_t)off;
-    t->next = *i + 1;
+    d->t[d->n++] = (fz_jtok){.type = (uint8_t)type, .off = (uint32_t)off, .next = *i + 1};
     return 0;
 }
 
@@ -132,6 +128,30 @@ static int unescape(parser *P, size_t *q)
     return put_utf8(dec, cp);
 }
 
+/* How many of the 8 bytes at s need no attention in a string (not '"',
+ * '\\', a control character or non-ASCII): 8 when none does. Eight at a
+ * time, SWAR: in each test the lowest flagged byte is exact (a borrow only
+ * runs upwards), so the lowest flag of all is the first such byte. */
+static unsigned plain_run8(const unsigned char *s)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    const uint64_t ones = 0x0101010101010101u;
+    uint64_t x, quote, bslash;
+    memcpy(&x, s, 8);
+    quote = x ^ (ones * '"');
+    bslash = x ^ (ones * '\\');
+    uint64_t m =
+        ((quote - ones) & ~quote) | ((bslash - ones) & ~bslash) | ((x - ones * 0x20) & ~x) | x;
+    m &= ones * 0x80;
+    return m ? (unsigned)__builtin_ctzll(m) >> 3 : 8;
+#else
+    unsigned k = 0;
+    while (k < 8 && s[k] >= 0x20 && s[k] < 0x80 && s[k] != '"' && s[k] != '\\')
+        k++;
+    return k;
+#endif
+}
+
 /* The string at s[P->p] (a quote) as token *i. Without escapes its bytes
  * stay in the text; with them they are decoded into d->dec. */
 static int parse_string(parser *P, uint32_t *i)
@@ -140,6 +160,12 @@ static int parse_string(parser *P, uint32_t *i)
     size_t start = P->p + 1, q = start;
     int rc;
     for (;;) {
+        if (P->len - q >= 8) {
+            unsigned run = plain_run8(s + q);
+            q += run;
+            if (run == 8)
+                continue;
+        }
         if (q >= P->len)
             return fail(P, q, "premature end of input in a string");
         unsigned char c = s[q];

@@ -167,6 +167,13 @@ static int st_span_cmp(const void *a, const void *b)
 
 int fz_st_read(int fd, const char *path, uint64_t file_size, fz_tensor_list *out)
 {
+    return fz_st_read_info(fd, path, file_size, out, NULL);
+}
+
+int fz_st_read_info(int fd, const char *path, uint64_t file_size, fz_tensor_list *out,
+                    fz_st_info *info)
+{
+    bool format_pt = true;
     uint8_t lenbuf[8];
     uint8_t *hbuf = NULL;
     fz_jdoc d = {0};
@@ -220,6 +227,9 @@ int fz_st_read(int fd, const char *path, uint64_t file_size, fz_tensor_list *out
         if (fz_jtok_streq(&d, key, "__metadata__")) {
             if ((rc = st_check_metadata(&d, key + 1, path)) != 0)
                 goto done;
+            uint32_t fmt = fz_jtok_get(&d, key + 1, "format");
+            format_pt = d.t[key + 1].type == FZ_JT_NULL ||
+                        (fmt != UINT32_MAX && fz_jtok_streq(&d, fmt, "pt"));
             continue;
         }
         if (!(t.name = fz_jtok_strdup(&d, key))) {
@@ -242,7 +252,11 @@ int fz_st_read(int fd, const char *path, uint64_t file_size, fz_tensor_list *out
 
     /* The reference rule: sorted by data_offsets, the entries tile the byte buffer
      * exactly from 0 (no gap, no overlap, no aliasing), and the buffer ends at EOF. */
-    qsort(spans, nt, sizeof *spans, st_span_cmp);
+    bool sorted = true; /* as writers write them: no sort needed */
+    for (k = 1; k < nt && sorted; k++)
+        sorted = st_span_cmp(&spans[k - 1], &spans[k]) < 0;
+    if (!sorted)
+        qsort(spans, nt, sizeof *spans, st_span_cmp);
     pos = 0;
     for (k = 0; k < nt; k++) {
         const st_span *s = &spans[k];
@@ -265,6 +279,8 @@ int fz_st_read(int fd, const char *path, uint64_t file_size, fz_tensor_list *out
     }
 
     rc = fz_tensor_list_append(out, &got);
+    if (rc == 0 && info)
+        info->format_pt = format_pt;
 
 done:
     fz_tensor_list_free(&got);
@@ -304,18 +320,6 @@ static int st_key_cmp(const void *a, const void *b)
     return strcmp(x->name, y->name); /* strcmp compares as unsigned char: byte order */
 }
 
-/* A decimal number into b. */
-static int st_put_u64(fz_buf *b, uint64_t v)
-{
-    char d[20];
-    size_t n = 0;
-    do {
-        d[sizeof d - ++n] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    return fz_buf_append(b, d + sizeof d - n, n);
-}
-
 /* One header entry, as the Rust writer writes it (compact, keys dtype, shape,
  * data_offsets): ,"NAME":{"dtype":"F32","shape":[2,3],"data_offsets":[B,E]} */
 static int st_put_entry(fz_buf *b, const fz_st_entry *e, uint64_t begin, uint64_t end)
@@ -331,15 +335,15 @@ static int st_put_entry(fz_buf *b, const fz_st_entry *e, uint64_t begin, uint64_
         rc = fz_buf_puts(b, "\",\"shape\":[");
     for (int d = 0; d < e->ndim && !rc; d++)
         if (!(rc = d ? fz_buf_putc(b, ',') : 0))
-            rc = st_put_u64(b, e->shape[d]);
+            rc = fz_buf_put_dec(b, e->shape[d]);
     if (!rc)
         rc = fz_buf_puts(b, "],\"data_offsets\":[");
     if (!rc)
-        rc = st_put_u64(b, begin);
+        rc = fz_buf_put_dec(b, begin);
     if (!rc)
         rc = fz_buf_putc(b, ',');
     if (!rc)
-        rc = st_put_u64(b, end);
+        rc = fz_buf_put_dec(b, end);
     return rc ? rc : fz_buf_puts(b, "]}");
 }
 

@@ -4,6 +4,8 @@
 #ifndef FZ_FORMATS_SAFETENSORS_H
 #define FZ_FORMATS_SAFETENSORS_H
 
+#include <stdbool.h>
+
 #include "formats/tensor.h"
 #include "util/buf.h"
 
@@ -12,6 +14,16 @@
  * own storage_id. Errors name `path`: FZ_EFORMAT (bad JSON, unknown dtype,
  * gaps/overlaps, trailing bytes, header > 100 MB...), FZ_ERANGE, FZ_EIO. */
 int fz_st_read(int fd, const char *path, uint64_t file_size, fz_tensor_list *out);
+
+/* What fz_st_read_info also tells about the file, from the same parse. */
+typedef struct {
+    bool format_pt; /* no __metadata__ (or null), or one whose "format" is "pt":
+                     * transformers loads the file as PyTorch weights */
+} fz_st_info;
+
+/* fz_st_read, and *info (when not NULL) on success. */
+int fz_st_read_info(int fd, const char *path, uint64_t file_size, fz_tensor_list *out,
+                    fz_st_info *info);
 
 typedef struct {
     const char *name;

@@ -8,24 +8,21 @@
 #include <unistd.h>
 
 #include "formats/pickle.h"
+#include "util/buf.h"
 #include "util/checked.h"
 #include "util/error.h"
+#include "util/hindex.h"
 #include "util/io.h"
 
 /* data.pkl of a state dict is a few bytes per tensor; this only bounds the
  * one allocation made from a size found in the file. */
 #define MAX_PKL_BYTES (256u << 20)
 
-static int cmp_entry(const void *a, const void *b)
-{
-    return strcmp((*(const fz_zip_entry *const *)a)->name, (*(const fz_zip_entry *const *)b)->name);
-}
-
 /* A torch.save archive: its zip directory, indexed by name. */
 typedef struct {
     fz_zip_dir dir;
-    const fz_zip_entry **idx; /* dir's entries sorted by name (no name twice) */
-    char *prefix;             /* "<archive>/": every entry's name starts with it */
+    fz_hindex names; /* dir's entries by name (no name twice) */
+    char *prefix;    /* "<archive>/": every entry's name starts with it */
     size_t plen;
     char *rname; /* scratch: the full name of a record looked up */
     size_t rcap;
@@ -37,18 +34,38 @@ static void archive_close(tb_archive *a)
 {
     free(a->rname);
     free(a->prefix);
-    free(a->idx);
+    fz_hindex_free(&a->names);
     fz_zip_dir_free(&a->dir);
 }
 
-/* The record <prefix><name>, or NULL; a->rname holds its full name. */
+typedef struct {
+    const fz_zip_dir *dir;
+    const char *name;
+} entry_ctx;
+
+static bool entry_is(const void *ctx, uint32_t k)
+{
+    const entry_ctx *c = ctx;
+    return strcmp(c->dir->v[k].name, c->name) == 0;
+}
+
+static uint32_t entry_find(const tb_archive *a, const char *name, uint64_t h)
+{
+    entry_ctx c = {&a->dir, name};
+    return fz_hindex_find(&a->names, h, entry_is, &c);
+}
+
+/* The record <prefix><name> (name at most MAX_KEY + 16 bytes), or NULL;
+ * a->rname holds its full name. */
 static const fz_zip_entry *archive_find(tb_archive *a, const char *name)
 {
-    snprintf(a->rname, a->rcap, "%s%s", a->prefix, name);
-    fz_zip_entry key = {.name = a->rname};
-    const fz_zip_entry *kp = &key;
-    const fz_zip_entry **hit = bsearch(&kp, a->idx, a->dir.n, sizeof *a->idx, cmp_entry);
-    return hit ? *hit : NULL;
+    size_t n = strlen(name);
+    if (a->plen + n >= a->rcap)
+        return NULL;
+    memcpy(a->rname, a->prefix, a->plen);
+    memcpy(a->rname + a->plen, name, n + 1);
+    uint32_t k = entry_find(a, a->rname, fz_hindex_hash(a->rname, a->plen + n));
+    return k == UINT32_MAX ? NULL : &a->dir.v[k];
 }
 
 /* Read the zip directory of a torch.save file and index it: one prefix
@@ -78,20 +95,20 @@ static int archive_open(int fd, const char *path, tb_archive *a)
                             d->v[0].name);
     a->plen = (size_t)(slash - d->v[0].name) + 1;
     a->rcap = a->plen + MAX_KEY + 32;
-    if (!(a->prefix = strndup(d->v[0].name, a->plen)) || !(a->idx = calloc(d->n, sizeof *a->idx)) ||
-        !(a->rname = malloc(a->rcap)))
+    if (d->n >= UINT32_MAX || !(a->prefix = strndup(d->v[0].name, a->plen)) ||
+        fz_hindex_init(&a->names, d->n) || !(a->rname = malloc(a->rcap)))
         return fz_error_set(FZ_ENOMEM, "out of memory");
     for (size_t i = 0; i < d->n; i++) {
-        if (strncmp(d->v[i].name, a->prefix, a->plen))
-            return fz_error_set(FZ_EFORMAT, "%s: archive entry '%s' is not under '%s'", path,
-                                d->v[i].name, a->prefix);
-        a->idx[i] = &d->v[i];
+        const char *name = d->v[i].name;
+        if (strncmp(name, a->prefix, a->plen))
+            return fz_error_set(FZ_EFORMAT, "%s: archive entry '%s' is not under '%s'", path, name,
+                                a->prefix);
+        uint64_t h = fz_hindex_hash(name, strlen(name));
+        if (entry_find(a, name, h) != UINT32_MAX)
+            return fz_error_set(FZ_EFORMAT, "%s: archive entry '%s' appears twice", path, name);
+        if ((rc = fz_hindex_put(&a->names, h, (uint32_t)i)))
+            return rc;
     }
-    qsort(a->idx, d->n, sizeof *a->idx, cmp_entry);
-    for (size_t i = 1; i < d->n; i++)
-        if (!strcmp(a->idx[i - 1]->name, a->idx[i]->name))
-            return fz_error_set(FZ_EFORMAT, "%s: archive entry '%s' appears twice", path,
-                                a->idx[i]->name);
     return 0;
 }
 
@@ -154,7 +171,8 @@ static int resolve_storages(const char *path, tb_archive *a, fz_pickle_dict *pd,
         if (strlen(p->key) > MAX_KEY)
             return fz_error_set(FZ_EFORMAT, "%s: tensor '%s' has an overlong storage key", path,
                                 p->name);
-        snprintf(key, sizeof key, "data/%s", p->key);
+        memcpy(key, "data/", 5);
+        strcpy(key + 5, p->key);
         const fz_zip_entry *e = archive_find(a, key);
         if (!e)
             return fz_error_set(FZ_EFORMAT, "%s: tensor '%s': storage record '%s' is missing", path,
@@ -233,7 +251,7 @@ int fz_torchbin_pickle(const fz_torchbin_entry *e, size_t n, const uint64_t *rec
             goto done;
         }
         fz_pickle_tensor *p = &pt[i];
-        snprintf(keys[i], sizeof keys[i], "%u", x->record);
+        fz_fmt_dec(keys[i], x->record);
         p->name = (char *)x->name;
         p->key = keys[i];
         p->dtype = x->dtype;
@@ -301,19 +319,25 @@ int fz_torchbin_layout(fz_zipw_layout *L, const char *stem, uint64_t pkl_len,
             goto done;
         }
         size_t k = 0;
+        /* "STEM/..." by hand: snprintf was most of the layout's cost at 100k records */
+        memcpy(s, stem, slen);
+        char *tail = s + slen;
         switch (fz_torchbin_record_role(i, nrecords, &k)) {
         case FZ_TB_PICKLE:
-            snprintf(s, slen + 40, "%s/data.pkl", stem), sizes[i] = pkl_len;
+            strcpy(tail, "/data.pkl");
+            sizes[i] = pkl_len;
             break;
         case FZ_TB_BYTEORDER:
-            snprintf(s, slen + 40, "%s/byteorder", stem);
+            strcpy(tail, "/byteorder");
             sizes[i] = sizeof fz_torchbin_byteorder;
             break;
         case FZ_TB_DATA:
-            snprintf(s, slen + 40, "%s/data/%zu", stem, k), sizes[i] = record_nbytes[k];
+            memcpy(tail, "/data/", 6);
+            fz_fmt_dec(tail + 6, k);
+            sizes[i] = record_nbytes[k];
             break;
         case FZ_TB_VERSION:
-            snprintf(s, slen + 40, "%s/version", stem);
+            strcpy(tail, "/version");
             sizes[i] = sizeof fz_torchbin_version;
             break;
         }

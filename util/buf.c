@@ -37,7 +37,14 @@ int fz_buf_puts(fz_buf *b, const char *s)
 
 int fz_buf_putc(fz_buf *b, char c)
 {
-    return fz_buf_append(b, &c, 1);
+    if (b->cap - b->len < 2) {
+        int rc = fz_buf_reserve(b, 2);
+        if (rc)
+            return rc;
+    }
+    b->data[b->len++] = (uint8_t)c;
+    b->data[b->len] = 0;
+    return 0;
 }
 
 int fz_buf_printf(fz_buf *b, const char *fmt, ...)
@@ -78,6 +85,25 @@ int fz_buf_put_u64le(fz_buf *b, uint64_t v)
     for (int i = 0; i < 8; i++)
         x[i] = (uint8_t)(v >> (8 * i));
     return fz_buf_append(b, x, 8);
+}
+
+size_t fz_fmt_dec(char *out, uint64_t v)
+{
+    char d[20];
+    size_t n = 0;
+    do {
+        d[sizeof d - ++n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    memcpy(out, d + sizeof d - n, n);
+    out[n] = '\0';
+    return n;
+}
+
+int fz_buf_put_dec(fz_buf *b, uint64_t v)
+{
+    char d[21];
+    return fz_buf_append(b, d, fz_fmt_dec(d, v));
 }
 
 uint8_t *fz_buf_steal(fz_buf *b, size_t *len)

@@ -25,6 +25,10 @@ int fz_buf_printf(fz_buf *b, const char *fmt, ...) __attribute__((format(printf,
 int fz_buf_put_u16le(fz_buf *b, uint16_t v);
 int fz_buf_put_u32le(fz_buf *b, uint32_t v);
 int fz_buf_put_u64le(fz_buf *b, uint64_t v);
+/* v in decimal (printf's %llu, without printf's cost per call). */
+int fz_buf_put_dec(fz_buf *b, uint64_t v);
+/* The same into out (room for 21 bytes), NUL-terminated; returns the digits' count. */
+size_t fz_fmt_dec(char *out, uint64_t v);
 /* Hand the bytes to the caller (who frees them) and reset the buffer. */
 uint8_t *fz_buf_steal(fz_buf *b, size_t *len);
 void fz_buf_free(fz_buf *b);

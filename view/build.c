@@ -16,6 +16,7 @@
 #include "formats/torchbin.h"
 #include "fz_config.h"
 #include "util/error.h"
+#include "util/hindex.h"
 #include "util/io.h"
 #include "util/log.h"
 #include "util/vec.h"
@@ -206,42 +207,54 @@ typedef struct {
     uint32_t file;
 } name_at;
 
-static int cmp_name_at(const void *a, const void *b)
+typedef struct {
+    const name_at *all;
+    const char *name;
+} name_ctx;
+
+static bool same_name(const void *ctx, uint32_t k)
 {
-    const name_at *x = a, *y = b;
-    int c = strcmp(x->name, y->name);
-    return c ? c : (x->file > y->file) - (x->file < y->file);
+    const name_ctx *c = ctx;
+    return strcmp(c->all[k].name, c->name) == 0;
 }
 
 /* A tensor stored in two weight files would make one copy unreachable
  * through the index (and count twice in total_size): refused, naming both
- * files. (Each reader already refuses a name twice in one file.) */
+ * files. (Each reader already refuses a name twice in one file.) Names are
+ * found through a hash index: linear in the tensor count. */
 static int check_unique_names(fz_view *v)
 {
-    size_t n = 0, k = 0;
+    size_t n = 0;
+    uint32_t k = 0;
     int rc = 0;
+    fz_hindex seen = {0};
     for (uint32_t f = 0; f < v->src.nfiles; f++)
         n += v->tensors[f].n;
     if (v->src.nfiles < 2 || n < 2)
         return 0;
-    name_at *all = malloc(n * sizeof *all);
-    if (!all)
+    name_at *all = n < UINT32_MAX ? malloc(n * sizeof *all) : NULL;
+    if (!all || fz_hindex_init(&seen, n)) {
+        free(all);
         return fz_error_set(FZ_ENOMEM, "out of memory");
-    for (uint32_t f = 0; f < v->src.nfiles; f++)
-        for (size_t i = 0; i < v->tensors[f].n; i++)
-            all[k++] = (name_at){v->tensors[f].v[i].name, f};
-    qsort(all, n, sizeof *all, cmp_name_at);
-    for (size_t i = 1; i < n; i++)
-        if (!strcmp(all[i - 1].name, all[i].name)) {
-            rc = fz_error_set(FZ_EFORMAT,
-                              "tensor '%s' is stored twice, in %s and in %s: a "
-                              "checkpoint holds each tensor once; remove it from one of the "
-                              "shards (and fix %s)",
-                              all[i].name, v->files[all[i - 1].file].path,
-                              v->files[all[i].file].path,
-                              v->src.index_name ? v->src.index_name : "the index");
-            break;
+    }
+    for (uint32_t f = 0; f < v->src.nfiles && rc == 0; f++)
+        for (size_t i = 0; i < v->tensors[f].n && rc == 0; i++, k++) {
+            const char *name = v->tensors[f].v[i].name;
+            uint64_t h = fz_hindex_hash(name, strlen(name));
+            name_ctx c = {all, name};
+            uint32_t first = fz_hindex_find(&seen, h, same_name, &c);
+            all[k] = (name_at){name, f};
+            if (first != UINT32_MAX)
+                rc = fz_error_set(FZ_EFORMAT,
+                                  "tensor '%s' is stored twice, in %s and in %s: a "
+                                  "checkpoint holds each tensor once; remove it from one of the "
+                                  "shards (and fix %s)",
+                                  name, v->files[all[first].file].path, v->files[f].path,
+                                  v->src.index_name ? v->src.index_name : "the index");
+            else
+                rc = fz_hindex_put(&seen, h, k);
         }
+    fz_hindex_free(&seen);
     free(all);
     return rc;
 }
@@ -263,10 +276,12 @@ static int read_weights(fz_view *v)
         /* Weight files are opened first, so file index == weight file index. */
         fz_srcfile *f = &v->files[idx];
         size_t nl = strlen(f->path);
+        fz_st_info info = {false};
         if (nl > 12 && strcmp(f->path + nl - 12, ".safetensors") == 0)
-            rc = fz_st_read(f->fd, f->path, f->size, &v->tensors[i]);
+            rc = fz_st_read_info(f->fd, f->path, f->size, &v->tensors[i], &info);
         else
             rc = fz_torchbin_read(f->fd, f->path, &v->tensors[i]);
+        f->st_format_pt = info.format_pt;
         if (rc)
             return rc;
     }

@@ -55,6 +55,8 @@ typedef struct {
                        * mtime back (cp -p, rsync -t, touch -d) still moves it */
     nlink_t nlink;    /* a link added or removed moves the ctime too */
     mode_t mode;
+    bool st_format_pt; /* a safetensors weight file loads as PyTorch weights
+                        * (fz_st_info, from the one parse of its header) */
     atomic_bool changed;
 } fz_srcfile;
 
@@ -189,8 +191,8 @@ bool fz_view_st_emits(const fz_view *v, uint32_t i);
  * name, dtype, shape; no cast, resize or quantization, no tied head moved
  * or dropped), a .bin's records are whole source storages under "<stem>/"
  * (stem: `name` without .bin), a safetensors header has no __metadata__
- * or says format "pt" in it.
- * Reads at most the file's zip directory or safetensors header. */
+ * or says format "pt" in it (known from reading it: st_format_pt).
+ * Reads at most the file's zip directory. */
 bool fz_view_shard_is_whole(const fz_view *v, uint32_t s, const uint32_t *outs, uint32_t n,
                             const char *name);
 /* Add file `name` under `dir`: all of source file s, one span. */

@@ -381,21 +381,17 @@ done:
 static int index_json(fz_view *v, fz_buf *out)
 {
     bool st = v->opts.safetensors;
-    json_t *root = json_object(), *meta = json_object(), *wm = json_object();
+    json_t *meta = json_object();
     json_t *sharing = json_array();
     uint64_t total = 0;
     int rc = 0;
-    if (!root || !meta || !wm || !sharing) {
+    if (!meta || !sharing) {
         rc = fz_error_set(FZ_ENOMEM, "out of memory");
         goto done;
     }
-    for (uint32_t i = 0; i < v->nouts; i++) {
-        const fz_outtensor *o = &v->outs[i];
-        if (st && !fz_view_st_emits(v, i))
-            continue;
-        total += v->recipes[o->recipe].nbytes;
-        json_object_set_new(wm, o->name, json_string(v->shard_names[o->shard]));
-    }
+    for (uint32_t i = 0; i < v->nouts; i++)
+        if (!st || fz_view_st_emits(v, i))
+            total += v->recipes[v->outs[i].recipe].nbytes;
     if (!st) {
         /* param_sharing: groups of names whose values are one tensor (one
          * recipe): aliases over one record, and a tied head in another shard.
@@ -429,14 +425,31 @@ static int index_json(fz_view *v, fz_buf *out)
     json_object_set_new(meta, "total_size", json_integer((json_int_t)total));
     if (json_array_size(sharing))
         json_object_set(meta, "param_sharing", sharing);
-    json_object_set(root, "metadata", meta);
-    json_object_set(root, "weight_map", wm);
+    /* json.dump(indent=4) of {"metadata": meta, "weight_map": {...}}, the
+     * weight map written straight out (a jansson object of 100k names cost
+     * more than all the rest of the tree) */
     fz_json_style style = FZ_JSON_PY(4);
-    rc = fz_json_emit(root, &style, out);
+    bool any = false;
+    if ((rc = fz_buf_puts(out, "{\n    \"metadata\": ")) ||
+        (rc = fz_json_emit_nested(meta, &style, 1, out)) ||
+        (rc = fz_buf_puts(out, ",\n    \"weight_map\": {")))
+        goto done;
+    for (uint32_t i = 0; i < v->nouts; i++) {
+        const fz_outtensor *o = &v->outs[i];
+        const char *shard = v->shard_names[o->shard];
+        if (st && !fz_view_st_emits(v, i))
+            continue;
+        if ((rc = fz_buf_puts(out, any ? ",\n        " : "\n        ")) ||
+            (rc = fz_json_emit_string(o->name, strlen(o->name), true, out)) ||
+            (rc = fz_buf_puts(out, ": ")) ||
+            (rc = fz_json_emit_string(shard, strlen(shard), true, out)))
+            break;
+        any = true;
+    }
+    if (rc == 0)
+        rc = fz_buf_puts(out, any ? "\n    }\n}" : "}\n}");
 done:
-    json_decref(root);
     json_decref(meta);
-    json_decref(wm);
     json_decref(sharing);
     return rc;
 }

@@ -602,7 +602,9 @@ int fz_view_build_recipes(fz_view *v)
     fz_hindex views = {0};
     for (uint32_t f = 0; f < v->src.nfiles; f++)
         total += v->tensors[f].n;
-    total = 3 * total + 1; /* a quantized weight becomes up to three tensors */
+    /* a quantized weight becomes up to three tensors (recipes are ~450
+     * bytes: no room for them without --quantize) */
+    total = (v->quant ? 3 : 1) * total + 1;
     v->recipes = calloc(total, sizeof *v->recipes);
     v->outs = calloc(total, sizeof *v->outs);
     recipe_role = calloc(total, sizeof *recipe_role);

@@ -7,15 +7,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "formats/jsontok.h"
 #include "formats/zip.h"
 #include "util/error.h"
 #include "util/io.h"
 #include "view/internal.h"
 #include "view/tree.h"
 
-/* safetensors caps its header at 100 MB (formats/safetensors.c refuses more). */
-#define FZ_WHOLE_MAX_ST_HEADER (100u << 20)
 /* Metadata of a whole file is read and handed on in pieces of at most this. */
 #define FZ_WHOLE_META_PIECE (1u << 20)
 
@@ -42,38 +39,6 @@ static bool out_is_source(const fz_view *v, const fz_outtensor *o, uint32_t f, c
             r->shape[d] != t->shape[d])
             return false;
     return true;
-}
-
-/* A safetensors file whose header has no __metadata__ or says "format": "pt"
- * in it: transformers loads both as PyTorch weights (it refuses a file whose
- * metadata names no format or another one, which fzfs would rewrite). */
-static bool st_format_pt(const fz_srcfile *sf)
-{
-    uint8_t le[8];
-    if (sf->size < 8 || pread(sf->fd, le, 8, 0) != 8)
-        return false;
-    uint64_t n = 0;
-    for (int i = 7; i >= 0; i--)
-        n = n << 8 | le[i];
-    if (n > FZ_WHOLE_MAX_ST_HEADER || n > sf->size - 8)
-        return false;
-    char *h = malloc(n ? (size_t)n : 1);
-    bool ok = false;
-    fz_jdoc d = {0};
-    size_t err_off;
-    const char *why;
-    if (h && pread(sf->fd, h, (size_t)n, 8) == (ssize_t)n &&
-        fz_jtok_parse(&d, h, (size_t)n, 0, &err_off, &why) == 0 && d.n &&
-        d.t[0].type == FZ_JT_OBJECT) {
-        uint32_t meta = fz_jtok_get(&d, 0, "__metadata__"), fmt = UINT32_MAX;
-        if (meta != UINT32_MAX && d.t[meta].type == FZ_JT_OBJECT)
-            fmt = fz_jtok_get(&d, meta, "format");
-        ok = meta == UINT32_MAX || d.t[meta].type == FZ_JT_NULL ||
-             (fmt != UINT32_MAX && d.t[fmt].type == FZ_JT_STRING && fz_jtok_streq(&d, fmt, "pt"));
-    }
-    fz_jtok_free(&d);
-    free(h);
-    return ok;
 }
 
 /* A torch zip every record of which is under "<stem>/", stem being the
@@ -116,7 +81,8 @@ bool fz_view_shard_is_whole(const fz_view *v, uint32_t s, const uint32_t *outs, 
         if (!st && (t->storage_offset != 0 || v->recipes[o->recipe].nbytes != t->storage_nbytes))
             return false;
     }
-    return st ? st_format_pt(sf) : zip_under_stem(sf, name);
+    /* transformers refuses safetensors metadata that names no format or another one */
+    return st ? sf->st_format_pt : zip_under_stem(sf, name);
 }
 
 int fz_view_add_whole(fz_view *v, uint32_t dir, uint32_t s, const char *name)

@@ -223,6 +223,40 @@ static void test_read_accepts(void **state)
               6, 4);
 }
 
+/* fz_st_read_info says, from the one parse of the header, whether
+ * transformers loads the file as PyTorch weights (what decides whether a
+ * shard can be served whole). */
+static void test_read_info_format(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *json;
+        bool pt;
+    } cases[] = {
+        {"{}", true},
+        {"{\"__metadata__\":null}", true},
+        {"{\"__metadata__\":{\"format\":\"pt\"}}", true},
+        {"{\"__metadata__\":{\"x\":\"y\",\"format\":\"p\\u0074\"}}", true},
+        {"{\"__metadata__\":{}}", false},
+        {"{\"__metadata__\":{\"format\":\"tf\"}}", false},
+        {"{\"__metadata__\":{\"format\":\"pt \"}}", false},
+        {"{\"__metadata__\":{\"fmt\":\"pt\"}}", false},
+    };
+    for (size_t i = 0; i < N_OF(cases); i++) {
+        size_t len;
+        uint8_t *b = mk(cases[i].json, 0, 0, &len);
+        int fd = tmp_fd(b, len);
+        fz_tensor_list l = {0};
+        fz_st_info info = {!cases[i].pt};
+        assert_int_equal(fz_st_read_info(fd, "m.safetensors", len, &l, &info), 0);
+        if (info.format_pt != cases[i].pt)
+            fail_msg("%s: format_pt %d", cases[i].json, info.format_pt);
+        close(fd);
+        free(b);
+        fz_tensor_list_free(&l);
+    }
+}
+
 /* ---- malformed files ----------------------------------------------------- */
 
 static void test_reject_framing(void **state)
@@ -557,6 +591,7 @@ int main(void)
         cmocka_unit_test(test_reject_framing),
         cmocka_unit_test(test_reject_json),
         cmocka_unit_test(test_reject_entries),
+        cmocka_unit_test(test_read_info_format),
         cmocka_unit_test(test_reject_tiling),
         cmocka_unit_test(test_layout_matches_reference),
         cmocka_unit_test(test_layout_escapes_as_reference),

@@ -731,7 +731,8 @@ int fz_cache_prefetch(fz_cache *c, const fz_cache_key *key, uint64_t len, fz_cac
     c->flights = &me;
     pthread_mutex_unlock(&c->fl_lock);
     atomic_fetch_add(&c->delta[FZ_CTR_MISSES], 1);
-    return flight_fill(c, &me, 0, 0, NULL, fill, arg, true, first == 0);
+    int rc = flight_fill(c, &me, 0, 0, NULL, fill, arg, true, first == 0);
+    return rc ? rc : 1;
 }
 
 int fz_cache_fetch(fz_cache *c, const fz_cache_key *key, uint64_t len, uint8_t *out,

@@ -93,8 +93,9 @@ int fz_cache_fetch_range(fz_cache *c, const fz_cache_key *key, uint64_t len, uin
  * fill single-flight with readers wanting it meanwhile) and queue it to be
  * stored; a later fetch of the key is then served from the queue or LMDB.
  * Does nothing without a cache (c NULL or broken) or when the write queue
- * has no room for it (the bytes would be dropped). Returns 0, or what fill
- * returned (nothing was kept; a reader computes it again and reports). */
+ * has no room for it (the bytes would be dropped). Returns 1 when it
+ * filled the chunk, 0 when there was nothing to do, or what fill returned
+ * (nothing was kept; a reader computes it again and reports). */
 int fz_cache_prefetch(fz_cache *c, const fz_cache_key *key, uint64_t len, fz_cache_fill_fn fill,
                       void *arg);
 

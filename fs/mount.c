@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -277,6 +278,15 @@ static int serve(fz_fs *fs, struct fuse_session *se, const char *mnt, const char
     struct fuse_loop_config *cfg = NULL;
     char msg[1100];
 
+#if defined(M_MMAP_THRESHOLD) && defined(M_TRIM_THRESHOLD)
+    /* The cache's writer copies up to 32 MiB of values into LMDB's page
+     * buffers per transaction and frees them at the commit; by default
+     * glibc hands memory like that back to the kernel each time and takes
+     * it again, zeroed, for the next (a cold mount spent more time there
+     * than computing). Kept instead: the daemon's peak is bounded anyway. */
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
+#endif
     /* Opened here, after the fork (an LMDB environment must not cross it);
      * owned by the view. One that cannot be opened is a warning. */
     if (o->use_cache && fz_view_open_cache(fs->v, o->cache_dir, o->cache_size, true) != 0)
@@ -337,6 +347,14 @@ done:
     if (handlers)
         fuse_remove_signal_handlers(se);
     fz_fs_pool_stop(fs);
+    if (mounted && fz_view_cache_dir(fs->v)) {
+        uint64_t hits, misses, fills, dropped;
+        fz_view_cache_counters(fs->v, &hits, &misses, &fills, &dropped);
+        fz_info("cache: %llu hits, %llu misses, %llu chunks computed (%llu ahead of their "
+                "reads), %llu not stored (write queue full)",
+                (unsigned long long)hits, (unsigned long long)misses, (unsigned long long)fills,
+                (unsigned long long)atomic_load(&fs->computed_ahead), (unsigned long long)dropped);
+    }
     if (cfg)
         fuse_loop_cfg_destroy(cfg);
     fuse_session_destroy(se);
@@ -517,6 +535,8 @@ int fz_mount_serve(fz_view *v, const char *mnt_in, const fz_mount_opts *o_in)
     fs->gid = getgid();
     fs->mnt = mnt;
     fs->progress = calloc(fs->nnodes ? fs->nnodes : 1, sizeof *fs->progress);
+    fs->ahead = calloc(fs->nnodes ? fs->nnodes : 1, sizeof *fs->ahead);
+    pthread_mutex_init(&fs->ahead_lock, NULL);
     /* FUSE passthrough, unless forced off (op_init decides the rest). */
     const char *no_pt = getenv("FZFS_NO_PASSTHROUGH");
     if (o->no_passthrough || (no_pt && *no_pt && strcmp(no_pt, "0") != 0)) {
@@ -580,6 +600,7 @@ int fz_mount_serve(fz_view *v, const char *mnt_in, const fz_mount_opts *o_in)
         rc = serve(fs, se, mnt, o->src ? o->src : "", o, pfd[1], &si);
         se = NULL;
         free(fs->progress);
+        free(fs->ahead);
         free(fs->backing);
         free(fs);
         free(fuse_all);
@@ -597,6 +618,7 @@ done:
     if (se)
         fuse_session_destroy(se);
     free(fs->progress);
+    free(fs->ahead);
     free(fs->backing);
     pthread_mutex_destroy(&fs->pt_lock);
     free(fs);

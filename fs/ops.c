@@ -29,9 +29,19 @@
 #define FZ_PROGRESS_MIN_SIZE (8u << 20)
 #define FZ_PROGRESS_MS 3000
 
+/* Prefetch jobs queued at most (those past it are not queued). */
+#define FZ_FS_AHEAD_QUEUED 64u
+/* A sequential run (compute_ahead) is read ahead once it is this long; a
+ * read belongs to it when it starts at most FZ_FS_RUN_GAP past its end
+ * (the kernel's readahead window: its reads arrive in any order) and at
+ * most FZ_FS_RUN_BEHIND before it. */
+#define FZ_FS_RUN_MIN (8ull << 20)
+#define FZ_FS_RUN_GAP (4ull << 20)
+#define FZ_FS_RUN_BEHIND (32ull << 20)
+
 struct fz_fs_job {
     fz_fs_job *next;
-    fuse_req_t req;
+    fuse_req_t req; /* NULL: compute [off, off+len) ahead, answer nothing */
     uint32_t node;
     uint64_t off, len;
 };
@@ -499,34 +509,73 @@ static void run_job(fz_fs *fs, fz_fs_job *j)
     free(buf);
 }
 
+/* A prefetch: its errors are the reads' to report (they compute again). */
+static void run_ahead(fz_fs *fs, fz_fs_job *j)
+{
+    int n = fz_view_prefetch(fs->v, j->node, j->off, j->len);
+    if (n > 0)
+        atomic_fetch_add_explicit(&fs->computed_ahead, (uint64_t)n, memory_order_relaxed);
+    else if (n < 0)
+        fz_debug("computing %s [%llu, +%llu) ahead: %s", fz_view_node(fs->v, j->node)->path,
+                 (unsigned long long)j->off, (unsigned long long)j->len, fz_error_msg());
+}
+
+/* The next job for a pool thread (lock held): a read if any, else a
+ * prefetch while fewer than `workers` run; NULL once stopped and no read
+ * is left (queued prefetches are dropped). */
+static fz_fs_job *pool_take(fz_fs_pool *p)
+{
+    for (;;) {
+        fz_fs_job *j = p->head;
+        if (j) {
+            if (!(p->head = j->next))
+                p->tail = NULL;
+            return j;
+        }
+        if (p->stop)
+            return NULL;
+        if ((j = p->ahead) && p->running_ahead < (unsigned)p->workers) {
+            if (!(p->ahead = j->next))
+                p->atail = NULL;
+            p->nahead--;
+            p->running_ahead++;
+            return j;
+        }
+        pthread_cond_wait(&p->cond, &p->lock);
+    }
+}
+
 static void *pool_main(void *arg)
 {
     fz_fs *fs = arg;
     fz_fs_pool *p = &fs->pool;
     for (;;) {
         pthread_mutex_lock(&p->lock);
-        while (!p->head && !p->stop)
-            pthread_cond_wait(&p->cond, &p->lock);
-        fz_fs_job *j = p->head;
-        if (j) {
-            p->head = j->next;
-            if (!p->head)
-                p->tail = NULL;
-        }
+        fz_fs_job *j = pool_take(p);
         pthread_mutex_unlock(&p->lock);
         if (!j)
-            return NULL; /* stop and nothing queued */
-        run_job(fs, j);
+            return NULL;
+        if (j->req) {
+            run_job(fs, j);
+        } else {
+            run_ahead(fs, j);
+            pthread_mutex_lock(&p->lock);
+            p->running_ahead--;
+            pthread_cond_signal(&p->cond); /* a thread may wait for this slot */
+            pthread_mutex_unlock(&p->lock);
+        }
         free(j);
     }
 }
 
-int fz_fs_pool_start(fz_fs *fs, int nthreads)
+int fz_fs_pool_start(fz_fs *fs, int workers)
 {
     fz_fs_pool *p = &fs->pool;
     memset(p, 0, sizeof *p);
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->cond, NULL);
+    p->workers = workers;
+    int nthreads = 2 * workers;
     p->threads = calloc((size_t)nthreads, sizeof *p->threads);
     if (!p->threads)
         return fz_error_set(FZ_ENOMEM, "out of memory");
@@ -554,10 +603,43 @@ void fz_fs_pool_stop(fz_fs *fs)
     pthread_mutex_unlock(&p->lock);
     for (int i = 0; i < p->nthreads; i++)
         pthread_join(p->threads[i], NULL);
+    while (p->ahead) {
+        fz_fs_job *j = p->ahead;
+        p->ahead = j->next;
+        free(j);
+    }
     free(p->threads);
     p->threads = NULL;
     pthread_cond_destroy(&p->cond);
     pthread_mutex_destroy(&p->lock);
+}
+
+/* Queue job j (a read when j->req, else a prefetch): false when it was not
+ * (a prefetch beyond FZ_FS_AHEAD_QUEUED; the caller frees it). */
+static bool pool_push(fz_fs_pool *p, fz_fs_job *j)
+{
+    bool ok = true;
+    pthread_mutex_lock(&p->lock);
+    if (j->req) {
+        if (p->tail)
+            p->tail->next = j;
+        else
+            p->head = j;
+        p->tail = j;
+    } else if (p->nahead < FZ_FS_AHEAD_QUEUED && !p->stop) {
+        if (p->atail)
+            p->atail->next = j;
+        else
+            p->ahead = j;
+        p->atail = j;
+        p->nahead++;
+    } else {
+        ok = false;
+    }
+    if (ok)
+        pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+    return ok;
 }
 
 static void pool_submit(fz_fs *fs, fuse_req_t req, uint32_t node, uint64_t off, uint64_t len)
@@ -569,15 +651,75 @@ static void pool_submit(fz_fs *fs, fuse_req_t req, uint32_t node, uint64_t off, 
         return;
     }
     *j = (fz_fs_job){NULL, req, node, off, len};
-    fz_fs_pool *p = &fs->pool;
-    pthread_mutex_lock(&p->lock);
-    if (p->tail)
-        p->tail->next = j;
-    else
-        p->head = j;
-    p->tail = j;
-    pthread_cond_signal(&p->cond);
-    pthread_mutex_unlock(&p->lock);
+    pool_push(&fs->pool, j);
+}
+
+/* ---- computing ahead of a sequential reader ---------------------------- */
+
+/* How far ahead (file bytes past the end of the last read) chunks are
+ * computed: one chunk per core, at least two. */
+static uint64_t ahead_window(const fz_fs *fs)
+{
+    int w = fs->pool.workers < 2 ? 2 : fs->pool.workers;
+    return (uint64_t)w * FZ_VIEW_CHUNK;
+}
+
+/* After a computed read of [off, off+len) of node: the sequential run it
+ * belongs to. A node keeps FZ_FS_RUNS runs, one per reader reading it in
+ * order (several processes, or threads, may): bytes [start, end) read in
+ * order. A read that starts within a run, or a little past its end (the
+ * kernel's readahead sends several reads at once and they arrive in any
+ * order), extends it; a read that fits none starts a new run in place of
+ * the least recently extended one. Once a run is FZ_FS_RUN_MIN long, the
+ * chunks of the window past its end that are not queued yet are queued as
+ * prefetches, one job per chunk-sized piece so that the pool's threads
+ * share them; `ahead` records how far, so each piece is queued once per
+ * run. Random reads seldom make a run that long, so they compute little
+ * that nobody reads. */
+static void compute_ahead(fz_fs *fs, uint32_t node, uint64_t off, uint64_t len)
+{
+    if (!fs->ahead || !fz_view_can_prefetch(fs->v))
+        return;
+    uint64_t size = fz_view_node(fs->v, node)->size, end = off + len, from = 0, target = 0;
+    pthread_mutex_lock(&fs->ahead_lock);
+    fz_fs_run *runs = fs->ahead[node].runs, *a = NULL, *old = &runs[0];
+    for (int i = 0; i < FZ_FS_RUNS; i++) {
+        fz_fs_run *r = &runs[i];
+        if (r->used < old->used)
+            old = r;
+        if (r->used && off <= r->end + FZ_FS_RUN_GAP && off + FZ_FS_RUN_BEHIND >= r->end &&
+            (!a || (r->end > off ? r->end - off : off - r->end) <
+                       (a->end > off ? a->end - off : off - a->end)))
+            a = r;
+    }
+    if (!a) {
+        a = old; /* a new run */
+        a->start = off;
+        a->end = a->ahead = end;
+    } else if (end > a->end) {
+        a->end = end;
+    }
+    a->used = ++fs->ahead_tick;
+    if (a->end - a->start >= FZ_FS_RUN_MIN) {
+        target = a->end + ahead_window(fs) < size ? a->end + ahead_window(fs) : size;
+        from = a->ahead > a->end ? a->ahead : a->end;
+        if (from < target)
+            a->ahead = target;
+    }
+    pthread_mutex_unlock(&fs->ahead_lock);
+    for (uint64_t o = from; o < target;) {
+        uint64_t e = (o / FZ_VIEW_CHUNK + 1) * FZ_VIEW_CHUNK;
+        e = e < target ? e : target;
+        fz_fs_job *j = malloc(sizeof *j);
+        if (!j)
+            return;
+        *j = (fz_fs_job){NULL, NULL, node, o, e - o};
+        if (!pool_push(&fs->pool, j)) {
+            free(j);
+            return;
+        }
+        o = e;
+    }
 }
 
 /* ---- span replies through a pipe -------------------------------------- */
@@ -728,6 +870,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     size_t count = 0;
     if (!fz_view_direct(fs->v, idx, o, len, pieces, FZ_FS_MAX_FAST_SEGS, &count) || count == 0) {
         pool_submit(fs, req, idx, o, len);
+        compute_ahead(fs, idx, o, len);
         return;
     }
     if (count == 1 && pieces[0].mem) {

@@ -4,8 +4,9 @@
  *
  * Threading: the ops run on libfuse worker threads, any number at once. The
  * view is immutable (fz_view_read is thread-safe); the only mutable state is
- * the pool's job queue, behind pool.lock, which is never held while a chunk
- * is computed or a reply is sent. */
+ * the pool's job queues, behind pool.lock, which is never held while a chunk
+ * is computed or a reply is sent, and atomics (counters, progress, the
+ * sequential-read state that drives prefetching). */
 #ifndef FZ_FS_OPS_H
 #define FZ_FS_OPS_H
 
@@ -20,15 +21,34 @@
 
 typedef struct fz_fs_job fz_fs_job;
 
-/* A fixed set of threads taking read jobs off one FIFO. */
+/* A fixed set of threads taking jobs off two FIFOs: reads to answer
+ * first, then chunks to compute ahead of sequential readers (at most
+ * `workers` of those at once, at most FZ_FS_AHEAD_QUEUED queued). There
+ * are twice `workers` threads, so reads waiting for a chunk another thread
+ * computes never leave the cores idle. */
 typedef struct {
-    pthread_mutex_t lock; /* guards head, tail, stop */
+    pthread_mutex_t lock; /* guards everything but threads */
     pthread_cond_t cond;
-    fz_fs_job *head, *tail;
+    fz_fs_job *head, *tail;   /* reads */
+    fz_fs_job *ahead, *atail; /* prefetches */
+    unsigned nahead, running_ahead;
     bool stop;
+    int workers;
     pthread_t *threads;
     int nthreads;
 } fz_fs_pool;
+
+/* Sequential reading of one computed file (fs/ops.c compute_ahead): runs
+ * of bytes read in order (file offsets [start, end)), how far past each
+ * prefetches were queued, and when it was last extended (0: unused). Under
+ * fz_fs.ahead_lock. */
+#define FZ_FS_RUNS 8
+typedef struct {
+    uint64_t start, end, ahead, used;
+} fz_fs_run;
+typedef struct {
+    fz_fs_run runs[FZ_FS_RUNS];
+} fz_fs_ahead;
 
 /* Progress of the computed reads of one file (the daemon log's "computing
  * NAME ... 42%" lines): bytes answered by the compute pool, when the first
@@ -61,10 +81,14 @@ typedef struct {
     pthread_mutex_t pt_lock;
     fz_fs_backing *backing;
     _Atomic uint64_t pt_opens; /* opens answered with passthrough (status) */
-    /* Counters for `fzfs status` (relaxed atomics, one add per read). */
-    _Atomic uint64_t bytes_served, reads;
+    /* Counters for `fzfs status` (relaxed atomics, one add per read; chunks
+     * computed ahead of their reads). */
+    _Atomic uint64_t bytes_served, reads, computed_ahead;
     fz_fs_progress *progress; /* per node, or NULL (no progress lines) */
-    struct timespec mtime;    /* every node's mtime/ctime: SRC's, stable across remounts */
+    fz_fs_ahead *ahead;       /* per node, or NULL (no prefetch); under ahead_lock */
+    uint64_t ahead_tick;      /* under ahead_lock */
+    pthread_mutex_t ahead_lock;
+    struct timespec mtime; /* every node's mtime/ctime: SRC's, stable across remounts */
     uid_t uid;
     gid_t gid;
     fz_fs_pool pool;
@@ -74,9 +98,10 @@ typedef struct {
 
 extern const struct fuse_lowlevel_ops fz_fs_ops;
 
-/* Start the compute pool (nthreads >= 1) with all signals blocked in its
- * threads. Errors: FZ_EIO (no thread could start), FZ_ENOMEM. */
-int fz_fs_pool_start(fz_fs *fs, int nthreads);
+/* Start the compute pool for `workers` (>= 1) cores, with all signals
+ * blocked in its threads. Errors: FZ_EIO (no thread could start),
+ * FZ_ENOMEM. */
+int fz_fs_pool_start(fz_fs *fs, int workers);
 /* Let the pool finish queued jobs, then join its threads. Call after the
  * session loop returned and before the session is destroyed. */
 void fz_fs_pool_stop(fz_fs *fs);

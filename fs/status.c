@@ -65,10 +65,12 @@ static char *render(fz_status *s)
     json_object_set_new(o, "replaced_sources", replaced);
     stale = replaced = NULL;
     if (fz_view_cache_dir(v)) {
-        uint64_t hits, misses, fills;
-        fz_view_cache_counters(v, &hits, &misses, &fills);
-        cache = json_pack("{s:I,s:I,s:I}", "hits", (json_int_t)hits, "misses", (json_int_t)misses,
-                          "fills", (json_int_t)fills);
+        uint64_t hits, misses, fills, dropped;
+        fz_view_cache_counters(v, &hits, &misses, &fills, &dropped);
+        cache = json_pack(
+            "{s:I,s:I,s:I,s:I,s:I}", "hits", (json_int_t)hits, "misses", (json_int_t)misses,
+            "fills", (json_int_t)fills, "not_stored", (json_int_t)dropped, "computed_ahead",
+            (json_int_t)atomic_load_explicit(&s->fs->computed_ahead, memory_order_relaxed));
         json_t *c = json_object_get(o, "cache");
         if (cache && json_is_object(c))
             json_object_update(c, cache);

@@ -27,9 +27,8 @@
 #include "view/tree.h"
 
 #define FZ_CRC_STEP (4u << 20)
-/* Output bytes per cached chunk. Changing it changes every key's meaning,
- * so it is part of FZ_VIEW_CACHE_FORMAT. */
-#define FZ_VIEW_CHUNK (4ull << 20)
+/* FZ_VIEW_CHUNK (view.h) changes every key's meaning: it is part of
+ * FZ_VIEW_CACHE_FORMAT. */
 /* Prefix of every key text: bump the number when the bytes a recipe
  * produces change meaning; the fzfs version is included so a release that
  * fixes a kernel never serves an older release's bytes. */
@@ -393,13 +392,15 @@ const char *fz_view_cache_dir(const fz_view *v)
     return v->owned_cache_dir;
 }
 
-void fz_view_cache_counters(const fz_view *v, uint64_t *hits, uint64_t *misses, uint64_t *fills)
+void fz_view_cache_counters(const fz_view *v, uint64_t *hits, uint64_t *misses, uint64_t *fills,
+                            uint64_t *dropped)
 {
     fz_cache_stats s;
     fz_cache_handle_stats(v->owned_cache, &s);
     *hits = s.hits;
     *misses = s.misses;
     *fills = s.fills;
+    *dropped = s.dropped;
 }
 
 void fz_view_set_cache(fz_view *v, struct fz_cache *c, bool store)
@@ -433,22 +434,38 @@ static int fill_chunk(void *arg, uint8_t *out, uint64_t len)
     return rc;
 }
 
+/* Whether recipe ri's chunks go through the cache. */
+static bool cached_recipe(const fz_view *v, uint32_t ri)
+{
+    return v->cache && v->recipe_keys && v->recipe_keys[ri].chunk != UINT64_MAX;
+}
+
+/* The chunk of recipe ri holding output byte off: its key, where it starts
+ * and how long it is. */
+static void chunk_at(const fz_view *v, uint32_t ri, uint64_t off, fz_cache_key *key,
+                     uint64_t *start, uint64_t *len)
+{
+    uint64_t nbytes = v->recipes[ri].nbytes;
+    *key = v->recipe_keys[ri];
+    key->chunk = off / FZ_VIEW_CHUNK;
+    *start = key->chunk * FZ_VIEW_CHUNK;
+    *len = nbytes - *start < FZ_VIEW_CHUNK ? nbytes - *start : FZ_VIEW_CHUNK;
+}
+
 /* Bytes [off, off+len) of recipe ri's output. */
 static int read_computed(fz_view *v, uint32_t ri, uint64_t off, uint64_t len, uint8_t *out)
 {
-    fz_recipe *r = &v->recipes[ri];
-    fz_cache *c = v->cache;
-    if (!c || !v->recipe_keys || v->recipe_keys[ri].chunk == UINT64_MAX)
-        return fz_recipe_produce(r, off, len, out);
+    if (!cached_recipe(v, ri))
+        return fz_recipe_produce(&v->recipes[ri], off, len, out);
     while (len > 0) {
-        uint64_t ci = off / FZ_VIEW_CHUNK, start = ci * FZ_VIEW_CHUNK;
-        uint64_t clen = r->nbytes - start < FZ_VIEW_CHUNK ? r->nbytes - start : FZ_VIEW_CHUNK;
+        fz_cache_key key;
+        uint64_t start, clen;
+        chunk_at(v, ri, off, &key, &start, &clen);
         uint64_t in = off - start;
         uint64_t n = clen - in < len ? clen - in : len;
-        fz_cache_key key = v->recipe_keys[ri];
         fz_chunk_fill f = {v, ri, start};
-        key.chunk = ci;
-        int rc = fz_cache_fetch_range(c, &key, clen, in, n, out, fill_chunk, &f, v->cache_store);
+        int rc =
+            fz_cache_fetch_range(v->cache, &key, clen, in, n, out, fill_chunk, &f, v->cache_store);
         if (rc)
             return rc;
         off += n;
@@ -456,6 +473,43 @@ static int read_computed(fz_view *v, uint32_t ri, uint64_t off, uint64_t len, ui
         len -= n;
     }
     return 0;
+}
+
+bool fz_view_can_prefetch(const fz_view *v)
+{
+    return v->cache && v->cache_store && v->recipe_keys;
+}
+
+int fz_view_prefetch(fz_view *v, uint32_t node, uint64_t off, uint64_t len)
+{
+    if (!fz_view_can_prefetch(v) || node >= v->nnodes || v->nodes[node].kind != FZ_NODE_FILE ||
+        fz_view_node_stale(v, node))
+        return 0;
+    const fz_node *n = &v->nodes[node];
+    if (off >= n->size)
+        return 0;
+    uint64_t end = len < n->size - off ? off + len : n->size;
+    int first = 0, filled = 0;
+    for (uint32_t i = first_seg(n, off); i < n->nsegs && n->segs[i].off < end; i++) {
+        const fz_seg *s = &n->segs[i];
+        if (s->kind != FZ_SEG_COMPUTED || !cached_recipe(v, s->u.recipe))
+            continue;
+        uint64_t so = off > s->off ? off - s->off : 0;
+        uint64_t se = end - s->off < s->len ? end - s->off : s->len;
+        while (so < se) {
+            fz_cache_key key;
+            uint64_t start, clen;
+            chunk_at(v, s->u.recipe, so, &key, &start, &clen);
+            fz_chunk_fill f = {v, s->u.recipe, start};
+            /* (Computed and checked as a read's fill is: fill_chunk.) */
+            int rc = fz_cache_prefetch(v->cache, &key, clen, fill_chunk, &f);
+            if (rc < 0 && !first)
+                first = rc;
+            filled += rc > 0;
+            so = start + clen;
+        }
+    }
+    return first ? first : filled;
 }
 
 /* ---- zip record CRCs ---- */

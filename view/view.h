@@ -185,9 +185,29 @@ int fz_view_open_cache(fz_view *v, const char *dir, uint64_t size, bool store);
 void fz_view_close_cache(fz_view *v);
 /* The cache the view opened, for `fzfs status`: its directory (NULL
  * without one; valid until it is closed) and this process's hits, misses
- * and fills of it (atomics only; cheap to poll from any thread). */
+ * and fills of it, and values it did not store because the write queue was
+ * full (atomics only; cheap to poll from any thread). */
 const char *fz_view_cache_dir(const fz_view *v);
-void fz_view_cache_counters(const fz_view *v, uint64_t *hits, uint64_t *misses, uint64_t *fills);
+void fz_view_cache_counters(const fz_view *v, uint64_t *hits, uint64_t *misses, uint64_t *fills,
+                            uint64_t *dropped);
+
+/* Output bytes per cached chunk of a computed tensor (chunks start at the
+ * tensor's first byte; the last one is shorter). */
+#define FZ_VIEW_CHUNK (4ull << 20)
+
+/* Whether fz_view_prefetch can do anything: a cache that stores. */
+bool fz_view_can_prefetch(const fz_view *v);
+/* Compute the cached chunks overlapping file bytes [off, off+len) of node
+ * (computed tensors only; the range is clipped to the file) ahead of the
+ * reads that will want them: each is filled unless it is stored, queued or
+ * being filled already, and handed to the cache's write queue, where those
+ * reads find it; a read arriving meanwhile waits for the fill instead of
+ * computing it again (fz_cache_prefetch). Nothing is done for a node whose
+ * source changed, nor without room in the write queue. The bytes are
+ * checked against their source as a read's are. Returns how many chunks
+ * it filled, or the first error of a fill (negative; nothing was kept for
+ * that chunk: the read computes it and reports). */
+int fz_view_prefetch(fz_view *v, uint32_t node, uint64_t off, uint64_t len);
 
 struct fz_cache;
 /* Serve computed chunks (and zip record CRCs and mean reductions) through

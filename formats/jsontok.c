@@ -282,7 +282,6 @@ static int parse_number(parser *P)
             return fail(P, start, "real number overflow");
         if ((rc = push_tok(P, FZ_JT_REAL, start, &i)))
             return rc;
-        P->d->t[i].v.r = r;
     } else {
         /* |value| <= 2^63 - 1, or 2^63 when negative */
         uint64_t limit = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX, acc = 0;
@@ -298,8 +297,6 @@ static int parse_number(parser *P)
             return fail(P, start, neg ? "too big negative integer" : "too big integer");
         if ((rc = push_tok(P, big ? FZ_JT_BIGINT : FZ_JT_INT, start, &i)))
             return rc;
-        /* -(2^63) without overflow: negate in unsigned, then convert */
-        P->d->t[i].v.i = big ? 0 : neg ? (int64_t)(0 - acc) : (int64_t)acc;
     }
     P->d->t[i].len = (uint32_t)(q - start);
     P->p = q;
@@ -516,6 +513,32 @@ char *fz_jtok_strdup(const fz_jdoc *d, uint32_t i)
     return strndup(fz_jtok_str(d, i), d->t[i].len);
 }
 
+int64_t fz_jtok_int(const fz_jdoc *d, uint32_t i)
+{
+    const char *s = d->text + d->t[i].off;
+    size_t n = d->t[i].len, k = s[0] == '-';
+    uint64_t acc = 0; /* the parse checked that the value fits */
+    for (; k < n; k++)
+        acc = acc * 10 + (uint64_t)(s[k] - '0');
+    /* -(2^63) without overflow: negate in unsigned, then convert */
+    return s[0] == '-' ? (int64_t)(0 - acc) : (int64_t)acc;
+}
+
+/* strtod of the literal of token i (NAN when memory runs out). */
+double fz_jtok_real(const fz_jdoc *d, uint32_t i)
+{
+    size_t n = d->t[i].len;
+    char small[64], *lit = n < sizeof small ? small : malloc(n + 1);
+    if (!lit)
+        return NAN;
+    memcpy(lit, d->text + d->t[i].off, n);
+    lit[n] = '\0';
+    double r = strtod(lit, NULL);
+    if (lit != small)
+        free(lit);
+    return r;
+}
+
 uint32_t fz_jtok_get(const fz_jdoc *d, uint32_t o, const char *key)
 {
     if (d->t[o].type != FZ_JT_OBJECT)
@@ -538,9 +561,9 @@ json_t *fz_jtok_to_json(const fz_jdoc *d, uint32_t i)
     case FZ_JT_TRUE:
         return json_true();
     case FZ_JT_INT:
-        return json_integer(t->v.i);
+        return json_integer(fz_jtok_int(d, i));
     case FZ_JT_REAL:
-        return json_real(t->v.r);
+        return json_real(fz_jtok_real(d, i));
     case FZ_JT_BIGINT: {
         char *digits = strndup(d->text + t->off, t->len);
         j = digits ? fz_json_bigint(digits) : NULL;

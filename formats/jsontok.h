@@ -39,14 +39,15 @@ typedef enum {
     FZ_JT_NULL,
     FZ_JT_FALSE,
     FZ_JT_TRUE,
-    FZ_JT_INT,    /* v.i */
+    FZ_JT_INT,    /* fz_jtok_int */
     FZ_JT_BIGINT, /* an integer beyond int64_t (FZ_JTOK_BIGINT): its digits at off, len */
-    FZ_JT_REAL,   /* v.r */
+    FZ_JT_REAL,   /* fz_jtok_real */
     FZ_JT_STRING, /* fz_jtok_str: len bytes of UTF-8 without NUL */
     FZ_JT_ARRAY,  /* n elements */
     FZ_JT_OBJECT, /* n members */
 } fz_jtype;
 
+/* 20 bytes: a number's value is read from its literal when asked for. */
 typedef struct {
     uint8_t type;  /* fz_jtype */
     bool decoded;  /* STRING: it had escapes; its bytes are in the document's dec */
@@ -54,10 +55,6 @@ typedef struct {
     uint32_t len;  /* STRING: bytes; numbers: the literal's length */
     uint32_t n;    /* ARRAY: elements; OBJECT: members */
     uint32_t next; /* the token after this value and its contents */
-    union {
-        int64_t i;
-        double r;
-    } v;
 } fz_jtok;
 
 typedef struct {
@@ -88,6 +85,9 @@ const char *fz_jtok_str(const fz_jdoc *d, uint32_t i);
 bool fz_jtok_streq(const fz_jdoc *d, uint32_t i, const char *s);
 /* A malloc'd NUL-terminated copy of STRING token i, or NULL (out of memory). */
 char *fz_jtok_strdup(const fz_jdoc *d, uint32_t i);
+/* The value of INT token i / of REAL token i. */
+int64_t fz_jtok_int(const fz_jdoc *d, uint32_t i);
+double fz_jtok_real(const fz_jdoc *d, uint32_t i);
 /* The value of member `key` of OBJECT token o (a linear search: for
  * objects of a few members), or UINT32_MAX. */
 uint32_t fz_jtok_get(const fz_jdoc *d, uint32_t o, const char *key);

@@ -45,9 +45,10 @@ static uint64_t st_get_u64le(const uint8_t *b)
 /* Value i (UINT32_MAX: absent) must be a non-negative integer (serde's usize). */
 static int st_json_u64(const fz_jdoc *d, uint32_t i, uint64_t *out)
 {
-    if (i == UINT32_MAX || d->t[i].type != FZ_JT_INT || d->t[i].v.i < 0)
+    int64_t v;
+    if (i == UINT32_MAX || d->t[i].type != FZ_JT_INT || (v = fz_jtok_int(d, i)) < 0)
         return -1;
-    *out = (uint64_t)d->t[i].v.i;
+    *out = (uint64_t)v;
     return 0;
 }
 

@@ -317,7 +317,7 @@ static void test_layout_and_lookups(void **state)
     uint32_t a = fz_jtok_get(&d, 0, "a");
     assert_int_equal(d.t[a].type, FZ_JT_ARRAY);
     assert_int_equal(d.t[a].n, 3);
-    assert_int_equal(d.t[a + 1].v.i, 1);
+    assert_int_equal(fz_jtok_int(&d, a + 1), 1);
     assert_int_equal(d.t[a + 2].type, FZ_JT_ARRAY);
     assert_int_equal(d.t[d.t[a + 2].next].type, FZ_JT_OBJECT); /* past [2, 3] */
     uint32_t b = fz_jtok_get(&d, 0, "b\xc3\xa9");
@@ -329,7 +329,7 @@ static void test_layout_and_lookups(void **state)
     char *s = fz_jtok_strdup(&d, b - 1);
     assert_string_equal(s, "b\xc3\xa9");
     free(s);
-    assert_int_equal(d.t[fz_jtok_get(&d, 0, "c")].v.i, -7);
+    assert_int_equal(fz_jtok_int(&d, fz_jtok_get(&d, 0, "c")), -7);
     assert_int_equal(fz_jtok_get(&d, 0, "d"), UINT32_MAX);
     assert_int_equal(fz_jtok_get(&d, a, "a"), UINT32_MAX); /* not an object */
     fz_jtok_free(&d);

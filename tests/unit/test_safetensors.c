@@ -215,6 +215,8 @@ static void test_read_accepts(void **state)
               "\"data_offsets\":[0,12]}}",
               12, 1);
     expect_ok("  {\"x\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}    ", 12, 1);
+    /* -0 is 0 (serde reads it as a usize 0) */
+    expect_ok("{\"x\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[-0,12]}}", 12, 1);
     /* listed out of offset order; zero-size tensors share an offset */
     expect_ok("{\"b\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[4,6]},"
               "\"e\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[4,4]},"

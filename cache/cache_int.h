@@ -32,15 +32,15 @@
 
 /* Bound on bytes queued for the writer: a value that would pass it is
  * dropped (not stored), never waited for. */
-#define FZ_CACHE_QUEUE_MAX (64ull << 20)
+#define FZ_CACHE_QUEUE_MAX (48ull << 20)
 /* Read transactions kept reset for reuse (mdb_txn_renew), at most. */
 #define FZ_CACHE_RTXN_MAX 32u
 /* Value buffers the writer keeps for the next fills instead of freeing
  * them, at most (only values of at least FZ_CACHE_SPARE_MIN bytes). */
-#define FZ_CACHE_SPARE_MAX 8u
+#define FZ_CACHE_SPARE_MAX 4u
 #define FZ_CACHE_SPARE_MIN (1ull << 20)
 /* Bound on one write transaction's value bytes (keeps write txns short). */
-#define FZ_CACHE_TXN_MAX (32ull << 20)
+#define FZ_CACHE_TXN_MAX (24ull << 20)
 /* Bound on access-time updates remembered between writer batches. */
 #define FZ_CACHE_TOUCH_MAX 4096u
 

@@ -39,11 +39,14 @@
 #define FZ_FS_RUN_GAP (4ull << 20)
 #define FZ_FS_RUN_BEHIND (32ull << 20)
 
+typedef struct fz_fs_group fz_fs_group;
+
 struct fz_fs_job {
     fz_fs_job *next;
     fuse_req_t req; /* NULL: compute [off, off+len) ahead, answer nothing */
     uint32_t node;
     uint64_t off, len;
+    fz_fs_group *group; /* non-NULL (req NULL): help with this group's tasks */
 };
 
 static fz_fs *fs_of(fuse_req_t req)
@@ -545,6 +548,95 @@ static fz_fs_job *pool_take(fz_fs_pool *p)
     }
 }
 
+/* ---- tasks run across the pool (fz_view_set_runner) --------------------- */
+
+/* n tasks shared by the thread that asked (which takes part) and the pool
+ * threads that take a helper job: each claims the next index until none is
+ * left. The asking thread waits until every task has returned; helpers
+ * that start late find nothing to do. The group lives until its last
+ * reference (the asker and each queued helper) is dropped. */
+struct fz_fs_group {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    size_t n, next, done;
+    unsigned refs;
+    fz_view_task_fn task;
+    void *arg;
+};
+
+static void group_unref(fz_fs_group *g)
+{
+    pthread_mutex_lock(&g->lock);
+    bool last = --g->refs == 0;
+    pthread_mutex_unlock(&g->lock);
+    if (!last)
+        return;
+    pthread_cond_destroy(&g->cond);
+    pthread_mutex_destroy(&g->lock);
+    free(g);
+}
+
+static void group_work(fz_fs_group *g)
+{
+    pthread_mutex_lock(&g->lock);
+    while (g->next < g->n) {
+        size_t i = g->next++;
+        pthread_mutex_unlock(&g->lock);
+        g->task(g->arg, i);
+        pthread_mutex_lock(&g->lock);
+        if (++g->done == g->n)
+            pthread_cond_broadcast(&g->cond);
+    }
+    pthread_mutex_unlock(&g->lock);
+}
+
+static bool pool_push(fz_fs_pool *p, fz_fs_job *j);
+
+/* fz_view_runner_fn over the pool: at most one helper per other core, as
+ * read jobs (a read is waiting for these tasks). */
+static void pool_run_tasks(void *ctx, size_t n, fz_view_task_fn task, void *arg)
+{
+    fz_fs *fs = ctx;
+    fz_fs_group *g = calloc(1, sizeof *g);
+    if (!g) { /* no memory for a group: run them here */
+        for (size_t i = 0; i < n; i++)
+            task(arg, i);
+        return;
+    }
+    pthread_mutex_init(&g->lock, NULL);
+    pthread_cond_init(&g->cond, NULL);
+    g->n = n;
+    g->refs = 1;
+    g->task = task;
+    g->arg = arg;
+    size_t helpers = (size_t)(fs->pool.workers > 1 ? fs->pool.workers - 1 : 0);
+    for (size_t h = 0; h < helpers && h + 1 < n; h++) {
+        fz_fs_job *j = calloc(1, sizeof *j);
+        if (!j)
+            break;
+        j->group = g;
+        pthread_mutex_lock(&g->lock);
+        g->refs++;
+        pthread_mutex_unlock(&g->lock);
+        if (!pool_push(&fs->pool, j)) {
+            free(j);
+            group_unref(g);
+            break;
+        }
+    }
+    group_work(g);
+    pthread_mutex_lock(&g->lock);
+    while (g->done < g->n)
+        pthread_cond_wait(&g->cond, &g->lock);
+    pthread_mutex_unlock(&g->lock);
+    group_unref(g);
+}
+
+void fz_fs_use_pool_for_tasks(fz_fs *fs)
+{
+    fz_view_set_runner(fs->v, pool_run_tasks, fs);
+}
+
 static void *pool_main(void *arg)
 {
     fz_fs *fs = arg;
@@ -555,7 +647,10 @@ static void *pool_main(void *arg)
         pthread_mutex_unlock(&p->lock);
         if (!j)
             return NULL;
-        if (j->req) {
+        if (j->group) {
+            group_work(j->group);
+            group_unref(j->group);
+        } else if (j->req) {
             run_job(fs, j);
         } else {
             run_ahead(fs, j);
@@ -614,13 +709,13 @@ void fz_fs_pool_stop(fz_fs *fs)
     pthread_mutex_destroy(&p->lock);
 }
 
-/* Queue job j (a read when j->req, else a prefetch): false when it was not
- * (a prefetch beyond FZ_FS_AHEAD_QUEUED; the caller frees it). */
+/* Queue job j (a read, or a group's helper; else a prefetch): false when
+ * it was not (a prefetch beyond FZ_FS_AHEAD_QUEUED; the caller frees it). */
 static bool pool_push(fz_fs_pool *p, fz_fs_job *j)
 {
     bool ok = true;
     pthread_mutex_lock(&p->lock);
-    if (j->req) {
+    if (j->req || j->group) {
         if (p->tail)
             p->tail->next = j;
         else
@@ -650,7 +745,7 @@ static void pool_submit(fz_fs *fs, fuse_req_t req, uint32_t node, uint64_t off, 
         reply_read_error(fs, req, node, off, len, FZ_ENOMEM);
         return;
     }
-    *j = (fz_fs_job){NULL, req, node, off, len};
+    *j = (fz_fs_job){NULL, req, node, off, len, NULL};
     pool_push(&fs->pool, j);
 }
 
@@ -713,7 +808,7 @@ static void compute_ahead(fz_fs *fs, uint32_t node, uint64_t off, uint64_t len)
         fz_fs_job *j = malloc(sizeof *j);
         if (!j)
             return;
-        *j = (fz_fs_job){NULL, NULL, node, o, e - o};
+        *j = (fz_fs_job){NULL, NULL, node, o, e - o, NULL};
         if (!pool_push(&fs->pool, j)) {
             free(j);
             return;
@@ -888,7 +983,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
          * computing, so here in the worker) and answers the bytes or EIO. */
         if (sp)
             span_drain(sp);
-        fz_fs_job j = {NULL, req, idx, o, len};
+        fz_fs_job j = {NULL, req, idx, o, len, NULL};
         run_job(fs, &j);
         return;
     }

@@ -105,5 +105,8 @@ int fz_fs_pool_start(fz_fs *fs, int workers);
 /* Let the pool finish queued jobs, then join its threads. Call after the
  * session loop returned and before the session is destroyed. */
 void fz_fs_pool_stop(fz_fs *fs);
+/* Let the view run its tasks (a central directory's CRCs) on the pool
+ * (fz_view_set_runner); after fz_fs_pool_start, before serving. */
+void fz_fs_use_pool_for_tasks(fz_fs *fs);
 
 #endif

@@ -121,6 +121,10 @@ struct fz_view {
     uint32_t nzips;
     size_t capzips;
     pthread_mutex_t crc_lock;
+    /* fz_view_set_runner: how the CRCs of a central directory are computed
+     * at once (NULL: one after another). */
+    fz_view_runner_fn runner;
+    void *runner_ctx;
 
     /* Source files each node is made from (view/read.c): node i's are
      * deps[dep_start[i] .. dep_start[i+1]); recipe_file[r] is recipe r's

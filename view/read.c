@@ -620,6 +620,58 @@ void fz_view_note_crc(fz_view *v, uint32_t zip, int32_t rec, uint32_t crc)
         fz_cache_fetch(v->cache, &key, 4, b, fill_known, &crc, true);
 }
 
+void fz_view_set_runner(fz_view *v, fz_view_runner_fn run, void *ctx)
+{
+    v->runner = run;
+    v->runner_ctx = ctx;
+}
+
+/* The CRCs of every record of a zip, as tasks of a runner: the first error
+ * (code and message: a task's thread is not the caller's) stops the rest. */
+typedef struct {
+    fz_view *v;
+    uint32_t zi;
+    uint32_t *crcs;
+    pthread_mutex_t lock;
+    int rc;
+    char msg[1024];
+} fz_crc_tasks;
+
+static void crc_task(void *arg, size_t i)
+{
+    fz_crc_tasks *t = arg;
+    pthread_mutex_lock(&t->lock);
+    bool failed = t->rc != 0;
+    pthread_mutex_unlock(&t->lock);
+    if (failed)
+        return;
+    int rc = record_crc(t->v, t->zi, i, &t->crcs[i]);
+    pthread_mutex_lock(&t->lock);
+    if (rc && !t->rc) {
+        t->rc = rc;
+        snprintf(t->msg, sizeof t->msg, "%s", fz_error_msg());
+    }
+    pthread_mutex_unlock(&t->lock);
+}
+
+static int all_crcs(fz_view *v, uint32_t zi, uint32_t *crcs)
+{
+    size_t n = v->zips[zi].L.n;
+    if (!v->runner || n < 2) {
+        for (size_t i = 0; i < n; i++) {
+            int rc = record_crc(v, zi, i, &crcs[i]);
+            if (rc)
+                return rc;
+        }
+        return 0;
+    }
+    fz_crc_tasks t = {.v = v, .zi = zi, .crcs = crcs};
+    pthread_mutex_init(&t.lock, NULL);
+    v->runner(v->runner_ctx, n, crc_task, &t);
+    pthread_mutex_destroy(&t.lock);
+    return t.rc ? fz_error_set(t.rc, "%s", t.msg) : 0;
+}
+
 /* Bytes of a deferred segment, generated whole and sliced. */
 static int read_deferred(fz_view *v, const fz_seg *s, uint64_t off, uint64_t len, uint8_t *out)
 {
@@ -638,8 +690,8 @@ static int read_deferred(fz_view *v, const fz_seg *s, uint64_t off, uint64_t len
         crcs = malloc(z->L.n * sizeof *crcs);
         if (!crcs)
             rc = fz_error_set(FZ_ENOMEM, "out of memory");
-        for (size_t i = 0; rc == 0 && i < z->L.n; i++)
-            rc = record_crc(v, s->u.def.zip, i, &crcs[i]);
+        else
+            rc = all_crcs(v, s->u.def.zip, crcs);
         if (rc == 0)
             fz_zipw_central(&z->L, crcs, tmp);
     }

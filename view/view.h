@@ -209,6 +209,16 @@ bool fz_view_can_prefetch(const fz_view *v);
  * that chunk: the read computes it and reports). */
 int fz_view_prefetch(fz_view *v, uint32_t node, uint64_t off, uint64_t len);
 
+/* A way to run tasks at once: run(ctx, n, task, arg) calls task(arg, i)
+ * for every i in [0, n), from any threads, and returns when every call has
+ * returned. With one (fz_view_set_runner: the mount's compute pool), a
+ * .bin's central directory - which needs the CRC-32 of every record, so
+ * every byte of the shard - computes its records across cores; without
+ * one, one after another. Set it before the first read. */
+typedef void (*fz_view_task_fn)(void *arg, size_t i);
+typedef void (*fz_view_runner_fn)(void *ctx, size_t n, fz_view_task_fn task, void *arg);
+void fz_view_set_runner(fz_view *v, fz_view_runner_fn run, void *ctx);
+
 struct fz_cache;
 /* Serve computed chunks (and zip record CRCs and mean reductions) through
  * cache `c` (borrowed, may be NULL to disable); newly computed values are

@@ -2,7 +2,9 @@
  * the cache equals the byte served without it, for whole-chunk and odd
  * partial reads, .bin (zip headers from cached record CRCs) and
  * safetensors output; a second view on a reopened cache computes nothing;
- * a non-storing reader (materialize's default) adds nothing.
+ * a non-storing reader (materialize's default) adds nothing; prefetch
+ * fills chunks once; a central directory's CRCs computed as a runner's
+ * tasks on several threads.
  *
  * Runs: examples/tiny-run (real torch checkpoints, two .bin shards), and a
  * synthetic run written here whose 12 MiB f32 matrix casts to 6 MiB of
@@ -14,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -299,12 +302,171 @@ static void test_concurrent_reads(void **state)
     free(d);
 }
 
+/* The largest file of a view (the weights of the synthetic run). */
+static uint32_t largest_file(fz_view *v)
+{
+    uint32_t best = 0;
+    for (uint32_t i = 0; i < fz_view_node_count(v); i++)
+        if (fz_view_node(v, i)->kind == FZ_NODE_FILE &&
+            fz_view_node(v, i)->size > fz_view_node(v, best)->size)
+            best = i;
+    return best;
+}
+
+/* fz_view_prefetch fills the chunks of a range once; the reads that follow
+ * compute nothing and get the same bytes. Nothing without a storing cache. */
+static void test_prefetch(void **state)
+{
+    (void)state;
+    char *d = synthetic_run();
+    char *cdir = fz_test_tmpdir("fz_test_view_cache");
+    fz_view *v = build(d, true);
+    fz_snapshot ref = read_all(v, UINT64_MAX / 2);
+    uint32_t node = largest_file(v);
+    assert_false(fz_view_can_prefetch(v));
+    assert_int_equal(fz_view_prefetch(v, node, 0, UINT64_MAX), 0);
+    fz_view_free(v);
+    fz_cache *c;
+    assert_int_equal(fz_cache_open(&c, cdir, 256ull << 20), 0);
+    v = build(d, true);
+    fz_view_set_cache(v, c, false);
+    assert_false(fz_view_can_prefetch(v)); /* nowhere to keep what it computes */
+    fz_view_set_cache(v, c, true);
+    assert_true(fz_view_can_prefetch(v));
+    int n = fz_view_prefetch(v, node, 100, fz_view_node(v, node)->size);
+    assert_true(n >= 2); /* the matrix's two chunks (and maybe the bias) */
+    fz_cache_stats s0 = fz_test_cache_stats(c);
+    fz_snapshot got = read_all(v, 1u << 20);
+    snap_equal(&ref, &got);
+    fz_cache_stats s1 = fz_test_cache_stats(c);
+    assert_int_equal(s1.fills, s0.fills); /* every chunk was there */
+    assert_int_equal(fz_view_prefetch(v, node, 0, UINT64_MAX), 0);
+    snap_free(&got);
+    fz_view_free(v);
+    fz_cache_close(c);
+    snap_free(&ref);
+    fz_test_rmtree(cdir);
+    free(cdir);
+    fz_test_rmtree(d);
+    free(d);
+}
+
+/* A runner with threads of its own: tasks claimed by index, the thread
+ * that ran each remembered. */
+typedef struct {
+    pthread_mutex_t lock;
+    size_t n, next, calls;
+    fz_view_task_fn task;
+    void *arg;
+    pthread_t who[64];
+    size_t nwho;
+    const char *before; /* a shell command run before the tasks, or NULL */
+} fz_test_runner;
+
+static void *runner_thread(void *p)
+{
+    fz_test_runner *r = p;
+    for (;;) {
+        pthread_mutex_lock(&r->lock);
+        size_t i = r->next < r->n ? r->next++ : SIZE_MAX;
+        if (i != SIZE_MAX && r->nwho < 64)
+            r->who[r->nwho++] = pthread_self();
+        pthread_mutex_unlock(&r->lock);
+        if (i == SIZE_MAX)
+            return NULL;
+        r->task(r->arg, i);
+        /* let the other thread take some */
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void test_run(void *ctx, size_t n, fz_view_task_fn task, void *arg)
+{
+    fz_test_runner *r = ctx;
+    pthread_mutex_lock(&r->lock);
+    r->calls++;
+    r->n = n;
+    r->next = 0;
+    r->nwho = 0;
+    r->task = task;
+    r->arg = arg;
+    pthread_mutex_unlock(&r->lock);
+    if (r->before)
+        assert_int_equal(system(r->before), 0);
+    pthread_t th[3];
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, runner_thread, r), 0);
+    for (int i = 0; i < 3; i++)
+        pthread_join(th[i], NULL);
+}
+
+/* A .bin's central directory computes its records' CRCs as tasks of the
+ * runner, on several threads: the same bytes; an error in a task (a source
+ * changed) reaches the reader with its message. */
+static void test_central_directory_tasks(void **state)
+{
+    (void)state;
+    char src[512], *d = fz_test_tmpdir("fz_test_view_cache");
+    snprintf(src, sizeof src, "cp -r '%s/tiny-run/.' '%s'", FZ_SOURCE_EXAMPLES_DIR, d);
+    assert_int_equal(system(src), 0);
+    fz_view *v = build(d, false);
+    fz_snapshot ref = read_all(v, UINT64_MAX / 2);
+    fz_view_free(v);
+    fz_test_runner r = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    v = build(d, false);
+    fz_view_set_runner(v, test_run, &r);
+    fz_snapshot got = read_all(v, 1u << 20);
+    snap_equal(&ref, &got);
+    snap_free(&got);
+    printf("central directories: %zu runs, last with %zu tasks\n", r.calls, r.n);
+    assert_true(r.calls >= 1 && r.n >= 2);
+    bool two = false;
+    for (size_t i = 1; i < r.nwho; i++)
+        two |= !pthread_equal(r.who[i], r.who[0]);
+    assert_true(two);
+    fz_view_free(v);
+    snap_free(&ref);
+    fz_test_rmtree(d);
+    free(d);
+
+    /* The source grows between the read's first check of its sources and
+     * the tasks: their fills see it (in the runner's threads) and the
+     * reader gets the error with its message. */
+    d = synthetic_run();
+    char *cdir = fz_test_tmpdir("fz_test_view_cache"), cmd[1024];
+    fz_cache *c;
+    assert_int_equal(fz_cache_open(&c, cdir, 256ull << 20), 0);
+    v = build(d, false);
+    fz_view_set_cache(v, c, true);
+    snprintf(cmd, sizeof cmd, "printf x >> '%s/model.safetensors'", d);
+    r.before = cmd;
+    fz_view_set_runner(v, test_run, &r);
+    size_t before = r.calls;
+    uint32_t node = largest_file(v);
+    uint64_t size = fz_view_node(v, node)->size;
+    uint8_t b[64];
+    assert_int_equal(fz_view_read(v, node, size - 64, 64, b), FZ_EIO); /* the central directory */
+    assert_non_null(strstr(fz_error_msg(), "changed after fzfs opened it"));
+    assert_int_equal(r.calls, before + 1);
+    fz_view_free(v);
+    fz_cache_close(c);
+    fz_test_rmtree(cdir);
+    free(cdir);
+    fz_test_rmtree(d);
+    free(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_tiny_run_bin),     cmocka_unit_test(test_tiny_run_safetensors),
-        cmocka_unit_test(test_multi_chunk_bin),  cmocka_unit_test(test_multi_chunk_safetensors),
+        cmocka_unit_test(test_tiny_run_bin),
+        cmocka_unit_test(test_tiny_run_safetensors),
+        cmocka_unit_test(test_multi_chunk_bin),
+        cmocka_unit_test(test_multi_chunk_safetensors),
         cmocka_unit_test(test_concurrent_reads),
+        cmocka_unit_test(test_prefetch),
+        cmocka_unit_test(test_central_directory_tasks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -75,14 +75,22 @@ static int st_check_metadata(const fz_jdoc *d, uint32_t meta, const char *path)
 static int st_parse_entry(const fz_jdoc *d, const char *name, uint32_t v, const char *path,
                           fz_tensor *t, st_span *span)
 {
-    uint32_t dt = fz_jtok_get(d, v, "dtype"), shape = fz_jtok_get(d, v, "shape");
-    uint32_t offs = fz_jtok_get(d, v, "data_offsets");
+    uint32_t dt = UINT32_MAX, shape = UINT32_MAX, offs = UINT32_MAX;
     uint64_t numel, nbytes;
     size_t es;
     char dts[16];
 
     if (d->t[v].type != FZ_JT_OBJECT)
         return fz_error_set(FZ_EFORMAT, "%s: tensor '%.200s' is not an object", path, name);
+    /* the three keys in one pass over the members (no key is there twice) */
+    for (uint32_t m = 0, k = v + 1; m < d->t[v].n; m++, k = d->t[k + 1].next) {
+        if (fz_jtok_streq(d, k, "dtype"))
+            dt = k + 1;
+        else if (fz_jtok_streq(d, k, "shape"))
+            shape = k + 1;
+        else if (fz_jtok_streq(d, k, "data_offsets"))
+            offs = k + 1;
+    }
     /* Extra keys are ignored, as the reference reader (serde) ignores them. */
     if (dt == UINT32_MAX || shape == UINT32_MAX || offs == UINT32_MAX)
         return fz_error_set(

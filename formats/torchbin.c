@@ -203,14 +203,28 @@ static int resolve_storages(const char *path, tb_archive *a, fz_pickle_dict *pd,
 
 int fz_torchbin_read(int fd, const char *path, fz_tensor_list *out)
 {
+    return fz_torchbin_read_stem(fd, path, out, NULL);
+}
+
+int fz_torchbin_read_stem(int fd, const char *path, fz_tensor_list *out, char **stem)
+{
     tb_archive a = {0};
     fz_pickle_dict pd = {NULL, 0};
     fz_tensor_list got = {0};
     int rc;
     if ((rc = archive_open(fd, path, &a)) == 0 && (rc = check_byteorder(fd, path, &a)) == 0 &&
         (rc = read_state_dict(fd, path, &a, &pd)) == 0 &&
-        (rc = resolve_storages(path, &a, &pd, &got)) == 0)
-        rc = fz_tensor_list_append(out, &got);
+        (rc = resolve_storages(path, &a, &pd, &got)) == 0) {
+        /* the prefix without its '/' (archive_open: every entry is under it) */
+        if (stem && !(*stem = strndup(a.prefix, a.plen - 1)))
+            rc = fz_error_set(FZ_ENOMEM, "out of memory");
+        else
+            rc = fz_tensor_list_append(out, &got);
+        if (rc && stem) {
+            free(*stem);
+            *stem = NULL;
+        }
+    }
     fz_tensor_list_free(&got);
     fz_pickle_dict_free(&pd);
     archive_close(&a);

@@ -21,6 +21,10 @@
  * FZ_EDENIED (disallowed pickle global, named), FZ_ERANGE (out-of-bounds
  * offsets/sizes). On error *out holds nothing new. */
 int fz_torchbin_read(int fd, const char *path, fz_tensor_list *out);
+/* fz_torchbin_read, and on success *stem (malloc'd): the directory every
+ * record of the archive is under ("<stem>/data.pkl", ...), which torch.save
+ * names after the file. */
+int fz_torchbin_read_stem(int fd, const char *path, fz_tensor_list *out, char **stem);
 
 /* One tensor to write: a contiguous view (offset 0) of storage record
  * `record`. Tied tensors name the same record. */

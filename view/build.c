@@ -280,7 +280,7 @@ static int read_weights(fz_view *v)
         if (nl > 12 && strcmp(f->path + nl - 12, ".safetensors") == 0)
             rc = fz_st_read_info(f->fd, f->path, f->size, &v->tensors[i], &info);
         else
-            rc = fz_torchbin_read(f->fd, f->path, &v->tensors[i]);
+            rc = fz_torchbin_read_stem(f->fd, f->path, &v->tensors[i], &f->zip_stem);
         f->st_format_pt = info.format_pt;
         if (rc)
             return rc;
@@ -490,6 +490,7 @@ void fz_view_free(fz_view *v)
     for (uint32_t i = 0; i < v->nfiles; i++) {
         close(v->files[i].fd);
         free(v->files[i].path);
+        free(v->files[i].zip_stem);
     }
     free(v->files);
     fz_meta_out_free(&v->meta);

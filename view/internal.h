@@ -57,6 +57,8 @@ typedef struct {
     mode_t mode;
     bool st_format_pt; /* a safetensors weight file loads as PyTorch weights
                         * (fz_st_info, from the one parse of its header) */
+    char *zip_stem;    /* a .bin weight file: the directory all its records are
+                        * under (fz_torchbin_read_stem), else NULL */
     atomic_bool changed;
 } fz_srcfile;
 
@@ -195,8 +197,8 @@ bool fz_view_st_emits(const fz_view *v, uint32_t i);
  * name, dtype, shape; no cast, resize or quantization, no tied head moved
  * or dropped), a .bin's records are whole source storages under "<stem>/"
  * (stem: `name` without .bin), a safetensors header has no __metadata__
- * or says format "pt" in it (known from reading it: st_format_pt).
- * Reads at most the file's zip directory. */
+ * or says format "pt" in it (both known from reading the file: zip_stem,
+ * st_format_pt). Reads nothing. */
 bool fz_view_shard_is_whole(const fz_view *v, uint32_t s, const uint32_t *outs, uint32_t n,
                             const char *name);
 /* Add file `name` under `dir`: all of source file s, one span. */

@@ -46,14 +46,7 @@ static bool out_is_source(const fz_view *v, const fz_outtensor *o, uint32_t f, c
 static bool zip_under_stem(const fz_srcfile *sf, const char *name)
 {
     size_t stem = strlen(name) - 4;
-    fz_zip_dir d = {0};
-    if (fz_zip_read_dir(sf->fd, sf->path, sf->size, &d) != 0)
-        return false;
-    bool ok = d.n > 0;
-    for (size_t i = 0; i < d.n && ok; i++)
-        ok = strncmp(d.v[i].name, name, stem) == 0 && d.v[i].name[stem] == '/';
-    fz_zip_dir_free(&d);
-    return ok;
+    return sf->zip_stem && strlen(sf->zip_stem) == stem && !strncmp(sf->zip_stem, name, stem);
 }
 
 bool fz_view_shard_is_whole(const fz_view *v, uint32_t s, const uint32_t *outs, uint32_t n,

@@ -199,6 +199,14 @@ static void test_corrupt(void **state)
     assert_int_equal(read_recs(ok, 3, &l), 0);
     assert_int_equal(l.n, 1);
     fz_tensor_list_free(&l);
+    /* the directory every record is under, from the same read */
+    char *stem = NULL;
+    int zfd = zip_fd(ok, 3);
+    assert_int_equal(fz_torchbin_read_stem(zfd, "x.bin", &l, &stem), 0);
+    close(zfd);
+    assert_string_equal(stem, "x");
+    free(stem);
+    fz_tensor_list_free(&l);
 
     rec short_rec[] = {{"x/data.pkl", p.data, p.len}, {"x/data/0", data, 40}};
     expect_err(short_rec, 2, FZ_EFORMAT, "holds 40 bytes but the pickle says 48");

@@ -229,6 +229,8 @@ int fz_cache_open_flags(fz_cache **out, const char *dir, uint64_t map_size, unsi
     if (!c)
         return fz_error_set(FZ_ENOMEM, "out of memory");
     c->lock_fd = -1;
+    long page = sysconf(_SC_PAGESIZE);
+    c->page = page > 0 ? (uintptr_t)page : 4096;
     c->touched = calloc(FZ_CACHE_TOUCH_MAX, sizeof *c->touched);
     c->dir = strdup(dir);
     if (!c->touched || !c->dir) {
@@ -434,11 +436,9 @@ static void rtxn_end(fz_cache *c, MDB_txn *txn)
 
 void fz_cache_trim(fz_cache *c, const void *p, uint64_t len)
 {
-    static long page;
+    uintptr_t page = c->page;
     if (len < FZ_CACHE_TRIM_MIN)
         return;
-    if (!page)
-        page = sysconf(_SC_PAGESIZE);
     uintptr_t lo = (uintptr_t)p, hi = lo + (uintptr_t)len;
     pthread_mutex_lock(&c->trim_lock);
     if (!c->trim_hi || lo < c->trim_lo)
@@ -450,8 +450,8 @@ void fz_cache_trim(fz_cache *c, const void *p, uint64_t len)
         pthread_mutex_unlock(&c->trim_lock);
         return;
     }
-    lo = c->trim_lo & ~(uintptr_t)(page - 1);
-    hi = (c->trim_hi + (uintptr_t)page - 1) & ~(uintptr_t)(page - 1);
+    lo = c->trim_lo & ~(page - 1);
+    hi = (c->trim_hi + page - 1) & ~(page - 1);
     c->trim_lo = c->trim_hi = 0;
     c->trim_bytes = 0;
     pthread_mutex_unlock(&c->trim_lock);

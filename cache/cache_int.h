@@ -127,6 +127,7 @@ struct fz_cache {
     _Atomic uint64_t dropped;
     /* What went through the map since it was last let go (fz_cache_trim). */
     pthread_mutex_t trim_lock;
+    uintptr_t page; /* the page size */
     uintptr_t trim_lo, trim_hi;
     uint64_t trim_bytes;
 };

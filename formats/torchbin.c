@@ -311,27 +311,25 @@ fz_torchbin_role fz_torchbin_record_role(size_t i, size_t nrecords, size_t *data
 int fz_torchbin_layout(fz_zipw_layout *L, const char *stem, uint64_t pkl_len,
                        const uint64_t *record_nbytes, size_t nrecords)
 {
-    size_t n = nrecords + 3, slen = strlen(stem);
-    char **names = NULL;
+    size_t n = nrecords + 3, slen = strlen(stem), room = slen + 40;
+    char **names = NULL, *text = NULL;
     uint64_t *sizes = NULL;
     int rc = 0;
     memset(L, 0, sizeof *L);
     if (slen == 0 || slen > 4096 || strchr(stem, '/'))
         return fz_error_set(FZ_EINVAL, "bad archive name '%s'", stem);
-    if (nrecords > SIZE_MAX / 2 / sizeof *names)
+    if (nrecords > SIZE_MAX / 2 / room)
         return fz_error_set(FZ_ERANGE, "too many records");
+    /* every name in one block (the layout copies them): no allocation per record */
     names = calloc(n, sizeof *names);
     sizes = calloc(n, sizeof *sizes);
-    if (!names || !sizes) {
+    text = malloc(n * room);
+    if (!names || !sizes || !text) {
         rc = fz_error_set(FZ_ENOMEM, "out of memory");
         goto done;
     }
     for (size_t i = 0; i < n; i++) {
-        char *s = malloc(slen + 40);
-        if (!(names[i] = s)) {
-            rc = fz_error_set(FZ_ENOMEM, "out of memory");
-            goto done;
-        }
+        char *s = names[i] = text + i * room;
         size_t k = 0;
         /* "STEM/..." by hand: snprintf was most of the layout's cost at 100k records */
         memcpy(s, stem, slen);
@@ -358,9 +356,7 @@ int fz_torchbin_layout(fz_zipw_layout *L, const char *stem, uint64_t pkl_len,
     }
     rc = fz_zipw_layout_new(L, (const char *const *)names, sizes, n);
 done:
-    if (names)
-        for (size_t i = 0; i < n; i++)
-            free(names[i]);
+    free(text);
     free(names);
     free(sizes);
     return rc;

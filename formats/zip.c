@@ -345,21 +345,27 @@ static bool need_eocd64(const fz_zipw_layout *L, uint64_t cd_entries_len)
 int fz_zipw_layout_new(fz_zipw_layout *L, const char *const *names, const uint64_t *sizes, size_t n)
 {
     uint64_t off = 0, cd_entries = 0;
+    size_t all = 0, at = 0;
     memset(L, 0, sizeof *L);
+    for (size_t i = 0; i < n; i++) {
+        size_t nlen = strlen(names[i]);
+        if (nlen == 0 || nlen > 0xFFFF)
+            return fz_error_set(FZ_ERANGE, "zip record name of %zu bytes", nlen);
+        all += nlen + 1; /* cannot overflow: n names of at most 64 KiB in memory */
+    }
+    /* the names in one block: no allocation per record */
     L->rec = calloc(n ? n : 1, sizeof *L->rec);
-    if (!L->rec)
+    L->names = malloc(all ? all : 1);
+    if (!L->rec || !L->names) {
+        fz_zipw_free(L);
         return fz_error_set(FZ_ENOMEM, "out of memory");
+    }
     for (size_t i = 0; i < n; i++) {
         fz_zipw_rec *r = &L->rec[i];
         size_t nlen = strlen(names[i]);
-        if (nlen == 0 || nlen > 0xFFFF) {
-            fz_zipw_free(L);
-            return fz_error_set(FZ_ERANGE, "zip record name of %zu bytes", nlen);
-        }
-        if (!(r->name = strdup(names[i]))) {
-            fz_zipw_free(L);
-            return fz_error_set(FZ_ENOMEM, "out of memory");
-        }
+        memcpy(L->names + at, names[i], nlen + 1);
+        r->name = L->names + at;
+        at += nlen + 1;
         L->n = i + 1;
         r->size = sizes[i];
         r->header_off = off;
@@ -383,9 +389,7 @@ int fz_zipw_layout_new(fz_zipw_layout *L, const char *const *names, const uint64
 
 void fz_zipw_free(fz_zipw_layout *L)
 {
-    if (L->rec)
-        for (size_t i = 0; i < L->n; i++)
-            free(L->rec[i].name);
+    free(L->names);
     free(L->rec);
     memset(L, 0, sizeof *L);
 }

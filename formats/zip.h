@@ -34,7 +34,7 @@ void fz_zip_dir_free(fz_zip_dir *d);
 const fz_zip_entry *fz_zip_find(const fz_zip_dir *d, const char *name);
 
 typedef struct {
-    char *name;          /* owned */
+    const char *name;    /* in the layout's names block */
     uint64_t size;       /* data bytes */
     uint64_t header_off; /* offset of the local header */
     uint32_t header_len; /* local header length incl. name and extra (alignment, zip64) */
@@ -43,6 +43,7 @@ typedef struct {
 
 typedef struct {
     fz_zipw_rec *rec;
+    char *names; /* owned: every record's name, one block */
     size_t n;
     uint64_t cd_off; /* central directory (+ zip64 EOCD + locator + EOCD) */
     uint64_t cd_len;

@@ -25,6 +25,7 @@
 #include "fs/ops.h"
 #include "fs/pidfile.h"
 #include "fs/status.h"
+#include "fs/watch.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "verify/verify.h"
@@ -142,6 +143,7 @@ typedef struct {
     fz_fs *fs;
     const fz_status_info *info; /* for the status file */
     fz_status *status;
+    fz_watch *watch;
 } fz_ready;
 
 static void ready_reply(fz_ready *r, const char *msg)
@@ -190,6 +192,7 @@ static void *ready_main(void *arg)
     r->dev = st.st_dev;
     r->pidfile = true;
     r->status = fz_status_start(r->fs, st.st_dev, r->info);
+    fz_watch_serving(r->watch, r->status);
     fz_info("Mounted %s at %s (pid %ld)", r->src, r->mnt, (long)getpid());
     ready_reply(r, "0");
     return NULL;
@@ -256,7 +259,7 @@ static int session_new(fz_fs *fs, const fz_mount_opts *o, struct fuse_session **
     return 0;
 }
 
-static int start_thread(pthread_t *t, void *(*fn)(void *), void *arg)
+int fz_fs_thread_start(pthread_t *t, void *(*fn)(void *), void *arg)
 {
     sigset_t all, old;
     sigfillset(&all);
@@ -274,7 +277,7 @@ static int serve(fz_fs *fs, struct fuse_session *se, const char *mnt, const char
     bool mounted = false, handlers = false, ready_started = false;
     pthread_t ready_th;
     fz_status_info info = *si;
-    fz_ready ready = {mnt, ready_fd, src, 0, false, fs, &info, NULL};
+    fz_ready ready = {mnt, ready_fd, src, 0, false, fs, &info, NULL, NULL};
     struct fuse_loop_config *cfg = NULL;
     char msg[1100];
 
@@ -302,6 +305,7 @@ static int serve(fz_fs *fs, struct fuse_session *se, const char *mnt, const char
     if ((rc = fz_fs_pool_start(fs, nthreads)))
         goto done;
     fz_fs_use_pool_for_tasks(fs);
+    ready.watch = fz_watch_start(fs, info.cwd);
     if (fuse_set_signal_handlers(se) != 0) {
         rc = fz_error_set(FZ_EIO, "cannot install signal handlers");
         goto done;
@@ -314,7 +318,7 @@ static int serve(fz_fs *fs, struct fuse_session *se, const char *mnt, const char
         goto done;
     }
     mounted = true;
-    if (start_thread(&ready_th, ready_main, &ready) != 0) {
+    if (fz_fs_thread_start(&ready_th, ready_main, &ready) != 0) {
         rc = fz_error_set(FZ_EIO, "cannot start a thread");
         goto done;
     }
@@ -337,10 +341,12 @@ static int serve(fz_fs *fs, struct fuse_session *se, const char *mnt, const char
         rc = fz_error_set(FZ_EIO, "%s: FUSE session loop failed: %s", mnt, strerror(-lr));
 
 done:
+    fz_watch_quiesce(ready.watch); /* no notice races the unmount closing the device */
     if (mounted)
         fuse_session_unmount(se);
     if (ready_started)
         pthread_join(ready_th, NULL);
+    fz_watch_stop(ready.watch); /* a lookup it made on the mount has returned by now */
     fz_status_stop(ready.status);
     if (rc) {
         snprintf(msg, sizeof msg, "E%s", fz_error_msg());

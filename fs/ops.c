@@ -99,7 +99,9 @@ static void fill_entry(fz_fs *fs, uint32_t idx, struct fuse_entry_param *e)
 {
     memset(e, 0, sizeof *e);
     e->ino = (fuse_ino_t)idx + FUSE_ROOT_ID;
-    e->generation = 1;
+    /* A file whose source changed is another inode from then on: the kernel
+     * marks the one it had bad, so files already open fail too (fs/watch.h). */
+    e->generation = fz_view_node_stale(fs->v, idx) ? 2 : 1;
     e->attr_timeout = FZ_FS_TIMEOUT;
     e->entry_timeout = FZ_FS_TIMEOUT;
     fill_stat(fs, idx, &e->attr);
@@ -135,8 +137,10 @@ static uint32_t find_child(fz_fs *fs, const fz_node *dir, const char *name)
  *
  * Whether a source is unchanged is checked at open (fz_view_check_node, as
  * for every open): a changed source is never opened. A source rewritten in
- * place while a passthrough open is up shows through that open, as it
- * would for a process reading the source itself (docs/design.md).
+ * place while a passthrough open is up is seen by the source watcher
+ * (fs/watch.h), which has the kernel take the inode for a new one, so that
+ * open's reads fail from then on; a map made before keeps the source's
+ * pages (docs/design.md).
  *
  * Passthrough is asked for at init when the kernel offers it; it stays off
  * (one log line says why) when forced off, not offered, or not root (the

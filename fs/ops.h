@@ -98,6 +98,11 @@ typedef struct {
 
 extern const struct fuse_lowlevel_ops fz_fs_ops;
 
+/* pthread_create with every signal blocked in the new thread: signals
+ * belong to the session loop's thread (fuse_set_signal_handlers). Returns
+ * pthread_create's result (fs/mount.c). */
+int fz_fs_thread_start(pthread_t *t, void *(*fn)(void *), void *arg);
+
 /* Start the compute pool for `workers` (>= 1) cores, with all signals
  * blocked in its threads. Errors: FZ_EIO (no thread could start),
  * FZ_ENOMEM. */

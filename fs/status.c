@@ -5,7 +5,6 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <limits.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,7 +32,7 @@ struct fz_status {
     pthread_t th;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    bool stop, started;
+    bool stop, started, poke;
 };
 
 static json_t *str_or_null(const char *s)
@@ -143,10 +142,11 @@ static void *status_main(void *arg)
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_sec += FZ_STATUS_PERIOD_S;
-        while (!s->stop && pthread_cond_timedwait(&s->cond, &s->lock, &ts) != ETIMEDOUT)
+        while (!s->stop && !s->poke && pthread_cond_timedwait(&s->cond, &s->lock, &ts) != ETIMEDOUT)
             ;
         if (s->stop)
             break;
+        s->poke = false;
         pthread_mutex_unlock(&s->lock);
         refresh(s);
         pthread_mutex_lock(&s->lock);
@@ -184,17 +184,22 @@ fz_status *fz_status_start(fz_fs *fs, dev_t dev, const fz_status_info *in)
     refresh(s);
     if (!s->last)
         goto fail;
-    /* Signals belong to the session loop's thread. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    s->started = pthread_create(&s->th, NULL, status_main, s) == 0;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    s->started = fz_fs_thread_start(&s->th, status_main, s) == 0;
     return s;
 fail:
     fz_debug("no status file for this mount (%s)", s->path[0] ? s->path : "no runtime dir");
     fz_status_stop(s);
     return NULL;
+}
+
+void fz_status_poke(fz_status *s)
+{
+    if (!s || !s->started)
+        return;
+    pthread_mutex_lock(&s->lock);
+    s->poke = true;
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->lock);
 }
 
 void fz_status_stop(fz_status *s)

@@ -2,8 +2,9 @@
  * (next to its pid file; fs/pidfile.h): what is mounted with which
  * options, where it logs, its cache and read counters, and which sources
  * changed under it. Written whole (temp file + rename) when the daemon is
- * ready, then by a thread every ~2 s only when something changed (it also
- * checks the sources, so a change shows, and is logged, without a read),
+ * ready, then by a thread every ~2 s (or at once when poked) only when
+ * something changed (it also checks the sources, so a change shows, and is
+ * logged, without a read),
  * and removed when the daemon stops. */
 #ifndef FZ_FS_STATUS_H
 #define FZ_FS_STATUS_H
@@ -26,6 +27,9 @@ typedef struct fz_status fz_status;
  * `info` are copied. NULL (logged at DEBUG) when it cannot: status is an
  * aid, never a reason to fail a mount. */
 fz_status *fz_status_start(fz_fs *fs, dev_t dev, const fz_status_info *info);
+/* Refresh the file now rather than at the next period (the source watcher
+ * saw a source change). Returns at once. */
+void fz_status_poke(fz_status *s);
 /* Stop the refresher and remove the file. NULL is accepted. */
 void fz_status_stop(fz_status *s);
 

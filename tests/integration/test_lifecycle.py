@@ -157,6 +157,30 @@ def test_per_mount_log_file_with_timestamps_and_progress(big50, fzfs, mounter, t
     assert re.search(ISO + "INFO: Unmounted " + re.escape(mnt) + "$", text, re.M), text
 
 
+def test_each_daemon_logs_mounted_once(runs, fzfs, mounter, tmp_path):
+    """The default log is one file per mount point, appended to by every mount there: two
+    mounts in a row at one mount point give two "Mounted" lines, one per daemon (its pid),
+    each before its own "Unmounted" and none repeated, even with the parent's stdout a pipe
+    (stdio buffers are flushed before the daemon forks). A log that seems to say "Mounted"
+    twice holds two mounts."""
+    state = tmp_path / "state"
+    fz = Fzfs(fzfs.binary, fzfs.home, {"XDG_STATE_HOME": str(state)})
+    mnt = str(tmp_path / "mnt")
+    os.makedirs(mnt)
+    mounter.mounts.append(mnt)
+    pids = []
+    for _ in range(2):
+        p = fz.run("mount", runs.src("llama-tied-bin"), mnt, "--no-cache")
+        assert p.returncode == 0, p.stderr
+        pids += daemon_pids(mnt)
+        mounter.umount(mnt)
+    assert len(pids) == 2 and pids[0] != pids[1], pids
+    log = open(os.path.join(str(state), "fzfs", "mnt-" + escaped(mnt) + ".log")).read()
+    events = re.findall(ISO + r"INFO: (Mounted|Unmounted) .*?(?:\(pid (\d+)\))?$", log, re.M)
+    assert events == [("Mounted", str(pids[0])), ("Unmounted", ""),
+                      ("Mounted", str(pids[1])), ("Unmounted", "")], log
+
+
 def test_missing_dev_fuse_explains_the_container_case(runs, fzfs, tmp_path):
     """In a mount namespace whose /dev has no fuse device, as in a container without
     --device /dev/fuse."""

@@ -53,7 +53,8 @@ def mounter(fz, tmp_path):
     for mnt in m.mounts:  # the daemon's stderr: a sanitizer report fails the test
         if os.path.exists(mnt + ".log"):
             log = mount_log(mnt)
-            assert not re.search(r"AddressSanitizer|LeakSanitizer|runtime error:", log), log
+            assert not re.search(r"AddressSanitizer|LeakSanitizer|ThreadSanitizer|"
+                                 r"runtime error:", log), log
 
 
 def clone(runs, name, tmp_path):
@@ -147,8 +148,7 @@ def mount_log(mnt):
 def test_truncated_source_is_eio_and_size_never_changes(runs, materialized, mounter, tmp_path):
     """Through the daemon's read path. With FUSE passthrough (the default for a whole
     unchanged file, as this shard is) the kernel reads an open file straight from its
-    source, so a change under an open file shows through that open: docs/design.md and
-    test_passthrough.py."""
+    source; the daemon's source watcher then revokes that open: test_passthrough.py."""
     run = "llama-untied-st"
     ref, src, mnt = mount_copy(run, ST, runs, materialized, mounter, tmp_path,
                                ["--no-passthrough"])

@@ -20,6 +20,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -50,18 +51,27 @@ def whole_files(fz, src, *opts):
             if f.get("content") == "whole"}
 
 
-def status_entry(fz, mnt, pred, what, timeout=15):
-    """`fzfs status --json`'s entry of mnt once pred holds (refreshed every ~2 s)."""
+def poll(get, pred, fail, timeout, period):
+    """get() once pred holds for it; pytest.fail(fail(last value)) after timeout s."""
     deadline = time.time() + timeout
     while True:
+        v = get()
+        if pred(v):
+            return v
+        if time.time() > deadline:
+            pytest.fail(fail(v))
+        time.sleep(period)
+
+
+def status_entry(fz, mnt, pred, what, timeout=15):
+    """`fzfs status --json`'s entry of mnt once pred holds (refreshed every ~2 s)."""
+    def entry():
         p = fz.run("status", "--json")
         assert p.returncode == 0, p.stderr
-        e = {m["mountpoint"]: m for m in json.loads(p.stdout)}.get(mnt)
-        if e is not None and pred(e):
-            return e
-        if time.time() > deadline:
-            pytest.fail(f"status of {mnt} never showed {what}: {json.dumps(e, indent=1)}")
-        time.sleep(0.3)
+        return {m["mountpoint"]: m for m in json.loads(p.stdout)}.get(mnt)
+    return poll(entry, lambda e: e is not None and pred(e),
+                lambda e: f"status of {mnt} never showed {what}: {json.dumps(e, indent=1)}",
+                timeout, 0.3)
 
 
 READ_FILES = """
@@ -70,6 +80,20 @@ READ_FILES = """
     for p in sys.argv[1:]:
         with open(p, "rb") as f:
             out[p] = len(f.read())
+    print(json.dumps(out))
+"""
+
+
+# Read each file whole: its length, or -errno.
+OPEN_ERRNO = """
+    import json, sys
+    out = {}
+    for p in sys.argv[1:]:
+        try:
+            with open(p, "rb") as f:
+                out[p] = len(f.read())
+        except OSError as e:
+            out[p] = -e.errno
     print(json.dumps(out))
 """
 
@@ -300,17 +324,7 @@ def test_changed_source_is_refused_at_open(runs, materialized, fz, mounter, tmp_
     other = os.path.relpath(weight_file(src, runs, run, 0), src)
     rewrite_in_place(source)
     check_passthrough_used(fz, mnt, [os.path.join(mnt, other)], 1)
-    r = child("""
-        import json, os, sys
-        out = {}
-        for p in sys.argv[1:]:
-            try:
-                with open(p, "rb") as f:
-                    out[p] = len(f.read())
-            except OSError as e:
-                out[p] = -e.errno
-        print(json.dumps(out))
-    """, os.path.join(mnt, rel), os.path.join(mnt, other))
+    r = child(OPEN_ERRNO, os.path.join(mnt, rel), os.path.join(mnt, other))
     assert r[os.path.join(mnt, rel)] == -errno.EIO, r
     assert r[os.path.join(mnt, other)] == os.path.getsize(os.path.join(ref.dest, other)), r
     mounter.umount(mnt)
@@ -378,3 +392,262 @@ def test_failed_registration_falls_back(runs, materialized, fz, mounter, tmp_pat
     warn = [ln for ln in log.splitlines() if "FUSE passthrough off from now on" in ln]
     assert len(warn) == 1 and "WARNING:" in warn[0] and "stacked filesystem" in warn[0], log
     assert m1 in warn[0] and not re.search(r"ERROR|CRITICAL", log), log
+
+
+# ---- a source changed under an open file ----------------------------------------------------
+
+# Open a mounted file, say "open"; for each line on stdin read it whole with pread and
+# print the length (or -errno) and whether the bytes equal the reference file.
+PROBE = """
+    import json, os, sys
+    path, ref = sys.argv[1], sys.argv[2]
+    fd = os.open(path, os.O_RDONLY)
+    print("open", flush=True)
+    for _ in sys.stdin:
+        out = {}
+        try:
+            data = os.pread(fd, os.fstat(fd).st_size, 0)
+            with open(ref, "rb") as f:
+                out = {"len": len(data), "same": data == f.read()}
+        except OSError as e:
+            out = {"errno": e.errno}
+        print(json.dumps(out), flush=True)
+"""
+
+
+class Holder:
+    """A process holding a mounted file open (a passthrough open when the file is whole),
+    reading it only when asked."""
+
+    def __init__(self, path, ref):
+        self.p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(PROBE), path, ref],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        assert self.p.stdout.readline().strip() == "open", self.p.stderr.read()
+
+    def read(self):
+        self.p.stdin.write("read\n")
+        self.p.stdin.flush()
+        line = self.p.stdout.readline()  # the probe answers or dies; killed at close
+        assert line, self.p.stderr.read()
+        return json.loads(line)
+
+    def close(self):
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait()
+
+
+def wait_log(mnt, pattern, what, timeout=15):
+    """The daemon log once `pattern` is in it."""
+    return poll(lambda: read_log(mnt), lambda log: re.search(pattern, log),
+                lambda log: f"the log of {mnt} never showed {what}:\n{log}", timeout, 0.05)
+
+
+def torch_save_in_place(path):
+    """Rewrite a .bin the way a trainer re-saving it does: torch.save truncates the same
+    inode and writes new bytes (one tensor changed)."""
+    import torch
+    ino = os.stat(path).st_ino
+    sd = torch.load(path, weights_only=True)
+    k = sorted(sd)[0]
+    sd[k] = sd[k] + 1
+    time.sleep(0.05)
+    torch.save(sd, path)
+    assert os.stat(path).st_ino == ino, "torch.save made a new file: not a change in place"
+
+
+def save_file_replacing(path):
+    """safetensors' save_file writes a new file under the same name: a replacement."""
+    from safetensors.torch import load_file, save_file
+    ino = os.stat(path).st_ino
+    sd = load_file(path)
+    k = sorted(sd)[0]
+    sd[k] = sd[k] + 1
+    save_file(sd, path, metadata={"format": "pt"})
+    assert os.stat(path).st_ino != ino, "save_file wrote in place: not a replacement"
+
+
+CHANGES = {
+    "torch.save": ("llama-tied-bin", [], torch_save_in_place),
+    "truncate": ("llama-untied-st", ST, lambda p: os.truncate(p, os.path.getsize(p) // 2)),
+    "replaced": ("llama-untied-st", ST, save_file_replacing),
+}
+
+
+@pytest.mark.parametrize("how", sorted(CHANGES))
+def test_source_changed_under_an_open_file(how, runs, materialized, fz, mounter, tmp_path):
+    """A whole file is open (passthrough: the daemon sees none of its reads) when its
+    source is rewritten in place (torch.save of the same name) or truncated. Without any
+    read or open through the mount, the daemon logs the change once at ERROR naming the
+    source and `fzfs status` lists it as stale within seconds (the watcher's inotify
+    event); the open file is revoked: its reads fail with EIO instead of showing the new
+    bytes; a new open fails with EIO. A source replaced by a new file (safetensors'
+    save_file) is no change: the open file and new opens keep the old, consistent bytes,
+    and status lists it as replaced."""
+    run, opts, change = CHANGES[how]
+    ref = materialized(run, opts)
+    ref.check_ok()
+    src = clone(runs, run, tmp_path)
+    whole = {p: s for p, s in whole_files(fz, src, *opts).items()
+             if p.endswith((".bin", ".safetensors"))}
+    rel = sorted(whole)[0]
+    source, want = whole[rel], os.path.join(ref.dest, rel)
+    mnt = str(tmp_path / "mnt")
+    mounter.mount(src, mnt, *opts)
+    h = Holder(os.path.join(mnt, rel), want)
+    try:
+        assert h.read() == {"len": os.path.getsize(want), "same": True}
+        status_entry(fz, mnt, lambda e: e["passthrough"]["opens"] >= 1, "a passthrough open")
+        change(source)
+        if how == "replaced":
+            e = status_entry(fz, mnt, lambda e: source in e["replaced_sources"],
+                             "the source replaced")
+            assert e["stale_sources"] == [], e
+            assert h.read() == {"len": os.path.getsize(want), "same": True}
+            r = child(OPEN_ERRNO, os.path.join(mnt, rel))
+            assert r == {os.path.join(mnt, rel): os.path.getsize(want)}, r
+        else:
+            wait_log(mnt, r"ERROR: source " + re.escape(source) + " changed",
+                     "the change logged")
+            e = status_entry(fz, mnt, lambda e: e["stale_sources"] == [source],
+                             "the source stale", timeout=10)
+            # The watcher revoked the open file before status listed the source.
+            wait_log(mnt, r"WARNING: " + re.escape(os.path.join(mnt, rel)) +
+                     r" was open in FUSE passthrough mode when its source changed: reads of "
+                     "it now fail with an I/O error", "the open file revoked", timeout=5)
+            assert h.read() == {"errno": errno.EIO}
+            r = child(OPEN_ERRNO, os.path.join(mnt, rel))
+            assert r == {os.path.join(mnt, rel): -errno.EIO}, r
+            e = status_entry(fz, mnt, lambda e: True, "the mount")
+        assert e["bytes_served"] == 0 and e["reads"] == 0, e  # nothing went through the daemon
+    finally:
+        h.close()
+    t0 = time.time()
+    mounter.umount(mnt)
+    assert daemon_pids(mnt) == [], "the daemon outlived fzfs umount"
+    assert time.time() - t0 < 30, "umount took too long"
+    log = read_log(mnt)
+    errors = [ln for ln in log.splitlines() if re.search(r"ERROR|CRITICAL", ln)]
+    if how == "replaced":
+        assert errors == [], log
+    else:
+        assert len(errors) == 1 and source in errors[0], log
+
+
+def test_many_sources_in_several_directories(runs, materialized, fz, mounter, tmp_path):
+    """A run with 300 copied *.py (150 at the root, 150 symlinked from the root into a
+    code/ directory, so their sources live there) and its weight shards in the checkpoint:
+    sources in three directories, one watch each. Changing one source in each directory
+    (a rewrite in place, an append, a truncation) is found for exactly those three, with
+    no read through the mount, and only their open files fail."""
+    run, opts = "llama-untied-st", ST
+    src = clone(runs, run, tmp_path)
+    os.mkdir(os.path.join(src, "code"))
+    for i in range(150):
+        with open(os.path.join(src, f"mod_{i:03d}.py"), "w") as f:
+            f.write(f"# module {i}\nVALUE = {i}\n")
+        with open(os.path.join(src, "code", f"impl_{i:03d}.py"), "w") as f:
+            f.write(f"# implementation {i}\nVALUE = {i * 7}\n")
+        os.symlink(os.path.join("code", f"impl_{i:03d}.py"),
+                   os.path.join(src, f"link_{i:03d}.py"))
+    whole = whole_files(fz, src, *opts)
+    assert len([p for p in whole if p.endswith(".py")]) == 300, sorted(whole)
+    dirs = {os.path.dirname(s) for s in whole.values()}
+    assert len(dirs) == 3, dirs
+    shard = sorted(p for p in whole if p.endswith(".safetensors"))[0]
+    mnt = str(tmp_path / "mnt")
+    mounter.mount(src, mnt, *opts)
+    # mounted path -> its source, for the files changed and a few left alone
+    changed = {"mod_007.py": whole["mod_007.py"], "link_009.py": whole["link_009.py"],
+               shard: whole[shard]}
+    kept = ["mod_008.py", "link_010.py", "link_149.py",
+            sorted(p for p in whole if p.endswith(".safetensors"))[1]]
+    refs = str(tmp_path / "refs")  # the bytes each file had when mounted
+    os.mkdir(refs)
+    holders = {}
+    try:
+        for rel in list(changed) + kept:
+            ref = os.path.join(refs, rel.replace("/", "_"))
+            shutil.copyfile(whole[rel], ref)
+            holders[rel] = Holder(os.path.join(mnt, rel), ref)
+        status_entry(fz, mnt, lambda e: e["passthrough"]["opens"] >= len(holders),
+                     "the passthrough opens")
+        with open(changed["mod_007.py"], "r+") as f:  # same size, new bytes
+            f.write("#")
+        with open(changed["link_009.py"], "a") as f:
+            f.write("EXTRA = 1\n")
+        os.truncate(changed[shard], 100)
+        want = sorted(changed.values())
+        e = status_entry(fz, mnt, lambda e: sorted(e["stale_sources"]) == want,
+                         "exactly the three changed sources stale", timeout=10)
+        assert e["replaced_sources"] == [], e
+        for rel in changed:
+            wait_log(mnt, r"WARNING: " + re.escape(os.path.join(mnt, rel)) + " was open",
+                     f"{rel} revoked", timeout=5)
+            assert holders[rel].read() == {"errno": errno.EIO}, rel
+        for rel in kept:
+            assert holders[rel].read() == {"len": os.path.getsize(whole[rel]), "same": True}, rel
+        e = status_entry(fz, mnt, lambda e: True, "the mount")
+        assert e["bytes_served"] == 0 and e["reads"] == 0, e
+    finally:
+        for h in holders.values():
+            h.close()
+    mounter.umount(mnt)
+    log = read_log(mnt)
+    errors = [ln for ln in log.splitlines() if re.search(r"ERROR|CRITICAL", ln)]
+    assert len(errors) == 3 and all(any(s in ln for ln in errors) for s in want), log
+
+
+# inotify refused, as on a kernel without it (inotify_init1 fails) or for a user out of
+# watches (fs.inotify.max_user_watches reached: inotify_add_watch fails with ENOSPC).
+NO_INOTIFY = {
+    "no-inotify": "int inotify_init1(int flags) { (void)flags; errno = ENOSYS; return -1; }",
+    "out-of-watches": "int inotify_add_watch(int fd, const char *path, uint32_t mask)\n"
+                      "{ (void)fd; (void)path; (void)mask; errno = ENOSPC; return -1; }",
+}
+
+
+@pytest.mark.parametrize("case", sorted(NO_INOTIFY))
+def test_without_inotify_changes_are_still_found(case, runs, materialized, fz, mounter,
+                                                  tmp_path):
+    """Without inotify the daemon says so at DEBUG and finds a change as before: the
+    status refresh (every 2 s) finds it, logs it once, and the open file is revoked."""
+    shim = tmp_path / "shim.c"
+    shim.write_text("#include <errno.h>\n#include <stdint.h>\n" + NO_INOTIFY[case] + "\n")
+    so = str(tmp_path / "shim.so")
+    cc = subprocess.run(["cc", "-shared", "-fPIC", "-o", so, str(shim)], capture_output=True,
+                        text=True)
+    assert cc.returncode == 0, cc.stderr
+    env = dict(fz.env, LD_PRELOAD=so)
+    if "ASAN_OPTIONS" in env:  # the shim comes before the sanitizer runtime
+        env["ASAN_OPTIONS"] += ":verify_asan_link_order=0"
+    shimmed = Mounter(Fzfs(fz.binary, fz.home, env), str(tmp_path))
+    run, opts = "llama-untied-st", ST
+    src = clone(runs, run, tmp_path)
+    whole = {p: s for p, s in whole_files(fz, src, *opts).items() if p.endswith(".safetensors")}
+    rel = sorted(whole)[0]
+    source = whole[rel]
+    ref = str(tmp_path / "ref")
+    shutil.copyfile(source, ref)
+    mnt = str(tmp_path / "mnt")
+    mounter.mounts.append(mnt)  # cleaned up with the others
+    shimmed.mount(src, mnt, *opts, "--log-level", "DEBUG")
+    log = wait_log(mnt, r"DEBUG: source watcher: (no inotify|cannot watch)", "why not")
+    want = "no inotify" if case == "no-inotify" else "cannot watch " + re.escape(
+        os.path.dirname(source)) + r" \(No space left on device\)"
+    assert re.search(r"DEBUG: source watcher: " + want, log), log
+    h = Holder(os.path.join(mnt, rel), ref)
+    try:
+        assert h.read() == {"len": os.path.getsize(ref), "same": True}
+        rewrite_in_place(source)
+        status_entry(fz, mnt, lambda e: e["stale_sources"] == [source], "the source stale")
+        wait_log(mnt, r"WARNING: " + re.escape(os.path.join(mnt, rel)) + " was open",
+                 "the open file revoked", timeout=5)
+        assert h.read() == {"errno": errno.EIO}
+    finally:
+        h.close()
+    mounter.umount(mnt)
+    log = read_log(mnt)
+    errors = [ln for ln in log.splitlines() if re.search(r"ERROR|CRITICAL", ln)]
+    assert len(errors) == 1 and source in errors[0], log

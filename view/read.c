@@ -154,6 +154,26 @@ static void describe_identity(char *out, size_t n, uint64_t size, int64_t mtime,
              (long long)(ctime / 1000000000), (long long)(ctime % 1000000000));
 }
 
+/* The files made from source fi, for a log line that names no file being
+ * served: "a, b, c and 4 more" ("" for none). Once per changed source. */
+static void files_made_from(const fz_view *v, uint32_t fi, char *out, size_t n)
+{
+    size_t used = 0;
+    uint32_t count = 0;
+    out[0] = 0;
+    for (uint32_t i = 0; v->dep_start && i < v->nnodes; i++)
+        for (uint32_t k = v->dep_start[i]; k < v->dep_start[i + 1]; k++) {
+            if (v->deps[k] != fi)
+                continue;
+            if (count++ < 3 && used < n)
+                used += (size_t)snprintf(out + used, n - used, "%s%s", count > 1 ? ", " : "",
+                                         v->nodes[i].path);
+            break;
+        }
+    if (count > 3 && used < n)
+        snprintf(out + used, n - used, " and %u more", count - 3);
+}
+
 /* Check source file fi; `what` names the file being served, or is NULL. */
 static int check_file(fz_view *v, uint32_t fi, const char *what)
 {
@@ -182,12 +202,20 @@ static int check_file(fz_view *v, uint32_t fi, const char *what)
     char was[128], now[128];
     describe_identity(was, sizeof was, f->size, f->mtime_ns, f->ctime_ns);
     describe_identity(now, sizeof now, (uint64_t)st.st_size, ns_of(st.st_mtim), ns_of(st.st_ctim));
-    if (!atomic_exchange(&f->changed, true) && v->log_changes)
+    if (!atomic_exchange(&f->changed, true) && v->log_changes) {
+        char made[512];
+        const char *files = what, *fsep = sep;
+        if (!*what) { /* found by no read (the mount's source watcher) */
+            files_made_from(v, fi, made, sizeof made);
+            files = made;
+            fsep = *made ? ": " : "";
+        }
         fz_log(FZ_LOG_ERROR,
                "%s%ssource %s changed after fzfs opened it (was %s, now %s): "
                "every file made from it fails with an I/O error from now on; remount to serve "
                "the new contents",
-               what, sep, f->path, was, now);
+               files, fsep, f->path, was, now);
+    }
     return fz_error_set(FZ_EIO,
                         "%s%ssource %s changed after fzfs opened it (was %s, now %s); "
                         "remount (or rerun) to use the new contents",

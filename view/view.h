@@ -91,10 +91,11 @@ int fz_view_read(fz_view *v, uint32_t node, uint64_t off, uint64_t len, void *bu
  * or FZ_EIO naming the node and the changed source. A change is sticky: the
  * node (and every node made from that source) fails from then on, even if
  * the file is restored. With fz_view_log_changes, the first check that sees
- * a source changed logs it (once per source, at ERROR; a mount's log says
- * which source changed, materialize just fails). Nodes made only of literal
- * bytes have no
- * sources and always pass. fz_view_read checks before and after reading. */
+ * a source changed logs it (once per source, at ERROR, naming the source
+ * and the file being served, or without one the files made from that
+ * source; a mount's log says which source changed, materialize just
+ * fails). Nodes made only of literal bytes have no sources and always
+ * pass. fz_view_read checks before and after reading. */
 int fz_view_check_node(fz_view *v, uint32_t node);
 /* The same over every source file of the view (materialize, before it
  * publishes DEST). */

@@ -508,8 +508,9 @@ def test_source_changed_under_an_open_file(how, runs, materialized, fz, mounter,
             r = child(OPEN_ERRNO, os.path.join(mnt, rel))
             assert r == {os.path.join(mnt, rel): os.path.getsize(want)}, r
         else:
-            wait_log(mnt, r"ERROR: source " + re.escape(source) + " changed",
-                     "the change logged")
+            # one line: the mounted files made from the source, then the source
+            wait_log(mnt, r"ERROR: " + re.escape(rel) + r"(, [^:]*)?: source " +
+                     re.escape(source) + " changed", "the change logged")
             e = status_entry(fz, mnt, lambda e: e["stale_sources"] == [source],
                              "the source stale", timeout=10)
             # The watcher revoked the open file before status listed the source.

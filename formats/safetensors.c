@@ -12,6 +12,7 @@
 #include "util/error.h"
 #include "util/hindex.h"
 #include "util/io.h"
+#include "util/vec.h"
 
 /* Reading follows the reference reader (safetensors tensor.rs read_metadata /
  * validate, reference/hf-formats.md §1.4): header length <= 100 MB, a JSON
@@ -230,6 +231,9 @@ int fz_st_read_info(int fd, const char *path, uint64_t file_size, fz_tensor_list
         goto done;
     }
 
+    /* one array of the right size (the list otherwise doubles as it grows) */
+    if ((rc = FZ_VEC_RESERVE(got.v, got.cap, (size_t)d.t[0].n)) != 0)
+        goto done;
     /* Members in file order: keys at k, values at k + 1. */
     for (uint32_t m = 0, key = 1; m < d.t[0].n; m++, key = d.t[key + 1].next) {
         fz_tensor t = {0};

@@ -104,6 +104,12 @@ int fz_tensor_list_push(fz_tensor_list *l, const fz_tensor *t)
 
 int fz_tensor_list_append(fz_tensor_list *dst, fz_tensor_list *src)
 {
+    if (dst->n == 0) { /* take src's array as it is: no copy, no second array */
+        fz_tensor_list empty = *dst;
+        *dst = *src;
+        *src = empty;
+        return 0;
+    }
     if (src->n > SIZE_MAX - dst->n)
         return fz_error_set(FZ_ENOMEM, "out of memory");
     int rc = FZ_VEC_RESERVE(dst->v, dst->cap, dst->n + src->n);

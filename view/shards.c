@@ -389,9 +389,14 @@ static int index_json(fz_view *v, fz_buf *out)
         rc = fz_error_set(FZ_ENOMEM, "out of memory");
         goto done;
     }
+    size_t room = 64; /* the text's length, near enough: the buffer grows once */
     for (uint32_t i = 0; i < v->nouts; i++)
-        if (!st || fz_view_st_emits(v, i))
+        if (!st || fz_view_st_emits(v, i)) {
             total += v->recipes[v->outs[i].recipe].nbytes;
+            room += strlen(v->outs[i].name) + strlen(v->shard_names[v->outs[i].shard]) + 16;
+        }
+    if ((rc = fz_buf_reserve(out, room)))
+        goto done;
     if (!st) {
         /* param_sharing: groups of names whose values are one tensor (one
          * recipe): aliases over one record, and a tied head in another shard.

@@ -6,7 +6,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 
 debs="build-essential pkg-config meson ninja-build libfuse3-dev fuse3 libjansson-dev
       libyaml-dev liblmdb-dev lmdb-utils libcmocka-dev zlib1g-dev libxxhash-dev unzip time
-      liburing-dev libnuma-dev clang-format
+      liburing-dev libnuma-dev clang-format valgrind
       python3 python3-venv clang libclang-rt-14-dev"
 missing=""
 for p in $debs; do

@@ -12,6 +12,7 @@
 import atexit
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,14 @@ FZFS_ASAN_BIN = os.environ.get("FZFS_ASAN_BIN")
 SANITIZER_ENV = {"ASAN_OPTIONS": "exitcode=86:detect_leaks=1:abort_on_error=0",
                  "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1:exitcode=87",
                  "LSAN_OPTIONS": "exitcode=88"}
+# Optional ThreadSanitizer build (scripts/test.sh sets it): the mount tests that run the
+# daemon's threads (concurrent reads, compute pool, read-ahead, cache writer, source
+# watcher, passthrough) run against it too, and a report in the daemon's log fails them.
+# The forked daemon inherits TSAN_OPTIONS and writes its reports to its stderr, the log.
+FZFS_TSAN_BIN = os.environ.get("FZFS_TSAN_BIN")
+TSAN_ENV = {"TSAN_OPTIONS": "halt_on_error=0:exitcode=66:second_deadlock_stack=1:"
+                            "suppressions=" + os.path.join(REPO, "tests", "tsan.supp")}
+SANITIZER_REPORT = re.compile(r"AddressSanitizer|LeakSanitizer|ThreadSanitizer|runtime error:")
 TIMEOUT = 120
 
 CHATML_YAML = os.path.join(EXAMPLES, "add_tokens", "chatml.yaml")
@@ -147,6 +156,22 @@ def inputs(session_tmp):
 @pytest.fixture(scope="session")
 def fzfs(home):
     return Fzfs(FZFS_BIN, home)
+
+
+def builds(*sanitizers):
+    """"release", then those of "asan", "tsan" whose binary is set: a fixture's params."""
+    have = {"asan": FZFS_ASAN_BIN, "tsan": FZFS_TSAN_BIN}
+    return ["release"] + [s for s in sanitizers if have[s]]
+
+
+def build_fzfs(build, home):
+    """Fzfs for one of builds(): the release binary, or a sanitizer build with its options."""
+    if build == "release":
+        return Fzfs(FZFS_BIN, home)
+    binary, env, var = {"asan": (FZFS_ASAN_BIN, SANITIZER_ENV, "FZFS_ASAN_BIN"),
+                        "tsan": (FZFS_TSAN_BIN, TSAN_ENV, "FZFS_TSAN_BIN")}[build]
+    assert os.access(binary, os.X_OK), f"{var}={binary} is not executable"
+    return Fzfs(binary, home, env)
 
 
 class Result:

@@ -8,20 +8,14 @@ import zipfile
 
 import pytest
 
-from conftest import CHATML_YAML, FZFS_ASAN_BIN, SANITIZER_ENV, Fzfs
-
-BUILDS = ["release"] + (["asan"] if FZFS_ASAN_BIN else [])
+from conftest import CHATML_YAML, build_fzfs, builds
 
 
-@pytest.fixture(params=BUILDS)
+@pytest.fixture(params=builds("asan"))
 def fzfs(request, home):
     """Every test here runs against the release binary and, when FZFS_ASAN_BIN is set,
     the ASan/UBSan build (a sanitizer report fails the test)."""
-    if request.param == "release":
-        from conftest import FZFS_BIN
-        return Fzfs(FZFS_BIN, home)
-    assert os.access(FZFS_ASAN_BIN, os.X_OK), f"FZFS_ASAN_BIN={FZFS_ASAN_BIN} is not executable"
-    return Fzfs(FZFS_ASAN_BIN, home, SANITIZER_ENV)
+    return build_fzfs(request.param, home)
 
 
 def clone(runs, name, tmp_path):

@@ -23,6 +23,7 @@ import time
 
 import pytest
 
+from conftest import SANITIZER_REPORT, build_fzfs, builds
 
 
 @pytest.fixture(autouse=True)
@@ -135,10 +136,24 @@ class Mounter:
 
 
 @pytest.fixture
-def mounter(fzfs, tmp_path):
-    m = Mounter(fzfs, str(tmp_path))
+def fz(request, home):
+    """The build a test mounts with: release, or one of builds() when the test
+    parametrizes fz (indirect=True) or a module overrides this fixture."""
+    return build_fzfs(getattr(request, "param", "release"), home)
+
+
+@pytest.fixture
+def mounter(fz, tmp_path):
+    """Mounts that always go away; their logs (the daemon's stderr) must hold no
+    sanitizer report."""
+    m = Mounter(fz, str(tmp_path))
     yield m
     m.cleanup()
+    for mnt in m.mounts:
+        if os.path.exists(mnt + ".log"):
+            with open(mnt + ".log", errors="replace") as f:
+                log = f.read()
+            assert not SANITIZER_REPORT.search(log), log[-20000:]
 
 
 def child(code, *args, timeout=FS_TIMEOUT, env=None):
@@ -389,6 +404,7 @@ STRESS = """
 """
 
 
+@pytest.mark.parametrize("fz", builds("tsan"), indirect=True)  # the daemon's threads under TSan
 @pytest.mark.parametrize("opts", [["--dtype", "bfloat16"], BF16_ST], ids=["bin-bf16", "st-bf16"])
 def test_stress_threads_and_mmap_cold_then_warm(opts, big, fzfs, mounter, tmp_path):
     dest = materialize(fzfs, big, str(tmp_path / "dest"), *opts)

@@ -19,8 +19,9 @@ import time
 
 import pytest
 
+from conftest import builds
 from test_mount import (BF16_ST, MAKE_RUNS, _fuse_available, child, diff_trees,  # noqa: F401
-                        materialize, mounter)
+                        fz, materialize, mounter)
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +133,15 @@ def closing_counts(mnt):
     return tuple(int(x) for x in m[-1])
 
 
-@pytest.mark.parametrize("kinds", [["seq1m"], ["mmap"], ["seq1m", "seq128k", "seq7", "mmap",
-                                                         "random"]],
-                         ids=["sequential", "mmap", "concurrent"])
+KINDS = {"sequential": ["seq1m"], "mmap": ["mmap"],
+         "concurrent": ["seq1m", "seq128k", "seq7", "mmap", "random"]}
+
+
+# Every reader kind against the release build; all at once against the TSan build too
+# (FZFS_TSAN_BIN: the compute pool, read-ahead and cache writer under concurrent reads).
+@pytest.mark.parametrize("fz,kinds", [pytest.param(b, v, id=f"{b}-{k}")
+                                      for k, v in KINDS.items() for b in builds("tsan")
+                                      if b == "release" or k == "concurrent"], indirect=["fz"])
 def test_computed_ahead_same_bytes_cold_and_warm(kinds, run120, ref120, mounter, tmp_path):
     cache = str(tmp_path / "cache")
     for phase in ("cold", "warm"):
@@ -160,6 +167,7 @@ def test_random_reads_alone_compute_nothing_ahead(run120, ref120, mounter, tmp_p
     assert fills > 0 and ahead <= fills // 3, (fills, ahead)
 
 
+@pytest.mark.parametrize("fz", builds("tsan"), indirect=True)  # evictions, dropped writes
 def test_full_map_and_cache_clear_while_reading(run120, ref120, fzfs, mounter, tmp_path):
     """An 8 MiB map for ~60 MB of computed chunks; `fzfs cache clear` throughout."""
     cache, mnt = str(tmp_path / "cache"), str(tmp_path / "mnt")

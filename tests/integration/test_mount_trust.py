@@ -10,8 +10,8 @@ leading out of SRC is refused; `-o rw` is refused; `fzfs umount` knows its mount
 `-o subtype=`.
 
 Like test_mount.py, every filesystem call on a mount runs in a child process with a
-timeout. With FZFS_ASAN_BIN set, every test also runs against the sanitizer build, and
-the daemon's log must hold no sanitizer report.
+timeout. With FZFS_ASAN_BIN or FZFS_TSAN_BIN set, every test also runs against that
+sanitizer build, and the daemon's log must hold no sanitizer report.
 """
 
 import errno
@@ -27,34 +27,20 @@ import time
 
 import pytest
 
-from conftest import FZFS_ASAN_BIN, SANITIZER_ENV, Fzfs
+from conftest import SANITIZER_REPORT, build_fzfs, builds
 from test_status import status, wait_status
 from test_mount import FS_TIMEOUT, Mounter, _fuse_available, child, is_mounted  # noqa: F401
+# mounter: mounts that always go away, their logs (the daemon's stderr) free of sanitizer
+# reports; it mounts with this module's fz
+from test_mount import mounter  # noqa: F401
 
-BUILDS = ["release"] + (["asan"] if FZFS_ASAN_BIN else [])
 ST = ["--safetensors", "--skip-default-tokens"]  # llama-untied-st: every tensor a span
 
 
-@pytest.fixture(params=BUILDS)
+@pytest.fixture(params=builds("asan", "tsan"))
 def fz(request, home):
-    """fzfs, the release build and (with FZFS_ASAN_BIN) the sanitizer build."""
-    if request.param == "release":
-        from conftest import FZFS_BIN
-        return Fzfs(FZFS_BIN, home)
-    assert os.access(FZFS_ASAN_BIN, os.X_OK), f"FZFS_ASAN_BIN={FZFS_ASAN_BIN} is not executable"
-    return Fzfs(FZFS_ASAN_BIN, home, SANITIZER_ENV)
-
-
-@pytest.fixture
-def mounter(fz, tmp_path):
-    m = Mounter(fz, str(tmp_path))
-    yield m
-    m.cleanup()
-    for mnt in m.mounts:  # the daemon's stderr: a sanitizer report fails the test
-        if os.path.exists(mnt + ".log"):
-            log = mount_log(mnt)
-            assert not re.search(r"AddressSanitizer|LeakSanitizer|ThreadSanitizer|"
-                                 r"runtime error:", log), log
+    """fzfs, the release build and (with FZFS_ASAN_BIN, FZFS_TSAN_BIN) the sanitizer builds."""
+    return build_fzfs(request.param, home)
 
 
 def clone(runs, name, tmp_path):
@@ -332,7 +318,7 @@ def test_materialize_refuses_when_a_source_changes_before_publishing(runs, fz, t
     assert proc.returncode == 1, f"exit {proc.returncode}\n{err}"
     assert source in err and "changed" in err and "not written" in err, err
     assert os.listdir(parent) == [], os.listdir(parent)  # no DEST, no temporary left
-    assert not re.search(r"AddressSanitizer|LeakSanitizer|runtime error:", err), err
+    assert not SANITIZER_REPORT.search(err), err
 
 
 # ---- permissions -------------------------------------------------------------------------

@@ -12,8 +12,8 @@ the daemon. Each test checks from the daemon's log and
 never engages it fails.
 
 Like test_mount.py, every filesystem call on a mount runs in a child process with a
-timeout. With FZFS_ASAN_BIN set, the tests that mount also run against the sanitizer
-build, and the daemon's log must hold no sanitizer report.
+timeout. With FZFS_ASAN_BIN or FZFS_TSAN_BIN set, the tests that mount also run against
+that sanitizer build, and the daemon's log must hold no sanitizer report.
 """
 
 import errno
@@ -31,8 +31,8 @@ import pytest
 from conftest import Fzfs
 from test_mount import (FS_TIMEOUT, Mounter, _fuse_available, child, daemon_pids,  # noqa: F401
                         diff_trees, is_mounted)
-# fz: the release build and (with FZFS_ASAN_BIN) the sanitizer build; mounter: mounts
-# that always go away, their logs free of sanitizer reports
+# fz: the release build and (FZFS_ASAN_BIN, FZFS_TSAN_BIN) the sanitizer builds;
+# mounter: mounts that always go away, their logs free of sanitizer reports
 from test_mount_trust import clone, fz, mount_log as read_log, mounter  # noqa: F401
 from test_mount_trust import rewrite_in_place, weight_file
 

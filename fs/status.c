@@ -255,10 +255,12 @@ static json_t *mount_entry(const fz_mountent *e)
     json_t *st = pid > 0 ? load_status(e->maj, e->min) : NULL;
     /* Dead: its pid file names a gone process, or, without one (another
      * user's mount keeps its pid file where we cannot look), the mount says
-     * so itself (a dead FUSE mount answers ENOTCONN at once). */
+     * so itself (a dead FUSE mount answers ENOTCONN at once; ECONNABORTED for
+     * a request the kernel ended as the connection went). */
     struct stat sb;
-    bool dead = pid <= 0 && ((pidpath[0] && access(pidpath, F_OK) == 0) ||
-                             (stat(e->mnt, &sb) != 0 && errno == ENOTCONN));
+    bool dead =
+        pid <= 0 && ((pidpath[0] && access(pidpath, F_OK) == 0) ||
+                     (stat(e->mnt, &sb) != 0 && (errno == ENOTCONN || errno == ECONNABORTED)));
     json_t *o = json_object();
     if (!o) {
         json_decref(st);

@@ -174,6 +174,13 @@ def build_fzfs(build, home):
     return Fzfs(binary, home, env)
 
 
+@pytest.fixture
+def fz(request, home):
+    """The build a test mounts with (test_mount.py's mounter): release, or one of builds()
+    when the test parametrizes fz (indirect=True) or a module overrides this fixture."""
+    return build_fzfs(getattr(request, "param", "release"), home)
+
+
 class Result:
     def __init__(self, run, opts, dest, proc, exp):
         self.run, self.opts, self.dest, self.proc, self.exp = run, opts, dest, proc, exp

@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from conftest import SANITIZER_REPORT, build_fzfs, builds
+from conftest import SANITIZER_REPORT, builds
 
 
 @pytest.fixture(autouse=True)
@@ -137,16 +137,9 @@ class Mounter:
 
 
 @pytest.fixture
-def fz(request, home):
-    """The build a test mounts with: release, or one of builds() when the test
-    parametrizes fz (indirect=True) or a module overrides this fixture."""
-    return build_fzfs(getattr(request, "param", "release"), home)
-
-
-@pytest.fixture
 def mounter(fz, tmp_path):
-    """Mounts that always go away; their logs (the daemon's stderr) must hold no
-    sanitizer report."""
+    """Mounts (with conftest's fz, or a module's own) that always go away; their logs
+    (the daemon's stderr) must hold no sanitizer report."""
     m = Mounter(fz, str(tmp_path))
     yield m
     m.cleanup()

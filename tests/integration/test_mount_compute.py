@@ -21,7 +21,7 @@ import pytest
 
 from conftest import builds
 from test_mount import (BF16_ST, MAKE_RUNS, _fuse_available, child, diff_trees,  # noqa: F401
-                        fz, materialize, mounter)
+                        materialize, mounter)
 
 
 @pytest.fixture(scope="module")

@@ -125,6 +125,7 @@ static void destroy_locks(fz_cache *c)
     pthread_mutex_destroy(&c->q_lock);
     pthread_cond_destroy(&c->q_work);
     pthread_cond_destroy(&c->q_idle);
+    pthread_cond_destroy(&c->q_room);
 }
 
 typedef struct {
@@ -256,6 +257,7 @@ int fz_cache_open_flags(fz_cache **out, const char *dir, uint64_t map_size, unsi
     pthread_mutex_init(&c->q_lock, NULL);
     pthread_cond_init(&c->q_work, NULL);
     pthread_cond_init(&c->q_idle, NULL);
+    pthread_cond_init(&c->q_room, NULL);
     locks = true;
 
     fz_cache_guard_install();
@@ -301,6 +303,7 @@ int fz_cache_open_flags(fz_cache **out, const char *dir, uint64_t map_size, unsi
             goto done;
     }
     c->opening = false;
+    c->keep_all = (flags & FZ_CACHE_KEEP_ALL) != 0;
     atomic_store(&c->broken, false);
     if ((rc = fz_cache_writer_start(c)))
         goto done;

@@ -10,15 +10,13 @@
  * threads wanting the same missing key compute it once. Writes are batched
  * by one writer thread, which a read never waits for: when the write queue
  * is full, the oldest queued values are dropped (not stored; computed again
- * when next read). MDB_NOTLS, MDB_NOSYNC without MDB_WRITEMAP (a crash may
- * lose recent entries, never corrupt one); fz_cache_close syncs. Read
- * transactions are reset after a lookup and renewed by the next one. The
- * pages of the map values are read from are let go every few dozen MiB,
- * so the process's resident size does not grow with the cache.
- * Eviction is least-recently-used from 90% of the map down to 80%;
- * MDB_MAP_FULL evicts and retries once. Counters (hits, misses, fills,
- * corrupt, evictions) persist in the environment so `fzfs cache stats`
- * can show what earlier mounts did.
+ * when next read), unless the cache was opened with FZ_CACHE_KEEP_ALL. MDB_NOTLS, MDB_NOSYNC
+ * without MDB_WRITEMAP (a crash may lose recent entries, never corrupt one); fz_cache_close syncs.
+ * Read transactions are reset after a lookup and renewed by the next one. The pages of the map
+ * values are read from are let go every few dozen MiB, so the process's resident size does not grow
+ * with the cache. Eviction is least-recently-used from 90% of the map down to 80%; MDB_MAP_FULL
+ * evicts and retries once. Counters (hits, misses, fills, corrupt, evictions) persist in the
+ * environment so `fzfs cache stats` can show what earlier mounts did.
  *
  * Thread-safety: every function may be called from any thread once the
  * cache is open; fz_cache_close must be the last call. */
@@ -57,6 +55,10 @@ int fz_cache_open(fz_cache **out, const char *dir, uint64_t map_size);
  * (warned once); fetch never fails because of it, stats/verify/clear
  * return FZ_EIO. */
 #define FZ_CACHE_NO_REPAIR 1u
+/* FZ_CACHE_KEEP_ALL: every value a fetch computes is stored; a fetch waits
+ * for room in the write queue instead of dropping older values (a batch
+ * writer such as materialize --fill-cache, never a mount). */
+#define FZ_CACHE_KEEP_ALL 2u
 int fz_cache_open_flags(fz_cache **out, const char *dir, uint64_t map_size, unsigned flags);
 /* `fzfs cache clear`: remove the environment in dir (created if missing)
  * so the next open starts empty; FZ_EIO, touching nothing, while another

@@ -103,7 +103,8 @@ struct fz_cache {
     /* Writer queue, under q_lock. `batch` is the list the writer is
      * committing (still searchable by fetch until committed). */
     pthread_mutex_t q_lock;
-    pthread_cond_t q_work, q_idle;
+    pthread_cond_t q_work, q_idle, q_room; /* q_room: a batch committed */
+    bool keep_all;                         /* FZ_CACHE_KEEP_ALL: wait, never drop */
     fz_cache_op *head, *tail, *batch;
     uint64_t q_bytes;    /* value bytes in head..tail and batch */
     uint64_t head_bytes; /* of which in head..tail */

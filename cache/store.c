@@ -153,6 +153,10 @@ void fz_cache_queue_put_value(fz_cache *c, const fz_cache_key *key, uint8_t *val
      * waits for the writer: older values make room, or (when the batch
      * being committed leaves none) this one is dropped; dropped bytes are
      * computed again by a later read. */
+    /* (FZ_CACHE_KEEP_ALL: wait for the writer to commit instead.) */
+    while (c->keep_all && op && !c->stop && c->q_bytes > 0 &&
+           c->q_bytes + vlen > FZ_CACHE_QUEUE_MAX)
+        pthread_cond_wait(&c->q_room, &c->q_lock);
     if (op && !c->stop && room_locked(c, vlen))
         make_room_locked(c, vlen);
     if (!op || c->stop || !room_locked(c, vlen)) {
@@ -558,6 +562,7 @@ static void *writer_main(void *arg)
         if (all)
             c->flush_done = req;
         pthread_cond_broadcast(&c->q_idle);
+        pthread_cond_broadcast(&c->q_room);
         if (stopping && !c->head && ((!c->ntouched && !deltas_pending(c)) || ++final_rounds > 3))
             break;
     }
@@ -584,6 +589,7 @@ void fz_cache_writer_stop(fz_cache *c)
     pthread_mutex_lock(&c->q_lock);
     c->stop = true;
     pthread_cond_broadcast(&c->q_work);
+    pthread_cond_broadcast(&c->q_room);
     pthread_mutex_unlock(&c->q_lock);
     pthread_join(c->writer, NULL);
     while (c->nspare > 0)

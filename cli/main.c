@@ -72,7 +72,8 @@ static void materialize_cache(const fz_cli *c, fz_view *v)
     char *dflt = c->cache_dir ? NULL : fz_cache_default_dir();
     const char *dir = c->cache_dir ? c->cache_dir : dflt;
     if (c->cache_dir || c->fill_cache || (dir && stat(dir, &st) == 0))
-        if (fz_view_open_cache(v, dir, c->cache_size, c->fill_cache) != 0)
+        if (fz_view_open_cache(v, dir, c->cache_size,
+                               c->fill_cache ? FZ_VIEW_CACHE_FILL : FZ_VIEW_CACHE_REUSE) != 0)
             fz_warn("cache unavailable, computing without it: %s", fz_error_msg());
     free(dflt);
 }

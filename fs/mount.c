@@ -295,7 +295,8 @@ static int serve(fz_fs *fs, struct fuse_session *se, const char *mnt, const char
 #endif
     /* Opened here, after the fork (an LMDB environment must not cross it);
      * owned by the view. One that cannot be opened is a warning. */
-    if (o->use_cache && fz_view_open_cache(fs->v, o->cache_dir, o->cache_size, true) != 0)
+    if (o->use_cache &&
+        fz_view_open_cache(fs->v, o->cache_dir, o->cache_size, FZ_VIEW_CACHE_STORE) != 0)
         fz_warn("cache unavailable, serving without it: %s", fz_error_msg());
     int nthreads = o->compute_threads;
     if (nthreads <= 0) {

@@ -702,11 +702,19 @@ void fz_fs_pool_stop(fz_fs *fs)
     pthread_mutex_unlock(&p->lock);
     for (int i = 0; i < p->nthreads; i++)
         pthread_join(p->threads[i], NULL);
-    while (p->ahead) {
-        fz_fs_job *j = p->ahead;
-        p->ahead = j->next;
-        free(j);
-    }
+    /* Prefetches never run; and a helper queued by a task group as the
+     * last threads left (its asker did every task itself) gives its
+     * reference back. */
+    fz_fs_job *left[2] = {p->ahead, p->head};
+    for (int k = 0; k < 2; k++)
+        while (left[k]) {
+            fz_fs_job *j = left[k];
+            left[k] = j->next;
+            if (j->group)
+                group_unref(j->group);
+            free(j);
+        }
+    p->ahead = p->atail = p->head = p->tail = NULL;
     free(p->threads);
     p->threads = NULL;
     pthread_cond_destroy(&p->cond);

@@ -386,21 +386,21 @@ static int record_key(const fz_view *v, uint32_t zi, size_t rec, fz_cache_key *k
     return rc;
 }
 
-int fz_view_open_cache(fz_view *v, const char *dir, uint64_t size, bool store)
+int fz_view_open_cache(fz_view *v, const char *dir, uint64_t size, int mode)
 {
     fz_view_close_cache(v);
     char *d = dir ? strdup(dir) : fz_cache_default_dir();
     if (!d)
         return fz_error_set(FZ_ENOMEM, "out of memory");
     fz_cache *c = NULL;
-    int rc = fz_cache_open(&c, d, size);
+    int rc = fz_cache_open_flags(&c, d, size, mode == FZ_VIEW_CACHE_FILL ? FZ_CACHE_KEEP_ALL : 0u);
     if (rc) {
         free(d);
         return rc;
     }
     v->owned_cache = c;
     v->owned_cache_dir = d;
-    fz_view_set_cache(v, c, store);
+    fz_view_set_cache(v, c, mode != FZ_VIEW_CACHE_REUSE);
     return 0;
 }
 

@@ -176,11 +176,15 @@ int fz_view_read_extent(fz_view *v, const fz_extent *e, void *buf);
 /* Serve computed chunks (and zip record CRCs and mean reductions) through
  * the LMDB cache in `dir` (NULL: the default, $XDG_CACHE_HOME/fzfs), of map
  * size `size` (0: default), opened here and owned by the view (closed by
- * fz_view_close_cache or fz_view_free); newly computed values are kept
- * only when `store`. Call before the first fz_view_read, in the process that
+ * fz_view_close_cache or fz_view_free). `mode` says what newly computed
+ * values become: REUSE, not kept (only hits are used); STORE, kept as far
+ * as the cache's writer keeps up, never waited for (a mount); FILL, every
+ * one kept, a reader waiting for the writer when it lags (materialize
+ * --fill-cache). Call before the first fz_view_read, in the process that
  * reads (an LMDB environment must not cross fork()). Errors (the view then
  * computes without a cache): those of fz_cache_open, FZ_ENOMEM. */
-int fz_view_open_cache(fz_view *v, const char *dir, uint64_t size, bool store);
+enum { FZ_VIEW_CACHE_REUSE, FZ_VIEW_CACHE_STORE, FZ_VIEW_CACHE_FILL };
+int fz_view_open_cache(fz_view *v, const char *dir, uint64_t size, int mode);
 /* Flush and close the cache the view opened (no-op without one). Not
  * concurrent with fz_view_read. */
 void fz_view_close_cache(fz_view *v);

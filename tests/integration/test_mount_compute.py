@@ -205,3 +205,4 @@ def test_full_map_and_cache_clear_while_reading(run120, ref120, fzfs, mounter, t
     assert stats["map_size"] <= 16 << 20 and stats["evictions"] > 0, stats
     c = fzfs.run("cache", "clear", "--cache-dir", cache)
     assert c.returncode == 0, c.stderr
+

@@ -860,6 +860,60 @@ static void test_full_queue_never_blocks(void **state)
     free(d);
 }
 
+typedef struct {
+    fz_cache *c;
+    int n;
+    atomic_int done;
+} keep_arg;
+
+static void *keep_thread(void *p)
+{
+    keep_arg *a = p;
+    uint64_t len = 4u << 20;
+    uint8_t *b = malloc(len);
+    for (int i = 0; i < a->n && b; i++) {
+        fz_cache_key k = key_of("keep all", (uint64_t)i);
+        fill_ctx f = {.seed = 900 + (uint64_t)i};
+        if (fz_cache_fetch_range(a->c, &k, len, 0, 1u << 20, b, fill, &f, true) != 0)
+            break;
+        atomic_fetch_add(&a->done, 1);
+    }
+    free(b);
+    return NULL;
+}
+
+/* FZ_CACHE_KEEP_ALL (materialize --fill-cache): behind a writer that
+ * cannot commit, fetches wait for room rather than drop anything; once it
+ * commits, every value is stored. */
+static void test_keep_all_waits(void **state)
+{
+    (void)state;
+    char *d = fz_test_tmpdir("fz_test_cache");
+    fz_cache *c;
+    enum { N = 24 }; /* 96 MiB against a 48 MiB queue */
+    assert_int_equal(fz_cache_open_flags(&c, d, 1ull << 30, FZ_CACHE_KEEP_ALL), 0);
+    holder h;
+    holder_start(&h, d);
+    keep_arg a = {c, N, 0};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, keep_thread, &a), 0);
+    struct timespec ts = {0, 400000000};
+    nanosleep(&ts, NULL);
+    int waiting_at = atomic_load(&a.done);
+    printf("keep all: %d of %d fetched while the writer could not commit\n", waiting_at, N);
+    assert_true(waiting_at < N);
+    holder_stop(&h);
+    pthread_join(th, NULL);
+    assert_int_equal(atomic_load(&a.done), N);
+    fz_cache_stats hs;
+    fz_cache_handle_stats(c, &hs);
+    assert_int_equal(hs.dropped, 0);
+    assert_int_equal(fz_test_cache_stats(c).entries, N);
+    fz_cache_close(c);
+    fz_test_rmtree(d);
+    free(d);
+}
+
 static int count_reader(const char *msg, void *ctx)
 {
     /* "    pid     thread     txnid" lines, one per slot in use */
@@ -1115,6 +1169,7 @@ int main(void)
         cmocka_unit_test(test_truncated_while_mapped),
         cmocka_unit_test(test_reset_refused_while_in_use),
         cmocka_unit_test(test_full_queue_never_blocks),
+        cmocka_unit_test(test_keep_all_waits),
         cmocka_unit_test(test_read_txn_reuse),
         cmocka_unit_test(test_prefetch),
         cmocka_unit_test(test_map_pages_let_go),

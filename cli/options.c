@@ -141,7 +141,7 @@ static const struct {
      U},
     {{"workers", required_argument, 0, O_WORKERS},
      "N",
-     "worker threads (default: one per core)",
+     "cores to compute on (default: all; a mount runs two threads per core)",
      M | MT},
     {{"foreground", no_argument, 0, O_FOREGROUND},
      NULL,

@@ -338,8 +338,19 @@ static int serve(fz_fs *fs, struct fuse_session *se, const char *mnt, const char
     /* Returns 0 when unmounted, the signal number after SIGINT/SIGTERM/
      * SIGHUP (a clean stop too), a negative errno on failure. */
     int lr = fuse_session_loop_mt(se, cfg);
-    if (lr < 0)
+    if (lr == -ECONNABORTED) {
+        /* The kernel tore the connection down while a worker was reading a
+         * request off it (a lazy unmount whose last file just closed races
+         * its final RELEASE this way, and so does an abort through
+         * /sys/fs/fuse/connections): libfuse reports it as a read error,
+         * but the mount is gone either way, as with ENODEV. */
+        fz_info("%s: the kernel ended the FUSE connection (unmounted, or aborted)", mnt);
+        lr = 0;
+    }
+    if (lr < 0) {
         rc = fz_error_set(FZ_EIO, "%s: FUSE session loop failed: %s", mnt, strerror(-lr));
+        fz_log(FZ_LOG_ERROR, "%s", fz_error_msg()); /* the parent may be long gone */
+    }
 
 done:
     fz_watch_quiesce(ready.watch); /* no notice races the unmount closing the device */

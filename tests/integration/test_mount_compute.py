@@ -151,7 +151,12 @@ def test_computed_ahead_same_bytes_cold_and_warm(kinds, run120, ref120, mounter,
         mounter.umount(mnt)
         fills, ahead, _ = closing_counts(mnt)
         if phase == "cold":
-            assert fills > 0 and ahead > 0, (fills, ahead)  # sequential reads were read ahead
+            assert fills > 0, (fills, ahead)
+            # Sequential readers alone are read ahead. Mixed with random and mmap readers of
+            # the same files (slowed down further under TSan), which chunk a reader finds
+            # already computed is up to timing: there only the bytes are checked.
+            if kinds != KINDS["concurrent"]:
+                assert ahead > 0, (fills, ahead)
     mnt_all = str(tmp_path / "mnt-diff")
     mounter.mount(run120, mnt_all, *BF16_ST, cache=cache)
     diff_trees(mnt_all, ref120)

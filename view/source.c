@@ -70,8 +70,8 @@ bool fz_source_has_weights(const char *dir)
  * (global_stepN/ with *_model_states.pt or zero_pp_rank_* files) or an FSDP
  * sharded state dict (pytorch_model_fsdp_N/ or *.distcp files, written by
  * torch.distributed.checkpoint). fzfs reads consolidated weights only; the
- * hint says how to make them. Returns "" when dir holds neither; otherwise a
- * static-buffer-free text in `out` (n bytes). Only names are looked at. */
+ * hint says how to make them. Returns "" when dir holds neither, else `out`
+ * (n bytes) holding the hint. Only names are looked at, nothing is opened. */
 static const char *sharded_hint(const char *dir, char *out, size_t n)
 {
     DIR *d = opendir(dir);

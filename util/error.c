@@ -148,6 +148,12 @@ const char *fz_error_name(int code)
         return "invalid value";
     case FZ_EINTR:
         return "interrupted";
+    case FZ_EBUSY:
+        return "busy";
+    case FZ_ENOSPC:
+        return "no space";
+    case FZ_ECANCELED:
+        return "canceled";
     default:
         return "unknown error";
     }
@@ -164,6 +170,12 @@ int fz_error_errno(int code)
         return ENOENT;
     case FZ_EINTR:
         return EINTR;
+    case FZ_EBUSY:
+        return EBUSY;
+    case FZ_ENOSPC:
+        return ENOSPC;
+    case FZ_ECANCELED:
+        return ECANCELED;
     default:
         return EIO;
     }

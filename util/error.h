@@ -14,16 +14,19 @@
 
 enum {
     FZ_OK = 0,
-    FZ_EIO = -1,       /* read/write/open failed (errno in the message) */
-    FZ_ENOMEM = -2,    /* allocation failed */
-    FZ_EFORMAT = -3,   /* input file is malformed or not understood */
-    FZ_ERANGE = -4,    /* a size or offset from a file is out of range / overflows */
-    FZ_EDENIED = -5,   /* input asks for something we refuse (e.g. a pickle global) */
-    FZ_ENOTFOUND = -6, /* a required file, token or name does not exist */
-    FZ_EEXIST = -7,    /* something that must not exist exists (DEST) */
-    FZ_EUSAGE = -8,    /* bad option combination or value (exit status 2) */
-    FZ_EINVAL = -9,    /* bad value in an input file or option (exit status 1) */
-    FZ_EINTR = -10,    /* interrupted by a signal */
+    FZ_EIO = -1,        /* read/write/open failed (errno in the message) */
+    FZ_ENOMEM = -2,     /* allocation failed */
+    FZ_EFORMAT = -3,    /* input file is malformed or not understood */
+    FZ_ERANGE = -4,     /* a size or offset from a file is out of range / overflows */
+    FZ_EDENIED = -5,    /* input asks for something we refuse (e.g. a pickle global) */
+    FZ_ENOTFOUND = -6,  /* a required file, token or name does not exist */
+    FZ_EEXIST = -7,     /* something that must not exist exists (DEST) */
+    FZ_EUSAGE = -8,     /* bad option combination or value (exit status 2) */
+    FZ_EINVAL = -9,     /* bad value in an input file or option (exit status 1) */
+    FZ_EINTR = -10,     /* interrupted by a signal */
+    FZ_EBUSY = -11,     /* another thread or process is doing the same thing right now */
+    FZ_ENOSPC = -12,    /* it would not fit (a budget or the filesystem's free space) */
+    FZ_ECANCELED = -13, /* the caller asked to stop; nothing was kept */
 };
 
 /* Set the calling thread's detail message (printf-style) and return `code`,

@@ -159,6 +159,10 @@ static void test_errors(void **state)
     assert_int_equal(fz_error_errno(FZ_EIO), EIO);
     assert_int_equal(fz_error_errno(FZ_ENOMEM), ENOMEM);
     assert_int_equal(fz_error_errno(FZ_ENOTFOUND), ENOENT);
+    assert_int_equal(fz_error_errno(FZ_EBUSY), EBUSY);
+    assert_int_equal(fz_error_errno(FZ_ENOSPC), ENOSPC);
+    assert_int_equal(fz_error_errno(FZ_ECANCELED), ECANCELED);
+    assert_string_equal(fz_error_name(FZ_ECANCELED), "canceled");
     assert_true(fz_error_errno(FZ_EFORMAT) > 0);
 }
 

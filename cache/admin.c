@@ -1,5 +1,6 @@
 /* The cache's maintenance calls: flush, stats, verify, clear (`fzfs cache
- * stats|verify|clear` and the tests). See cache.h for the contract. */
+ * stats|verify|clear` and the tests); the stored whole files' part of each
+ * is in files.c. See cache.h for the contract. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -95,7 +96,8 @@ int fz_cache_get_stats(fz_cache *c, fz_cache_stats *out)
 {
     memset(out, 0, sizeof *out);
     fz_cache_flush(c);
-    return run(c, stats_guarded, out);
+    int rc = run(c, stats_guarded, out);
+    return rc ? rc : fz_cache_files_stats(c->dir, &out->files, &out->file_bytes);
 }
 
 /* Delete `keys` (and their access times) in one write txn; count them as
@@ -205,10 +207,13 @@ int fz_cache_verify(fz_cache *c, uint64_t *checked, uint64_t *bad)
 {
     fz_verify vf = {0};
     fz_cache_flush(c);
+    uint64_t fchecked = 0, fbad = 0;
     int rc = run(c, verify_guarded, &vf);
     free(vf.badkeys);
-    *checked = vf.checked;
-    *bad = rc ? 0 : vf.nbad;
+    if (!rc)
+        rc = fz_cache_files_verify(c->dir, &fchecked, &fbad);
+    *checked = vf.checked + fchecked;
+    *bad = rc ? 0 : vf.nbad + fbad;
     return rc;
 }
 
@@ -240,5 +245,5 @@ int fz_cache_clear(fz_cache *c)
     pthread_mutex_lock(&c->q_lock);
     c->ntouched = 0;
     pthread_mutex_unlock(&c->q_lock);
-    return 0;
+    return fz_cache_files_clear(c->dir);
 }

@@ -23,6 +23,7 @@
 #ifndef FZ_CACHE_CACHE_H
 #define FZ_CACHE_CACHE_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -61,8 +62,8 @@ int fz_cache_open(fz_cache **out, const char *dir, uint64_t map_size);
 #define FZ_CACHE_KEEP_ALL 2u
 int fz_cache_open_flags(fz_cache **out, const char *dir, uint64_t map_size, unsigned flags);
 /* `fzfs cache clear`: remove the environment in dir (created if missing)
- * so the next open starts empty; FZ_EIO, touching nothing, while another
- * process has the cache open. */
+ * and the stored whole files (DIR/files/'s content) so the next open starts
+ * empty; FZ_EIO, touching nothing, while another process has the cache open. */
 int fz_cache_reset(const char *dir);
 /* Flush pending writes, mdb_env_sync, close. NULL is accepted. */
 void fz_cache_close(fz_cache *c);
@@ -104,7 +105,8 @@ int fz_cache_prefetch(fz_cache *c, const fz_cache_key *key, uint64_t len, fz_cac
 typedef struct {
     uint64_t entries, bytes, map_size, used_bytes;
     uint64_t hits, misses, fills, corrupt, evictions;
-    uint64_t dropped; /* fz_cache_handle_stats only: values not stored (queue full) */
+    uint64_t dropped;           /* fz_cache_handle_stats only: values not stored (queue full) */
+    uint64_t files, file_bytes; /* fz_cache_get_stats only: stored whole files, their bytes */
 } fz_cache_stats;
 
 /* Wait until every value queued by earlier fetches of this process is
@@ -112,7 +114,8 @@ typedef struct {
 int fz_cache_flush(fz_cache *c);
 
 /* Flushes, then reports: entries and bytes (payload bytes of all values),
- * map_size, used_bytes (pages of live data), and the counters summed over
+ * map_size, used_bytes (pages of live data), files and file_bytes (stored
+ * whole files, below: how many and their sizes), and the counters summed over
  * every process that used the environment since the last clear: hits
  * (served without a fill: LMDB, the write queue or another thread's
  * fill), misses (not in LMDB), fills (fill calls), corrupt (values that
@@ -123,11 +126,65 @@ int fz_cache_get_stats(fz_cache *c, fz_cache_stats *out);
  * corrupt, evictions; the other fields 0): atomics only, no flush, no
  * transaction - cheap enough to poll. NULL gives zeros. */
 void fz_cache_handle_stats(fz_cache *c, fz_cache_stats *out);
-/* Check every value's header and checksum; delete bad ones (counted as
- * corrupt); *checked = values read, *bad = how many were deleted.
- * Errors: FZ_EIO, FZ_ENOMEM. */
+/* Check every value's header and checksum, and every stored whole file
+ * (its sidecar, its identity, each block's checksum: all its bytes are
+ * read); delete bad ones (values counted as corrupt; a file's sidecar goes
+ * first); *checked = values and files read, *bad = how many were deleted.
+ * Leftovers of dead assemblers (temporaries nobody holds, data files
+ * without a sidecar) are removed, not counted. Errors: FZ_EIO, FZ_ENOMEM. */
 int fz_cache_verify(fz_cache *c, uint64_t *checked, uint64_t *bad);
-/* Delete every entry (counters reset). Errors: FZ_EIO. */
+/* Delete every entry (counters reset) and every stored whole file (all of
+ * DIR/files/ but the temporaries of stores running now). Errors: FZ_EIO. */
 int fz_cache_clear(fz_cache *c);
+
+/* ---- whole files (cache/files.c) ----
+ * A computed view file can be kept whole, as an ordinary file under
+ * DIR/files/, so that a mount may hand it to the kernel (FUSE passthrough)
+ * instead of answering each read. key names the file's bytes (hi and lo; chunk
+ * is ignored): the data file is DIR/files/<32 hex> (hi then lo, %016x each).
+ * A store writes it to <32 hex>.tmp (flock()ed exclusively while it is being
+ * assembled), fsyncs it and renames it; then a small sidecar,
+ * <32 hex>.meta, describes it: a format version, the key, the size, the data
+ * file's dev/ino/size/mtime_ns/ctime_ns after the rename, an XXH3-64 of each
+ * 4 MiB block and a checksum of the sidecar itself; the sidecar too is
+ * written to a temporary (<32 hex>.meta.tmp), fsync'ed and renamed. Whatever
+ * is read back from disk is checked before it is believed. The directory is
+ * mode 0700 and the files 0600 (the cache may hold a private model). Stored
+ * files do not depend on LMDB: they work with a damaged (broken) cache. */
+#define FZ_CACHE_FILE_BLOCK (4ull << 20)
+
+/* Open the stored file for key, which must be `size` bytes: 0 and *fd
+ * (O_RDONLY|O_CLOEXEC; the caller closes it) when the sidecar is sound, names
+ * this key and size, and the data file is the one it records (fstat: a regular
+ * file with that dev, ino, size, mtime and ctime); the sidecar's mtime is then
+ * set to now (the least-recently-used order of eviction). FZ_ENOTFOUND when
+ * there is none, or one of another size (kept). A file that fails a check is
+ * removed (sidecar first), with one WARNING naming it, and is FZ_ENOTFOUND too.
+ * Cheap: a few syscalls and the sidecar's bytes (8 per 4 MiB), no data read.
+ * NULL c: FZ_ENOTFOUND. Thread-safe, also beside a store of the same key. */
+int fz_cache_file_open(fz_cache *c, const fz_cache_key *key, uint64_t size, int *fd);
+
+/* Fill buf with the file's bytes [off, off+len) (len <= FZ_CACHE_FILE_BLOCK):
+ * 0 or a negative FZ_E* code (with its message set). */
+typedef int (*fz_cache_file_read_fn)(void *arg, uint64_t off, uint64_t len, uint8_t *buf);
+
+/* Assemble and keep the file for key (size bytes), calling read() for each
+ * FZ_CACHE_FILE_BLOCK piece in order. Returns 0 when it is stored (or already
+ * was), or, each time with nothing kept and no temporary left:
+ * FZ_EBUSY - another thread or process is assembling the same key now;
+ * FZ_ENOSPC - it would not fit: the files' budget is the cache's map size
+ *   (least-recently-used files are removed to make room, only when that is
+ *   enough); a file larger than half the budget is never stored; and at least
+ *   1 GiB or 5% of the filesystem, whichever is larger, must stay free (also
+ *   a write failing with ENOSPC or EDQUOT);
+ * FZ_ECANCELED - *cancel (may be NULL) was true before a piece;
+ * what read() returned;
+ * FZ_EIO - a write, fsync or rename failed (the message names the path);
+ * FZ_ENOMEM.
+ * A temporary left by a dead process (its flock free) is replaced. Blocks
+ * the calling thread for the whole assembly (a background thread's job).
+ * Thread-safe; NULL c: FZ_ENOTFOUND. */
+int fz_cache_file_store(fz_cache *c, const fz_cache_key *key, uint64_t size,
+                        fz_cache_file_read_fn read, void *arg, const _Atomic bool *cancel);
 
 #endif

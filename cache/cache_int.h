@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include "cache/cache.h"
@@ -266,5 +267,64 @@ bool fz_cache_value_parse(const uint8_t *val, uint64_t vlen, const fz_cache_key 
                           const uint8_t **payload);
 /* Check the blocks of a parsed value that overlap [off, off+n). */
 bool fz_cache_value_check(const uint8_t *val, uint64_t off, uint64_t n);
+
+/* files.c: stored whole files (its block comment: the lock, what is trusted). */
+#define FZ_FILES_HEX 32u  /* a key's name: hi, lo in hex */
+#define FZ_FILES_NAME 48u /* room for "<hex>.meta.tmp" */
+/* At most 2^23 blocks (32 TiB): a sidecar is at most 64 MiB. */
+#define FZ_FILES_MAX_BLOCKS (1ull << 23)
+enum { FZ_FILES_DATA, FZ_FILES_META, FZ_FILES_TMP, FZ_FILES_META_TMP, FZ_FILES_OTHER };
+/* A parsed sound sidecar (fz_files_side_load). */
+typedef struct {
+    int fd;           /* the sidecar, open; -1 */
+    struct stat st;   /* its fstat */
+    uint8_t *buf;     /* its bytes */
+    fz_cache_key key; /* chunk 0 */
+    uint64_t size, dev, ino, dsize, nb;
+    int64_t mtime_ns, ctime_ns;
+    const uint8_t *table; /* nb XXH3-64s, little endian, inside buf */
+} fz_files_side;
+void fz_files_hex(const fz_cache_key *key, char hex[FZ_FILES_HEX + 1]);
+/* What a name in files/ is (FZ_FILES_*); hex gets its key part. */
+int fz_files_kind(const char *name, char hex[FZ_FILES_HEX + 1]);
+uint64_t fz_files_blocks(uint64_t size);
+/* Open DIR/files (made, mode 0700, when create): the fd, or FZ_ENOTFOUND
+ * (absent), FZ_EIO, FZ_EINVAL. */
+int fz_files_dir(const char *dir, bool create);
+/* Open files/name (created 0600 when create), flock it LOCK_EX|LOCK_NB and
+ * check that the name still names it: 0 and *fd (the caller closes it,
+ * which unlocks), FZ_ENOTFOUND (absent, !create), FZ_EBUSY (held),
+ * FZ_EFORMAT (a link or not a regular file), FZ_EIO. */
+int fz_files_lock(int dfd, const char *name, bool create, int *fd);
+/* Bytes of a sidecar for nb blocks. */
+size_t fz_files_side_len(uint64_t nb);
+/* Write the sidecar for (key, size, the data file's fstat st, table) into
+ * b[fz_files_side_len(fz_files_blocks(size))]. */
+void fz_files_side_build(uint8_t *b, const fz_cache_key *key, uint64_t size, const struct stat *st,
+                         const uint8_t *table);
+/* Read and check <hex>.meta: 0 (sound; free with fz_files_side_free, also
+ * after an error), FZ_ENOTFOUND (absent), FZ_EFORMAT (why says what is
+ * wrong), FZ_ENOMEM. */
+int fz_files_side_load(int dfd, const char *hex, fz_files_side *s, char *why, size_t whylen);
+void fz_files_side_free(fz_files_side *s);
+/* Open <hex> and check it is the file s records: 0 and *fd (blocking),
+ * or FZ_EFORMAT with why (*fd, when not -1, is still the caller's to close). */
+int fz_files_data_open(int dfd, const char *hex, const fz_files_side *s, int *fd, char *why,
+                       size_t whylen);
+/* Remove a stored file: under the data file's lock (false, nothing done,
+ * when a store holds it), the sidecar when it is still the inode side (any
+ * sidecar when any_side; with neither, only when there is no sidecar: an
+ * orphan), then the data file. True when it is gone. */
+bool fz_files_remove(int dfd, const char *hex, const struct stat *side, bool any_side);
+/* fz_cache_file_open on an open files/ (dir names the cache in messages). */
+int fz_files_open_in(int dfd, const char *dir, const fz_cache_key *key, uint64_t size, int *fd);
+/* Call fn for each name in DIR/files (a snapshot taken first); stops at
+ * the first nonzero return, which it returns. 0 when there is no files/. */
+typedef int (*fz_files_visit_fn)(void *arg, int dfd, const char *name, int kind, const char *hex);
+int fz_files_for_each(const char *dir, fz_files_visit_fn fn, void *arg);
+/* The files' part of stats, verify, clear and reset (cache.h). */
+int fz_cache_files_stats(const char *dir, uint64_t *n, uint64_t *bytes);
+int fz_cache_files_verify(const char *dir, uint64_t *checked, uint64_t *bad);
+int fz_cache_files_clear(const char *dir);
 
 #endif

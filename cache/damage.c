@@ -268,8 +268,8 @@ int fz_cache_reset(const char *dir)
                           dir);
     else if (e)
         rc = fz_error_set(FZ_EIO, "cache %s: cannot lock: %s", dir, strerror(-e));
-    else
-        rc = fz_cache_remove_env(dir);
+    else if (!(rc = fz_cache_remove_env(dir)))
+        rc = fz_cache_files_clear(dir);
     close(fd);
     return rc;
 }

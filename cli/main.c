@@ -191,12 +191,13 @@ static int cmd_cache(fz_cli *c)
         if ((rc = fz_cache_get_stats(cache, &s)))
             goto done;
         if (c->json) {
-            json_t *o = json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "cache", dir,
-                                  "entries", (json_int_t)s.entries, "bytes", (json_int_t)s.bytes,
-                                  "map_size", (json_int_t)s.map_size, "used_bytes",
-                                  (json_int_t)s.used_bytes, "hits", (json_int_t)s.hits, "misses",
-                                  (json_int_t)s.misses, "fills", (json_int_t)s.fills, "corrupt",
-                                  (json_int_t)s.corrupt, "evictions", (json_int_t)s.evictions);
+            json_t *o = json_pack(
+                "{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "cache", dir, "entries",
+                (json_int_t)s.entries, "bytes", (json_int_t)s.bytes, "map_size",
+                (json_int_t)s.map_size, "used_bytes", (json_int_t)s.used_bytes, "hits",
+                (json_int_t)s.hits, "misses", (json_int_t)s.misses, "fills", (json_int_t)s.fills,
+                "corrupt", (json_int_t)s.corrupt, "evictions", (json_int_t)s.evictions, "files",
+                (json_int_t)s.files, "file_bytes", (json_int_t)s.file_bytes);
             char *text = o ? json_dumps(o, JSON_INDENT(2)) : NULL;
             json_decref(o);
             if (!text) {
@@ -215,6 +216,8 @@ static int cmd_cache(fz_cli *c)
                (unsigned long long)s.hits, (unsigned long long)s.misses,
                (unsigned long long)s.fills, (unsigned long long)s.corrupt,
                (unsigned long long)s.evictions);
+        printf("files: %llu\nfile_bytes: %llu\n", (unsigned long long)s.files,
+               (unsigned long long)s.file_bytes);
     } else if (!strcmp(c->cache_action, "verify")) {
         uint64_t checked = 0, bad = 0;
         if ((rc = fz_cache_verify(cache, &checked, &bad)))

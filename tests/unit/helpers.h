@@ -9,6 +9,14 @@
 
 #include "cache/cache.h"
 
+/* Deterministic bytes for (seed, i): data that a wrong seed or offset changes. */
+static inline uint8_t fz_test_byte_at(uint64_t seed, uint64_t i)
+{
+    uint64_t x = (seed + 1) * 0x9e3779b97f4a7c15ull + i * 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 29;
+    return (uint8_t)(x ^ x >> 17);
+}
+
 /* A new empty directory /tmp/<prefix>_XXXXXX (caller frees the name). */
 static inline char *fz_test_tmpdir(const char *prefix)
 {

@@ -32,14 +32,6 @@
 
 /* ---- helpers ---- */
 
-/* Deterministic bytes for (seed, i). */
-static uint8_t byte_at(uint64_t seed, uint64_t i)
-{
-    uint64_t x = (seed + 1) * 0x9e3779b97f4a7c15ull + i * 0xbf58476d1ce4e5b9ull;
-    x ^= x >> 29;
-    return (uint8_t)(x ^ x >> 17);
-}
-
 typedef struct {
     uint64_t seed;
     atomic_int calls;
@@ -58,14 +50,14 @@ static int fill(void *arg, uint8_t *out, uint64_t len)
     if (f->fail)
         return fz_error_set(f->fail, "fill failed on purpose");
     for (uint64_t i = 0; i < len; i++)
-        out[i] = byte_at(f->seed, i);
+        out[i] = fz_test_byte_at(f->seed, i);
     return 0;
 }
 
 static void check_bytes(const uint8_t *b, uint64_t seed, uint64_t off, uint64_t n)
 {
     for (uint64_t i = 0; i < n; i++)
-        if (b[i] != byte_at(seed, off + i))
+        if (b[i] != fz_test_byte_at(seed, off + i))
             fail_msg("byte %llu differs", (unsigned long long)(off + i));
 }
 
@@ -684,7 +676,7 @@ static void test_truncated_before_open(void **state)
     FILE *fp = fopen(p, "r+b");
     assert_non_null(fp);
     for (int i = 0; i < 8192; i++)
-        fputc(byte_at(9, (uint64_t)i), fp);
+        fputc(fz_test_byte_at(9, (uint64_t)i), fp);
     fclose(fp);
     uint64_t checked, bad;
     assert_int_equal(fz_cache_open_flags(&c, d, 0, FZ_CACHE_NO_REPAIR), FZ_EIO);
@@ -957,7 +949,8 @@ static void *hits_thread(void *p)
         fz_cache_key k = key_of("reuse", (uint64_t)r % 4);
         fill_ctx f = {.seed = (uint64_t)r % 4};
         a->rc = fz_cache_fetch_range(a->c, &k, 100000, 777, sizeof b, b, fill, &f, true);
-        if (a->rc == 0 && (atomic_load(&f.calls) != 0 || b[0] != byte_at((uint64_t)r % 4, 777)))
+        if (a->rc == 0 &&
+            (atomic_load(&f.calls) != 0 || b[0] != fz_test_byte_at((uint64_t)r % 4, 777)))
             a->rc = -1;
     }
     return NULL;

@@ -612,7 +612,7 @@ static bool flight_wait(fz_cache *c, fz_flight *f, uint64_t off, uint64_t n, uin
  * value buffer (fz_cache_value_alloc) that the queue takes as it is, once
  * the last waiter has copied from it. */
 static int flight_fill(fz_cache *c, fz_flight *me, uint64_t off, uint64_t n, uint8_t *out,
-                       fz_cache_fill_fn fill, void *arg, bool store, bool recheck_db)
+                       fz_cache_fill_fn fill, void *arg, int store, bool recheck_db)
 {
     uint64_t len = me->len, hl = fz_cache_header_len(len);
     bool whole = out && off == 0 && n == len, filled = false;
@@ -641,20 +641,26 @@ static int flight_fill(fz_cache *c, fz_flight *me, uint64_t off, uint64_t n, uin
     pthread_mutex_unlock(&c->fl_lock);
     /* Waiters copy from `chunk` meanwhile (everyone only reads it; the
      * header goes in front of it, in bytes nobody else reads). */
-    bool keep = rc == 0 && store && filled;
+    bool keep = rc == 0 && store != FZ_CACHE_NO_STORE && filled;
+    bool wait = store == FZ_CACHE_STORE_WAIT;
     if (rc == 0 && !whole && n)
         memcpy(out, chunk + off, (size_t)n);
     if (keep && whole)
-        fz_cache_queue_put(c, &me->key, chunk, len);
+        fz_cache_queue_put(c, &me->key, chunk, len, wait);
     else if (keep)
         fz_cache_header(val, &me->key, chunk, len);
+    /* A store that waits does it here, outside fl_lock (fetches of other
+     * keys need it); the room may be taken again meanwhile, and then the
+     * put below pushes an older value out as any store does. */
+    if (keep && !whole && wait)
+        fz_cache_queue_wait_room(c, len);
     pthread_mutex_lock(&c->fl_lock);
     while (me->waiters > 0)
         pthread_cond_wait(&c->fl_cond, &c->fl_lock);
     /* Queued before the flight is unlinked (so a thread that finds no
      * flight finds the value), and only now that no waiter reads it. */
     if (keep && !whole) {
-        fz_cache_queue_put_value(c, &me->key, val, len);
+        fz_cache_queue_put_value(c, &me->key, val, len, false);
         val = NULL;
     }
     flight_remove(c, me);
@@ -665,7 +671,7 @@ static int flight_fill(fz_cache *c, fz_flight *me, uint64_t off, uint64_t n, uin
 }
 
 int fz_cache_fetch_range(fz_cache *c, const fz_cache_key *key, uint64_t len, uint64_t off,
-                         uint64_t n, uint8_t *out, fz_cache_fill_fn fill, void *arg, bool store)
+                         uint64_t n, uint8_t *out, fz_cache_fill_fn fill, void *arg, int store)
 {
     if (off > len || n > len - off)
         return fz_error_set(FZ_EINVAL, "cache: range [%llu, +%llu) outside a chunk of %llu",
@@ -734,12 +740,12 @@ int fz_cache_prefetch(fz_cache *c, const fz_cache_key *key, uint64_t len, fz_cac
     c->flights = &me;
     pthread_mutex_unlock(&c->fl_lock);
     atomic_fetch_add(&c->delta[FZ_CTR_MISSES], 1);
-    int rc = flight_fill(c, &me, 0, 0, NULL, fill, arg, true, first == 0);
+    int rc = flight_fill(c, &me, 0, 0, NULL, fill, arg, FZ_CACHE_STORE, first == 0);
     return rc ? rc : 1;
 }
 
 int fz_cache_fetch(fz_cache *c, const fz_cache_key *key, uint64_t len, uint8_t *out,
-                   fz_cache_fill_fn fill, void *arg, bool store)
+                   fz_cache_fill_fn fill, void *arg, int store)
 {
     return fz_cache_fetch_range(c, key, len, 0, len, out, fill, arg, store);
 }

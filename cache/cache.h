@@ -10,7 +10,8 @@
  * threads wanting the same missing key compute it once. Writes are batched
  * by one writer thread, which a read never waits for: when the write queue
  * is full, the oldest queued values are dropped (not stored; computed again
- * when next read), unless the cache was opened with FZ_CACHE_KEEP_ALL. MDB_NOTLS, MDB_NOSYNC
+ * when next read), unless the cache was opened with FZ_CACHE_KEEP_ALL or
+ * the fetch asks FZ_CACHE_STORE_WAIT. MDB_NOTLS, MDB_NOSYNC
  * without MDB_WRITEMAP (a crash may lose recent entries, never corrupt one); fz_cache_close syncs.
  * Read transactions are reset after a lookup and renewed by the next one. The pages of the map
  * values are read from are let go every few dozen MiB, so the process's resident size does not grow
@@ -81,15 +82,23 @@ char *fz_cache_default_dir(void);
  * Errors: whatever fill returns; cache I/O problems are logged and fall
  * back to computing, never failing the read. */
 typedef int (*fz_cache_fill_fn)(void *arg, uint8_t *out, uint64_t len);
+/* What a fetch does with a chunk it computed (its `store`; true and false
+ * are FZ_CACHE_STORE and FZ_CACHE_NO_STORE): keep nothing; queue it for
+ * the writer, dropping older queued values when the queue is full (a
+ * fetch never waits for the writer); or FZ_CACHE_STORE_WAIT: wait for
+ * room in the queue instead (unless the writer has spent 5 s on one batch:
+ * stalled, not slow), for work that will read the chunk again and whose
+ * reader waits for all of it anyway (a zip's record CRCs). */
+enum { FZ_CACHE_NO_STORE = 0, FZ_CACHE_STORE = 1, FZ_CACHE_STORE_WAIT = 2 };
 int fz_cache_fetch(fz_cache *c, const fz_cache_key *key, uint64_t len, uint8_t *out,
-                   fz_cache_fill_fn fill, void *arg, bool store);
+                   fz_cache_fill_fn fill, void *arg, int store);
 
 /* The same for bytes [off, off+n) of the len-byte chunk only: a hit copies
  * just those bytes out of the (fully verified) value; a miss fills the
  * whole chunk into a temporary buffer. Errors: FZ_EINVAL (range outside
  * the chunk), FZ_ENOMEM, or whatever fill returns. */
 int fz_cache_fetch_range(fz_cache *c, const fz_cache_key *key, uint64_t len, uint64_t off,
-                         uint64_t n, uint8_t *out, fz_cache_fill_fn fill, void *arg, bool store);
+                         uint64_t n, uint8_t *out, fz_cache_fill_fn fill, void *arg, int store);
 
 /* Compute the chunk for `key` ahead of its reader: unless it is stored,
  * queued or being filled already, fill it (as fz_cache_fetch would, the

@@ -34,6 +34,11 @@
 /* Bound on bytes queued for the writer: a value that would pass it is
  * dropped (not stored), never waited for. */
 #define FZ_CACHE_QUEUE_MAX (48ull << 20)
+/* A store that waits for room (FZ_CACHE_STORE_WAIT) stops waiting once the
+ * writer has spent this long on one batch: it is stalled (another process
+ * holds the environment's write lock, a disk that does not take writes),
+ * and the store then pushes older values out as any other does. */
+#define FZ_CACHE_STALL_SECS 5
 /* Read transactions kept reset for reuse (mdb_txn_renew), at most. */
 #define FZ_CACHE_RTXN_MAX 32u
 /* Value buffers the writer keeps for the next fills instead of freeing
@@ -106,6 +111,7 @@ struct fz_cache {
     pthread_mutex_t q_lock;
     pthread_cond_t q_work, q_idle, q_room; /* q_room: a batch committed */
     bool keep_all;                         /* FZ_CACHE_KEEP_ALL: wait, never drop */
+    struct timespec batch_started;         /* CLOCK_REALTIME: the writer's current batch */
     fz_cache_op *head, *tail, *batch;
     uint64_t q_bytes;    /* value bytes in head..tail and batch */
     uint64_t head_bytes; /* of which in head..tail */
@@ -237,14 +243,24 @@ void fz_cache_writer_stop(fz_cache *c);
 uint8_t *fz_cache_value_alloc(fz_cache *c, uint64_t len);
 void fz_cache_value_free(fz_cache *c, uint8_t *val, uint64_t len);
 /* Queue a PUT of val (from fz_cache_value_alloc, header written by
- * fz_cache_header): takes it. Never waits: the oldest values not yet taken
- * by the writer are dropped (counted) until it fits FZ_CACHE_QUEUE_MAX
- * beside the batch being committed (which holds at most
- * FZ_CACHE_TXN_MAX); if it still does not fit, it is dropped itself, as
- * is one too large for the map, one after a stop or with a broken cache. */
-void fz_cache_queue_put_value(fz_cache *c, const fz_cache_key *key, uint8_t *val, uint64_t len);
+ * fz_cache_header): takes it. Unless `wait` (or FZ_CACHE_KEEP_ALL), never
+ * waits: the oldest values not yet taken by the writer are dropped
+ * (counted) until it fits FZ_CACHE_QUEUE_MAX beside the batch being
+ * committed (which holds at most FZ_CACHE_TXN_MAX); if it still does not
+ * fit, it is dropped itself, as is one too large for the map, one after a
+ * stop or with a broken cache. With `wait`, first waits until it fits
+ * without pushing another value out (fz_cache_queue_wait_room). */
+void fz_cache_queue_put_value(fz_cache *c, const fz_cache_key *key, uint8_t *val, uint64_t len,
+                              bool wait);
 /* The same from bytes that stay the caller's (copied). */
-void fz_cache_queue_put(fz_cache *c, const fz_cache_key *key, const uint8_t *bytes, uint64_t len);
+void fz_cache_queue_put(fz_cache *c, const fz_cache_key *key, const uint8_t *bytes, uint64_t len,
+                        bool wait);
+/* Wait until a value of len bytes fits the queue without pushing another
+ * out (the writer committed enough), the writer stops, or (unless
+ * FZ_CACHE_KEEP_ALL) it stalls (FZ_CACHE_STALL_SECS on one batch). Holds
+ * no lock but q_lock, released while waiting: callers must hold none of
+ * theirs. */
+void fz_cache_queue_wait_room(fz_cache *c, uint64_t len);
 /* Whether a value of len bytes fits the queue now without pushing any
  * other value out (for work that is only worth doing if it is kept). */
 bool fz_cache_queue_room(fz_cache *c, uint64_t len);

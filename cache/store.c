@@ -116,12 +116,21 @@ static void make_room_locked(fz_cache *c, uint64_t vlen)
     }
 }
 
+/* Whether a value of vlen bytes (header included) is ever stored: not with
+ * a broken cache, nor one this large against the map (it would evict
+ * everything else on every store, and may not fit at all: it is computed
+ * each time instead). */
+static bool storable(fz_cache *c, uint64_t vlen)
+{
+    return !atomic_load(&c->broken) && vlen <= c->map_size / 3;
+}
+
 /* Whether a value of len bytes would be queued now: pushing older values
  * out (push), or in the free room alone. */
 static bool admissible(fz_cache *c, uint64_t len, bool push)
 {
     uint64_t vlen = fz_cache_header_len(len) + len;
-    if (atomic_load(&c->broken) || vlen > c->map_size / 3)
+    if (!storable(c, vlen))
         return false;
     pthread_mutex_lock(&c->q_lock);
     bool room = !c->stop && (push ? room_locked(c, vlen)
@@ -135,12 +144,37 @@ bool fz_cache_queue_room(fz_cache *c, uint64_t len)
     return admissible(c, len, false);
 }
 
-void fz_cache_queue_put_value(fz_cache *c, const fz_cache_key *key, uint8_t *val, uint64_t len)
+/* fz_cache_queue_wait_room with q_lock held. An empty queue always takes
+ * a value (one larger than the bound waits for nothing). The writer stamps
+ * batch_started each round (at least once a second, a batch or not), so a
+ * stamp FZ_CACHE_STALL_SECS old with the queue still full is a stall. */
+static void wait_room_locked(fz_cache *c, uint64_t vlen)
+{
+    while (!c->stop && c->q_bytes > 0 && c->q_bytes + vlen > FZ_CACHE_QUEUE_MAX) {
+        if (c->keep_all) {
+            pthread_cond_wait(&c->q_room, &c->q_lock);
+            continue;
+        }
+        struct timespec seen = c->batch_started, until = seen;
+        until.tv_sec += FZ_CACHE_STALL_SECS;
+        if (pthread_cond_timedwait(&c->q_room, &c->q_lock, &until) == ETIMEDOUT &&
+            c->batch_started.tv_sec == seen.tv_sec && c->batch_started.tv_nsec == seen.tv_nsec)
+            return; /* the writer is stalled: wait no longer */
+    }
+}
+
+void fz_cache_queue_wait_room(fz_cache *c, uint64_t len)
+{
+    pthread_mutex_lock(&c->q_lock);
+    wait_room_locked(c, fz_cache_header_len(len) + len);
+    pthread_mutex_unlock(&c->q_lock);
+}
+
+void fz_cache_queue_put_value(fz_cache *c, const fz_cache_key *key, uint8_t *val, uint64_t len,
+                              bool wait)
 {
     uint64_t vlen = fz_cache_header_len(len) + len;
-    /* A value this large against the map would evict everything else on
-     * every store (and may not fit at all): compute it each time instead. */
-    if (atomic_load(&c->broken) || vlen > c->map_size / 3) {
+    if (!storable(c, vlen)) {
         if (!atomic_load(&c->broken))
             fz_log(FZ_LOG_DEBUG, "cache: %llu-byte value not stored in a %llu-byte map",
                    (unsigned long long)vlen, (unsigned long long)c->map_size);
@@ -153,10 +187,9 @@ void fz_cache_queue_put_value(fz_cache *c, const fz_cache_key *key, uint8_t *val
      * waits for the writer: older values make room, or (when the batch
      * being committed leaves none) this one is dropped; dropped bytes are
      * computed again by a later read. */
-    /* (FZ_CACHE_KEEP_ALL: wait for the writer to commit instead.) */
-    while (c->keep_all && op && !c->stop && c->q_bytes > 0 &&
-           c->q_bytes + vlen > FZ_CACHE_QUEUE_MAX)
-        pthread_cond_wait(&c->q_room, &c->q_lock);
+    /* (`wait`, FZ_CACHE_KEEP_ALL: wait for the writer to commit instead.) */
+    if (op && (wait || c->keep_all))
+        wait_room_locked(c, vlen);
     if (op && !c->stop && room_locked(c, vlen))
         make_room_locked(c, vlen);
     if (!op || c->stop || !room_locked(c, vlen)) {
@@ -172,10 +205,13 @@ void fz_cache_queue_put_value(fz_cache *c, const fz_cache_key *key, uint8_t *val
     pthread_mutex_unlock(&c->q_lock);
 }
 
-void fz_cache_queue_put(fz_cache *c, const fz_cache_key *key, const uint8_t *bytes, uint64_t len)
+void fz_cache_queue_put(fz_cache *c, const fz_cache_key *key, const uint8_t *bytes, uint64_t len,
+                        bool wait)
 {
-    if (!admissible(c, len, true)) {
-        if (!atomic_load(&c->broken) && fz_cache_header_len(len) + len <= c->map_size / 3)
+    /* Not copied when it would not be queued (`wait` makes room). */
+    uint64_t vlen = fz_cache_header_len(len) + len;
+    if (wait ? !storable(c, vlen) : !admissible(c, len, true)) {
+        if (storable(c, vlen))
             atomic_fetch_add(&c->dropped, 1);
         return;
     }
@@ -187,7 +223,7 @@ void fz_cache_queue_put(fz_cache *c, const fz_cache_key *key, const uint8_t *byt
     uint64_t hl = fz_cache_header_len(len);
     memcpy(val + hl, bytes, (size_t)len);
     fz_cache_header(val, key, val + hl, len);
-    fz_cache_queue_put_value(c, key, val, len);
+    fz_cache_queue_put_value(c, key, val, len, wait);
 }
 
 void fz_cache_queue_del(fz_cache *c, const fz_cache_key *key)
@@ -534,6 +570,7 @@ static void *writer_main(void *arg)
         }
         c->batch = batch;
         c->head_bytes -= taken;
+        clock_gettime(CLOCK_REALTIME, &c->batch_started);
         bool all = !c->head; /* everything queued so far is in this batch */
         unsigned nt = 0;
         if (mine) {
@@ -576,6 +613,7 @@ static void *writer_main(void *arg)
 int fz_cache_writer_start(fz_cache *c)
 {
     c->writer_running = true;
+    clock_gettime(CLOCK_REALTIME, &c->batch_started);
     int e = pthread_create(&c->writer, NULL, writer_main, c);
     if (e) {
         c->writer_running = false;

@@ -855,6 +855,7 @@ static void test_full_queue_never_blocks(void **state)
 typedef struct {
     fz_cache *c;
     int n;
+    int store; /* the fetches' store mode */
     atomic_int done;
 } keep_arg;
 
@@ -866,7 +867,7 @@ static void *keep_thread(void *p)
     for (int i = 0; i < a->n && b; i++) {
         fz_cache_key k = key_of("keep all", (uint64_t)i);
         fill_ctx f = {.seed = 900 + (uint64_t)i};
-        if (fz_cache_fetch_range(a->c, &k, len, 0, 1u << 20, b, fill, &f, true) != 0)
+        if (fz_cache_fetch_range(a->c, &k, len, 0, 1u << 20, b, fill, &f, a->store) != 0)
             break;
         atomic_fetch_add(&a->done, 1);
     }
@@ -874,19 +875,19 @@ static void *keep_thread(void *p)
     return NULL;
 }
 
-/* FZ_CACHE_KEEP_ALL (materialize --fill-cache): behind a writer that
- * cannot commit, fetches wait for room rather than drop anything; once it
- * commits, every value is stored. */
-static void test_keep_all_waits(void **state)
+/* FZ_CACHE_KEEP_ALL (materialize --fill-cache), or a fetch asking
+ * FZ_CACHE_STORE_WAIT (a .bin central directory's CRC pass): behind a
+ * writer that cannot commit, fetches wait for room rather than drop
+ * anything; once it commits, every value is stored. */
+static void keep_waits(unsigned flags, int store)
 {
-    (void)state;
     char *d = fz_test_tmpdir("fz_test_cache");
     fz_cache *c;
     enum { N = 24 }; /* 96 MiB against a 48 MiB queue */
-    assert_int_equal(fz_cache_open_flags(&c, d, 1ull << 30, FZ_CACHE_KEEP_ALL), 0);
+    assert_int_equal(fz_cache_open_flags(&c, d, 1ull << 30, flags), 0);
     holder h;
     holder_start(&h, d);
-    keep_arg a = {c, N, 0};
+    keep_arg a = {c, N, store, 0};
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, keep_thread, &a), 0);
     struct timespec ts = {0, 400000000};
@@ -904,6 +905,18 @@ static void test_keep_all_waits(void **state)
     fz_cache_close(c);
     fz_test_rmtree(d);
     free(d);
+}
+
+static void test_keep_all_waits(void **state)
+{
+    (void)state;
+    keep_waits(FZ_CACHE_KEEP_ALL, FZ_CACHE_STORE);
+}
+
+static void test_store_wait_waits(void **state)
+{
+    (void)state;
+    keep_waits(0, FZ_CACHE_STORE_WAIT);
 }
 
 static int count_reader(const char *msg, void *ctx)
@@ -1163,6 +1176,7 @@ int main(void)
         cmocka_unit_test(test_reset_refused_while_in_use),
         cmocka_unit_test(test_full_queue_never_blocks),
         cmocka_unit_test(test_keep_all_waits),
+        cmocka_unit_test(test_store_wait_waits),
         cmocka_unit_test(test_read_txn_reuse),
         cmocka_unit_test(test_prefetch),
         cmocka_unit_test(test_map_pages_let_go),

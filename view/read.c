@@ -34,7 +34,8 @@
  * fixes a kernel never serves an older release's bytes. */
 #define FZ_VIEW_CACHE_FORMAT "fzfs-cache-1 chunk=4MiB fzfs=" FZ_VERSION "\n"
 
-static int read_range(fz_view *v, uint32_t node, uint64_t off, uint64_t len, uint8_t *buf);
+static int read_range(fz_view *v, uint32_t node, uint64_t off, uint64_t len, uint8_t *buf,
+                      bool keep);
 
 /* ---- cache keys ---- */
 
@@ -480,11 +481,20 @@ static void chunk_at(const fz_view *v, uint32_t ri, uint64_t off, fz_cache_key *
     *len = nbytes - *start < FZ_VIEW_CHUNK ? nbytes - *start : FZ_VIEW_CHUNK;
 }
 
-/* Bytes [off, off+len) of recipe ri's output. */
-static int read_computed(fz_view *v, uint32_t ri, uint64_t off, uint64_t len, uint8_t *out)
+/* How a fetch stores what it computes; keep: waiting for the writer, not
+ * dropped (see all_crcs). */
+static int store_mode(const fz_view *v, bool keep)
+{
+    return !v->cache_store ? FZ_CACHE_NO_STORE : keep ? FZ_CACHE_STORE_WAIT : FZ_CACHE_STORE;
+}
+
+/* Bytes [off, off+len) of recipe ri's output; keep as store_mode's. */
+static int read_computed(fz_view *v, uint32_t ri, uint64_t off, uint64_t len, uint8_t *out,
+                         bool keep)
 {
     if (!cached_recipe(v, ri))
         return fz_recipe_produce(&v->recipes[ri], off, len, out);
+    int store = store_mode(v, keep);
     while (len > 0) {
         fz_cache_key key;
         uint64_t start, clen;
@@ -492,8 +502,7 @@ static int read_computed(fz_view *v, uint32_t ri, uint64_t off, uint64_t len, ui
         uint64_t in = off - start;
         uint64_t n = clen - in < len ? clen - in : len;
         fz_chunk_fill f = {v, ri, start};
-        int rc =
-            fz_cache_fetch_range(v->cache, &key, clen, in, n, out, fill_chunk, &f, v->cache_store);
+        int rc = fz_cache_fetch_range(v->cache, &key, clen, in, n, out, fill_chunk, &f, store);
         if (rc)
             return rc;
         off += n;
@@ -543,8 +552,9 @@ int fz_view_prefetch(fz_view *v, uint32_t node, uint64_t off, uint64_t len)
 /* ---- zip record CRCs ---- */
 
 /* The CRC-32 of record `rec` of zip `zi`, computed by reading its bytes
- * through the view (so computed tensors may come from the cache). */
-static int compute_record_crc(fz_view *v, uint32_t zi, size_t rec, uint32_t *out)
+ * through the view (so computed tensors may come from the cache); keep as
+ * read_computed's. */
+static int compute_record_crc(fz_view *v, uint32_t zi, size_t rec, bool keep, uint32_t *out)
 {
     fz_zipview *z = &v->zips[zi];
     const fz_zipw_rec *r = &z->L.rec[rec];
@@ -555,7 +565,7 @@ static int compute_record_crc(fz_view *v, uint32_t zi, size_t rec, uint32_t *out
     uLong c = crc32(0L, Z_NULL, 0);
     for (uint64_t o = 0; o < r->size; o += step) {
         uint64_t n = r->size - o < step ? r->size - o : step;
-        int rc = read_range(v, z->node, r->data_off + o, n, buf);
+        int rc = read_range(v, z->node, r->data_off + o, n, buf, keep);
         if (rc) {
             free(buf);
             return rc;
@@ -571,6 +581,7 @@ typedef struct {
     fz_view *v;
     uint32_t zi;
     size_t rec;
+    bool keep;
 } fz_crc_fill;
 
 static int fill_crc(void *arg, uint8_t *out, uint64_t len)
@@ -579,7 +590,7 @@ static int fill_crc(void *arg, uint8_t *out, uint64_t len)
     uint32_t crc;
     if (len != 4)
         return fz_error_set(FZ_EINVAL, "internal error: CRC entry of %" PRIu64 " bytes", len);
-    int rc = compute_record_crc(f->v, f->zi, f->rec, &crc);
+    int rc = compute_record_crc(f->v, f->zi, f->rec, f->keep, &crc);
     if (rc == 0) /* as fill_chunk: never store a CRC of changed bytes */
         rc = fz_view_check_node(f->v, f->v->zips[f->zi].node);
     for (int i = 0; rc == 0 && i < 4; i++)
@@ -587,7 +598,7 @@ static int fill_crc(void *arg, uint8_t *out, uint64_t len)
     return rc;
 }
 
-static int record_crc(fz_view *v, uint32_t zi, size_t rec, uint32_t *out)
+static int record_crc(fz_view *v, uint32_t zi, size_t rec, bool keep, uint32_t *out)
 {
     fz_zipview *z = &v->zips[zi];
     pthread_mutex_lock(&v->crc_lock);
@@ -605,11 +616,11 @@ static int record_crc(fz_view *v, uint32_t zi, size_t rec, uint32_t *out)
     int rc;
     if (v->cache && record_key(v, zi, rec, &key) == 0) {
         uint8_t b[4];
-        fz_crc_fill f = {v, zi, rec};
-        rc = fz_cache_fetch(v->cache, &key, 4, b, fill_crc, &f, v->cache_store);
+        fz_crc_fill f = {v, zi, rec, keep};
+        rc = fz_cache_fetch(v->cache, &key, 4, b, fill_crc, &f, store_mode(v, keep));
         crc = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
     } else {
-        rc = compute_record_crc(v, zi, rec, &crc);
+        rc = compute_record_crc(v, zi, rec, keep, &crc);
     }
     if (rc)
         return rc;
@@ -673,7 +684,7 @@ static void crc_task(void *arg, size_t i)
     pthread_mutex_unlock(&t->lock);
     if (failed)
         return;
-    int rc = record_crc(t->v, t->zi, i, &t->crcs[i]);
+    int rc = record_crc(t->v, t->zi, i, true, &t->crcs[i]);
     pthread_mutex_lock(&t->lock);
     if (rc && !t->rc) {
         t->rc = rc;
@@ -682,12 +693,24 @@ static void crc_task(void *arg, size_t i)
     pthread_mutex_unlock(&t->lock);
 }
 
+/* Every record's CRC, for a central directory: the whole shard computed
+ * before the reader that asked (a loader, which reads the directory first)
+ * gets a byte, and the records read right after. So its chunks are stored
+ * waiting for room in the cache's write queue (FZ_CACHE_STORE_WAIT), never
+ * dropped: dropping what the writer has not caught up with (a read's rule)
+ * had most of a large shard computed twice behind a slow writer. Memory
+ * stays bounded by the queue, and the wait falls on a read that waits for
+ * the whole pass anyway (never on a stalled writer: the cache stops
+ * waiting after 5 s on one batch). Everything else still never waits: a local
+ * header's one record (a sequential reader reads its bytes next, from the
+ * queue) and the reads of the records, whose stores may push older values
+ * out, CRC chunks too (computed again if read again). */
 static int all_crcs(fz_view *v, uint32_t zi, uint32_t *crcs)
 {
     size_t n = v->zips[zi].L.n;
     if (!v->runner || n < 2) {
         for (size_t i = 0; i < n; i++) {
-            int rc = record_crc(v, zi, i, &crcs[i]);
+            int rc = record_crc(v, zi, i, true, &crcs[i]);
             if (rc)
                 return rc;
         }
@@ -711,7 +734,7 @@ static int read_deferred(fz_view *v, const fz_seg *s, uint64_t off, uint64_t len
         return fz_error_set(FZ_ENOMEM, "out of memory");
     if (s->u.def.rec >= 0) {
         uint32_t crc;
-        rc = record_crc(v, s->u.def.zip, (size_t)s->u.def.rec, &crc);
+        rc = record_crc(v, s->u.def.zip, (size_t)s->u.def.rec, false, &crc);
         if (rc == 0)
             fz_zipw_local_header(&z->L, (size_t)s->u.def.rec, crc, tmp);
     } else {
@@ -730,7 +753,8 @@ static int read_deferred(fz_view *v, const fz_seg *s, uint64_t off, uint64_t len
     return rc;
 }
 
-static int read_range(fz_view *v, uint32_t node, uint64_t off, uint64_t len, uint8_t *buf)
+static int read_range(fz_view *v, uint32_t node, uint64_t off, uint64_t len, uint8_t *buf,
+                      bool keep)
 {
     const fz_node *n = &v->nodes[node];
     for (uint32_t i = first_seg(n, off); i < n->nsegs && len > 0; i++) {
@@ -747,7 +771,7 @@ static int read_range(fz_view *v, uint32_t node, uint64_t off, uint64_t len, uin
                                v->files[s->u.span.src].path);
             break;
         case FZ_SEG_COMPUTED:
-            rc = read_computed(v, s->u.recipe, so, k, buf);
+            rc = read_computed(v, s->u.recipe, so, k, buf, keep);
             break;
         case FZ_SEG_DEFERRED:
             rc = read_deferred(v, s, so, k, buf);
@@ -775,7 +799,7 @@ int fz_view_read(fz_view *v, uint32_t node, uint64_t off, uint64_t len, void *bu
      * (a change during the read is not served). */
     int rc = fz_view_check_node(v, node);
     if (rc == 0)
-        rc = read_range(v, node, off, len, buf);
+        rc = read_range(v, node, off, len, buf, false);
     if (rc == 0)
         rc = fz_view_check_node(v, node);
     return rc;

@@ -329,18 +329,17 @@ bool fz_view_direct(fz_view *v, uint32_t node, uint64_t off, uint64_t len, fz_pi
     return true;
 }
 
-/* Key of the CRC of record rec of zip zi: a description of where each of
- * its data bytes comes from. -1 when some part cannot be described. */
-static int record_key(const fz_view *v, uint32_t zi, size_t rec, fz_cache_key *key)
+/* Append to t where each byte of node n's [off, end) comes from: a literal
+ * piece's hash, a span's source identity and range, a computed piece's
+ * recipe key and range, and (deferred_ok) a zip header or central
+ * directory by record (the layout that makes it is described once by the
+ * caller). -1 when some part cannot be described (a recipe that is not
+ * cached, a deferred piece without deferred_ok). */
+static int describe_range(const fz_view *v, const fz_node *n, uint64_t off, uint64_t end,
+                          bool deferred_ok, fz_buf *t)
 {
-    const fz_zipview *z = &v->zips[zi];
-    const fz_zipw_rec *r = &z->L.rec[rec];
-    const fz_node *n = &v->nodes[z->node];
     const fz_cache_key *rk = v->recipe_keys;
-    fz_buf t = FZ_BUF_INIT;
-    uint64_t off = r->data_off, end = r->data_off + r->size;
-    int rc = fz_buf_printf(&t, FZ_VIEW_CACHE_FORMAT "zip-record-crc32 size=%llu\n",
-                           (unsigned long long)r->size);
+    int rc = 0;
     for (uint32_t i = first_seg(n, off); rc == 0 && i < n->nsegs && off < end; i++) {
         const fz_seg *s = &n->segs[i];
         uint64_t so = off - s->off;
@@ -350,7 +349,7 @@ static int record_key(const fz_view *v, uint32_t zi, size_t rec, fz_cache_key *k
         switch (s->kind) {
         case FZ_SEG_LITERAL:
             fz_cache_key_for(&h, s->u.lit + so, k, 0);
-            rc = fz_buf_printf(&t, "literal %016llx%016llx\n", (unsigned long long)h.hi,
+            rc = fz_buf_printf(t, "literal %016llx%016llx\n", (unsigned long long)h.hi,
                                (unsigned long long)h.lo);
             break;
         case FZ_SEG_SPAN:
@@ -359,8 +358,8 @@ static int record_key(const fz_view *v, uint32_t zi, size_t rec, fz_cache_key *k
                 break;
             }
             f = &v->files[s->u.span.src];
-            if (!(rc = fz_buf_puts(&t, "span ")) && !(rc = put_identity(&t, f)))
-                rc = fz_buf_printf(&t, " off=%llu len=%llu\n",
+            if (!(rc = fz_buf_puts(t, "span ")) && !(rc = put_identity(t, f)))
+                rc = fz_buf_printf(t, " off=%llu len=%llu\n",
                                    (unsigned long long)(s->u.span.off + so), (unsigned long long)k);
             break;
         case FZ_SEG_COMPUTED:
@@ -368,23 +367,86 @@ static int record_key(const fz_view *v, uint32_t zi, size_t rec, fz_cache_key *k
                 rc = -1;
                 break;
             }
-            rc = fz_buf_printf(&t, "recipe %016llx%016llx off=%llu len=%llu\n",
+            rc = fz_buf_printf(t, "recipe %016llx%016llx off=%llu len=%llu\n",
                                (unsigned long long)rk[s->u.recipe].hi,
                                (unsigned long long)rk[s->u.recipe].lo, (unsigned long long)so,
                                (unsigned long long)k);
             break;
         case FZ_SEG_DEFERRED:
-            rc = -1;
+            rc = deferred_ok
+                     ? fz_buf_printf(t, "zip %u rec=%d off=%llu len=%llu\n", s->u.def.zip,
+                                     s->u.def.rec, (unsigned long long)so, (unsigned long long)k)
+                     : -1;
             break;
         }
         off += k;
     }
-    if (rc == 0 && off == end)
+    return rc == 0 && off == end ? 0 : -1;
+}
+
+/* Key of the CRC of record rec of zip zi: a description of where each of
+ * its data bytes comes from. -1 when some part cannot be described. */
+static int record_key(const fz_view *v, uint32_t zi, size_t rec, fz_cache_key *key)
+{
+    const fz_zipw_rec *r = &v->zips[zi].L.rec[rec];
+    fz_buf t = FZ_BUF_INIT;
+    int rc = fz_buf_printf(&t, FZ_VIEW_CACHE_FORMAT "zip-record-crc32 size=%llu\n",
+                           (unsigned long long)r->size);
+    if (rc == 0)
+        rc = describe_range(v, &v->nodes[v->zips[zi].node], r->data_off, r->data_off + r->size,
+                            false, &t);
+    if (rc == 0)
         fz_cache_key_for(key, t.data, t.len, 0);
-    else
-        rc = -1;
     fz_buf_free(&t);
+    return rc ? -1 : 0;
+}
+
+/* A zip's layout, which with its records' bytes makes its headers and
+ * central directory: every record's name, size and place. */
+static int describe_zip(const fz_zipview *z, uint32_t zi, fz_buf *t)
+{
+    int rc = fz_buf_printf(t, "zip %u records=%zu cd_off=%llu cd_len=%llu\n", zi, z->L.n,
+                           (unsigned long long)z->L.cd_off, (unsigned long long)z->L.cd_len);
+    for (size_t i = 0; rc == 0 && i < z->L.n; i++) {
+        const fz_zipw_rec *r = &z->L.rec[i];
+        fz_cache_key h;
+        fz_cache_key_for(&h, r->name, strlen(r->name), 0);
+        rc = fz_buf_printf(t, "record %016llx%016llx size=%llu header=%llu+%u\n",
+                           (unsigned long long)h.hi, (unsigned long long)h.lo,
+                           (unsigned long long)r->size, (unsigned long long)r->header_off,
+                           r->header_len);
+    }
     return rc;
+}
+
+bool fz_view_node_computed(const fz_view *v, uint32_t node)
+{
+    if (node >= v->nnodes || v->nodes[node].kind != FZ_NODE_FILE)
+        return false;
+    const fz_node *n = &v->nodes[node];
+    for (uint32_t i = 0; i < n->nsegs; i++)
+        if (n->segs[i].kind == FZ_SEG_COMPUTED || n->segs[i].kind == FZ_SEG_DEFERRED)
+            return true;
+    return false;
+}
+
+int fz_view_node_key(const fz_view *v, uint32_t node, fz_cache_key *key)
+{
+    if (node >= v->nnodes || v->nodes[node].kind != FZ_NODE_FILE || !v->recipe_keys)
+        return -1;
+    const fz_node *n = &v->nodes[node];
+    fz_buf t = FZ_BUF_INIT;
+    int rc =
+        fz_buf_printf(&t, FZ_VIEW_CACHE_FORMAT "file size=%llu\n", (unsigned long long)n->size);
+    for (uint32_t zi = 0; rc == 0 && zi < v->nzips; zi++)
+        if (v->zips[zi].node == node)
+            rc = describe_zip(&v->zips[zi], zi, &t);
+    if (rc == 0)
+        rc = describe_range(v, n, 0, n->size, true, &t);
+    if (rc == 0)
+        fz_cache_key_for(key, t.data, t.len, 0);
+    fz_buf_free(&t);
+    return rc ? -1 : 0;
 }
 
 int fz_view_open_cache(fz_view *v, const char *dir, uint64_t size, int mode)
@@ -419,6 +481,11 @@ void fz_view_close_cache(fz_view *v)
 const char *fz_view_cache_dir(const fz_view *v)
 {
     return v->owned_cache_dir;
+}
+
+struct fz_cache *fz_view_cache(const fz_view *v)
+{
+    return v->cache;
 }
 
 void fz_view_cache_counters(const fz_view *v, uint64_t *hits, uint64_t *misses, uint64_t *fills,

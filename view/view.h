@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "cache/cache.h"
 #include "util/buf.h"
 
 /* Every view option: finalize's, same names and meaning (DESIGN.md). */
@@ -150,6 +151,20 @@ bool fz_view_direct(fz_view *v, uint32_t node, uint64_t off, uint64_t len, fz_pi
  * for FUSE passthrough). */
 bool fz_view_backing(const fz_view *v, uint32_t node, int *fd, const char **path);
 
+/* Whether node i has computed bytes: a computed tensor, or zip headers
+ * made from record CRCs (what the mount's compute pool answers). */
+bool fz_view_node_computed(const fz_view *v, uint32_t node);
+/* A key naming node i's bytes, for keeping the whole file (the cache's
+ * whole files, cache.h): a hash of the cache format, the file's size and
+ * where every byte comes from - a literal piece's hash, a span's source
+ * identity (dev, inode, size, mtime, ctime) and range, a computed piece's
+ * recipe key and range, a zip's record layout for its headers - so any
+ * change to a source, an option or fzfs's format gives another key. 0 and
+ * *key; -1 when some byte cannot be described (a recipe the cache does not
+ * keep), when node is not a file, or before a cache was set
+ * (fz_view_set_cache / fz_view_open_cache). No syscall. */
+int fz_view_node_key(const fz_view *v, uint32_t node, fz_cache_key *key);
+
 /* Writing a whole view out (materialize): every file as extents of at most
  * `max_len` bytes, covering each file exactly once: first every extent that
  * is not `late`, file by file in order, then the late ones (zip headers whose
@@ -193,6 +208,8 @@ void fz_view_close_cache(fz_view *v);
  * and fills of it, and values it did not store because the write queue was
  * full (atomics only; cheap to poll from any thread). */
 const char *fz_view_cache_dir(const fz_view *v);
+/* The cache the view reads through (opened by it or set), or NULL. */
+struct fz_cache *fz_view_cache(const fz_view *v);
 void fz_view_cache_counters(const fz_view *v, uint64_t *hits, uint64_t *misses, uint64_t *fills,
                             uint64_t *dropped);
 

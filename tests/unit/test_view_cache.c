@@ -457,6 +457,60 @@ static void test_central_directory_tasks(void **state)
     free(d);
 }
 
+/* fz_view_node_key: the same key for the same file of two views of one
+ * run, and for nothing else - another file, another option (bf16 as .bin
+ * instead of safetensors), a source touched since (same bytes, another
+ * mtime); none before the view has a cache. */
+static void test_node_key(void **state)
+{
+    (void)state;
+    char *d = synthetic_run();
+    char *cdir = fz_test_tmpdir("fz_test_view_cache");
+    fz_cache *c;
+    assert_int_equal(fz_cache_open(&c, cdir, 64ull << 20), 0);
+    fz_view *a = build(d, true);
+    uint32_t na = largest_file(a);
+    fz_cache_key ka, kb, kx;
+    assert_int_equal(fz_view_node_key(a, na, &ka), -1); /* no cache yet */
+    fz_view_set_cache(a, c, true);
+    assert_true(fz_view_node_computed(a, na));
+    assert_int_equal(fz_view_node_key(a, na, &ka), 0);
+    assert_int_equal(fz_view_node_key(a, 0, &kx), -1); /* the root directory */
+    for (uint32_t i = 0; i < fz_view_node_count(a); i++) {
+        const fz_node *n = fz_view_node(a, i);
+        if (i != na && n->kind == FZ_NODE_FILE && fz_view_node_key(a, i, &kx) == 0)
+            assert_false(kx.hi == ka.hi && kx.lo == ka.lo); /* another file */
+    }
+    fz_view *b = build(d, true);
+    fz_view_set_cache(b, c, true);
+    assert_int_equal(fz_view_node_key(b, largest_file(b), &kb), 0);
+    assert_true(ka.hi == kb.hi && ka.lo == kb.lo);
+    fz_view_free(b);
+
+    b = build(d, false); /* the same tensors as a .bin: another file */
+    fz_view_set_cache(b, c, true);
+    uint32_t nb = largest_file(b);
+    assert_true(fz_view_node_computed(b, nb));
+    assert_int_equal(fz_view_node_key(b, nb, &kb), 0);
+    assert_false(ka.hi == kb.hi && ka.lo == kb.lo);
+    fz_view_free(b);
+
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "touch -d '2001-01-01' '%s/model.safetensors'", d);
+    assert_int_equal(system(cmd), 0);
+    b = build(d, true);
+    fz_view_set_cache(b, c, true);
+    assert_int_equal(fz_view_node_key(b, largest_file(b), &kb), 0);
+    assert_false(ka.hi == kb.hi && ka.lo == kb.lo);
+    fz_view_free(b);
+    fz_view_free(a);
+    fz_cache_close(c);
+    fz_test_rmtree(cdir);
+    free(cdir);
+    fz_test_rmtree(d);
+    free(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -467,6 +521,7 @@ int main(void)
         cmocka_unit_test(test_concurrent_reads),
         cmocka_unit_test(test_prefetch),
         cmocka_unit_test(test_central_directory_tasks),
+        cmocka_unit_test(test_node_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "fs/mountinfo.h"
+#include "fs/keep.h"
 #include "fs/ops.h"
 #include "fs/pidfile.h"
 #include "fs/status.h"
@@ -306,6 +307,7 @@ static int serve(fz_fs *fs, struct fuse_session *se, const char *mnt, const char
     if ((rc = fz_fs_pool_start(fs, nthreads)))
         goto done;
     fz_fs_use_pool_for_tasks(fs);
+    fs->keep = fz_keep_start(fs);
     ready.watch = fz_watch_start(fs, info.cwd);
     if (fuse_set_signal_handlers(se) != 0) {
         rc = fz_error_set(FZ_EIO, "cannot install signal handlers");
@@ -368,7 +370,10 @@ done:
     }
     if (handlers)
         fuse_remove_signal_handlers(se);
+    fz_keep_stop(fs->keep); /* before the pool: a file being kept may use it */
     fz_fs_pool_stop(fs);
+    fz_keep_free(fs->keep);
+    fs->keep = NULL;
     if (mounted && fz_view_cache_dir(fs->v)) {
         uint64_t hits, misses, fills, dropped;
         fz_view_cache_counters(fs->v, &hits, &misses, &fills, &dropped);

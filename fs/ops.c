@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fs/keep.h"
 #include "util/error.h"
 #include "util/log.h"
 
@@ -24,6 +25,9 @@
 /* Most segments touched by a read answered in the worker; reads spanning
  * more (tiny segments, e.g. a torch zip's headers) go through fz_view_read. */
 #define FZ_FS_MAX_FAST_SEGS 16
+/* fuse_file_info.fh of an open: 0, or what passthrough_attach made of it. */
+#define FZ_FH_BACKING 1 /* holds its node's passthrough backing */
+#define FZ_FH_CACHED 2  /* through the daemon, of a node that could be kept */
 /* Progress lines for computed files of at least this size, at most one per
  * file every FZ_PROGRESS_MS (plus the first and the last). */
 #define FZ_PROGRESS_MIN_SIZE (8u << 20)
@@ -169,56 +173,86 @@ static void passthrough_init(fz_fs *fs, struct fuse_conn_info *conn)
             "kernel straight from the source");
 }
 
-/* Open node idx in passthrough mode when it is a whole source file and
- * passthrough is on (or the node still has a backing): fills fi and counts
- * the open on the node. False: serve it through the daemon. */
+/* Register fd (src names it in messages) as a backing file for node idx's
+ * opens (pt_lock held). False, turning passthrough off for good with one
+ * warning, when the kernel refuses. */
+static bool passthrough_register(fz_fs *fs, fuse_req_t req, uint32_t idx, int fd, const char *src)
+{
+    int id = fuse_passthrough_open(req, fd);
+    int e = errno;
+    if (id > 0) {
+        fs->backing[idx].id = id;
+        fz_debug("passthrough: %s/%s reads %s (backing id %d)", fs->mnt,
+                 fz_view_node(fs->v, idx)->path, src, id);
+        return true;
+    }
+    snprintf(fs->pt_why, sizeof fs->pt_why, "registering %s as a backing file failed: %s%s", src,
+             strerror(e),
+             e == EPERM   ? " (it needs CAP_SYS_ADMIN in the initial user namespace)"
+             : e == ELOOP ? " (the file is on a stacked filesystem: another FUSE "
+                            "passthrough mount, or an overlayfs over one)"
+                          : "");
+    atomic_store(&fs->passthrough, false);
+    fz_warn("FUSE passthrough off from now on: %s; reads go through the daemon", fs->pt_why);
+    return false;
+}
+
+/* Open node idx in passthrough mode when it is a whole source file, or a
+ * computed file kept whole in the cache (fs/keep.h) while no open of it
+ * goes through the daemon, and passthrough is on (or the node still has a
+ * backing): fills fi and counts the open on the node. False: serve it
+ * through the daemon (an open of a file that could be kept is counted in
+ * ncached until its release). */
 static bool passthrough_attach(fz_fs *fs, fuse_req_t req, uint32_t idx, struct fuse_file_info *fi)
 {
-    int fd;
-    const char *src;
-    if (!fs->backing || !fz_view_backing(fs->v, idx, &fd, &src))
+    int fd = -1;
+    const char *src = NULL;
+    if (!fs->backing)
+        return false;
+    bool whole = fz_view_backing(fs->v, idx, &fd, &src);
+    bool keepable = !whole && fz_keep_eligible(fs->keep, idx);
+    if (!whole && !keepable)
         return false;
     fz_fs_backing *b = &fs->backing[idx];
     pthread_mutex_lock(&fs->pt_lock);
     if (b->id <= 0 && atomic_load(&fs->passthrough)) {
-        int id = fuse_passthrough_open(req, fd);
-        int e = errno;
-        if (id > 0) {
-            b->id = id;
-            fz_debug("passthrough: %s/%s reads %s (backing id %d)", fs->mnt,
-                     fz_view_node(fs->v, idx)->path, src, id);
-        } else {
-            snprintf(fs->pt_why, sizeof fs->pt_why, "registering %s as a backing file failed: %s%s",
-                     src, strerror(e),
-                     e == EPERM   ? " (it needs CAP_SYS_ADMIN in the initial user namespace)"
-                     : e == ELOOP ? " (the source is on a stacked filesystem: another FUSE "
-                                    "passthrough mount, or an overlayfs over one)"
-                                  : "");
-            atomic_store(&fs->passthrough, false);
-            fz_warn("FUSE passthrough off from now on: %s; reads go through the daemon",
-                    fs->pt_why);
+        if (whole) {
+            passthrough_register(fs, req, idx, fd, src);
+        } else if (b->ncached == 0 && (fd = fz_keep_open(fs->keep, idx)) >= 0) {
+            /* The kernel holds the file from here on: the fd is not kept. */
+            passthrough_register(fs, req, idx, fd, "its copy kept in the cache");
+            close(fd);
         }
     }
     bool ok = b->id > 0;
     if (ok) {
         b->nopen++;
         fi->backing_id = b->id;
-        fi->fh = 1;         /* this open holds the node's backing (op_release) */
-        fi->keep_cache = 0; /* nothing of the FUSE inode's own page cache is used */
+        fi->fh = FZ_FH_BACKING; /* this open holds the node's backing (op_release) */
+        fi->keep_cache = 0;     /* nothing of the FUSE inode's own page cache is used */
         atomic_fetch_add_explicit(&fs->pt_opens, 1, memory_order_relaxed);
+        if (keepable)
+            atomic_fetch_add_explicit(&fs->kept_opens, 1, memory_order_relaxed);
+    } else if (keepable) {
+        b->ncached++;
+        fi->fh = FZ_FH_CACHED;
     }
     pthread_mutex_unlock(&fs->pt_lock);
     return ok;
 }
 
-/* An open of node idx that held its backing ended; the last one closes the
- * backing id (with req, a request not yet answered), or leaves it for the
- * next open when req is NULL (an open whose reply the kernel never got). */
-static void passthrough_detach(fz_fs *fs, fuse_req_t req, uint32_t idx)
+/* An open of node idx ended (fh: what passthrough_attach set); the last
+ * one holding the backing closes the backing id (with req, a request not
+ * yet answered), or leaves it for the next open when req is NULL (an open
+ * whose reply the kernel never got). */
+static void passthrough_detach(fz_fs *fs, fuse_req_t req, uint32_t idx, uint64_t fh)
 {
     fz_fs_backing *b = &fs->backing[idx];
     pthread_mutex_lock(&fs->pt_lock);
-    if (b->nopen > 0 && --b->nopen == 0 && b->id > 0 && req) {
+    if (fh == FZ_FH_CACHED) {
+        if (b->ncached > 0)
+            b->ncached--;
+    } else if (b->nopen > 0 && --b->nopen == 0 && b->id > 0 && req) {
         fuse_passthrough_close(req, b->id);
         b->id = 0;
     }
@@ -404,9 +438,9 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fi->direct_io = 0;
     fi->noflush = 1;
     fi->fh = 0;
-    bool pt = passthrough_attach(fs, req, idx, fi);
-    if (fuse_reply_open(req, fi) != 0 && pt)
-        passthrough_detach(fs, NULL, idx); /* no release will come for it */
+    passthrough_attach(fs, req, idx, fi);
+    if (fuse_reply_open(req, fi) != 0 && fi->fh)
+        passthrough_detach(fs, NULL, idx, fi->fh); /* no release will come for it */
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -414,7 +448,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     fz_fs *fs = fs_of(req);
     uint32_t idx;
     if (fi->fh && fs->backing && node_of(fs, ino, &idx))
-        passthrough_detach(fs, req, idx);
+        passthrough_detach(fs, req, idx, fi->fh);
     fuse_reply_err(req, 0);
 }
 
@@ -450,11 +484,13 @@ static void reply_read_error(fz_fs *fs, fuse_req_t req, uint32_t node, uint64_t 
     fuse_reply_err(req, fz_error_errno(rc));
 }
 
-/* One answered read of len bytes, for `fzfs status`. */
-static void count_read(fz_fs *fs, uint64_t len)
+/* One answered read of len bytes of node, for `fzfs status` and for
+ * keeping computed files whole once read (fs/keep.h). */
+static void count_read(fz_fs *fs, uint32_t node, uint64_t len)
 {
     atomic_fetch_add_explicit(&fs->bytes_served, len, memory_order_relaxed);
     atomic_fetch_add_explicit(&fs->reads, 1, memory_order_relaxed);
+    fz_keep_served(fs->keep, node, len);
 }
 
 static int64_t now_ms(void)
@@ -510,7 +546,7 @@ static void run_job(fz_fs *fs, fz_fs_job *j)
         reply_read_error(fs, j->req, j->node, j->off, j->len, rc);
     } else {
         fuse_reply_buf(j->req, (const char *)buf, (size_t)j->len);
-        count_read(fs, j->len);
+        count_read(fs, j->node, j->len);
         note_progress(fs, j->node, j->len);
     }
     free(buf);
@@ -982,7 +1018,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     }
     if (count == 1 && pieces[0].mem) {
         fuse_reply_buf(req, (const char *)pieces[0].mem, (size_t)len);
-        count_read(fs, len);
+        count_read(fs, idx, len);
         return;
     }
     /* Room for every byte, a page more per piece (unaligned spans), and the
@@ -1003,7 +1039,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_RETRY;
     bv.buf[0].fd = sp->fd[0];
     fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
-    count_read(fs, len);
+    count_read(fs, idx, len);
     span_drain(sp);
     /* The pipe holds references to the source's pages, not copies: a write
      * in place before libfuse sent them shows through. Seen afterwards,

@@ -20,6 +20,7 @@
 #include "view/view.h"
 
 typedef struct fz_fs_job fz_fs_job;
+typedef struct fz_fs_keep fz_fs_keep; /* fs/keep.h */
 
 /* A fixed set of threads taking jobs off two FIFOs: reads to answer
  * first, then chunks to compute ahead of sequential readers (at most
@@ -60,13 +61,18 @@ typedef struct {
     atomic_bool finished;
 } fz_fs_progress;
 
-/* FUSE passthrough of one node (a whole unchanged source file): the
- * backing id registered with the kernel (0: none) and the opens using it.
- * The kernel wants every concurrent open of an inode on one backing, so
- * the id lives as long as some open does (fs/ops.c, under pt_lock). */
+/* FUSE passthrough of one node (a whole unchanged source file, or a
+ * computed file kept whole in the cache: fs/keep.h): the backing id
+ * registered with the kernel (0: none) and the opens using it. The kernel
+ * wants every concurrent open of an inode on one backing, and refuses a
+ * passthrough open while the inode has opens through the page cache, so
+ * the id lives as long as some open does, and a kept file is only used
+ * while no open of the node goes through the daemon (`ncached`: such opens
+ * of a node that could be kept). fs/ops.c, under pt_lock. */
 typedef struct {
     int32_t id;
     uint32_t nopen;
+    uint32_t ncached;
 } fz_fs_backing;
 
 typedef struct {
@@ -80,7 +86,9 @@ typedef struct {
     char pt_why[256];
     pthread_mutex_t pt_lock;
     fz_fs_backing *backing;
-    _Atomic uint64_t pt_opens; /* opens answered with passthrough (status) */
+    _Atomic uint64_t pt_opens;   /* opens answered with passthrough (status) */
+    _Atomic uint64_t kept_opens; /* of which from a computed file kept whole */
+    fz_fs_keep *keep;            /* fs/keep.h, or NULL */
     /* Counters for `fzfs status` (relaxed atomics, one add per read; chunks
      * computed ahead of their reads). */
     _Atomic uint64_t bytes_served, reads, computed_ahead;

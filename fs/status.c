@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fs/keep.h"
 #include "fs/mount.h"
 #include "fs/mountinfo.h"
 #include "fs/pidfile.h"
@@ -84,9 +85,12 @@ static char *render(fz_status *s)
     bool pt = atomic_load(&s->fs->passthrough);
     json_object_set_new(
         o, "passthrough",
-        json_pack("{s:b,s:o,s:I}", "on", pt, "why_off",
+        json_pack("{s:b,s:o,s:I,s:I,s:I}", "on", pt, "why_off",
                   pt ? json_null() : json_string(s->fs->pt_why), "opens",
-                  (json_int_t)atomic_load_explicit(&s->fs->pt_opens, memory_order_relaxed)));
+                  (json_int_t)atomic_load_explicit(&s->fs->pt_opens, memory_order_relaxed),
+                  "kept_opens",
+                  (json_int_t)atomic_load_explicit(&s->fs->kept_opens, memory_order_relaxed),
+                  "kept_files", (json_int_t)fz_keep_stored(s->fs->keep)));
     out = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS);
 done:
     json_decref(stale);
@@ -353,8 +357,11 @@ static void print_text(FILE *f, json_t *all)
                     jnum(m, "reads"));
         json_t *pt = json_object_get(m, "passthrough");
         if (json_is_object(pt) && json_is_true(json_object_get(pt, "on")))
-            fprintf(f, "  passthrough:   on (%llu opens read by the kernel from the source)\n",
-                    jnum(pt, "opens"));
+            fprintf(
+                f,
+                "  passthrough:   on (%llu opens read by the kernel: %llu of them from computed "
+                "files kept whole in the cache; %llu files kept by this mount)\n",
+                jnum(pt, "opens"), jnum(pt, "kept_opens"), jnum(pt, "kept_files"));
         else if (json_is_object(pt))
             fprintf(f, "  passthrough:   off: %s\n", jstr(pt, "why_off", "?"));
         if (json_is_array(stale)) {

@@ -1,0 +1,243 @@
+"""Computed files kept whole: once a mount has answered every byte of a computed file (a
+bf16 cast of a ~120 MB fp32 run), the daemon writes the whole file into the cache
+directory, and later opens - in that mount, or a fresh one with the same cache - are read
+by the kernel from it (FUSE passthrough), with materialize's bytes (issue 9, item 4).
+
+Each test reads `fzfs status` and the daemon's log to see which path served the bytes,
+so a mount that silently never keeps, or keeps and never uses, fails. A kept file that
+was changed on disk, or whose source changed, is never used; an open going through the
+daemon at the time makes the next opens go through it too (the kernel refuses to mix);
+unmounting while a file is being written leaves no temporary; `fzfs cache stats`,
+`verify` and `clear` see the kept files.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import builds
+from test_mount import BF16_ST, _fuse_available, child, diff_trees, mounter  # noqa: F401
+from test_mount_compute import fzfs_module, read_and_compare, ref120, run120  # noqa: F401
+from test_mount_compute import weight_files
+from test_mount_trust import fz  # noqa: F401
+from test_passthrough import poll, status_entry
+
+def log_of(mnt):
+    with open(mnt + ".log", errors="replace") as f:
+        return f.read()
+
+
+def wait_kept(mnt, rels, timeout=120):
+    """The log line of each weight file kept whole."""
+    def kept():
+        return {r for r in rels
+                if re.search(r"INFO: kept \S*" + re.escape(r) + r" whole in the cache", log_of(mnt))}
+    poll(kept, lambda k: k == set(rels),
+         lambda k: f"kept only {sorted(k)} of {rels}:\n{log_of(mnt)[-3000:]}", timeout, 0.2)
+
+
+def kept_files(cache):
+    d = os.path.join(cache, "files")
+    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+def data_files(cache):
+    return [os.path.join(cache, "files", n) for n in kept_files(cache)
+            if re.fullmatch(r"[0-9a-f]{32}", n)]
+
+
+def fresh_status(fz, mnt, pred, what):
+    """The mount's status entry once the daemon has written its counters and pred holds."""
+    return status_entry(fz, mnt, lambda e: isinstance(e.get("reads"), int)
+                        and isinstance(e.get("passthrough"), dict) and pred(e), what, timeout=20)
+
+
+def read_through(fz, mnt, ref, rels):
+    """Read every weight file (sequential, mmap) and compare with DEST; return how many
+    bytes the daemon answered meanwhile, and its status after (status is rewritten every
+    2 s: waited for before and after)."""
+    time.sleep(2.5)  # the daemon rewrites its status every 2 s: let it count earlier reads
+    before = fresh_status(fz, mnt, lambda e: True, "an entry")
+    read_and_compare(mnt, ref, ["seq1m", "mmap"])
+    time.sleep(2.5)
+    after = fresh_status(fz, mnt, lambda e: True, "an entry")
+    return after["bytes_served"] - before["bytes_served"], after
+
+
+@pytest.mark.parametrize("fz", builds("tsan"), indirect=True)
+def test_read_once_then_read_by_the_kernel(run120, ref120, fz, mounter, tmp_path):
+    rels = weight_files(ref120)
+    cache = str(tmp_path / "cache")
+    mnt = str(tmp_path / "mnt")
+    mounter.mount(run120, mnt, *BF16_ST, cache=cache)
+    if "FUSE passthrough on" not in log_of(mnt):
+        pytest.fail("passthrough is off on this machine: " + log_of(mnt)[-2000:])
+    n, _ = read_through(fz, mnt, ref120, rels)
+    assert n >= sum(os.path.getsize(os.path.join(ref120, r)) for r in rels)  # computed
+    wait_kept(mnt, rels)
+    assert len(data_files(cache)) == len(rels), kept_files(cache)
+    # The same mount: new opens are read by the kernel from the kept copy.
+    n, e = read_through(fz, mnt, ref120, rels)
+    assert n == 0, e
+    assert e["passthrough"]["kept_opens"] >= 2 * len(rels), e
+    assert e["passthrough"]["kept_files"] == len(rels), e
+    mounter.umount(mnt)
+    # A fresh mount with the same cache: the first read is the kernel's too.
+    mnt2 = str(tmp_path / "mnt2")
+    mounter.mount(run120, mnt2, *BF16_ST, cache=cache)
+    n, e = read_through(fz, mnt2, ref120, rels)
+    assert n == 0 and e["passthrough"]["kept_opens"] >= 2 * len(rels), e
+    r = child("""
+        import sys, torch
+        from safetensors import safe_open
+        a, b = sys.argv[1], sys.argv[2]
+        with safe_open(a, framework="pt") as x, safe_open(b, framework="pt") as y:
+            assert sorted(x.keys()) == sorted(y.keys())
+            n = 0
+            for k in x.keys():
+                assert torch.equal(x.get_tensor(k), y.get_tensor(k)), k
+                n += 1
+        print(n)
+    """, os.path.join(mnt2, rels[0]), os.path.join(ref120, rels[0]), timeout=120)
+    assert r > 10, r
+    diff_trees(mnt2, ref120)
+    mounter.umount(mnt2)
+    s = fz.run("cache", "stats", "--cache-dir", cache, "--json")
+    assert s.returncode == 0, s.stderr
+    stats = json.loads(s.stdout)
+    assert stats["files"] == len(rels), stats
+    assert stats["file_bytes"] == sum(os.path.getsize(os.path.join(ref120, r)) for r in rels)
+    v = fz.run("cache", "verify", "--cache-dir", cache)
+    assert v.returncode == 0 and re.search(r"^bad: 0$", v.stdout, re.M), (v.stdout, v.stderr)
+    c = fz.run("cache", "clear", "--cache-dir", cache)
+    assert c.returncode == 0, c.stderr
+    assert data_files(cache) == [], kept_files(cache)
+
+
+def keep_once(fz, mounter, run, ref, cache, mnt):
+    rels = weight_files(ref)
+    mounter.mount(run, mnt, *BF16_ST, cache=cache)
+    read_and_compare(mnt, ref, ["seq1m"])
+    wait_kept(mnt, rels)
+    mounter.umount(mnt)
+    files = data_files(cache)
+    assert len(files) == len(rels), kept_files(cache)
+    return rels, files
+
+
+def test_changed_kept_file_is_not_used(run120, ref120, fzfs, mounter, tmp_path):
+    """A kept file written to after it was kept is refused (removed, with a warning), and
+    the file is computed again: the same bytes as materialize."""
+    cache = str(tmp_path / "cache")
+    rels, files = keep_once(fzfs, mounter, run120, ref120, cache, str(tmp_path / "m1"))
+    with open(files[0], "r+b") as f:  # one byte flipped, well inside the data
+        f.seek(os.path.getsize(files[0]) // 2)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0xFF]))
+    mnt = str(tmp_path / "m2")
+    mounter.mount(run120, mnt, *BF16_ST, cache=cache)
+    read_and_compare(mnt, ref120, ["seq1m", "mmap"])
+    e = fresh_status(fzfs, mnt, lambda e: e["reads"] > 0, "reads through the daemon")
+    assert e["bytes_served"] > 0, e
+    log = log_of(mnt)
+    assert re.search(r"WARNING: .*" + re.escape(os.path.basename(files[0])), log), log[-3000:]
+    # read in full again, the file is kept anew: the same bytes as DEST this time
+    wait_kept(mnt, rels)
+    mounter.umount(mnt)
+    with open(files[0], "rb") as a, open(os.path.join(ref120, rels[0]), "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_source_changed_finds_nothing_kept(run120, ref120, fzfs, mounter, tmp_path):
+    """The key names the sources' identity: a source touched since keeping finds no kept
+    file (its bytes are computed from the source as it is now)."""
+    src = str(tmp_path / "src")
+    subprocess.run(["cp", "-a", run120, src], check=True)
+    cache = str(tmp_path / "cache")
+    rels, _ = keep_once(fzfs, mounter, src, ref120, cache, str(tmp_path / "m1"))
+    for d, _, names in os.walk(os.path.join(src, "checkpoints")):
+        for n in names:
+            if n.endswith((".bin", ".safetensors")):
+                os.utime(os.path.join(d, n))  # same bytes, another mtime
+    mnt = str(tmp_path / "m2")
+    mounter.mount(src, mnt, *BF16_ST, cache=cache)
+    read_and_compare(mnt, ref120, ["seq1m"])
+    e = fresh_status(fzfs, mnt, lambda e: e["reads"] > 0, "reads through the daemon")
+    assert e["passthrough"]["kept_opens"] == 0 and e["bytes_served"] > 0, e
+    mounter.umount(mnt)
+
+
+# Hold one open of a file (through the daemon), then read it again with new opens while
+# it is held, then after closing it: print what each step read.
+HOLD_THEN_READ = """
+    import hashlib, json, sys
+    path = sys.argv[1]
+    held = open(path, "rb")
+    first = hashlib.sha256(held.read()).hexdigest()
+    print(json.dumps({"held": first}), flush=True)
+    sys.stdin.readline()
+    with open(path, "rb") as f:
+        during = hashlib.sha256(f.read()).hexdigest()
+    held.close()
+    print(json.dumps({"during": during}), flush=True)
+"""
+
+
+def test_open_through_the_daemon_holds_off_the_kept_copy(run120, ref120, fzfs, mounter,
+                                                         tmp_path):
+    """The kernel refuses a passthrough open of a file open through the page cache: while
+    such an open is held, new opens go through the daemon too; once it is closed, the kept
+    copy is used."""
+    rels = weight_files(ref120)
+    rel = rels[0]
+    with open(os.path.join(ref120, rel), "rb") as f:
+        want = __import__("hashlib").sha256(f.read()).hexdigest()
+    cache, mnt = str(tmp_path / "cache"), str(tmp_path / "mnt")
+    mounter.mount(run120, mnt, *BF16_ST, cache=cache)
+    p = subprocess.Popen([sys.executable, "-c", __import__("textwrap").dedent(HOLD_THEN_READ),
+                          os.path.join(mnt, rel)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(p.stdout.readline())["held"] == want
+        wait_kept(mnt, [rel])  # kept while the first open is still held
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        assert json.loads(p.stdout.readline())["during"] == want
+        assert p.wait(timeout=60) == 0, p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+    e = fresh_status(fzfs, mnt, lambda e: True, "an entry")
+    assert e["passthrough"]["kept_opens"] == 0, e
+    n, e = read_through(fzfs, mnt, ref120, rels)
+    assert n == 0 and e["passthrough"]["kept_opens"] >= 2 * len(rels), e
+    mounter.umount(mnt)
+
+
+def test_unmount_while_keeping_leaves_no_temporary(run120, ref120, fzfs, mounter, tmp_path):
+    """An unmount right after the read that starts keeping: the daemon stops writing,
+    and the cache holds either the whole kept file or nothing of it."""
+    rels = weight_files(ref120)
+    cache, mnt = str(tmp_path / "cache"), str(tmp_path / "mnt")
+    mounter.mount(run120, mnt, *BF16_ST, cache=cache)
+    read_and_compare(mnt, ref120, ["seq1m"])
+    mounter.umount(mnt)
+    names = kept_files(cache)
+    assert all(re.fullmatch(r"[0-9a-f]{32}(\.meta)?", n) for n in names), names
+    v = fzfs.run("cache", "verify", "--cache-dir", cache)
+    assert v.returncode == 0 and re.search(r"^bad: 0$", v.stdout, re.M), (v.stdout, v.stderr)
+
+
+def test_nothing_kept_without_passthrough(run120, ref120, fzfs, mounter, tmp_path):
+    cache, mnt = str(tmp_path / "cache"), str(tmp_path / "mnt")
+    mounter.mount(run120, mnt, *BF16_ST, "--no-passthrough", cache=cache)
+    read_and_compare(mnt, ref120, ["seq1m"])
+    mounter.umount(mnt)
+    assert data_files(cache) == [], kept_files(cache)
+    assert not re.search(r"INFO: kept ", log_of(mnt)), log_of(mnt)[-3000:]

@@ -514,14 +514,29 @@ static void note_progress(fz_fs *fs, uint32_t node, uint64_t len)
     if (atomic_load_explicit(&p->finished, memory_order_relaxed))
         return;
     int64_t now = now_ms(), zero = 0;
-    atomic_compare_exchange_strong(&p->start_ms, &zero, now - 1);
+    uint64_t hits, misses, fills, dropped;
+    fz_view_cache_counters(fs->v, &hits, &misses, &fills, &dropped);
+    if (atomic_compare_exchange_strong(&p->start_ms, &zero, now - 1)) {
+        atomic_store(&p->fills0, fills);
+        atomic_store(&p->hits0, hits);
+    }
     int64_t start = atomic_load(&p->start_ms);
     uint64_t done = atomic_fetch_add(&p->done, len) + len;
     double secs = (double)(now - start) / 1000.0;
     if (done >= n->size) {
-        if (!atomic_exchange(&p->finished, true))
-            fz_info("computing %s/%s: done in %.1f s (%.1f MB)", fs->mnt, n->path, secs,
-                    (double)n->size / 1e6);
+        /* The counters are the whole mount's: other files read meanwhile
+         * count too, hence "meanwhile". */
+        uint64_t f = fills - atomic_load(&p->fills0), h = hits - atomic_load(&p->hits0);
+        if (atomic_exchange(&p->finished, true))
+            return;
+        if (!fz_view_cache_dir(fs->v))
+            fz_info("computing %s/%s: done in %.1f s (%.1f MB, every byte computed: no cache)",
+                    fs->mnt, n->path, secs, (double)n->size / 1e6);
+        else
+            fz_info("computing %s/%s: done in %.1f s (%.1f MB; meanwhile %llu chunks computed, "
+                    "%llu served from the cache)",
+                    fs->mnt, n->path, secs, (double)n->size / 1e6, (unsigned long long)f,
+                    (unsigned long long)h);
         return;
     }
     int64_t last = atomic_load(&p->logged_ms);

@@ -54,11 +54,15 @@ typedef struct {
 /* Progress of the computed reads of one file (the daemon log's "computing
  * NAME ... 42%" lines): bytes answered by the compute pool, when the first
  * one started and when a line was last logged (CLOCK_MONOTONIC ms; 0 =
- * never). Atomics only: the pool threads update them without a lock. */
+ * never), and the cache's counters then. Atomics only: the pool threads update them without a lock.
+ */
 typedef struct {
     _Atomic uint64_t done;
     _Atomic int64_t start_ms, logged_ms;
     atomic_bool finished;
+    /* The cache's fills and hits when the first line was logged (the done
+     * line says how many chunks were computed meanwhile). */
+    _Atomic uint64_t fills0, hits0;
 } fz_fs_progress;
 
 /* FUSE passthrough of one node (a whole unchanged source file, or a

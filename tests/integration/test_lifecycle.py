@@ -151,8 +151,8 @@ def test_per_mount_log_file_with_timestamps_and_progress(big50, fzfs, mounter, t
     target = re.escape(mnt + "/model-00001-of-00001.safetensors")
     assert re.search(ISO + "INFO: computing " + target + r" \.\.\. \d{1,2}% \(\d+\.\d\d GB/s\)$",
                      text, re.M), text
-    done = re.findall(ISO + "INFO: computing " + target + r": done in \d+\.\d s \(\d+\.\d MB\)$",
-                      text, re.M)
+    done = re.findall(ISO + "INFO: computing " + target + r": done in \d+\.\d s \(\d+\.\d MB, "
+                      r"every byte computed: no cache\)$", text, re.M)
     assert len(done) == 1, text
     assert re.search(ISO + "INFO: Unmounted " + re.escape(mnt) + "$", text, re.M), text
 

@@ -147,6 +147,10 @@ def test_changed_kept_file_is_not_used(run120, ref120, fzfs, mounter, tmp_path):
     assert e["bytes_served"] > 0, e
     log = log_of(mnt)
     assert re.search(r"WARNING: .*" + re.escape(os.path.basename(files[0])), log), log[-3000:]
+    # the chunks stored by the first mount: the progress line says they came from the cache
+    done = re.findall(r"INFO: computing \S+: done in \d+\.\d s \(\d+\.\d MB; meanwhile (\d+) "
+                      r"chunks computed, (\d+) served from the cache\)", log)
+    assert done and int(done[0][1]) > 0, log[-3000:]
     # read in full again, the file is kept anew: the same bytes as DEST this time
     wait_kept(mnt, rels)
     mounter.umount(mnt)

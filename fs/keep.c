@@ -17,12 +17,18 @@
 /* The keeping thread's niceness: it uses what the readers leave. */
 #define FZ_KEEP_NICE 10
 
+/* A node's state (fz_fs_keep.state). */
+enum { KEEP_NO, KEEP_CANDIDATE, KEEP_KEYED };
+
 struct fz_fs_keep {
     fz_fs *fs;
     struct fz_cache *cache;
-    /* Per node, written before serving starts: whether it is eligible and
-     * its key; then atomics: bytes answered, whether it was queued. */
-    bool *eligible;
+    /* Per node: whether it is a candidate and, once asked (the key is made
+     * at its first open or read, not at mount), whether it has a key
+     * (KEEP_*; written under key_lock, read without it); its key, written
+     * before state says KEEP_KEYED; bytes answered; whether it was queued. */
+    _Atomic uint8_t *state;
+    pthread_mutex_t key_lock;
     fz_cache_key *keys;
     _Atomic uint64_t *served;
     atomic_bool *queued;
@@ -104,12 +110,13 @@ static void *keep_main(void *arg)
 
 static void keep_free(fz_fs_keep *k)
 {
-    free(k->eligible);
+    free(k->state);
     free(k->keys);
     free(k->served);
     free(k->queued);
     free(k->q);
     pthread_mutex_destroy(&k->lock);
+    pthread_mutex_destroy(&k->key_lock);
     pthread_cond_destroy(&k->cond);
     free(k);
 }
@@ -129,21 +136,21 @@ fz_fs_keep *fz_keep_start(fz_fs *fs)
     k->fs = fs;
     k->cache = fz_view_cache(fs->v);
     pthread_mutex_init(&k->lock, NULL);
+    pthread_mutex_init(&k->key_lock, NULL);
     pthread_cond_init(&k->cond, NULL);
-    k->eligible = calloc(nn, sizeof *k->eligible);
+    k->state = calloc(nn, sizeof *k->state);
     k->keys = calloc(nn, sizeof *k->keys);
     k->served = calloc(nn, sizeof *k->served);
     k->queued = calloc(nn, sizeof *k->queued);
-    if (!k->eligible || !k->keys || !k->served || !k->queued) {
+    if (!k->state || !k->keys || !k->served || !k->queued) {
         keep_free(k);
         return NULL;
     }
     uint32_t count = 0;
     for (uint32_t i = 0; i < fs->nnodes; i++) {
         const fz_node *n = fz_view_node(fs->v, i);
-        if (n->kind == FZ_NODE_FILE && n->size >= FZ_KEEP_MIN && fz_view_node_computed(fs->v, i) &&
-            fz_view_node_key(fs->v, i, &k->keys[i]) == 0) {
-            k->eligible[i] = true;
+        if (n->kind == FZ_NODE_FILE && n->size >= FZ_KEEP_MIN && fz_view_node_computed(fs->v, i)) {
+            atomic_store_explicit(&k->state[i], KEEP_CANDIDATE, memory_order_relaxed);
             count++;
         }
     }
@@ -178,9 +185,21 @@ void fz_keep_free(fz_fs_keep *k)
     }
 }
 
-bool fz_keep_eligible(const fz_fs_keep *k, uint32_t node)
+bool fz_keep_eligible(fz_fs_keep *k, uint32_t node)
 {
-    return k && node < k->fs->nnodes && k->eligible[node];
+    if (!k || node >= k->fs->nnodes)
+        return false;
+    uint8_t s = atomic_load_explicit(&k->state[node], memory_order_acquire);
+    if (s == KEEP_CANDIDATE) {
+        pthread_mutex_lock(&k->key_lock);
+        s = atomic_load_explicit(&k->state[node], memory_order_relaxed);
+        if (s == KEEP_CANDIDATE) {
+            s = fz_view_node_key(k->fs->v, node, &k->keys[node]) == 0 ? KEEP_KEYED : KEEP_NO;
+            atomic_store_explicit(&k->state[node], s, memory_order_release);
+        }
+        pthread_mutex_unlock(&k->key_lock);
+    }
+    return s == KEEP_KEYED;
 }
 
 void fz_keep_served(fz_fs_keep *k, uint32_t node, uint64_t len)

@@ -24,9 +24,9 @@
  * least FZ_KEEP_MIN bytes; the thread runs at a lower priority, one file at
  * a time, and stops at unmount, leaving nothing half-written.
  *
- * Threading: fz_keep_served and fz_keep_open may be called from any
- * thread; the per-node keys are written before serving starts and only
- * read afterwards. */
+ * Threading: fz_keep_eligible, fz_keep_served and fz_keep_open may be
+ * called from any thread; a node's key is written once, under a lock,
+ * before the node is said to have one. */
 #ifndef FZ_FS_KEEP_H
 #define FZ_FS_KEEP_H
 
@@ -54,8 +54,9 @@ void fz_keep_stop(fz_fs_keep *k);
 void fz_keep_free(fz_fs_keep *k);
 
 /* Whether node may be served from a kept file (eligible: computed, large
- * enough, keyed). */
-bool fz_keep_eligible(const fz_fs_keep *k, uint32_t node);
+ * enough, keyed). Its key is made at the first call for it (a hash over
+ * its segments: milliseconds for a large shard), not at mount. */
+bool fz_keep_eligible(fz_fs_keep *k, uint32_t node);
 
 /* len more bytes of node were answered: once they add up to its size, the
  * node is queued to be kept (once per mount). Atomics; cheap. */

@@ -515,8 +515,8 @@ static void note_progress(fz_fs *fs, uint32_t node, uint64_t len)
         return;
     int64_t now = now_ms(), zero = 0;
     uint64_t hits, misses, fills, dropped;
-    fz_view_cache_counters(fs->v, &hits, &misses, &fills, &dropped);
     if (atomic_compare_exchange_strong(&p->start_ms, &zero, now - 1)) {
+        fz_view_cache_counters(fs->v, &hits, &misses, &fills, &dropped);
         atomic_store(&p->fills0, fills);
         atomic_store(&p->hits0, hits);
     }
@@ -524,11 +524,12 @@ static void note_progress(fz_fs *fs, uint32_t node, uint64_t len)
     uint64_t done = atomic_fetch_add(&p->done, len) + len;
     double secs = (double)(now - start) / 1000.0;
     if (done >= n->size) {
-        /* The counters are the whole mount's: other files read meanwhile
-         * count too, hence "meanwhile". */
-        uint64_t f = fills - atomic_load(&p->fills0), h = hits - atomic_load(&p->hits0);
         if (atomic_exchange(&p->finished, true))
             return;
+        /* The counters are the whole mount's: other files read meanwhile
+         * count too, hence "meanwhile". */
+        fz_view_cache_counters(fs->v, &hits, &misses, &fills, &dropped);
+        uint64_t f = fills - atomic_load(&p->fills0), h = hits - atomic_load(&p->hits0);
         if (!fz_view_cache_dir(fs->v))
             fz_info("computing %s/%s: done in %.1f s (%.1f MB, every byte computed: no cache)",
                     fs->mnt, n->path, secs, (double)n->size / 1e6);

@@ -1,5 +1,8 @@
 #include "transform/cast.h"
 
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Everything here assumes a little-endian host (x86_64, aarch64), IEEE-754
@@ -310,6 +313,125 @@ static void block_from_f32(fz_dtype d, const float *in, uint8_t *p, size_t m)
     memcpy(p, &st, m * fz_dtype_size(d));
 }
 
+/* ------------------------------------------------------------------------ */
+/* f32 -> bf16, the cast that matters most (fp32 training outputs released as
+ * bf16), goes straight from the source bytes to the destination with no
+ * staging block, on the widest vector unit the CPU has. Every kernel gives
+ * the bytes of f32_to_bf16_i, NaN included: the integer rounding above, one
+ * lane per element. Two facts make the narrowing exact without SSE4.1's
+ * unsigned pack: for non-NaN input the 32-bit sum never wraps (the largest,
+ * -Inf 0xFF800000, plus 0x8000 fits), and an arithmetic shift by 16 leaves a
+ * value in [-32768, 32767] whose low 16 bits are the result, which the
+ * signed-saturating pack keeps as they are. NaN lanes (whose sum may wrap)
+ * are replaced by 0x7FC0 before packing. Tails go through the scalar kernel.
+ * Not used: the hardware conversion (AVX512_BF16 flushes denormals and keeps
+ * NaN payloads), and an AVX-512F kernel (measured 10% faster than AVX2 on
+ * the loop alone, under 2% of a materialize: not worth a third path). */
+
+static void bf16_run_scalar(const void *from, void *to, size_t n)
+{
+    const uint8_t *src = from;
+    uint8_t *dst = to;
+    for (size_t i = 0; i < n; i++) {
+        float f;
+        memcpy(&f, src + 4 * i, 4);
+        uint16_t h = f32_to_bf16_i(f);
+        memcpy(dst + 2 * i, &h, 2);
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FZ_CAST_X86 1
+#include <immintrin.h>
+
+/* Four f32 bit patterns to their bf16 results in the low halves of the lanes
+ * (sign-extended, ready for _mm_packs_epi32). */
+static inline __m128i bf16x4_sse2(__m128i u)
+{
+    __m128i lsb = _mm_and_si128(_mm_srli_epi32(u, 16), _mm_set1_epi32(1));
+    __m128i r = _mm_add_epi32(_mm_add_epi32(u, _mm_set1_epi32(0x7FFF)), lsb);
+    __m128i nan =
+        _mm_cmpgt_epi32(_mm_and_si128(u, _mm_set1_epi32(0x7FFFFFFF)), _mm_set1_epi32(0x7F800000));
+    r = _mm_srai_epi32(r, 16);
+    return _mm_or_si128(_mm_andnot_si128(nan, r), _mm_and_si128(nan, _mm_set1_epi32(0x7FC0)));
+}
+
+static void bf16_run_sse2(const void *from, void *to, size_t n)
+{
+    const uint8_t *src = from;
+    uint8_t *dst = to;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m128i a = bf16x4_sse2(_mm_loadu_si128((const __m128i *)(src + 4 * i)));
+        __m128i b = bf16x4_sse2(_mm_loadu_si128((const __m128i *)(src + 4 * i + 16)));
+        _mm_storeu_si128((__m128i *)(dst + 2 * i), _mm_packs_epi32(a, b));
+    }
+    bf16_run_scalar(src + 4 * i, dst + 2 * i, n - i);
+}
+
+__attribute__((target("avx2"))) static inline __m256i bf16x8_avx2(__m256i u)
+{
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb);
+    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7FFFFFFF)),
+                                     _mm256_set1_epi32(0x7F800000));
+    r = _mm256_srai_epi32(r, 16);
+    return _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);
+}
+
+/* The pack works within 128-bit lanes; the permute puts the four 64-bit
+ * quarters back in element order. */
+__attribute__((target("avx2"))) static void bf16_run_avx2(const void *from, void *to, size_t n)
+{
+    const uint8_t *src = from;
+    uint8_t *dst = to;
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256i a = bf16x8_avx2(_mm256_loadu_si256((const __m256i *)(src + 4 * i)));
+        __m256i b = bf16x8_avx2(_mm256_loadu_si256((const __m256i *)(src + 4 * i + 32)));
+        __m256i p = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xD8);
+        _mm256_storeu_si256((__m256i *)(dst + 2 * i), p);
+    }
+    bf16_run_scalar(src + 4 * i, dst + 2 * i, n - i);
+}
+
+#endif
+
+/* The kernels this CPU runs, chosen once (x86-64: SSE2 always, AVX2 when
+ * the CPU and the OS have it). */
+static fz_cast_kernel bf16_avail[2];
+static size_t bf16_navail;
+static const fz_cast_kernel *bf16_used;
+static pthread_once_t bf16_once = PTHREAD_ONCE_INIT;
+
+static void bf16_pick(void)
+{
+#ifdef FZ_CAST_X86
+    __builtin_cpu_init();
+    bf16_avail[bf16_navail++] = (fz_cast_kernel){"sse2", bf16_run_sse2};
+    if (__builtin_cpu_supports("avx2"))
+        bf16_avail[bf16_navail++] = (fz_cast_kernel){"avx2", bf16_run_avx2};
+#else
+    bf16_avail[bf16_navail++] = (fz_cast_kernel){"scalar", bf16_run_scalar};
+#endif
+    const char *e = getenv("FZFS_CAST_BASELINE");
+    bool base = e && *e && strcmp(e, "0") != 0;
+    bf16_used = &bf16_avail[base ? 0 : bf16_navail - 1];
+}
+
+size_t fz_cast_bf16_kernels(const fz_cast_kernel **out)
+{
+    pthread_once(&bf16_once, bf16_pick);
+    *out = bf16_avail;
+    return bf16_navail;
+}
+
+const fz_cast_kernel *fz_cast_bf16_kernel(void)
+{
+    pthread_once(&bf16_once, bf16_pick);
+    return bf16_used;
+}
+
 void fz_cast(fz_dtype s, const void *src, fz_dtype d, void *dst, size_t n)
 {
     const uint8_t *sp = src;
@@ -324,6 +446,10 @@ void fz_cast(fz_dtype s, const void *src, fz_dtype d, void *dst, size_t n)
     }
     if (!fz_cast_supported(s, d))
         return;
+    if (s == FZ_DT_F32 && d == FZ_DT_BF16) {
+        fz_cast_bf16_kernel()->run(src, dst, n);
+        return;
+    }
     while (n) {
         size_t m = n < FZ_CAST_BLOCK ? n : FZ_CAST_BLOCK;
         block_to_f32(s, sp, buf, m);

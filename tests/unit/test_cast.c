@@ -337,6 +337,88 @@ static void test_supported_and_identity(void **state)
     free(h);
 }
 
+/* Every f32 -> bf16 kernel this CPU runs gives the scalar conversion's bytes
+ * (itself checked against torch above), and writes nothing past the end:
+ * every sign, exponent and top mantissa half combined with the low halves
+ * that decide the rounding (zero, one, below / at / above the tie, all ones;
+ * Inf, NaNs and subnormals among them), then random bit patterns; at four
+ * source and two destination alignments, and at every length up to 40
+ * (the vector loops' tails). */
+static uint32_t next_rand(uint32_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 17;
+    *s ^= *s << 5;
+    return *s;
+}
+
+static void test_bf16_kernels(void **state)
+{
+    (void)state;
+    static const uint16_t lows[] = {0x0000, 0x0001, 0x7FFF, 0x8000, 0x8001, 0xFFFF};
+    size_t nsweep = 0x10000 * N_OF(lows), n = nsweep + 0x10000;
+    uint32_t *in = malloc(4 * n), seed = 0x9E3779B9u;
+    uint16_t *want = malloc(2 * n);
+    uint8_t *src = malloc(4 * n + 3), *dst = malloc(2 * n + 3);
+    assert_non_null(in);
+    assert_non_null(want);
+    assert_non_null(src);
+    assert_non_null(dst);
+    for (size_t i = 0; i < n; i++) {
+        in[i] =
+            i < nsweep ? (uint32_t)(i / N_OF(lows)) << 16 | lows[i % N_OF(lows)] : next_rand(&seed);
+        want[i] = fz_f32_to_bf16(f32_of(in[i]));
+    }
+    const fz_cast_kernel *k;
+    size_t nk = fz_cast_bf16_kernels(&k);
+    for (size_t j = 0; j < nk; j++) {
+        for (size_t a = 0; a < 4; a++) {
+            size_t len = n - a, d = a & 1, bad = 0;
+            memcpy(src + a, in, 4 * len);
+            memset(dst, 0xA5, 2 * n + 3);
+            k[j].run(src + a, dst + d, len);
+            for (size_t i = 0; i < len; i++) {
+                uint16_t got;
+                memcpy(&got, dst + d + 2 * i, 2);
+                if (got != want[i] && bad++ < 8)
+                    print_error("%s: f32 0x%08X: got 0x%04X, scalar 0x%04X\n", k[j].name, in[i],
+                                got, want[i]);
+            }
+            assert_int_equal(bad, 0);
+            assert_int_equal(dst[d + 2 * len], 0xA5);
+        }
+        for (size_t len = 0; len <= 40; len++) {
+            memset(dst, 0xA5, 2 * n + 3);
+            k[j].run(in + 1000, dst, len);
+            assert_memory_equal(dst, want + 1000, 2 * len);
+            assert_int_equal(dst[2 * len], 0xA5);
+        }
+    }
+    free(in);
+    free(want);
+    free(src);
+    free(dst);
+}
+
+/* fz_cast uses the best kernel, or the baseline under FZFS_CAST_BASELINE
+ * (meson runs this program both ways). On x86-64 the baseline is SSE2 and
+ * AVX2 is offered exactly when the CPU has it. */
+static void test_bf16_kernel_choice(void **state)
+{
+    (void)state;
+    const fz_cast_kernel *k;
+    size_t n = fz_cast_bf16_kernels(&k);
+    const char *e = getenv("FZFS_CAST_BASELINE");
+    int base = e && *e && strcmp(e, "0") != 0;
+    assert_true(n >= 1);
+    assert_ptr_equal(fz_cast_bf16_kernel(), &k[base ? 0 : n - 1]);
+#if defined(__x86_64__) && defined(__GNUC__)
+    assert_string_equal(k[0].name, "sse2");
+    assert_int_equal(n, __builtin_cpu_supports("avx2") ? 2 : 1);
+#endif
+    print_message("fz_cast f32 -> bf16 uses %s\n", fz_cast_bf16_kernel()->name);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -352,6 +434,8 @@ int main(void)
         cmocka_unit_test(test_f16_sweep_vs_compiler),
 #endif
         cmocka_unit_test(test_supported_and_identity),
+        cmocka_unit_test(test_bf16_kernels),
+        cmocka_unit_test(test_bf16_kernel_choice),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

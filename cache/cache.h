@@ -177,6 +177,33 @@ int fz_cache_file_open(fz_cache *c, const fz_cache_key *key, uint64_t size, int 
  * 0 or a negative FZ_E* code (with its message set). */
 typedef int (*fz_cache_file_read_fn)(void *arg, uint64_t off, uint64_t len, uint8_t *buf);
 
+/* Storing a file piece by piece, in any order, from any threads: begin
+ * claims the key (the temporary, locked and sized to `size` bytes, its room
+ * made: the budget below), put writes bytes, commit checks in what was
+ * written and keeps it. Returns of begin: 0 and *out; FZ_EEXIST when the key
+ * is stored already (nothing to do); FZ_EBUSY, FZ_ENOSPC, FZ_EIO, FZ_ENOMEM
+ * as fz_cache_file_store's. Every writer is ended by exactly one commit or
+ * abort. */
+typedef struct fz_cache_file_writer fz_cache_file_writer;
+int fz_cache_file_begin(fz_cache *c, const fz_cache_key *key, uint64_t size,
+                        fz_cache_file_writer **out);
+/* Write [off, off+len) of the file: 0, FZ_ENOSPC, FZ_EIO (naming the path)
+ * or FZ_EINVAL (outside the file). Thread-safe for disjoint ranges. A put of
+ * exactly one whole FZ_CACHE_FILE_BLOCK-aligned block checksums it from buf;
+ * other blocks are read back by commit. */
+int fz_cache_file_put(fz_cache_file_writer *w, uint64_t off, const void *buf, uint64_t len);
+/* A new O_RDONLY|O_CLOEXEC descriptor of the file being written (the caller
+ * closes it; it stays valid whatever becomes of the writer), or FZ_EIO: for
+ * reading the bytes before they are committed. */
+int fz_cache_file_reopen(const fz_cache_file_writer *w);
+/* Checksum what put did not, fsync, rename into place and write the
+ * sidecar; ends w. 0, or (nothing kept, no temporary left) FZ_ECANCELED
+ * (*cancel, may be NULL, was true between blocks), FZ_ENOSPC, FZ_EIO,
+ * FZ_ENOMEM. Every byte of the file must have been put. */
+int fz_cache_file_commit(fz_cache_file_writer *w, const _Atomic bool *cancel);
+/* End w with nothing kept and no temporary left. NULL accepted. */
+void fz_cache_file_abort(fz_cache_file_writer *w);
+
 /* Assemble and keep the file for key (size bytes), calling read() for each
  * FZ_CACHE_FILE_BLOCK piece in order. Returns 0 when it is stored (or already
  * was), or, each time with nothing kept and no temporary left:

@@ -373,8 +373,8 @@ int fz_files_open_in(int dfd, const char *dir, const fz_cache_key *key, uint64_t
     if (rc != FZ_EFORMAT)
         return rc;
     if (removed)
-        fz_warn("cache %s: stored file files/%s failed a check (%s); removed it (it is "
-                "assembled again after the next full read)",
+        fz_warn("cache %s: stored file files/%s failed a check (%s); removed it (the file "
+                "is computed again)",
                 dir, hex, why);
     return fz_error_set(FZ_ENOTFOUND, "cache %s: stored file files/%s: %s", dir, hex, why);
 }

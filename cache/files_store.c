@@ -26,6 +26,7 @@
 
 #include "cache/cache_int.h"
 #include "util/error.h"
+#include "util/io.h"
 #include "util/log.h"
 #include "util/vec.h"
 
@@ -155,39 +156,18 @@ static int rename_in(int dfd, const char *from, const char *to, const char *dir)
                         strerror(errno));
 }
 
-/* Truncate the locked temporary fd (a stale one may hold anything) and
- * make it private. */
+/* Empty the locked temporary fd (a stale one may hold anything) and make
+ * it private. A new one is not truncated: on ext4 a truncation to 0 makes
+ * every later close of the file write its pages out (auto_da_alloc), and
+ * a file computed at its open is closed by every reader while it is still
+ * being written back. */
 static int fresh(int fd, const char *dir, const char *name)
 {
-    if (ftruncate(fd, 0) == 0 && fchmod(fd, 0600) == 0)
+    struct stat st;
+    if (fstat(fd, &st) == 0 && (st.st_size == 0 || ftruncate(fd, 0) == 0) &&
+        fchmod(fd, 0600) == 0)
         return 0;
     return fz_error_set(FZ_EIO, "cache %s: preparing files/%s: %s", dir, name, strerror(errno));
-}
-
-/* The data: size bytes from read() into fd, with the block table. */
-static int assemble(int fd, uint64_t size, fz_cache_file_read_fn read, void *arg,
-                    const _Atomic bool *cancel, uint8_t *table, const char *dir, const char *name)
-{
-    uint8_t *buf = size ? malloc(size < FZ_CACHE_FILE_BLOCK ? size : FZ_CACHE_FILE_BLOCK) : NULL;
-    int rc = size && !buf ? fz_error_set(FZ_ENOMEM, "out of memory") : 0;
-    for (uint64_t b = 0, off = 0; !rc && off < size; b++, off += FZ_CACHE_FILE_BLOCK) {
-        uint64_t n = size - off < FZ_CACHE_FILE_BLOCK ? size - off : FZ_CACHE_FILE_BLOCK;
-        if (cancel && atomic_load(cancel)) {
-            rc = fz_error_set(FZ_ECANCELED, "cache %s: storing files/%s: canceled", dir, name);
-            break;
-        }
-        if ((rc = read(arg, off, n, buf))) {
-            if (rc > 0) /* (not an FZ_E* code: the contract says it is) */
-                rc = fz_error_set(FZ_EIO, "cache %s: storing files/%s: read failed", dir, name);
-            break;
-        }
-        uint64_t h = XXH3_64bits(buf, (size_t)n);
-        for (int i = 0; i < 8; i++)
-            table[8 * b + i] = (uint8_t)(h >> (8 * i));
-        rc = write_at(fd, buf, (size_t)n, off, dir, name);
-    }
-    free(buf);
-    return rc ? rc : sync_fd(fd, dir, name);
 }
 
 /* The sidecar for the renamed data file fd, through <hex>.meta.tmp. */
@@ -236,72 +216,205 @@ static bool finishing(int dfd, const char *hex)
     return rc == FZ_EBUSY;
 }
 
-int fz_cache_file_store(fz_cache *c, const fz_cache_key *key, uint64_t size,
-                        fz_cache_file_read_fn read, void *arg, const _Atomic bool *cancel)
+struct fz_cache_file_writer {
+    fz_cache *c;
+    fz_cache_key key;
+    uint64_t size, nblocks;
+    int dfd, fd;
+    char hex[FZ_FILES_HEX + 1], tmp[FZ_FILES_NAME];
+    /* XXH3-64 of each block, little endian, 8 bytes per block; hashed[b]
+     * once block b's entry is set (by put, for a whole block written at
+     * once; else by commit, reading it back). */
+    uint8_t *table;
+    atomic_bool *hashed;
+};
+
+static void writer_free(fz_cache_file_writer *w, bool remove_tmp)
 {
-    char hex[FZ_FILES_HEX + 1], tmp[FZ_FILES_NAME], meta[FZ_FILES_NAME];
-    int fd = -1, dfd, rc;
-    bool renamed = false;
-    uint8_t *table = NULL;
+    if (remove_tmp)
+        unlinkat(w->dfd, w->tmp, 0);
+    close(w->fd); /* (the lock goes with it) */
+    close(w->dfd);
+    free(w->table);
+    free(w->hashed);
+    free(w);
+}
+
+int fz_cache_file_begin(fz_cache *c, const fz_cache_key *key, uint64_t size,
+                        fz_cache_file_writer **out)
+{
     if (!c)
         return fz_error_set(FZ_ENOTFOUND, "no cache");
     pthread_rwlock_rdlock(&c->txn_lock); /* (a grown map's size is adopted under it) */
     uint64_t budget = c->map_size;
     pthread_rwlock_unlock(&c->txn_lock);
-    fz_files_hex(key, hex);
-    snprintf(tmp, sizeof tmp, "%s.tmp", hex);
-    snprintf(meta, sizeof meta, "%s.meta", hex);
     if (size > budget / 2 || fz_files_blocks(size) > FZ_FILES_MAX_BLOCKS)
         return fz_error_set(FZ_ENOSPC,
                             "cache %s: a file of %" PRIu64 " bytes is not stored: it is "
                             "larger than half the cache's map size (%" PRIu64
                             " bytes, --cache-size)",
                             c->dir, size, budget);
-    if ((dfd = fz_files_dir(c->dir, true)) < 0)
-        return dfd;
+    fz_cache_file_writer *w = calloc(1, sizeof *w);
+    if (!w)
+        return fz_error_set(FZ_ENOMEM, "out of memory");
+    w->c = c;
+    w->key = *key;
+    w->size = size;
+    w->nblocks = fz_files_blocks(size);
+    w->fd = -1;
+    fz_files_hex(key, w->hex);
+    snprintf(w->tmp, sizeof w->tmp, "%s.tmp", w->hex);
+    if ((w->dfd = fz_files_dir(c->dir, true)) < 0) {
+        int rc = w->dfd;
+        free(w);
+        return rc;
+    }
     struct stat dst;
-    if (fstat(dfd, &dst) == 0 && (dst.st_mode & 077))
-        fchmod(dfd, 0700);
-    if ((rc = fz_files_lock(dfd, tmp, true, &fd))) {
-        close(dfd);
+    if (fstat(w->dfd, &dst) == 0 && (dst.st_mode & 077))
+        fchmod(w->dfd, 0700);
+    int rc = fz_files_lock(w->dfd, w->tmp, true, &w->fd);
+    if (rc) {
+        close(w->dfd);
+        free(w);
         return rc == FZ_EBUSY ? rc : fz_error_prefix(rc, "cache %s", c->dir);
     }
     /* The key is ours from here: every failure removes tmp. */
-    if (finishing(dfd, hex)) {
-        rc = fz_error_set(FZ_EBUSY, "cache %s: files/%s is being stored by another process", c->dir,
-                          hex);
-        goto done;
-    }
     int have;
-    if ((rc = fz_files_open_in(dfd, c->dir, key, size, &have)) == 0) {
-        close(have); /* stored already */
-        goto done;
+    if (finishing(w->dfd, w->hex)) {
+        rc = fz_error_set(FZ_EBUSY, "cache %s: files/%s is being stored by another process", c->dir,
+                          w->hex);
+    } else if ((rc = fz_files_open_in(w->dfd, c->dir, key, size, &have)) == 0) {
+        close(have);
+        rc = fz_error_set(FZ_EEXIST, "cache %s: files/%s is stored already", c->dir, w->hex);
+    } else if (rc == FZ_ENOTFOUND) {
+        w->table = malloc(8 * w->nblocks + 1);
+        w->hashed = calloc(w->nblocks + 1, sizeof *w->hashed);
+        rc = !w->table || !w->hashed ? fz_error_set(FZ_ENOMEM, "out of memory") : 0;
+        if (!rc && !(rc = make_room(w->dfd, c->dir, w->hex, size, budget)) &&
+            !(rc = fresh(w->fd, c->dir, w->tmp)) && ftruncate(w->fd, (off_t)size) != 0)
+            rc = fz_error_set(errno == ENOSPC || errno == EDQUOT ? FZ_ENOSPC : FZ_EIO,
+                              "cache %s: sizing files/%s: %s", c->dir, w->tmp, strerror(errno));
     }
-    if (rc != FZ_ENOTFOUND)
-        goto done;
-    if (!(table = malloc(8 * fz_files_blocks(size) + 1))) {
-        rc = fz_error_set(FZ_ENOMEM, "out of memory");
-        goto done;
+    if (rc) {
+        writer_free(w, true);
+        return rc;
     }
-    if ((rc = make_room(dfd, c->dir, hex, size, budget)) || (rc = fresh(fd, c->dir, tmp)) ||
-        (rc = assemble(fd, size, read, arg, cancel, table, c->dir, tmp)))
-        goto done;
-    /* The old sidecar goes first: it must never name the new data file. */
-    if (unlinkat(dfd, meta, 0) != 0 && errno != ENOENT) {
-        rc = fz_error_set(FZ_EIO, "cache %s: removing files/%s: %s", c->dir, meta, strerror(errno));
-        goto done;
-    }
-    if ((rc = rename_in(dfd, tmp, hex, c->dir)))
-        goto done;
-    renamed = true;
-    rc = write_sidecar(dfd, fd, key, size, table, hex, c->dir);
-done:
-    if (rc)
-        unlinkat(dfd, renamed ? hex : tmp, 0);
-    else if (!renamed)
-        unlinkat(dfd, tmp, 0); /* (stored already) */
-    close(fd);
-    close(dfd);
-    free(table);
+    *out = w;
+    return 0;
+}
+
+static void note_hash(fz_cache_file_writer *w, uint64_t b, const void *buf, uint64_t len)
+{
+    uint64_t h = XXH3_64bits(buf, (size_t)len);
+    for (int i = 0; i < 8; i++)
+        w->table[8 * b + i] = (uint8_t)(h >> (8 * i));
+    atomic_store_explicit(&w->hashed[b], true, memory_order_release);
+}
+
+/* Block b's length. */
+static uint64_t block_len(const fz_cache_file_writer *w, uint64_t b)
+{
+    uint64_t off = b * FZ_CACHE_FILE_BLOCK;
+    return w->size - off < FZ_CACHE_FILE_BLOCK ? w->size - off : FZ_CACHE_FILE_BLOCK;
+}
+
+int fz_cache_file_put(fz_cache_file_writer *w, uint64_t off, const void *buf, uint64_t len)
+{
+    if (off > w->size || len > w->size - off)
+        return fz_error_set(FZ_EINVAL,
+                            "internal error: cache %s: [%" PRIu64 ", +%" PRIu64
+                            ") past the end of files/%s (%" PRIu64 " bytes)",
+                            w->c->dir, off, len, w->tmp, w->size);
+    int rc = write_at(w->fd, buf, (size_t)len, off, w->c->dir, w->tmp);
+    uint64_t b = off / FZ_CACHE_FILE_BLOCK;
+    if (rc == 0 && len && off % FZ_CACHE_FILE_BLOCK == 0 && len == block_len(w, b))
+        note_hash(w, b, buf, len);
     return rc;
+}
+
+int fz_cache_file_reopen(const fz_cache_file_writer *w)
+{
+    int fd = openat(w->dfd, w->tmp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return fz_error_set(FZ_EIO, "cache %s: opening files/%s: %s", w->c->dir, w->tmp,
+                            strerror(errno));
+    return fd;
+}
+
+/* The table entries put did not set, from the bytes written. */
+static int hash_rest(fz_cache_file_writer *w, const _Atomic bool *cancel)
+{
+    uint8_t *buf = NULL;
+    int rc = 0;
+    for (uint64_t b = 0; b < w->nblocks && rc == 0; b++) {
+        if (atomic_load_explicit(&w->hashed[b], memory_order_acquire))
+            continue;
+        uint64_t len = block_len(w, b);
+        if (cancel && atomic_load(cancel))
+            rc = fz_error_set(FZ_ECANCELED, "cache %s: storing files/%s: canceled", w->c->dir,
+                              w->tmp);
+        else if (!buf && !(buf = malloc(FZ_CACHE_FILE_BLOCK)))
+            rc = fz_error_set(FZ_ENOMEM, "out of memory");
+        else if ((rc = fz_pread_full(w->fd, buf, (size_t)len, b * FZ_CACHE_FILE_BLOCK, w->tmp)))
+            rc = fz_error_prefix(rc, "cache %s: reading back a file being stored", w->c->dir);
+        else
+            note_hash(w, b, buf, len);
+    }
+    free(buf);
+    return rc;
+}
+
+int fz_cache_file_commit(fz_cache_file_writer *w, const _Atomic bool *cancel)
+{
+    char meta[FZ_FILES_NAME];
+    snprintf(meta, sizeof meta, "%s.meta", w->hex);
+    bool renamed = false;
+    int rc = hash_rest(w, cancel);
+    if (rc == 0)
+        rc = sync_fd(w->fd, w->c->dir, w->tmp);
+    /* The old sidecar goes first: it must never name the new data file. */
+    if (rc == 0 && unlinkat(w->dfd, meta, 0) != 0 && errno != ENOENT)
+        rc = fz_error_set(FZ_EIO, "cache %s: removing files/%s: %s", w->c->dir, meta,
+                          strerror(errno));
+    if (rc == 0 && (rc = rename_in(w->dfd, w->tmp, w->hex, w->c->dir)) == 0) {
+        renamed = true;
+        rc = write_sidecar(w->dfd, w->fd, &w->key, w->size, w->table, w->hex, w->c->dir);
+    }
+    if (rc && renamed)
+        unlinkat(w->dfd, w->hex, 0);
+    writer_free(w, rc && !renamed);
+    return rc;
+}
+
+void fz_cache_file_abort(fz_cache_file_writer *w)
+{
+    if (w)
+        writer_free(w, true);
+}
+
+int fz_cache_file_store(fz_cache *c, const fz_cache_key *key, uint64_t size,
+                        fz_cache_file_read_fn read, void *arg, const _Atomic bool *cancel)
+{
+    fz_cache_file_writer *w;
+    int rc = fz_cache_file_begin(c, key, size, &w);
+    if (rc)
+        return rc == FZ_EEXIST ? 0 : rc;
+    uint8_t *buf = size ? malloc(size < FZ_CACHE_FILE_BLOCK ? size : FZ_CACHE_FILE_BLOCK) : NULL;
+    rc = size && !buf ? fz_error_set(FZ_ENOMEM, "out of memory") : 0;
+    for (uint64_t off = 0; !rc && off < size; off += FZ_CACHE_FILE_BLOCK) {
+        uint64_t n = block_len(w, off / FZ_CACHE_FILE_BLOCK);
+        if (cancel && atomic_load(cancel))
+            rc = fz_error_set(FZ_ECANCELED, "cache %s: storing files/%s: canceled", c->dir, w->tmp);
+        else if ((rc = read(arg, off, n, buf)) >
+                 0) /* (not an FZ_E* code: the contract says it is) */
+            rc = fz_error_set(FZ_EIO, "cache %s: storing files/%s: read failed", c->dir, w->tmp);
+        else if (rc == 0)
+            rc = fz_cache_file_put(w, off, buf, n);
+    }
+    free(buf);
+    if (rc) {
+        fz_cache_file_abort(w);
+        return rc;
+    }
+    return fz_cache_file_commit(w, cancel);
 }

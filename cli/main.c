@@ -145,6 +145,7 @@ static int cmd_mount(fz_cli *c)
                         .log_file = c->log_file,
                         .view_args = c->view_args,
                         .no_passthrough = c->no_passthrough,
+                        .compute_on_read = c->compute_on_read,
                         .use_cache = !c->no_cache,
                         .cache_dir = c->cache_dir,
                         .cache_size = c->cache_size};

@@ -45,6 +45,7 @@ enum {
     O_HUB,
     O_LAZY,
     O_NO_PASSTHROUGH,
+    O_COMPUTE_ON_READ,
 };
 
 /* The option table: every subcommand's options, with the help text. */
@@ -168,6 +169,11 @@ static const struct {
      NULL,
      "serve every read through the daemon, never by FUSE passthrough (also "
      "FZFS_NO_PASSTHROUGH=1)",
+     MT},
+    {{"compute-on-read", no_argument, 0, O_COMPUTE_ON_READ},
+     NULL,
+     "compute a cast or quantized weight file as it is read, not whole at its first open "
+     "(also FZFS_COMPUTE_ON_READ=1)",
      MT},
     {{"fill-cache", no_argument, 0, O_FILL_CACHE},
      NULL,
@@ -412,6 +418,9 @@ static int apply_option(fz_cli *c, size_t ci, int o, char *arg)
         break;
     case O_NO_PASSTHROUGH:
         c->no_passthrough = true;
+        break;
+    case O_COMPUTE_ON_READ:
+        c->compute_on_read = true;
         break;
     case O_FILL_CACHE:
         c->fill_cache = true;

@@ -37,6 +37,7 @@ typedef struct {
     char *view_args; /* mount: the view options as given, space-joined (owned), or NULL */
     bool lazy;       /* umount --lazy */
     bool no_passthrough;
+    bool compute_on_read;
     const char *log_file;
     /* cache (mount, materialize, cache) */
     const char *cache_dir;

@@ -2,6 +2,7 @@
 #include "fs/keep.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,13 @@
 /* A node's state (fz_fs_keep.state). */
 enum { KEEP_NO, KEEP_CANDIDATE, KEEP_KEYED };
 
+/* The thread's work: keep node (w NULL), or commit w, node's file computed
+ * at its open. */
+typedef struct {
+    uint32_t node;
+    fz_cache_file_writer *w;
+} keep_item;
+
 struct fz_fs_keep {
     fz_fs *fs;
     struct fz_cache *cache;
@@ -32,10 +40,17 @@ struct fz_fs_keep {
     fz_cache_key *keys;
     _Atomic uint64_t *served;
     atomic_bool *queued;
-    /* Nodes to keep, in order, under lock. */
+    /* Whether an open may compute the node whole (fz_keep_compute): cleared
+     * for good when that failed for a reason that would recur. */
+    atomic_bool *no_eager;
+    /* Per node: a descriptor of the file computed at its open, until the
+     * thread has committed it (opens meanwhile use it), or -1; under lock. */
+    int *fresh;
+    /* Work for the thread, in order, under lock: nodes to keep, and files
+     * computed at open to commit. */
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    uint32_t *q;
+    keep_item *q;
     size_t nq, capq, head;
     _Atomic bool stop;
     bool started;
@@ -87,6 +102,49 @@ static void keep_node(fz_fs_keep *k, uint32_t node)
     }
 }
 
+/* Queue work for the thread: 0, or FZ_ENOMEM (w is then the caller's). */
+static int enqueue(fz_fs_keep *k, uint32_t node, fz_cache_file_writer *w)
+{
+    pthread_mutex_lock(&k->lock);
+    if (k->head == k->nq)
+        k->head = k->nq = 0;
+    int rc = FZ_VEC_RESERVE(k->q, k->capq, k->nq + 1);
+    if (rc == 0) {
+        k->q[k->nq++] = (keep_item){node, w};
+        pthread_cond_signal(&k->cond);
+    }
+    pthread_mutex_unlock(&k->lock);
+    return rc;
+}
+
+/* Forget node's descriptor of the file computed at its open. */
+static void drop_fresh(fz_fs_keep *k, uint32_t node)
+{
+    pthread_mutex_lock(&k->lock);
+    if (k->fresh[node] >= 0)
+        close(k->fresh[node]);
+    k->fresh[node] = -1;
+    pthread_mutex_unlock(&k->lock);
+}
+
+/* Commit node's file, computed whole at its open (fz_keep_compute). */
+static void commit_node(fz_fs_keep *k, uint32_t node, fz_cache_file_writer *w)
+{
+    const fz_node *n = fz_view_node(k->fs->v, node);
+    int rc = fz_cache_file_commit(w, &k->stop);
+    drop_fresh(k, node); /* (committed: opens find it; else they compute again) */
+    if (rc == 0) {
+        atomic_fetch_add(&k->stored, 1);
+        fz_debug("kept %s/%s in the cache: a later mount reads it by the kernel too", k->fs->mnt,
+                 n->path);
+    } else if (rc == FZ_ECANCELED) {
+        fz_debug("keeping %s/%s: abandoned at unmount", k->fs->mnt, n->path);
+    } else {
+        fz_info("not keeping %s/%s in the cache for later mounts: %s", k->fs->mnt, n->path,
+                fz_error_msg());
+    }
+}
+
 static void *keep_main(void *arg)
 {
     fz_fs_keep *k = arg;
@@ -99,9 +157,12 @@ static void *keep_main(void *arg)
             pthread_cond_wait(&k->cond, &k->lock);
         if (atomic_load(&k->stop))
             break;
-        uint32_t node = k->q[k->head++];
+        keep_item it = k->q[k->head++];
         pthread_mutex_unlock(&k->lock);
-        keep_node(k, node);
+        if (it.w)
+            commit_node(k, it.node, it.w);
+        else
+            keep_node(k, it.node);
         pthread_mutex_lock(&k->lock);
     }
     pthread_mutex_unlock(&k->lock);
@@ -110,6 +171,13 @@ static void *keep_main(void *arg)
 
 static void keep_free(fz_fs_keep *k)
 {
+    for (size_t i = k->head; i < k->nq; i++)
+        fz_cache_file_abort(k->q[i].w); /* (computed at open, not committed: none left) */
+    free(k->no_eager);
+    for (uint32_t i = 0; k->fresh && i < k->fs->nnodes; i++)
+        if (k->fresh[i] >= 0)
+            close(k->fresh[i]);
+    free(k->fresh);
     free(k->state);
     free(k->keys);
     free(k->served);
@@ -142,7 +210,11 @@ fz_fs_keep *fz_keep_start(fz_fs *fs)
     k->keys = calloc(nn, sizeof *k->keys);
     k->served = calloc(nn, sizeof *k->served);
     k->queued = calloc(nn, sizeof *k->queued);
-    if (!k->state || !k->keys || !k->served || !k->queued) {
+    k->no_eager = calloc(nn, sizeof *k->no_eager);
+    k->fresh = malloc(nn * sizeof *k->fresh);
+    for (uint32_t i = 0; k->fresh && i < nn; i++)
+        k->fresh[i] = -1;
+    if (!k->state || !k->keys || !k->served || !k->queued || !k->no_eager || !k->fresh) {
         keep_free(k);
         return NULL;
     }
@@ -210,21 +282,20 @@ void fz_keep_served(fz_fs_keep *k, uint32_t node, uint64_t len)
     uint64_t done = atomic_fetch_add_explicit(&k->served[node], len, memory_order_relaxed) + len;
     if (done < size || atomic_exchange(&k->queued[node], true))
         return;
-    pthread_mutex_lock(&k->lock);
-    if (k->head == k->nq)
-        k->head = k->nq = 0;
-    if (FZ_VEC_RESERVE(k->q, k->capq, k->nq + 1) == 0) {
-        k->q[k->nq++] = node;
-        pthread_cond_signal(&k->cond);
-    }
-    pthread_mutex_unlock(&k->lock);
+    enqueue(k, node, NULL);
 }
 
 int fz_keep_open(fz_fs_keep *k, uint32_t node)
 {
     int fd;
-    if (!fz_keep_eligible(k, node) ||
-        fz_cache_file_open(k->cache, &k->keys[node], fz_view_node(k->fs->v, node)->size, &fd) != 0)
+    if (!fz_keep_eligible(k, node))
+        return -1;
+    pthread_mutex_lock(&k->lock);
+    fd = k->fresh[node] >= 0 ? fcntl(k->fresh[node], F_DUPFD_CLOEXEC, 0) : -1;
+    pthread_mutex_unlock(&k->lock);
+    if (fd >= 0)
+        return fd;
+    if (fz_cache_file_open(k->cache, &k->keys[node], fz_view_node(k->fs->v, node)->size, &fd) != 0)
         return -1;
     return fd;
 }
@@ -232,4 +303,102 @@ int fz_keep_open(fz_fs_keep *k, uint32_t node)
 uint64_t fz_keep_stored(const fz_fs_keep *k)
 {
     return k ? atomic_load(&k->stored) : 0;
+}
+
+bool fz_keep_eager(fz_fs_keep *k, uint32_t node)
+{
+    return fz_keep_eligible(k, node) && !k->fs->compute_on_read &&
+           !fz_view_node(k->fs->v, node)->zip && !atomic_load(&k->no_eager[node]);
+}
+
+/* A file being computed whole: its extents, shared by the tasks. */
+typedef struct {
+    fz_fs_keep *k;
+    uint32_t node;
+    fz_extent *ext;
+    fz_cache_file_writer *w;
+    pthread_mutex_t lock;
+    int rc; /* the first failure, under lock, with its message */
+    char msg[512];
+} eager_job;
+
+static void eager_task(void *arg, size_t i)
+{
+    eager_job *j = arg;
+    pthread_mutex_lock(&j->lock);
+    bool failed = j->rc != 0;
+    pthread_mutex_unlock(&j->lock);
+    if (failed)
+        return;
+    const fz_extent *e = &j->ext[i];
+    uint8_t *buf = malloc(e->len ? (size_t)e->len : 1);
+    int rc = !buf ? fz_error_set(FZ_ENOMEM, "out of memory")
+             : atomic_load(&j->k->stop)
+                 ? fz_error_set(FZ_ECANCELED, "the mount is being unmounted")
+                 : fz_view_read_uncached(j->k->fs->v, j->node, e->off, e->len, buf);
+    if (rc == 0)
+        rc = fz_cache_file_put(j->w, e->off, buf, e->len);
+    free(buf);
+    if (rc) {
+        pthread_mutex_lock(&j->lock);
+        if (j->rc == 0) {
+            j->rc = rc;
+            snprintf(j->msg, sizeof j->msg, "%s", fz_error_msg());
+        }
+        pthread_mutex_unlock(&j->lock);
+    }
+}
+
+int fz_keep_compute(fz_fs_keep *k, uint32_t node)
+{
+    fz_fs *fs = k->fs;
+    const fz_node *n = fz_view_node(fs->v, node);
+    eager_job j = {.k = k, .node = node};
+    size_t next = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int rc = fz_cache_file_begin(k->cache, &k->keys[node], n->size, &j.w);
+    if (rc == 0 && (rc = fz_view_node_extents(fs->v, node, FZ_VIEW_CHUNK, &j.ext, &next)))
+        fz_cache_file_abort(j.w);
+    if (rc) {
+        /* Stored meanwhile, or being stored by another process: the
+         * caller looks again, or serves it through the daemon. */
+        if (rc != FZ_EEXIST && rc != FZ_EBUSY) {
+            atomic_store(&k->no_eager[node], true);
+            fz_info("%s/%s is computed as it is read, not whole at its open: %s", fs->mnt, n->path,
+                    fz_error_msg());
+        }
+        return -1;
+    }
+    fz_info("computing %s/%s whole at its first open (%.1f MB), into the cache", fs->mnt, n->path,
+            (double)n->size / 1e6);
+    pthread_mutex_init(&j.lock, NULL);
+    fz_fs_run_tasks(fs, next, eager_task, &j);
+    pthread_mutex_destroy(&j.lock);
+    free(j.ext);
+    int fd = j.rc ? j.rc : fz_cache_file_reopen(j.w);
+    if (fd < 0) {
+        if (j.rc == 0)
+            snprintf(j.msg, sizeof j.msg, "%s", fz_error_msg());
+        fz_cache_file_abort(j.w);
+        if (fd != FZ_ECANCELED) {
+            atomic_store(&k->no_eager[node], true);
+            fz_warn("computing %s/%s whole failed: %s; it is computed as it is read", fs->mnt,
+                    n->path, j.msg);
+        }
+        return -1;
+    }
+    int keep_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    pthread_mutex_lock(&k->lock);
+    k->fresh[node] = keep_fd;
+    pthread_mutex_unlock(&k->lock);
+    if (enqueue(k, node, j.w) != 0) { /* (not kept for later mounts) */
+        fz_cache_file_abort(j.w);
+        drop_fresh(k, node);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    fz_info("computed %s/%s whole (%.1f MB in %.2f s): its reads are answered by the kernel",
+            fs->mnt, n->path, (double)n->size / 1e6, secs);
+    return fd;
 }

@@ -66,6 +66,23 @@ void fz_keep_served(fz_fs_keep *k, uint32_t node, uint64_t len);
  * there is none (or it failed its checks: then it is removed). */
 int fz_keep_open(fz_fs_keep *k, uint32_t node);
 
+/* Whether an open of node should compute it whole now (fz_keep_compute):
+ * it may be kept (fz_keep_eligible), it has no zip headers (a safetensors
+ * shard), the mount is not --compute-on-read, and computing it so has not failed in
+ * this mount for a reason that would recur (no room in the cache). */
+bool fz_keep_eager(fz_fs_keep *k, uint32_t node);
+
+/* Compute node whole into a new file in the cache, now, on the compute pool
+ * (the calling thread takes part), storing nothing in LMDB (chunks it holds
+ * are used): an O_RDONLY fd of that file (the caller closes it), all of
+ * whose bytes are written, or -1 (logged why) when it was not computed so:
+ * stored meanwhile (look again), being stored by another process, no room,
+ * a source changed or failed, unmount. The file is committed for later
+ * mounts (checksummed, fsync'ed, renamed, described) afterwards, by the
+ * keeping thread. The caller makes sure no other open of node is served
+ * through the daemon meanwhile (fs/ops.c). */
+int fz_keep_compute(fz_fs_keep *k, uint32_t node);
+
 /* Files this mount kept, and opens answered from kept files (status). */
 uint64_t fz_keep_stored(const fz_fs_keep *k);
 

@@ -571,7 +571,10 @@ int fz_mount_serve(fz_view *v, const char *mnt_in, const fz_mount_opts *o_in)
         snprintf(fs->pt_why, sizeof fs->pt_why, "forced off by %s",
                  o->no_passthrough ? "--no-passthrough" : "FZFS_NO_PASSTHROUGH");
     }
+    const char *on_read = getenv("FZFS_COMPUTE_ON_READ");
+    fs->compute_on_read = o->compute_on_read || (on_read && *on_read && strcmp(on_read, "0") != 0);
     pthread_mutex_init(&fs->pt_lock, NULL);
+    pthread_cond_init(&fs->pt_cond, NULL);
     fs->backing = calloc(fs->nnodes ? fs->nnodes : 1, sizeof *fs->backing);
     char *base = base_opts(o->src ? o->src : "");
     char *fuse_all = NULL;
@@ -648,6 +651,7 @@ done:
     free(fs->ahead);
     free(fs->backing);
     pthread_mutex_destroy(&fs->pt_lock);
+    pthread_cond_destroy(&fs->pt_cond);
     free(fs);
     free(fuse_all);
     return rc;

@@ -26,6 +26,8 @@ typedef struct {
                             * mount under $XDG_STATE_HOME/fzfs (mnt-<escaped MNT>.log) */
     const char *view_args; /* the view options as given (for fzfs status), or NULL */
     bool no_passthrough;   /* never use FUSE passthrough (also: FZFS_NO_PASSTHROUGH=1) */
+    bool compute_on_read;  /* never compute a file whole at its open (fs/keep.h; also:
+                            * FZFS_COMPUTE_ON_READ=1) */
     /* Cache (borrowed strings). The cache is opened in the serving process
      * (after the fork: an LMDB environment must not cross fork()). */
     bool use_cache;

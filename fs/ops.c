@@ -197,12 +197,14 @@ static bool passthrough_register(fz_fs *fs, fuse_req_t req, uint32_t idx, int fd
     return false;
 }
 
-/* Open node idx in passthrough mode when it is a whole source file, or a
- * computed file kept whole in the cache (fs/keep.h) while no open of it
- * goes through the daemon, and passthrough is on (or the node still has a
- * backing): fills fi and counts the open on the node. False: serve it
- * through the daemon (an open of a file that could be kept is counted in
- * ncached until its release). */
+/* Open node idx in passthrough mode when passthrough is on (or the node
+ * still has a backing) and the node is a whole source file, or a computed
+ * file kept whole in the cache (fs/keep.h) while no open of it goes
+ * through the daemon: found kept, or computed whole now (the first open of
+ * a safetensors shard waits for that; concurrent opens of the node wait
+ * for it to end). Fills fi and counts the open on the node. False: serve
+ * it through the daemon (an open of a file that could be kept is counted
+ * in ncached until its release). */
 static bool passthrough_attach(fz_fs *fs, fuse_req_t req, uint32_t idx, struct fuse_file_info *fi)
 {
     int fd = -1;
@@ -215,14 +217,37 @@ static bool passthrough_attach(fz_fs *fs, fuse_req_t req, uint32_t idx, struct f
         return false;
     fz_fs_backing *b = &fs->backing[idx];
     pthread_mutex_lock(&fs->pt_lock);
-    if (b->id <= 0 && atomic_load(&fs->passthrough)) {
+    while (b->id <= 0 && atomic_load(&fs->passthrough)) {
         if (whole) {
             passthrough_register(fs, req, idx, fd, src);
-        } else if (b->ncached == 0 && (fd = fz_keep_open(fs->keep, idx)) >= 0) {
-            /* The kernel holds the file from here on: the fd is not kept. */
-            passthrough_register(fs, req, idx, fd, "its copy kept in the cache");
-            close(fd);
+            break;
         }
+        if (b->computing) {
+            pthread_cond_wait(&fs->pt_cond, &fs->pt_lock);
+            continue;
+        }
+        if (b->ncached > 0)
+            break;
+        bool computed = false;
+        if ((fd = fz_keep_open(fs->keep, idx)) < 0 && fz_keep_eager(fs->keep, idx)) {
+            /* Not under the lock: other nodes' opens go on meanwhile. */
+            b->computing = true;
+            pthread_mutex_unlock(&fs->pt_lock);
+            fd = fz_keep_compute(fs->keep, idx);
+            pthread_mutex_lock(&fs->pt_lock);
+            b->computing = false;
+            pthread_cond_broadcast(&fs->pt_cond);
+            computed = fd >= 0;
+            if (fd < 0) /* (stored meanwhile by another process?) */
+                fd = fz_keep_open(fs->keep, idx);
+        }
+        if (fd >= 0 && atomic_load(&fs->passthrough))
+            passthrough_register(fs, req, idx, fd,
+                                 computed ? "the copy just computed into the cache"
+                                          : "its copy kept in the cache");
+        if (fd >= 0)
+            close(fd); /* the kernel holds the file from here on */
+        break;
     }
     bool ok = b->id > 0;
     if (ok) {
@@ -648,9 +673,7 @@ static void group_work(fz_fs_group *g)
 
 static bool pool_push(fz_fs_pool *p, fz_fs_job *j);
 
-/* fz_view_runner_fn over the pool: at most one helper per other core, as
- * read jobs (a read is waiting for these tasks). */
-static void pool_run_tasks(void *ctx, size_t n, fz_view_task_fn task, void *arg)
+void fz_fs_run_tasks(void *ctx, size_t n, fz_view_task_fn task, void *arg)
 {
     fz_fs *fs = ctx;
     fz_fs_group *g = calloc(1, sizeof *g);
@@ -690,7 +713,7 @@ static void pool_run_tasks(void *ctx, size_t n, fz_view_task_fn task, void *arg)
 
 void fz_fs_use_pool_for_tasks(fz_fs *fs)
 {
-    fz_view_set_runner(fs->v, pool_run_tasks, fs);
+    fz_view_set_runner(fs->v, fz_fs_run_tasks, fs);
 }
 
 static void *pool_main(void *arg)

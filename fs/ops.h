@@ -77,6 +77,7 @@ typedef struct {
     int32_t id;
     uint32_t nopen;
     uint32_t ncached;
+    bool computing; /* an open is computing the node whole (fz_keep_compute) */
 } fz_fs_backing;
 
 typedef struct {
@@ -89,7 +90,9 @@ typedef struct {
     atomic_bool passthrough;
     char pt_why[256];
     pthread_mutex_t pt_lock;
+    pthread_cond_t pt_cond; /* a node's computing ended */
     fz_fs_backing *backing;
+    bool compute_on_read;        /* computed files are computed as read, never whole at open */
     _Atomic uint64_t pt_opens;   /* opens answered with passthrough (status) */
     _Atomic uint64_t kept_opens; /* of which from a computed file kept whole */
     fz_fs_keep *keep;            /* fs/keep.h, or NULL */
@@ -125,5 +128,9 @@ void fz_fs_pool_stop(fz_fs *fs);
 /* Let the view run its tasks (a central directory's CRCs) on the pool
  * (fz_view_set_runner); after fz_fs_pool_start, before serving. */
 void fz_fs_use_pool_for_tasks(fz_fs *fs);
+/* That runner (a fz_view_runner_fn; ctx is the fz_fs): the n tasks run on
+ * the calling thread and at most one helper per other core of the pool,
+ * queued as reads are (a reader waits for them); returns when all have. */
+void fz_fs_run_tasks(void *ctx, size_t n, fz_view_task_fn task, void *arg);
 
 #endif

@@ -34,8 +34,15 @@
  * fixes a kernel never serves an older release's bytes. */
 #define FZ_VIEW_CACHE_FORMAT "fzfs-cache-1 chunk=4MiB fzfs=" FZ_VERSION "\n"
 
+/* How a read stores the values it computes in the cache (store_mode). */
+typedef enum {
+    READ_STORE,      /* as the cache says, never waiting for its writer */
+    READ_STORE_WAIT, /* waiting for room in the writer's queue (all_crcs) */
+    READ_NO_STORE,   /* never: the caller keeps the bytes (fz_view_read_uncached) */
+} read_store;
+
 static int read_range(fz_view *v, uint32_t node, uint64_t off, uint64_t len, uint8_t *buf,
-                      bool keep);
+                      read_store keep);
 
 /* ---- cache keys ---- */
 
@@ -548,16 +555,17 @@ static void chunk_at(const fz_view *v, uint32_t ri, uint64_t off, fz_cache_key *
     *len = nbytes - *start < FZ_VIEW_CHUNK ? nbytes - *start : FZ_VIEW_CHUNK;
 }
 
-/* How a fetch stores what it computes; keep: waiting for the writer, not
- * dropped (see all_crcs). */
-static int store_mode(const fz_view *v, bool keep)
+/* How a fetch stores what it computes. */
+static int store_mode(const fz_view *v, read_store keep)
 {
-    return !v->cache_store ? FZ_CACHE_NO_STORE : keep ? FZ_CACHE_STORE_WAIT : FZ_CACHE_STORE;
+    if (!v->cache_store || keep == READ_NO_STORE)
+        return FZ_CACHE_NO_STORE;
+    return keep == READ_STORE_WAIT ? FZ_CACHE_STORE_WAIT : FZ_CACHE_STORE;
 }
 
 /* Bytes [off, off+len) of recipe ri's output; keep as store_mode's. */
 static int read_computed(fz_view *v, uint32_t ri, uint64_t off, uint64_t len, uint8_t *out,
-                         bool keep)
+                         read_store keep)
 {
     if (!cached_recipe(v, ri))
         return fz_recipe_produce(&v->recipes[ri], off, len, out);
@@ -621,7 +629,7 @@ int fz_view_prefetch(fz_view *v, uint32_t node, uint64_t off, uint64_t len)
 /* The CRC-32 of record `rec` of zip `zi`, computed by reading its bytes
  * through the view (so computed tensors may come from the cache); keep as
  * read_computed's. */
-static int compute_record_crc(fz_view *v, uint32_t zi, size_t rec, bool keep, uint32_t *out)
+static int compute_record_crc(fz_view *v, uint32_t zi, size_t rec, read_store keep, uint32_t *out)
 {
     fz_zipview *z = &v->zips[zi];
     const fz_zipw_rec *r = &z->L.rec[rec];
@@ -648,7 +656,7 @@ typedef struct {
     fz_view *v;
     uint32_t zi;
     size_t rec;
-    bool keep;
+    read_store keep;
 } fz_crc_fill;
 
 static int fill_crc(void *arg, uint8_t *out, uint64_t len)
@@ -665,7 +673,7 @@ static int fill_crc(void *arg, uint8_t *out, uint64_t len)
     return rc;
 }
 
-static int record_crc(fz_view *v, uint32_t zi, size_t rec, bool keep, uint32_t *out)
+static int record_crc(fz_view *v, uint32_t zi, size_t rec, read_store keep, uint32_t *out)
 {
     fz_zipview *z = &v->zips[zi];
     pthread_mutex_lock(&v->crc_lock);
@@ -751,7 +759,7 @@ static void crc_task(void *arg, size_t i)
     pthread_mutex_unlock(&t->lock);
     if (failed)
         return;
-    int rc = record_crc(t->v, t->zi, i, true, &t->crcs[i]);
+    int rc = record_crc(t->v, t->zi, i, READ_STORE_WAIT, &t->crcs[i]);
     pthread_mutex_lock(&t->lock);
     if (rc && !t->rc) {
         t->rc = rc;
@@ -777,7 +785,7 @@ static int all_crcs(fz_view *v, uint32_t zi, uint32_t *crcs)
     size_t n = v->zips[zi].L.n;
     if (!v->runner || n < 2) {
         for (size_t i = 0; i < n; i++) {
-            int rc = record_crc(v, zi, i, true, &crcs[i]);
+            int rc = record_crc(v, zi, i, READ_STORE_WAIT, &crcs[i]);
             if (rc)
                 return rc;
         }
@@ -801,7 +809,7 @@ static int read_deferred(fz_view *v, const fz_seg *s, uint64_t off, uint64_t len
         return fz_error_set(FZ_ENOMEM, "out of memory");
     if (s->u.def.rec >= 0) {
         uint32_t crc;
-        rc = record_crc(v, s->u.def.zip, (size_t)s->u.def.rec, false, &crc);
+        rc = record_crc(v, s->u.def.zip, (size_t)s->u.def.rec, READ_STORE, &crc);
         if (rc == 0)
             fz_zipw_local_header(&z->L, (size_t)s->u.def.rec, crc, tmp);
     } else {
@@ -821,7 +829,7 @@ static int read_deferred(fz_view *v, const fz_seg *s, uint64_t off, uint64_t len
 }
 
 static int read_range(fz_view *v, uint32_t node, uint64_t off, uint64_t len, uint8_t *buf,
-                      bool keep)
+                      read_store keep)
 {
     const fz_node *n = &v->nodes[node];
     for (uint32_t i = first_seg(n, off); i < n->nsegs && len > 0; i++) {
@@ -853,7 +861,9 @@ static int read_range(fz_view *v, uint32_t node, uint64_t off, uint64_t len, uin
     return 0;
 }
 
-int fz_view_read(fz_view *v, uint32_t node, uint64_t off, uint64_t len, void *buf)
+/* fz_view_read and fz_view_read_uncached. */
+static int read_checked(fz_view *v, uint32_t node, uint64_t off, uint64_t len, void *buf,
+                        read_store keep)
 {
     if (node >= v->nnodes || v->nodes[node].kind != FZ_NODE_FILE)
         return fz_error_set(FZ_EINVAL, "node %u is not a file", node);
@@ -866,8 +876,18 @@ int fz_view_read(fz_view *v, uint32_t node, uint64_t off, uint64_t len, void *bu
      * (a change during the read is not served). */
     int rc = fz_view_check_node(v, node);
     if (rc == 0)
-        rc = read_range(v, node, off, len, buf, false);
+        rc = read_range(v, node, off, len, buf, keep);
     if (rc == 0)
         rc = fz_view_check_node(v, node);
     return rc;
+}
+
+int fz_view_read(fz_view *v, uint32_t node, uint64_t off, uint64_t len, void *buf)
+{
+    return read_checked(v, node, off, len, buf, READ_STORE);
+}
+
+int fz_view_read_uncached(fz_view *v, uint32_t node, uint64_t off, uint64_t len, void *buf)
+{
+    return read_checked(v, node, off, len, buf, READ_NO_STORE);
 }

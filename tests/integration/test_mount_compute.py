@@ -2,7 +2,8 @@
 cache that never holds a reader up, and the same bytes as `fzfs materialize` throughout
 (issue 9, items 1, 2, 6).
 
-A ~120 MB fp32 run is cast to bfloat16: its larger tensors span several 4 MiB chunks.
+These mounts pass --compute-on-read (safetensors shards are otherwise computed whole at
+their first open: test_mount_keep.py). A ~120 MB fp32 run is cast to bfloat16: its larger tensors span several 4 MiB chunks.
 Sequential readers (read(2) of several sizes, and an mmap walked in order), a random
 reader and several of them at once must all see materialize's bytes, on a cold and on a
 warm cache; the daemon's closing log line says how many chunks it computed ahead of
@@ -23,6 +24,11 @@ import pytest
 from conftest import builds
 from test_mount import (BF16_ST, MAKE_RUNS, _fuse_available, child, diff_trees,  # noqa: F401
                         materialize, mounter)
+
+
+# The read path itself: with passthrough on, a cast safetensors shard would otherwise be
+# computed whole at its first open and read by the kernel (test_mount_keep.py).
+ON_READ = ["--compute-on-read"]
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +153,7 @@ def test_computed_ahead_same_bytes_cold_and_warm(kinds, run120, ref120, mounter,
     cache = str(tmp_path / "cache")
     for phase in ("cold", "warm"):
         mnt = str(tmp_path / f"mnt-{phase}")
-        mounter.mount(run120, mnt, *BF16_ST, "--workers", "2", cache=cache)
+        mounter.mount(run120, mnt, *BF16_ST, *ON_READ, "--workers", "2", cache=cache)
         read_and_compare(mnt, ref120, kinds)
         mounter.umount(mnt)
         fills, ahead, _ = closing_counts(mnt)
@@ -166,7 +172,7 @@ def test_computed_ahead_same_bytes_cold_and_warm(kinds, run120, ref120, mounter,
 
 def test_random_reads_alone_compute_nothing_ahead(run120, ref120, mounter, tmp_path):
     mnt = str(tmp_path / "mnt")
-    mounter.mount(run120, mnt, *BF16_ST, cache=str(tmp_path / "cache"))
+    mounter.mount(run120, mnt, *BF16_ST, *ON_READ, cache=str(tmp_path / "cache"))
     read_and_compare(mnt, ref120, ["random"], seed=7)
     mounter.umount(mnt)
     fills, ahead, _ = closing_counts(mnt)
@@ -177,7 +183,7 @@ def test_random_reads_alone_compute_nothing_ahead(run120, ref120, mounter, tmp_p
 def test_full_map_and_cache_clear_while_reading(run120, ref120, fzfs, mounter, tmp_path):
     """An 8 MiB map for ~60 MB of computed chunks; `fzfs cache clear` throughout."""
     cache, mnt = str(tmp_path / "cache"), str(tmp_path / "mnt")
-    mounter.mount(run120, mnt, *BF16_ST, "--cache-size", "8M", cache=cache)
+    mounter.mount(run120, mnt, *BF16_ST, *ON_READ, "--cache-size", "8M", cache=cache)
     rels = weight_files(ref120)
     p = subprocess.Popen([sys.executable, "-c", READERS, mnt, ref120, ",".join(rels),
                           "seq1m,seq128k,mmap,random", "3"], stdout=subprocess.PIPE,

@@ -1,7 +1,10 @@
-"""Computed files kept whole: once a mount has answered every byte of a computed file (a
-bf16 cast of a ~120 MB fp32 run), the daemon writes the whole file into the cache
-directory, and later opens - in that mount, or a fresh one with the same cache - are read
-by the kernel from it (FUSE passthrough), with materialize's bytes (issue 9, item 4).
+"""Computed files kept whole (a bf16 cast of a ~120 MB fp32 run) in the cache directory,
+so that opens - in that mount, or a fresh one with the same cache - are read by the kernel
+from it (FUSE passthrough), with materialize's bytes (issue 9, item 4). A safetensors
+shard is computed whole at its first open, on the compute pool, straight into the cache
+directory (nothing of it in LMDB), and that first open already reads it by the kernel;
+with --compute-on-read (ON_READ) it is computed as read, and kept once the mount has
+answered every byte of it.
 
 Each test reads `fzfs status` and the daemon's log to see which path served the bytes,
 so a mount that silently never keeps, or keeps and never uses, fails. A kept file that
@@ -23,7 +26,7 @@ import pytest
 from conftest import builds
 from test_mount import BF16_ST, _fuse_available, child, diff_trees, mounter  # noqa: F401
 from test_mount_compute import fzfs_module, read_and_compare, ref120, run120  # noqa: F401
-from test_mount_compute import weight_files
+from test_mount_compute import ON_READ, weight_files
 from test_mount_trust import fz  # noqa: F401
 from test_passthrough import poll, status_entry
 
@@ -39,6 +42,21 @@ def wait_kept(mnt, rels, timeout=120):
                 if re.search(r"INFO: kept \S*" + re.escape(r) + r" whole in the cache", log_of(mnt))}
     poll(kept, lambda k: k == set(rels),
          lambda k: f"kept only {sorted(k)} of {rels}:\n{log_of(mnt)[-3000:]}", timeout, 0.2)
+
+
+def wait_stored(cache, n, timeout=120):
+    """n files kept in the cache (each with its sidecar) and no temporary left: a file
+    computed at its open is committed in the background."""
+    def names():
+        return kept_files(cache)
+    poll(names, lambda k: len([x for x in k if x.endswith(".meta")]) == n
+         and not any(x.endswith(".tmp") for x in k),
+         lambda k: f"wanted {n} kept files, have {k}", timeout, 0.2)
+
+
+def computed_at_open(mnt):
+    """The files the mount computed whole at their first open (from its log)."""
+    return re.findall(r"INFO: computed \S+?/(checkpoints/\S+) whole \(", log_of(mnt))
 
 
 def kept_files(cache):
@@ -74,7 +92,7 @@ def test_read_once_then_read_by_the_kernel(run120, ref120, fz, mounter, tmp_path
     rels = weight_files(ref120)
     cache = str(tmp_path / "cache")
     mnt = str(tmp_path / "mnt")
-    mounter.mount(run120, mnt, *BF16_ST, cache=cache)
+    mounter.mount(run120, mnt, *BF16_ST, *ON_READ, cache=cache)
     if "FUSE passthrough on" not in log_of(mnt):
         pytest.fail("passthrough is off on this machine: " + log_of(mnt)[-2000:])
     n, _ = read_through(fz, mnt, ref120, rels)
@@ -119,11 +137,16 @@ def test_read_once_then_read_by_the_kernel(run120, ref120, fz, mounter, tmp_path
     assert data_files(cache) == [], kept_files(cache)
 
 
-def keep_once(fz, mounter, run, ref, cache, mnt):
+def keep_once(fz, mounter, run, ref, cache, mnt, mode="read"):
+    """Keep every weight file: read in full under ON_READ, or computed at open."""
     rels = weight_files(ref)
-    mounter.mount(run, mnt, *BF16_ST, cache=cache)
+    mounter.mount(run, mnt, *BF16_ST, *(ON_READ if mode == "read" else []), cache=cache)
     read_and_compare(mnt, ref, ["seq1m"])
-    wait_kept(mnt, rels)
+    if mode == "read":
+        wait_kept(mnt, rels)
+    else:
+        assert sorted(computed_at_open(mnt)) == rels, log_of(mnt)[-3000:]
+        wait_stored(cache, len(rels))
     mounter.umount(mnt)
     files = data_files(cache)
     assert len(files) == len(rels), kept_files(cache)
@@ -141,7 +164,7 @@ def test_changed_kept_file_is_not_used(run120, ref120, fzfs, mounter, tmp_path):
         f.seek(-1, 1)
         f.write(bytes([b[0] ^ 0xFF]))
     mnt = str(tmp_path / "m2")
-    mounter.mount(run120, mnt, *BF16_ST, cache=cache)
+    mounter.mount(run120, mnt, *BF16_ST, *ON_READ, cache=cache)
     read_and_compare(mnt, ref120, ["seq1m", "mmap"])
     e = fresh_status(fzfs, mnt, lambda e: e["reads"] > 0, "reads through the daemon")
     assert e["bytes_served"] > 0, e
@@ -158,6 +181,13 @@ def test_changed_kept_file_is_not_used(run120, ref120, fzfs, mounter, tmp_path):
         assert a.read() == b.read()
 
 
+def touch_weights(src):
+    for d, _, names in os.walk(os.path.join(src, "checkpoints")):
+        for n in names:
+            if n.endswith((".bin", ".safetensors")):
+                os.utime(os.path.join(d, n))  # same bytes, another mtime
+
+
 def test_source_changed_finds_nothing_kept(run120, ref120, fzfs, mounter, tmp_path):
     """The key names the sources' identity: a source touched since keeping finds no kept
     file (its bytes are computed from the source as it is now)."""
@@ -165,15 +195,21 @@ def test_source_changed_finds_nothing_kept(run120, ref120, fzfs, mounter, tmp_pa
     subprocess.run(["cp", "-a", run120, src], check=True)
     cache = str(tmp_path / "cache")
     rels, _ = keep_once(fzfs, mounter, src, ref120, cache, str(tmp_path / "m1"))
-    for d, _, names in os.walk(os.path.join(src, "checkpoints")):
-        for n in names:
-            if n.endswith((".bin", ".safetensors")):
-                os.utime(os.path.join(d, n))  # same bytes, another mtime
+    touch_weights(src)
     mnt = str(tmp_path / "m2")
-    mounter.mount(src, mnt, *BF16_ST, cache=cache)
+    mounter.mount(src, mnt, *BF16_ST, *ON_READ, cache=cache)
     read_and_compare(mnt, ref120, ["seq1m"])
     e = fresh_status(fzfs, mnt, lambda e: e["reads"] > 0, "reads through the daemon")
     assert e["passthrough"]["kept_opens"] == 0 and e["bytes_served"] > 0, e
+    mounter.umount(mnt)
+    # Computed at open: the same, the file is computed again (not found kept).
+    cache3 = str(tmp_path / "cache3")
+    keep_once(fzfs, mounter, src, ref120, cache3, str(tmp_path / "m3"), mode="open")
+    touch_weights(src)
+    mnt = str(tmp_path / "m4")
+    mounter.mount(src, mnt, *BF16_ST, cache=cache3)
+    read_and_compare(mnt, ref120, ["seq1m"])
+    assert sorted(computed_at_open(mnt)) == rels, log_of(mnt)[-3000:]
     mounter.umount(mnt)
 
 
@@ -203,7 +239,7 @@ def test_open_through_the_daemon_holds_off_the_kept_copy(run120, ref120, fzfs, m
     with open(os.path.join(ref120, rel), "rb") as f:
         want = __import__("hashlib").sha256(f.read()).hexdigest()
     cache, mnt = str(tmp_path / "cache"), str(tmp_path / "mnt")
-    mounter.mount(run120, mnt, *BF16_ST, cache=cache)
+    mounter.mount(run120, mnt, *BF16_ST, *ON_READ, cache=cache)
     p = subprocess.Popen([sys.executable, "-c", __import__("textwrap").dedent(HOLD_THEN_READ),
                           os.path.join(mnt, rel)], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -224,12 +260,14 @@ def test_open_through_the_daemon_holds_off_the_kept_copy(run120, ref120, fzfs, m
     mounter.umount(mnt)
 
 
-def test_unmount_while_keeping_leaves_no_temporary(run120, ref120, fzfs, mounter, tmp_path):
-    """An unmount right after the read that starts keeping: the daemon stops writing,
-    and the cache holds either the whole kept file or nothing of it."""
-    rels = weight_files(ref120)
+@pytest.mark.parametrize("mode", ["read", "open"])
+def test_unmount_while_keeping_leaves_no_temporary(mode, run120, ref120, fzfs, mounter,
+                                                   tmp_path):
+    """An unmount right after the read that starts keeping (or, computed at open, while
+    the file is being committed): the daemon stops writing, and the cache holds either the
+    whole kept file or nothing of it."""
     cache, mnt = str(tmp_path / "cache"), str(tmp_path / "mnt")
-    mounter.mount(run120, mnt, *BF16_ST, cache=cache)
+    mounter.mount(run120, mnt, *BF16_ST, *(ON_READ if mode == "read" else []), cache=cache)
     read_and_compare(mnt, ref120, ["seq1m"])
     mounter.umount(mnt)
     names = kept_files(cache)
@@ -244,4 +282,117 @@ def test_nothing_kept_without_passthrough(run120, ref120, fzfs, mounter, tmp_pat
     read_and_compare(mnt, ref120, ["seq1m"])
     mounter.umount(mnt)
     assert data_files(cache) == [], kept_files(cache)
-    assert not re.search(r"INFO: kept ", log_of(mnt)), log_of(mnt)[-3000:]
+    assert not re.search(r"INFO: kept |whole at its first open", log_of(mnt)), log_of(mnt)[-3000:]
+
+
+@pytest.mark.parametrize("fz", builds("tsan"), indirect=True)
+def test_computed_whole_at_first_open(run120, ref120, fz, mounter, tmp_path):
+    """The default: the first open of a cast safetensors shard computes it whole into the
+    cache directory and is itself read by the kernel - the daemon answers no read, LMDB
+    holds nothing - and a fresh mount with the same cache finds it kept."""
+    rels = weight_files(ref120)
+    size = sum(os.path.getsize(os.path.join(ref120, r)) for r in rels)
+    cache, mnt = str(tmp_path / "cache"), str(tmp_path / "mnt")
+    mounter.mount(run120, mnt, *BF16_ST, cache=cache)
+    if "FUSE passthrough on" not in log_of(mnt):
+        pytest.fail("passthrough is off on this machine: " + log_of(mnt)[-2000:])
+    n, e = read_through(fz, mnt, ref120, rels)
+    assert n == 0, e
+    assert e["passthrough"]["kept_opens"] >= 2 * len(rels), e
+    assert sorted(computed_at_open(mnt)) == rels, log_of(mnt)[-3000:]  # once each
+    wait_stored(cache, len(rels))
+    s = json.loads(fz.run("cache", "stats", "--cache-dir", cache, "--json").stdout)
+    assert s["files"] == len(rels) and s["file_bytes"] == size, s
+    assert s["entries"] == 0, s  # stored once: nothing of it in LMDB
+    mounter.umount(mnt)
+    mnt2 = str(tmp_path / "mnt2")
+    mounter.mount(run120, mnt2, *BF16_ST, cache=cache)
+    n, e = read_through(fz, mnt2, ref120, rels)
+    assert n == 0 and e["passthrough"]["kept_opens"] >= 2 * len(rels), e
+    assert computed_at_open(mnt2) == [], log_of(mnt2)[-3000:]
+    diff_trees(mnt2, ref120)
+    mounter.umount(mnt2)
+    v = fz.run("cache", "verify", "--cache-dir", cache)
+    assert v.returncode == 0 and re.search(r"^bad: 0$", v.stdout, re.M), (v.stdout, v.stderr)
+    for f in data_files(cache):
+        with open(f, "rb") as a, open(os.path.join(ref120, rels[0]), "rb") as b:
+            assert a.read() == b.read()
+
+
+# Open one file from many threads at once (the first opens of a fresh mount): each
+# thread reads it in full; print the digests.
+MANY_OPENS = """
+    import hashlib, json, sys, threading
+    path, n = sys.argv[1], int(sys.argv[2])
+    out = [None] * n
+    go = threading.Barrier(n)
+    def one(i):
+        go.wait()
+        with open(path, "rb") as f:
+            out[i] = hashlib.sha256(f.read()).hexdigest()
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    print(json.dumps(out))
+"""
+
+
+def test_concurrent_first_opens_compute_once(run120, ref120, fzfs, mounter, tmp_path):
+    """Opens racing the first one wait for its computation and share its result: one
+    computation, every open read by the kernel, materialize's bytes."""
+    rel = weight_files(ref120)[0]
+    with open(os.path.join(ref120, rel), "rb") as f:
+        want = __import__("hashlib").sha256(f.read()).hexdigest()
+    cache, mnt = str(tmp_path / "cache"), str(tmp_path / "mnt")
+    mounter.mount(run120, mnt, *BF16_ST, cache=cache)
+    r = child(MANY_OPENS, os.path.join(mnt, rel), "8", timeout=300)
+    assert r == [want] * 8, r
+    assert computed_at_open(mnt) == [rel], log_of(mnt)[-3000:]
+    e = fresh_status(fzfs, mnt, lambda e: e["passthrough"]["kept_opens"] >= 8, "8 kept opens")
+    assert e["bytes_served"] == 0, e
+    mounter.umount(mnt)
+
+
+def test_too_large_for_the_cache_is_computed_as_read(run120, ref120, fzfs, mounter, tmp_path):
+    """A file larger than half the cache's map is never kept: its first open says so in
+    the log and it is served through the daemon, with the same bytes."""
+    rels = weight_files(ref120)
+    size = os.path.getsize(os.path.join(ref120, rels[0]))
+    cache, mnt = str(tmp_path / "cache"), str(tmp_path / "mnt")
+    mounter.mount(run120, mnt, *BF16_ST, "--cache-size", f"{size // 2 // (1 << 20)}M",
+                  cache=cache)
+    read_and_compare(mnt, ref120, ["seq1m", "mmap"])
+    e = fresh_status(fzfs, mnt, lambda e: e["reads"] > 0, "reads through the daemon")
+    assert e["bytes_served"] >= size and e["passthrough"]["kept_opens"] == 0, e
+    log = log_of(mnt)
+    assert re.search(r"INFO: \S+ is computed as it is read, not whole at its open: .*larger than "
+                     r"half the cache's map size", log), log[-3000:]
+    assert computed_at_open(mnt) == [], log[-3000:]
+    mounter.umount(mnt)
+    assert data_files(cache) == [], kept_files(cache)
+
+
+def test_changed_kept_file_is_computed_again_at_open(run120, ref120, fzfs, mounter, tmp_path):
+    """A kept file written to after it was kept is refused with a warning and computed
+    whole again at the next open: the same bytes as materialize, kept anew."""
+    cache = str(tmp_path / "cache")
+    rels, files = keep_once(fzfs, mounter, run120, ref120, cache, str(tmp_path / "m1"),
+                            mode="open")
+    with open(files[0], "r+b") as f:
+        f.seek(os.path.getsize(files[0]) // 2)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0xFF]))
+    mnt = str(tmp_path / "m2")
+    mounter.mount(run120, mnt, *BF16_ST, cache=cache)
+    read_and_compare(mnt, ref120, ["seq1m", "mmap"])
+    log = log_of(mnt)
+    assert re.search(r"WARNING: .*" + re.escape(os.path.basename(files[0])), log), log[-3000:]
+    assert sorted(computed_at_open(mnt)) == rels, log[-3000:]
+    wait_stored(cache, len(rels))
+    mounter.umount(mnt)
+    for f in data_files(cache):
+        with open(f, "rb") as a, open(os.path.join(ref120, rels[0]), "rb") as b:
+            assert a.read() == b.read()

@@ -5,7 +5,10 @@
  * already running (a locked temporary) is FZ_EBUSY, a dead one's temporary
  * is replaced; stats count the files; verify reads every block and removes
  * leftovers; clear and reset remove the files; the budget evicts the least
- * recently used and refuses a file over half of it. */
+ * recently used and refuses a file over half of it; a file written piece by
+ * piece, in any order from several threads, is readable before its commit
+ * and stored with the right block table, and an abort or a canceled commit
+ * leaves nothing. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -554,6 +557,119 @@ static void test_budget_evicts_lru(void **state)
     free(d);
 }
 
+/* ---- pieces in any order (fz_cache_file_begin / put / commit) ---- */
+
+typedef struct {
+    fz_cache_file_writer *w;
+    uint64_t size, piece, seed;
+    int first, step; /* this thread's pieces: first, first + step, ... */
+} putter;
+
+static void *put_pieces(void *arg)
+{
+    putter *p = arg;
+    uint8_t *b = malloc(p->piece);
+    assert_non_null(b);
+    uint64_t n = (p->size + p->piece - 1) / p->piece;
+    /* From the last piece back: out of order within a thread too. */
+    for (int64_t i = (int64_t)n - 1; i >= 0; i--) {
+        if ((i - p->first) % p->step != 0 || i < p->first)
+            continue;
+        uint64_t off = (uint64_t)i * p->piece;
+        uint64_t len = p->size - off < p->piece ? p->size - off : p->piece;
+        for (uint64_t j = 0; j < len; j++)
+            b[j] = fz_test_byte_at(p->seed, off + j);
+        assert_int_equal(fz_cache_file_put(p->w, off, b, len), 0);
+    }
+    free(b);
+    return NULL;
+}
+
+static void put_all(fz_cache_file_writer *w, uint64_t size, uint64_t piece, uint64_t seed)
+{
+    pthread_t th[3];
+    putter p[3];
+    for (int t = 0; t < 3; t++) {
+        p[t] = (putter){w, size, piece, seed, t, 3};
+        assert_int_equal(pthread_create(&th[t], NULL, put_pieces, &p[t]), 0);
+    }
+    for (int t = 0; t < 3; t++)
+        pthread_join(th[t], NULL);
+}
+
+static void test_writer_pieces_in_any_order(void **state)
+{
+    (void)state;
+    char *d = fz_test_tmpdir("fz_test_files");
+    fz_cache *c = open_cache(d, 256 * MIB);
+    fz_cache_key k = key_of("pieces");
+    uint64_t size = 9 * MIB + 123;
+    fz_cache_file_writer *w, *w2;
+    assert_int_equal(fz_cache_file_begin(c, &k, size, &w), 0);
+    /* Claimed: a second writer of the key is refused. */
+    assert_int_equal(fz_cache_file_begin(c, &k, size, &w2), FZ_EBUSY);
+    /* 1.5 MiB pieces (blocks read back at commit) from three threads. */
+    put_all(w, size, 3 * MIB / 2, 21);
+    uint8_t b = 0;
+    assert_int_equal(fz_cache_file_put(w, size, &b, 1), FZ_EINVAL);
+    /* Readable before the commit, through a descriptor that outlives it. */
+    int fd = fz_cache_file_reopen(w);
+    assert_true(fd >= 0);
+    assert_true(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+    expect_gone(c, &k, size);
+    assert_int_equal(fz_cache_file_commit(w, NULL), 0);
+    uint8_t *all = malloc(size + 1);
+    assert_non_null(all);
+    assert_int_equal(pread(fd, all, size + 1, 0), (ssize_t)size);
+    for (uint64_t i = 0; i < size; i++)
+        if (all[i] != fz_test_byte_at(21, i))
+            fail_msg("byte %" PRIu64 " differs", i);
+    free(all);
+    close(fd);
+    check_file(c, &k, size, 21);
+    uint64_t checked, nbad;
+    assert_int_equal(fz_cache_verify(c, &checked, &nbad), 0); /* the block table is right */
+    assert_int_equal(checked, 1);
+    assert_int_equal(nbad, 0);
+    /* Stored already. */
+    assert_int_equal(fz_cache_file_begin(c, &k, size, &w2), FZ_EEXIST);
+
+    /* Whole blocks checksummed as put: the same table. */
+    fz_cache_key kb = key_of("whole blocks");
+    assert_int_equal(fz_cache_file_begin(c, &kb, size, &w), 0);
+    put_all(w, size, FZ_CACHE_FILE_BLOCK, 22);
+    assert_int_equal(fz_cache_file_commit(w, NULL), 0);
+    check_file(c, &kb, size, 22);
+    assert_int_equal(fz_cache_verify(c, &checked, &nbad), 0);
+    assert_int_equal(checked, 2);
+    assert_int_equal(nbad, 0);
+
+    /* Abort, and a commit canceled while reading back: nothing left. */
+    char before[4096], after[4096];
+    list_files(d, before, sizeof before);
+    fz_cache_key ka = key_of("aborted");
+    assert_int_equal(fz_cache_file_begin(c, &ka, size, &w), 0);
+    put_all(w, size, MIB, 23);
+    fz_cache_file_abort(w);
+    fz_cache_file_abort(NULL);
+    expect_gone(c, &ka, size);
+    _Atomic bool cancel = true;
+    assert_int_equal(fz_cache_file_begin(c, &ka, size, &w), 0);
+    put_all(w, size, MIB, 23);
+    assert_int_equal(fz_cache_file_commit(w, &cancel), FZ_ECANCELED);
+    expect_gone(c, &ka, size);
+    list_files(d, after, sizeof after);
+    assert_string_equal(before, after);
+    /* Too large for the budget: refused before anything is written. */
+    fz_cache_key kl = key_of("large");
+    assert_int_equal(fz_cache_file_begin(c, &kl, 200 * MIB, &w), FZ_ENOSPC);
+    list_files(d, after, sizeof after);
+    assert_string_equal(before, after);
+    fz_cache_close(c);
+    fz_test_rmtree(d);
+    free(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -567,6 +683,7 @@ int main(void)
         cmocka_unit_test(test_verify_reads_blocks),
         cmocka_unit_test(test_clear_and_reset_remove_files),
         cmocka_unit_test(test_budget_evicts_lru),
+        cmocka_unit_test(test_writer_pieces_in_any_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -722,6 +722,19 @@ int fz_cache_fetch_range(fz_cache *c, const fz_cache_key *key, uint64_t len, uin
     }
 }
 
+int fz_cache_peek_range(fz_cache *c, const fz_cache_key *key, uint64_t len, uint64_t off,
+                        uint64_t n, uint8_t *out)
+{
+    if (!c || off > len || n > len - off)
+        return 0;
+    if (fz_cache_queue_lookup(c, key, len, off, n, out) || lookup(c, key, len, off, n, out) == 1) {
+        atomic_fetch_add(&c->delta[FZ_CTR_HITS], 1);
+        return 1;
+    }
+    atomic_fetch_add(&c->delta[FZ_CTR_MISSES], 1);
+    return 0;
+}
+
 int fz_cache_prefetch(fz_cache *c, const fz_cache_key *key, uint64_t len, fz_cache_fill_fn fill,
                       void *arg)
 {

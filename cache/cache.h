@@ -100,6 +100,14 @@ int fz_cache_fetch(fz_cache *c, const fz_cache_key *key, uint64_t len, uint8_t *
 int fz_cache_fetch_range(fz_cache *c, const fz_cache_key *key, uint64_t len, uint64_t off,
                          uint64_t n, uint8_t *out, fz_cache_fill_fn fill, void *arg, int store);
 
+/* Only what is stored: bytes [off, off+n) of the len-byte chunk for key
+ * copied to out when the cache holds it (its write queue, or a sound LMDB
+ * value), counted as a hit: 1; else 0, counted as a miss, and the caller
+ * computes what it needs of the chunk itself and stores nothing (bytes it
+ * keeps elsewhere: a file computed whole, fs/keep.h). NULL c: 0. */
+int fz_cache_peek_range(fz_cache *c, const fz_cache_key *key, uint64_t len, uint64_t off,
+                        uint64_t n, uint8_t *out);
+
 /* Compute the chunk for `key` ahead of its reader: unless it is stored,
  * queued or being filled already, fill it (as fz_cache_fetch would, the
  * fill single-flight with readers wanting it meanwhile) and queue it to be

@@ -311,11 +311,11 @@ bool fz_keep_eager(fz_fs_keep *k, uint32_t node)
            !fz_view_node(k->fs->v, node)->zip && !atomic_load(&k->no_eager[node]);
 }
 
-/* A file being computed whole: its extents, shared by the tasks. */
+/* A file being computed whole, one FZ_CACHE_FILE_BLOCK per task. */
 typedef struct {
     fz_fs_keep *k;
     uint32_t node;
-    fz_extent *ext;
+    uint64_t size;
     fz_cache_file_writer *w;
     pthread_mutex_t lock;
     int rc; /* the first failure, under lock, with its message */
@@ -330,14 +330,15 @@ static void eager_task(void *arg, size_t i)
     pthread_mutex_unlock(&j->lock);
     if (failed)
         return;
-    const fz_extent *e = &j->ext[i];
-    uint8_t *buf = malloc(e->len ? (size_t)e->len : 1);
+    uint64_t off = (uint64_t)i * FZ_CACHE_FILE_BLOCK;
+    uint64_t len = j->size - off < FZ_CACHE_FILE_BLOCK ? j->size - off : FZ_CACHE_FILE_BLOCK;
+    uint8_t *buf = malloc((size_t)len);
     int rc = !buf ? fz_error_set(FZ_ENOMEM, "out of memory")
              : atomic_load(&j->k->stop)
                  ? fz_error_set(FZ_ECANCELED, "the mount is being unmounted")
-                 : fz_view_read_uncached(j->k->fs->v, j->node, e->off, e->len, buf);
-    if (rc == 0)
-        rc = fz_cache_file_put(j->w, e->off, buf, e->len);
+                 : fz_view_read_uncached(j->k->fs->v, j->node, off, len, buf);
+    if (rc == 0) /* (a whole block: checksummed from buf) */
+        rc = fz_cache_file_put(j->w, off, buf, len);
     free(buf);
     if (rc) {
         pthread_mutex_lock(&j->lock);
@@ -353,13 +354,10 @@ int fz_keep_compute(fz_fs_keep *k, uint32_t node)
 {
     fz_fs *fs = k->fs;
     const fz_node *n = fz_view_node(fs->v, node);
-    eager_job j = {.k = k, .node = node};
-    size_t next = 0;
+    eager_job j = {.k = k, .node = node, .size = n->size};
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     int rc = fz_cache_file_begin(k->cache, &k->keys[node], n->size, &j.w);
-    if (rc == 0 && (rc = fz_view_node_extents(fs->v, node, FZ_VIEW_CHUNK, &j.ext, &next)))
-        fz_cache_file_abort(j.w);
     if (rc) {
         /* Stored meanwhile, or being stored by another process: the
          * caller looks again, or serves it through the daemon. */
@@ -373,9 +371,9 @@ int fz_keep_compute(fz_fs_keep *k, uint32_t node)
     fz_info("computing %s/%s whole at its first open (%.1f MB), into the cache", fs->mnt, n->path,
             (double)n->size / 1e6);
     pthread_mutex_init(&j.lock, NULL);
-    fz_fs_run_tasks(fs, next, eager_task, &j);
+    fz_fs_run_tasks(fs, (size_t)((n->size + FZ_CACHE_FILE_BLOCK - 1) / FZ_CACHE_FILE_BLOCK),
+                    eager_task, &j);
     pthread_mutex_destroy(&j.lock);
-    free(j.ext);
     int fd = j.rc ? j.rc : fz_cache_file_reopen(j.w);
     if (fd < 0) {
         if (j.rc == 0)

@@ -64,54 +64,6 @@ static int make_accumulators(fz_view *v, uint32_t zi, uint64_t max_len)
     return 0;
 }
 
-/* Node i's extents, appended to *ext. */
-static int node_extents(const fz_view *v, uint32_t i, uint64_t max_len, fz_extent **ext, size_t *n,
-                        size_t *cap)
-{
-    const fz_node *nd = &v->nodes[i];
-    int32_t zi = nd->zip ? (int32_t)nd->zip - 1 : -1;
-    uint32_t *next_piece = NULL;
-    int rc = 0;
-    if (zi >= 0 &&
-        !(next_piece = calloc(v->zips[zi].L.n ? v->zips[zi].L.n : 1, sizeof *next_piece)))
-        return fz_error_set(FZ_ENOMEM, "out of memory");
-    for (uint32_t s = 0; s < nd->nsegs && rc == 0; s++) {
-        const fz_seg *sg = &nd->segs[s];
-        bool late = sg->kind == FZ_SEG_DEFERRED;
-        bool in_rec = zi >= 0 && !late && sg->zrec >= 0 && (size_t)sg->zrec < v->zips[zi].L.n;
-        for (uint64_t o = 0; o < sg->len && rc == 0; o += max_len) {
-            uint64_t len = sg->len - o < max_len ? sg->len - o : max_len;
-            fz_extent e = {i, sg->off + o, len, late, -1, -1, 0};
-            if (in_rec) {
-                e.zip = zi;
-                e.rec = sg->zrec;
-                e.piece = next_piece[sg->zrec]++;
-            }
-            rc = push(ext, n, cap, e);
-        }
-    }
-    free(next_piece);
-    return rc;
-}
-
-int fz_view_node_extents(const fz_view *v, uint32_t node, uint64_t max_len, fz_extent **out,
-                         size_t *nout)
-{
-    fz_extent *ext = NULL;
-    size_t n = 0, cap = 0;
-    if (max_len == 0 || node >= v->nnodes || v->nodes[node].kind != FZ_NODE_FILE ||
-        v->nodes[node].zip)
-        return fz_error_set(FZ_EINVAL, "internal error: extents of node %u", node);
-    int rc = node_extents(v, node, max_len, &ext, &n, &cap);
-    if (rc) {
-        free(ext);
-        return rc;
-    }
-    *out = ext;
-    *nout = n;
-    return 0;
-}
-
 int fz_view_extents(fz_view *v, uint64_t max_len, fz_extent **out, size_t *nout)
 {
     fz_extent *ext = NULL;
@@ -121,9 +73,32 @@ int fz_view_extents(fz_view *v, uint64_t max_len, fz_extent **out, size_t *nout)
         return fz_error_set(FZ_EINVAL, "internal error: extents of 0 bytes");
     for (uint32_t zi = 0; zi < v->nzips && rc == 0; zi++)
         rc = make_accumulators(v, zi, max_len);
-    for (uint32_t i = 0; i < v->nnodes && rc == 0; i++)
-        if (v->nodes[i].kind == FZ_NODE_FILE)
-            rc = node_extents(v, i, max_len, &ext, &n, &cap);
+    for (uint32_t i = 0; i < v->nnodes && rc == 0; i++) {
+        const fz_node *nd = &v->nodes[i];
+        if (nd->kind != FZ_NODE_FILE)
+            continue;
+        int32_t zi = nd->zip ? (int32_t)nd->zip - 1 : -1;
+        uint32_t *next_piece = NULL;
+        if (zi >= 0 &&
+            !(next_piece = calloc(v->zips[zi].L.n ? v->zips[zi].L.n : 1, sizeof *next_piece)))
+            rc = fz_error_set(FZ_ENOMEM, "out of memory");
+        for (uint32_t s = 0; s < nd->nsegs && rc == 0; s++) {
+            const fz_seg *sg = &nd->segs[s];
+            bool late = sg->kind == FZ_SEG_DEFERRED;
+            bool in_rec = zi >= 0 && !late && sg->zrec >= 0 && (size_t)sg->zrec < v->zips[zi].L.n;
+            for (uint64_t o = 0; o < sg->len && rc == 0; o += max_len) {
+                uint64_t len = sg->len - o < max_len ? sg->len - o : max_len;
+                fz_extent e = {i, sg->off + o, len, late, -1, -1, 0};
+                if (in_rec) {
+                    e.zip = zi;
+                    e.rec = sg->zrec;
+                    e.piece = next_piece[sg->zrec]++;
+                }
+                rc = push(&ext, &n, &cap, e);
+            }
+        }
+        free(next_piece);
+    }
     /* Late extents after all others (stable, O(n)): a reader of the list in
      * order has every record's CRC before it reaches a header. */
     fz_extent *sorted = rc ? NULL : malloc((n ? n : 1) * sizeof *sorted);

@@ -87,7 +87,9 @@ const fz_node *fz_view_node(const fz_view *v, uint32_t i);
 int fz_view_read(fz_view *v, uint32_t node, uint64_t off, uint64_t len, void *buf);
 
 /* As fz_view_read, but what is computed is not stored in the cache (what
- * it holds is used): for bytes the caller keeps itself (fs/keep.h). */
+ * it holds is used), and a computed tensor's range that does not start or
+ * end a cached chunk is computed alone, not with its whole chunk: for
+ * bytes the caller keeps itself (fs/keep.h). */
 int fz_view_read_uncached(fz_view *v, uint32_t node, uint64_t off, uint64_t len, void *buf);
 
 /* Whether the source files node i is made from are still what the view was
@@ -185,15 +187,6 @@ typedef struct {
  * to learn from fz_view_read_extent until it is freed. One extent list per
  * view at a time. */
 int fz_view_extents(fz_view *v, uint64_t max_len, fz_extent **out, size_t *n);
-
-/* The extents of one file without zip headers (a safetensors shard: a
- * computed file kept whole, fs/keep.h), in order, each within one segment
- * (a computed tensor's in whole cached chunks when max_len is
- * FZ_VIEW_CHUNK); read them with fz_view_read or fz_view_read_uncached.
- * The caller frees *out. FZ_EINVAL for a node that is not such a file,
- * FZ_ENOMEM. Thread-safe (nothing of the view changes). */
-int fz_view_node_extents(const fz_view *v, uint32_t node, uint64_t max_len, fz_extent **out,
-                         size_t *n);
 
 /* Read extent e (e->len bytes into buf) as fz_view_read does; the view also
  * keeps what the bytes teach it (the CRC-32 of each zip record once all its

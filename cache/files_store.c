@@ -164,8 +164,7 @@ static int rename_in(int dfd, const char *from, const char *to, const char *dir)
 static int fresh(int fd, const char *dir, const char *name)
 {
     struct stat st;
-    if (fstat(fd, &st) == 0 && (st.st_size == 0 || ftruncate(fd, 0) == 0) &&
-        fchmod(fd, 0600) == 0)
+    if (fstat(fd, &st) == 0 && (st.st_size == 0 || ftruncate(fd, 0) == 0) && fchmod(fd, 0600) == 0)
         return 0;
     return fz_error_set(FZ_EIO, "cache %s: preparing files/%s: %s", dir, name, strerror(errno));
 }

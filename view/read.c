@@ -563,38 +563,15 @@ static int store_mode(const fz_view *v, read_store keep)
     return keep == READ_STORE_WAIT ? FZ_CACHE_STORE_WAIT : FZ_CACHE_STORE;
 }
 
-/* Bytes [off, off+len) of recipe ri's output storing nothing: each chunk's
- * part from the cache when it holds the chunk, else computed - that part
- * alone (a range that does not start or end a chunk computes no more than
- * it needs, as a fill of the whole chunk would). */
-static int read_uncached(fz_view *v, uint32_t ri, uint64_t off, uint64_t len, uint8_t *out)
-{
-    while (len > 0) {
-        fz_cache_key key;
-        uint64_t start, clen;
-        chunk_at(v, ri, off, &key, &start, &clen);
-        uint64_t in = off - start;
-        uint64_t n = clen - in < len ? clen - in : len;
-        if (!fz_cache_peek_range(v->cache, &key, clen, in, n, out)) {
-            int rc = fz_recipe_produce(&v->recipes[ri], off, n, out);
-            if (rc)
-                return rc;
-        }
-        off += n;
-        out += n;
-        len -= n;
-    }
-    return 0;
-}
-
-/* Bytes [off, off+len) of recipe ri's output; keep as store_mode's. */
+/* Bytes [off, off+len) of recipe ri's output; keep as store_mode's. With
+ * READ_NO_STORE each chunk's part comes from the cache when it holds the
+ * chunk, else that part alone is computed (not the whole chunk, as a fill
+ * for the cache is). */
 static int read_computed(fz_view *v, uint32_t ri, uint64_t off, uint64_t len, uint8_t *out,
                          read_store keep)
 {
     if (!cached_recipe(v, ri))
         return fz_recipe_produce(&v->recipes[ri], off, len, out);
-    if (keep == READ_NO_STORE)
-        return read_uncached(v, ri, off, len, out);
     int store = store_mode(v, keep);
     while (len > 0) {
         fz_cache_key key;
@@ -603,7 +580,11 @@ static int read_computed(fz_view *v, uint32_t ri, uint64_t off, uint64_t len, ui
         uint64_t in = off - start;
         uint64_t n = clen - in < len ? clen - in : len;
         fz_chunk_fill f = {v, ri, start};
-        int rc = fz_cache_fetch_range(v->cache, &key, clen, in, n, out, fill_chunk, &f, store);
+        int rc = 0;
+        if (keep != READ_NO_STORE)
+            rc = fz_cache_fetch_range(v->cache, &key, clen, in, n, out, fill_chunk, &f, store);
+        else if (!fz_cache_peek_range(v->cache, &key, clen, in, n, out))
+            rc = fz_recipe_produce(&v->recipes[ri], off, n, out);
         if (rc)
             return rc;
         off += n;

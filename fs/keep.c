@@ -155,7 +155,12 @@ static void *keep_main(void *arg)
     for (;;) {
         while (!atomic_load(&k->stop) && k->head == k->nq)
             pthread_cond_wait(&k->cond, &k->lock);
-        if (atomic_load(&k->stop))
+        /* At unmount, files computed at open are still committed (their
+         * bytes are all written: it costs an fsync); nodes to read whole
+         * are not kept. */
+        while (atomic_load(&k->stop) && k->head < k->nq && !k->q[k->head].w)
+            k->head++;
+        if (atomic_load(&k->stop) && k->head == k->nq)
             break;
         keep_item it = k->q[k->head++];
         pthread_mutex_unlock(&k->lock);

@@ -45,9 +45,10 @@
  * thread/memory (never a reason to fail a mount). */
 fz_fs_keep *fz_keep_start(fz_fs *fs);
 
-/* Stop the thread (a file being written is abandoned: its temporary is
- * removed) and wait for it: before the compute pool stops (keeping may use
- * it). The pool's threads may still call fz_keep_served. NULL accepted. */
+/* Stop the thread (a file being read whole is abandoned: its temporary is
+ * removed; files computed whole at open are committed first) and wait for
+ * it: before the compute pool stops (keeping may use it). The pool's
+ * threads may still call fz_keep_served. NULL accepted. */
 void fz_keep_stop(fz_fs_keep *k);
 /* Free k: after the pool stopped, before the view's cache is closed. NULL
  * accepted. */

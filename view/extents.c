@@ -1,4 +1,5 @@
-/* A view as a list of extents, for writing it out (materialize), and its
+/* A view as a list of extents, for writing it out (materialize), or one
+ * file's (a mount computing it whole at its first open, fs/keep.h), and its
  * metadata bytes alone, for checking it (verify/).
  *
  * Extents never straddle a segment, so each lies in at most one zip
@@ -37,8 +38,18 @@ static int push(fz_extent **v, size_t *n, size_t *cap, fz_extent e)
     return rc;
 }
 
-/* Give every record of zip zi an accumulator sized for its extents. */
-static int make_accumulators(fz_view *v, uint32_t zi, uint64_t max_len)
+/* The length of the extent of segment sg starting o bytes into it: at
+ * most max_len and (aligned) not past the next multiple of max_len of the
+ * file's offsets. */
+static uint64_t cut(const fz_seg *sg, uint64_t o, uint64_t max_len, bool aligned)
+{
+    uint64_t len = aligned ? max_len - (sg->off + o) % max_len : max_len;
+    return sg->len - o < len ? sg->len - o : len;
+}
+
+/* Give every record of zip zi an accumulator sized for its extents (cut as
+ * node_extents cuts them). */
+static int make_accumulators(fz_view *v, uint32_t zi, uint64_t max_len, bool aligned)
 {
     fz_zipview *z = &v->zips[zi];
     const fz_node *nd = &v->nodes[z->node];
@@ -49,7 +60,8 @@ static int make_accumulators(fz_view *v, uint32_t zi, uint64_t max_len)
     for (uint32_t s = 0; s < nd->nsegs; s++) {
         const fz_seg *sg = &nd->segs[s];
         if (sg->kind != FZ_SEG_DEFERRED && sg->zrec >= 0 && (size_t)sg->zrec < z->L.n)
-            z->acc[sg->zrec].npieces += (uint32_t)((sg->len + max_len - 1) / max_len);
+            for (uint64_t o = 0; o < sg->len; o += cut(sg, o, max_len, aligned))
+                z->acc[sg->zrec].npieces++;
     }
     for (size_t r = 0; r < z->L.n; r++) {
         fz_crcacc *a = &z->acc[r];
@@ -64,43 +76,44 @@ static int make_accumulators(fz_view *v, uint32_t zi, uint64_t max_len)
     return 0;
 }
 
-int fz_view_extents(fz_view *v, uint64_t max_len, fz_extent **out, size_t *nout)
+/* Append node i's extents to *ext in file order, each segment cut as cut()
+ * says. For a zip node,
+ * each extent of a record's data takes the next piece of that record's
+ * accumulator (make_accumulators sized them the same way). */
+static int node_extents(fz_view *v, uint32_t i, uint64_t max_len, bool aligned, fz_extent **ext,
+                        size_t *n, size_t *cap)
 {
-    fz_extent *ext = NULL;
-    size_t n = 0, cap = 0;
+    const fz_node *nd = &v->nodes[i];
+    int32_t zi = nd->zip ? (int32_t)nd->zip - 1 : -1;
+    uint32_t *next_piece = NULL;
+    if (zi >= 0 &&
+        !(next_piece = calloc(v->zips[zi].L.n ? v->zips[zi].L.n : 1, sizeof *next_piece)))
+        return fz_error_set(FZ_ENOMEM, "out of memory");
     int rc = 0;
-    if (max_len == 0)
-        return fz_error_set(FZ_EINVAL, "internal error: extents of 0 bytes");
-    for (uint32_t zi = 0; zi < v->nzips && rc == 0; zi++)
-        rc = make_accumulators(v, zi, max_len);
-    for (uint32_t i = 0; i < v->nnodes && rc == 0; i++) {
-        const fz_node *nd = &v->nodes[i];
-        if (nd->kind != FZ_NODE_FILE)
-            continue;
-        int32_t zi = nd->zip ? (int32_t)nd->zip - 1 : -1;
-        uint32_t *next_piece = NULL;
-        if (zi >= 0 &&
-            !(next_piece = calloc(v->zips[zi].L.n ? v->zips[zi].L.n : 1, sizeof *next_piece)))
-            rc = fz_error_set(FZ_ENOMEM, "out of memory");
-        for (uint32_t s = 0; s < nd->nsegs && rc == 0; s++) {
-            const fz_seg *sg = &nd->segs[s];
-            bool late = sg->kind == FZ_SEG_DEFERRED;
-            bool in_rec = zi >= 0 && !late && sg->zrec >= 0 && (size_t)sg->zrec < v->zips[zi].L.n;
-            for (uint64_t o = 0; o < sg->len && rc == 0; o += max_len) {
-                uint64_t len = sg->len - o < max_len ? sg->len - o : max_len;
-                fz_extent e = {i, sg->off + o, len, late, -1, -1, 0};
-                if (in_rec) {
-                    e.zip = zi;
-                    e.rec = sg->zrec;
-                    e.piece = next_piece[sg->zrec]++;
-                }
-                rc = push(&ext, &n, &cap, e);
+    for (uint32_t s = 0; s < nd->nsegs && rc == 0; s++) {
+        const fz_seg *sg = &nd->segs[s];
+        bool late = sg->kind == FZ_SEG_DEFERRED;
+        bool in_rec = zi >= 0 && !late && sg->zrec >= 0 && (size_t)sg->zrec < v->zips[zi].L.n;
+        for (uint64_t o = 0, len; o < sg->len && rc == 0; o += len) {
+            len = cut(sg, o, max_len, aligned);
+            fz_extent e = {i, sg->off + o, len, late, -1, -1, 0};
+            if (in_rec) {
+                e.zip = zi;
+                e.rec = sg->zrec;
+                e.piece = next_piece[sg->zrec]++;
             }
+            rc = push(ext, n, cap, e);
         }
-        free(next_piece);
     }
-    /* Late extents after all others (stable, O(n)): a reader of the list in
-     * order has every record's CRC before it reaches a header. */
+    free(next_piece);
+    return rc;
+}
+
+/* Hand ext (n extents, freed here) out as *out with the late extents after
+ * all others (stable, O(n)): a reader of the list in order has every
+ * record's CRC before it reaches a header. */
+static int late_last(fz_extent *ext, size_t n, int rc, fz_extent **out, size_t *nout)
+{
     fz_extent *sorted = rc ? NULL : malloc((n ? n : 1) * sizeof *sorted);
     if (!rc && !sorted)
         rc = fz_error_set(FZ_ENOMEM, "out of memory");
@@ -119,8 +132,39 @@ int fz_view_extents(fz_view *v, uint64_t max_len, fz_extent **out, size_t *nout)
     return 0;
 }
 
-/* The extent's piece of its record is in; the last one notes the CRC. */
-static void note_piece(fz_view *v, const fz_extent *e, const void *buf)
+int fz_view_extents(fz_view *v, uint64_t max_len, fz_extent **out, size_t *nout)
+{
+    fz_extent *ext = NULL;
+    size_t n = 0, cap = 0;
+    int rc = 0;
+    if (max_len == 0)
+        return fz_error_set(FZ_EINVAL, "internal error: extents of 0 bytes");
+    for (uint32_t zi = 0; zi < v->nzips && rc == 0; zi++)
+        rc = make_accumulators(v, zi, max_len, false);
+    for (uint32_t i = 0; i < v->nnodes && rc == 0; i++)
+        if (v->nodes[i].kind == FZ_NODE_FILE)
+            rc = node_extents(v, i, max_len, false, &ext, &n, &cap);
+    return late_last(ext, n, rc, out, nout);
+}
+
+int fz_view_node_extents(fz_view *v, uint32_t node, uint64_t max_len, fz_extent **out, size_t *nout)
+{
+    fz_extent *ext = NULL;
+    size_t n = 0, cap = 0;
+    int rc = 0;
+    if (max_len == 0 || node >= v->nnodes || v->nodes[node].kind != FZ_NODE_FILE)
+        return fz_error_set(FZ_EINVAL, "internal error: extents of node %u, %llu bytes", node,
+                            (unsigned long long)max_len);
+    if (v->nodes[node].zip)
+        rc = make_accumulators(v, v->nodes[node].zip - 1, max_len, true);
+    if (rc == 0)
+        rc = node_extents(v, node, max_len, true, &ext, &n, &cap);
+    return late_last(ext, n, rc, out, nout);
+}
+
+/* The extent's piece of its record is in; the last one notes the CRC
+ * (store: also in the cache, when the view stores). */
+static void note_piece(fz_view *v, const fz_extent *e, const void *buf, bool store)
 {
     fz_zipview *z = &v->zips[e->zip];
     fz_crcacc *a = z->acc ? &z->acc[e->rec] : NULL;
@@ -133,16 +177,28 @@ static void note_piece(fz_view *v, const fz_extent *e, const void *buf)
     uLong crc = a->crc[0];
     for (uint32_t k = 1; k < a->npieces; k++)
         crc = crc32_combine(crc, a->crc[k], (z_off_t)a->len[k]);
-    fz_view_note_crc(v, (uint32_t)e->zip, e->rec, (uint32_t)crc);
+    fz_view_note_crc(v, (uint32_t)e->zip, e->rec, (uint32_t)crc, store);
+}
+
+/* fz_view_read_extent and fz_view_read_extent_uncached. */
+static int read_extent(fz_view *v, const fz_extent *e, void *buf, bool store)
+{
+    int rc = store ? fz_view_read(v, e->node, e->off, e->len, buf)
+                   : fz_view_read_uncached(v, e->node, e->off, e->len, buf);
+    if (rc == 0 && e->zip >= 0 && (uint32_t)e->zip < v->nzips && e->rec >= 0 &&
+        (size_t)e->rec < v->zips[e->zip].L.n)
+        note_piece(v, e, buf, store);
+    return rc;
 }
 
 int fz_view_read_extent(fz_view *v, const fz_extent *e, void *buf)
 {
-    int rc = fz_view_read(v, e->node, e->off, e->len, buf);
-    if (rc == 0 && e->zip >= 0 && (uint32_t)e->zip < v->nzips && e->rec >= 0 &&
-        (size_t)e->rec < v->zips[e->zip].L.n)
-        note_piece(v, e, buf);
-    return rc;
+    return read_extent(v, e, buf, true);
+}
+
+int fz_view_read_extent_uncached(fz_view *v, const fz_extent *e, void *buf)
+{
+    return read_extent(v, e, buf, false);
 }
 
 /* A deferred segment from the CRCs known so far (0 for the others). */

@@ -156,9 +156,11 @@ struct fz_view {
 int fz_view_index_sources(fz_view *v);
 
 /* view/read.c: record the CRC-32 of zip record `rec` of layout `zip`,
- * computed by a caller that read the record's bytes (view/extents.c). */
-void fz_view_note_crc(fz_view *v, uint32_t zip, int32_t rec, uint32_t crc);
-/* view/extents.c: free what fz_view_extents allocated for zip zi. */
+ * computed by a caller that read the record's bytes (view/extents.c);
+ * store: also keep it in the cache when the view stores there. */
+void fz_view_note_crc(fz_view *v, uint32_t zip, int32_t rec, uint32_t crc, bool store);
+/* view/extents.c: free what fz_view_extents (or fz_view_node_extents)
+ * allocated for zip zi. */
 void fz_view_extents_free(fz_view *v, uint32_t zi);
 
 /* view/build.c helpers used by the other view files. */

@@ -724,7 +724,7 @@ static int fill_known(void *arg, uint8_t *out, uint64_t len)
     return 0;
 }
 
-void fz_view_note_crc(fz_view *v, uint32_t zip, int32_t rec, uint32_t crc)
+void fz_view_note_crc(fz_view *v, uint32_t zip, int32_t rec, uint32_t crc, bool store)
 {
     if (zip >= v->nzips || rec < 0 || (size_t)rec >= v->zips[zip].L.n)
         return;
@@ -737,7 +737,7 @@ void fz_view_note_crc(fz_view *v, uint32_t zip, int32_t rec, uint32_t crc)
      * mount; CRCs known at build time (literal records) are not stored. */
     fz_cache_key key;
     uint8_t b[4];
-    if (!known && v->cache && v->cache_store && record_key(v, zip, (size_t)rec, &key) == 0)
+    if (store && !known && v->cache && v->cache_store && record_key(v, zip, (size_t)rec, &key) == 0)
         fz_cache_fetch(v->cache, &key, 4, b, fill_known, &crc, true);
 }
 
@@ -752,6 +752,7 @@ void fz_view_set_runner(fz_view *v, fz_view_runner_fn run, void *ctx)
 typedef struct {
     fz_view *v;
     uint32_t zi;
+    read_store keep;
     uint32_t *crcs;
     pthread_mutex_t lock;
     int rc;
@@ -766,7 +767,7 @@ static void crc_task(void *arg, size_t i)
     pthread_mutex_unlock(&t->lock);
     if (failed)
         return;
-    int rc = record_crc(t->v, t->zi, i, READ_STORE_WAIT, &t->crcs[i]);
+    int rc = record_crc(t->v, t->zi, i, t->keep, &t->crcs[i]);
     pthread_mutex_lock(&t->lock);
     if (rc && !t->rc) {
         t->rc = rc;
@@ -786,27 +787,31 @@ static void crc_task(void *arg, size_t i)
  * waiting after 5 s on one batch). Everything else still never waits: a local
  * header's one record (a sequential reader reads its bytes next, from the
  * queue) and the reads of the records, whose stores may push older values
- * out, CRC chunks too (computed again if read again). */
-static int all_crcs(fz_view *v, uint32_t zi, uint32_t *crcs)
+ * out, CRC chunks too (computed again if read again). With READ_NO_STORE
+ * (an uncached read) nothing is stored at all. */
+static int all_crcs(fz_view *v, uint32_t zi, read_store keep, uint32_t *crcs)
 {
     size_t n = v->zips[zi].L.n;
+    keep = keep == READ_NO_STORE ? READ_NO_STORE : READ_STORE_WAIT;
     if (!v->runner || n < 2) {
         for (size_t i = 0; i < n; i++) {
-            int rc = record_crc(v, zi, i, READ_STORE_WAIT, &crcs[i]);
+            int rc = record_crc(v, zi, i, keep, &crcs[i]);
             if (rc)
                 return rc;
         }
         return 0;
     }
-    fz_crc_tasks t = {.v = v, .zi = zi, .crcs = crcs};
+    fz_crc_tasks t = {.v = v, .zi = zi, .keep = keep, .crcs = crcs};
     pthread_mutex_init(&t.lock, NULL);
     v->runner(v->runner_ctx, n, crc_task, &t);
     pthread_mutex_destroy(&t.lock);
     return t.rc ? fz_error_set(t.rc, "%s", t.msg) : 0;
 }
 
-/* Bytes of a deferred segment, generated whole and sliced. */
-static int read_deferred(fz_view *v, const fz_seg *s, uint64_t off, uint64_t len, uint8_t *out)
+/* Bytes of a deferred segment, generated whole and sliced; CRCs not yet
+ * known are computed (keep as read_computed's). */
+static int read_deferred(fz_view *v, const fz_seg *s, uint64_t off, uint64_t len, uint8_t *out,
+                         read_store keep)
 {
     fz_zipview *z = &v->zips[s->u.def.zip];
     uint8_t *tmp = malloc(s->len ? s->len : 1);
@@ -816,7 +821,7 @@ static int read_deferred(fz_view *v, const fz_seg *s, uint64_t off, uint64_t len
         return fz_error_set(FZ_ENOMEM, "out of memory");
     if (s->u.def.rec >= 0) {
         uint32_t crc;
-        rc = record_crc(v, s->u.def.zip, (size_t)s->u.def.rec, READ_STORE, &crc);
+        rc = record_crc(v, s->u.def.zip, (size_t)s->u.def.rec, keep, &crc);
         if (rc == 0)
             fz_zipw_local_header(&z->L, (size_t)s->u.def.rec, crc, tmp);
     } else {
@@ -824,7 +829,7 @@ static int read_deferred(fz_view *v, const fz_seg *s, uint64_t off, uint64_t len
         if (!crcs)
             rc = fz_error_set(FZ_ENOMEM, "out of memory");
         else
-            rc = all_crcs(v, s->u.def.zip, crcs);
+            rc = all_crcs(v, s->u.def.zip, keep, crcs);
         if (rc == 0)
             fz_zipw_central(&z->L, crcs, tmp);
     }
@@ -856,7 +861,7 @@ static int read_range(fz_view *v, uint32_t node, uint64_t off, uint64_t len, uin
             rc = read_computed(v, s->u.recipe, so, k, buf, keep);
             break;
         case FZ_SEG_DEFERRED:
-            rc = read_deferred(v, s, so, k, buf);
+            rc = read_deferred(v, s, so, k, buf, keep);
             break;
         }
         if (rc)

@@ -87,9 +87,9 @@ const fz_node *fz_view_node(const fz_view *v, uint32_t i);
 int fz_view_read(fz_view *v, uint32_t node, uint64_t off, uint64_t len, void *buf);
 
 /* As fz_view_read, but what is computed is not stored in the cache (what
- * it holds is used), and a computed tensor's range that does not start or
- * end a cached chunk is computed alone, not with its whole chunk: for
- * bytes the caller keeps itself (fs/keep.h). */
+ * it holds is used; zip record CRCs too), and a computed tensor's range
+ * that does not start or end a cached chunk is computed alone, not with its
+ * whole chunk: for bytes the caller keeps itself (fs/keep.h). */
 int fz_view_read_uncached(fz_view *v, uint32_t node, uint64_t off, uint64_t len, void *buf);
 
 /* Whether the source files node i is made from are still what the view was
@@ -184,15 +184,33 @@ typedef struct {
 } fz_extent;
 
 /* Errors: FZ_ENOMEM. The caller frees *out; the view keeps what it needs
- * to learn from fz_view_read_extent until it is freed. One extent list per
- * view at a time. */
+ * to learn from fz_view_read_extent until it is freed.
+ *
+ * Concurrency: what the view learns from reading extents is kept per zip
+ * (.bin file), and making an extent list starts it afresh for every zip it
+ * covers: so at most one extent list per zip may be in use at a time, and
+ * none may be made while extents of the same zip are being read (their
+ * CRCs would be lost, and the late extents computed from the records
+ * again). fz_view_extents covers every zip: one per view at a time, and
+ * no fz_view_node_extents beside it. */
 int fz_view_extents(fz_view *v, uint64_t max_len, fz_extent **out, size_t *n);
+
+/* The extents of file `node` alone (a mount computing it whole, fs/keep.h):
+ * as fz_view_extents lists them for it, late ones last, except that each
+ * also lies within one max_len-aligned block of the file (so a block that
+ * one segment covers is one extent). Covers the node's zip only (see the
+ * concurrency rule above: the mount computes a node at most once at a
+ * time, fs/ops.c). Errors: FZ_ENOMEM, FZ_EINVAL (not a file, max_len 0). */
+int fz_view_node_extents(fz_view *v, uint32_t node, uint64_t max_len, fz_extent **out, size_t *n);
 
 /* Read extent e (e->len bytes into buf) as fz_view_read does; the view also
  * keeps what the bytes teach it (the CRC-32 of each zip record once all its
  * extents are read), so late extents need no second pass over the records.
  * Thread-safe; errors as fz_view_read. */
 int fz_view_read_extent(fz_view *v, const fz_extent *e, void *buf);
+/* The same as fz_view_read_uncached reads: nothing computed is stored in
+ * the cache, the CRCs learnt neither. */
+int fz_view_read_extent_uncached(fz_view *v, const fz_extent *e, void *buf);
 
 /* Serve computed chunks (and zip record CRCs and mean reductions) through
  * the LMDB cache in `dir` (NULL: the default, $XDG_CACHE_HOME/fzfs), of map

@@ -4,7 +4,8 @@
  * safetensors output; a second view on a reopened cache computes nothing;
  * a non-storing reader (materialize's default) adds nothing; prefetch
  * fills chunks once; a central directory's CRCs computed as a runner's
- * tasks on several threads.
+ * tasks on several threads; one .bin's extents read uncached store
+ * nothing.
  *
  * Runs: examples/tiny-run (real torch checkpoints, two .bin shards), and a
  * synthetic run written here whose 12 MiB f32 matrix casts to 6 MiB of
@@ -511,6 +512,91 @@ static void test_node_key(void **state)
     free(d);
 }
 
+/* fz_view_node_extents: a .bin's extents, record data read uncached in any
+ * order (here backwards) and its zip headers last, give the bytes a plain
+ * read gives; the headers are known from the data's extents alone
+ * (fz_view_read_metadata reads no record), each extent lies in one
+ * max_len-aligned block, and a storing cache is left with nothing in it:
+ * no chunk, no record CRC. Twice per file: a second list starts afresh. */
+static int put_meta(void *ctx, uint64_t off, const uint8_t *p, uint64_t len)
+{
+    memcpy((uint8_t *)ctx + off, p, (size_t)len);
+    return 0;
+}
+
+static void check_node_extents(const char *src, uint64_t max_len)
+{
+    fz_view *v = build(src, false);
+    fz_snapshot ref = read_all(v, UINT64_MAX / 2);
+    fz_view_free(v);
+    char *cdir = fz_test_tmpdir("fz_test_view_cache");
+    fz_cache *c;
+    assert_int_equal(fz_cache_open(&c, cdir, 256ull << 20), 0);
+    v = build(src, false);
+    fz_view_set_cache(v, c, true);
+    uint32_t nbin = 0;
+    for (uint32_t i = 0; i < fz_view_node_count(v); i++) {
+        const fz_node *nd = fz_view_node(v, i);
+        if (nd->kind != FZ_NODE_FILE || !nd->zip)
+            continue;
+        nbin++;
+        for (int round = 0; round < 2; round++) {
+            fz_extent *e = NULL;
+            size_t n = 0, nfirst = 0;
+            assert_int_equal(fz_view_node_extents(v, i, max_len, &e, &n), 0);
+            uint8_t *got = calloc(1, nd->size), *meta = calloc(1, nd->size);
+            uint8_t *seen = calloc(1, nd->size);
+            assert_true(got && meta && seen);
+            for (size_t k = 0; k < n; k++) {
+                assert_int_equal(e[k].node, i);
+                assert_true(e[k].len > 0 && e[k].off + e[k].len <= nd->size);
+                assert_int_equal(e[k].off / max_len, (e[k].off + e[k].len - 1) / max_len);
+                assert_true(k == 0 || e[k].late || !e[k - 1].late); /* late ones last */
+                nfirst += !e[k].late;
+                for (uint64_t b = e[k].off; b < e[k].off + e[k].len; b++)
+                    assert_int_equal(seen[b]++, 0);
+            }
+            for (uint64_t b = 0; b < nd->size; b++)
+                assert_int_equal(seen[b], 1); /* every byte once */
+            assert_true(nfirst > 0 && nfirst < n);
+            for (size_t k = nfirst; k-- > 0;)
+                assert_int_equal(fz_view_read_extent_uncached(v, &e[k], got + e[k].off), 0);
+            assert_int_equal(fz_view_read_metadata(v, i, put_meta, meta), 0);
+            for (size_t k = nfirst; k < n; k++) /* headers from the learnt CRCs */
+                assert_memory_equal(meta + e[k].off, ref.data[i] + e[k].off, e[k].len);
+            for (size_t k = nfirst; k < n; k++)
+                assert_int_equal(fz_view_read_extent_uncached(v, &e[k], got + e[k].off), 0);
+            assert_memory_equal(got, ref.data[i], nd->size);
+            free(got);
+            free(meta);
+            free(seen);
+            free(e);
+        }
+    }
+    assert_true(nbin > 0);
+    fz_cache_stats st = fz_test_cache_stats(c);
+    assert_int_equal(st.entries, 0);
+    assert_int_equal(st.fills, 0);
+    fz_view_free(v);
+    fz_cache_close(c);
+    snap_free(&ref);
+    fz_test_rmtree(cdir);
+    free(cdir);
+}
+
+static void test_node_extents(void **state)
+{
+    (void)state;
+    char src[512];
+    snprintf(src, sizeof src, "%s/tiny-run", FZ_SOURCE_EXAMPLES_DIR);
+    check_node_extents(src, 4096);
+    char *d = synthetic_run(); /* a 6 MiB record: pieces cut at 4 MiB blocks */
+    check_node_extents(d, 4u << 20);
+    check_node_extents(d, 1000003);
+    fz_test_rmtree(d);
+    free(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -522,6 +608,7 @@ int main(void)
         cmocka_unit_test(test_prefetch),
         cmocka_unit_test(test_central_directory_tasks),
         cmocka_unit_test(test_node_key),
+        cmocka_unit_test(test_node_extents),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -312,15 +312,18 @@ uint64_t fz_keep_stored(const fz_fs_keep *k)
 
 bool fz_keep_eager(fz_fs_keep *k, uint32_t node)
 {
-    return fz_keep_eligible(k, node) && !k->fs->compute_on_read &&
-           !fz_view_node(k->fs->v, node)->zip && !atomic_load(&k->no_eager[node]);
+    return fz_keep_eligible(k, node) && !k->fs->compute_on_read && !atomic_load(&k->no_eager[node]);
 }
 
-/* A file being computed whole, one FZ_CACHE_FILE_BLOCK per task. */
+/* A file being computed whole, as tasks: one per FZ_CACHE_FILE_BLOCK (ext
+ * NULL: a file without zip headers), or one per extent ext[i] (a .bin: its
+ * record data first, which teaches the view every record's CRC, then its
+ * zip headers, generated from those CRCs). */
 typedef struct {
     fz_fs_keep *k;
     uint32_t node;
     uint64_t size;
+    const fz_extent *ext;
     fz_cache_file_writer *w;
     pthread_mutex_t lock;
     int rc; /* the first failure, under lock, with its message */
@@ -335,14 +338,18 @@ static void eager_task(void *arg, size_t i)
     pthread_mutex_unlock(&j->lock);
     if (failed)
         return;
-    uint64_t off = (uint64_t)i * FZ_CACHE_FILE_BLOCK;
-    uint64_t len = j->size - off < FZ_CACHE_FILE_BLOCK ? j->size - off : FZ_CACHE_FILE_BLOCK;
-    uint8_t *buf = malloc((size_t)len);
-    int rc = !buf ? fz_error_set(FZ_ENOMEM, "out of memory")
-             : atomic_load(&j->k->stop)
-                 ? fz_error_set(FZ_ECANCELED, "the mount is being unmounted")
-                 : fz_view_read_uncached(j->k->fs->v, j->node, off, len, buf);
-    if (rc == 0) /* (a whole block: checksummed from buf) */
+    fz_view *v = j->k->fs->v;
+    const fz_extent *e = j->ext ? &j->ext[i] : NULL;
+    uint64_t off = e ? e->off : (uint64_t)i * FZ_CACHE_FILE_BLOCK;
+    uint64_t len = e                                     ? e->len
+                   : j->size - off < FZ_CACHE_FILE_BLOCK ? j->size - off
+                                                         : FZ_CACHE_FILE_BLOCK;
+    uint8_t *buf = malloc(len ? (size_t)len : 1);
+    int rc = !buf                       ? fz_error_set(FZ_ENOMEM, "out of memory")
+             : atomic_load(&j->k->stop) ? fz_error_set(FZ_ECANCELED, "the mount is being unmounted")
+             : e                        ? fz_view_read_extent_uncached(v, e, buf)
+                                        : fz_view_read_uncached(v, j->node, off, len, buf);
+    if (rc == 0) /* (a whole block: checksummed from buf; others at commit) */
         rc = fz_cache_file_put(j->w, off, buf, len);
     free(buf);
     if (rc) {
@@ -353,6 +360,38 @@ static void eager_task(void *arg, size_t i)
         }
         pthread_mutex_unlock(&j->lock);
     }
+}
+
+/* Compute j's file into j->w on the compute pool: 0, or j->rc. */
+static int eager_run(eager_job *j)
+{
+    fz_fs *fs = j->k->fs;
+    if (!fz_view_node(fs->v, j->node)->zip) {
+        fz_fs_run_tasks(fs, (size_t)((j->size + FZ_CACHE_FILE_BLOCK - 1) / FZ_CACHE_FILE_BLOCK),
+                        eager_task, j);
+        return j->rc;
+    }
+    /* Extents within one block each: a block that one record's data covers
+     * is put whole (checksummed from the buffer); the others, shared with
+     * headers, are read back by the commit. */
+    fz_extent *ext = NULL;
+    size_t n = 0, nfirst = 0;
+    int rc = fz_view_node_extents(fs->v, j->node, FZ_CACHE_FILE_BLOCK, &ext, &n);
+    if (rc) {
+        snprintf(j->msg, sizeof j->msg, "%s", fz_error_msg());
+        return j->rc = rc;
+    }
+    while (nfirst < n && !ext[nfirst].late)
+        nfirst++;
+    /* The headers once every record's data is in (run_tasks returns when
+     * every task has: its CRCs are noted). */
+    j->ext = ext;
+    fz_fs_run_tasks(fs, nfirst, eager_task, j);
+    j->ext = ext + nfirst;
+    if (j->rc == 0)
+        fz_fs_run_tasks(fs, n - nfirst, eager_task, j);
+    free(ext);
+    return j->rc;
 }
 
 int fz_keep_compute(fz_fs_keep *k, uint32_t node)
@@ -376,10 +415,9 @@ int fz_keep_compute(fz_fs_keep *k, uint32_t node)
     fz_info("computing %s/%s whole at its first open (%.1f MB), into the cache", fs->mnt, n->path,
             (double)n->size / 1e6);
     pthread_mutex_init(&j.lock, NULL);
-    fz_fs_run_tasks(fs, (size_t)((n->size + FZ_CACHE_FILE_BLOCK - 1) / FZ_CACHE_FILE_BLOCK),
-                    eager_task, &j);
+    int fd = eager_run(&j);
     pthread_mutex_destroy(&j.lock);
-    int fd = j.rc ? j.rc : fz_cache_file_reopen(j.w);
+    fd = fd ? fd : fz_cache_file_reopen(j.w);
     if (fd < 0) {
         if (j.rc == 0)
             snprintf(j.msg, sizeof j.msg, "%s", fz_error_msg());

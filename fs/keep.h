@@ -9,10 +9,12 @@
  * directory (fz_cache_file_store: to a temporary name, fsync'ed, renamed,
  * then described with its identity and block checksums), reading it through
  * the view - cache hits, and the chunks the cache's writer had to drop
- * computed again. A later open of that file, in this mount or a later one
- * with the same cache, finds it (fz_cache_file_open checks the sidecar and
- * the data file's identity) and registers it as the passthrough backing,
- * exactly as for a whole unchanged source file (fs/ops.c).
+ * computed again. Unless the mount is --compute-on-read, a computed shard
+ * is rather computed whole at its first open, straight into such a file
+ * (fz_keep_compute). A later open of that file, in this mount or a later
+ * one with the same cache, finds it (fz_cache_file_open checks the sidecar
+ * and the data file's identity) and registers it as the passthrough
+ * backing, exactly as for a whole unchanged source file (fs/ops.c).
  *
  * The key of a kept file is fz_view_node_key: the file's every byte named
  * by where it comes from, source identities included, so a changed source,
@@ -68,15 +70,19 @@ void fz_keep_served(fz_fs_keep *k, uint32_t node, uint64_t len);
 int fz_keep_open(fz_fs_keep *k, uint32_t node);
 
 /* Whether an open of node should compute it whole now (fz_keep_compute):
- * it may be kept (fz_keep_eligible), it has no zip headers (a safetensors
- * shard), the mount is not --compute-on-read, and computing it so has not failed in
- * this mount for a reason that would recur (no room in the cache). */
+ * it may be kept (fz_keep_eligible), the mount is not --compute-on-read,
+ * and computing it so has not failed in this mount for a reason that would
+ * recur (no room in the cache). */
 bool fz_keep_eager(fz_fs_keep *k, uint32_t node);
 
 /* Compute node whole into a new file in the cache, now, on the compute pool
  * (the calling thread takes part), storing nothing in LMDB (chunks it holds
- * are used): an O_RDONLY fd of that file (the caller closes it), all of
- * whose bytes are written, or -1 (logged why) when it was not computed so:
+ * are used), each byte computed once: a safetensors shard a 4 MiB block per
+ * task; a .bin its record data first, as extents of the view
+ * (fz_view_node_extents, which teach it every record's CRC), then its zip
+ * headers from those CRCs. Returns an O_RDONLY fd of that file (the caller
+ * closes it), all of whose bytes are written, or -1 (logged why) when it
+ * was not computed so:
  * stored meanwhile (look again), being stored by another process, no room,
  * a source changed or failed, unmount. The file is committed for later
  * mounts (checksummed, fsync'ed, renamed, described) afterwards, by the

@@ -201,7 +201,7 @@ static bool passthrough_register(fz_fs *fs, fuse_req_t req, uint32_t idx, int fd
  * still has a backing) and the node is a whole source file, or a computed
  * file kept whole in the cache (fs/keep.h) while no open of it goes
  * through the daemon: found kept, or computed whole now (the first open of
- * a safetensors shard waits for that; concurrent opens of the node wait
+ * a computed shard waits for that; concurrent opens of the node wait
  * for it to end). Fills fi and counts the open on the node. False: serve
  * it through the daemon (an open of a file that could be kept is counted
  * in ncached until its release). */

@@ -2,8 +2,8 @@
 cache that never holds a reader up, and the same bytes as `fzfs materialize` throughout
 (issue 9, items 1, 2, 6).
 
-These mounts pass --compute-on-read (safetensors shards are otherwise computed whole at
-their first open: test_mount_keep.py). A ~120 MB fp32 run is cast to bfloat16: its larger tensors span several 4 MiB chunks.
+These mounts pass --compute-on-read (cast shards, safetensors and .bin, are otherwise
+computed whole at their first open: test_mount_keep.py). A ~120 MB fp32 run is cast to bfloat16: its larger tensors span several 4 MiB chunks.
 Sequential readers (read(2) of several sizes, and an mmap walked in order), a random
 reader and several of them at once must all see materialize's bytes, on a cold and on a
 warm cache; the daemon's closing log line says how many chunks it computed ahead of
@@ -26,9 +26,11 @@ from test_mount import (BF16_ST, MAKE_RUNS, _fuse_available, child, diff_trees, 
                         materialize, mounter)
 
 
-# The read path itself: with passthrough on, a cast safetensors shard would otherwise be
-# computed whole at its first open and read by the kernel (test_mount_keep.py).
+# The read path itself: with passthrough on, a cast shard (safetensors or .bin) would
+# otherwise be computed whole at its first open and read by the kernel (test_mount_keep.py).
 ON_READ = ["--compute-on-read"]
+# A bf16 cast written as .bin shards (no --safetensors).
+BF16_BIN = ["--dtype", "bfloat16"]
 
 
 @pytest.fixture(scope="module")
@@ -48,19 +50,27 @@ def ref120(run120, tmp_path_factory, fzfs_module):
 
 
 @pytest.fixture(scope="module")
+def ref120bin(run120, tmp_path_factory, fzfs_module):
+    """The run as .bin shards (BF16_BIN): zip headers made from the records' CRCs."""
+    dest = str(tmp_path_factory.mktemp("ref120bin") / "dest")
+    return materialize(fzfs_module, run120, dest, *BF16_BIN)
+
+
+@pytest.fixture(scope="module")
 def fzfs_module(home):
     from conftest import FZFS_BIN, Fzfs
     return Fzfs(FZFS_BIN, home)
 
 
 def weight_files(dest):
+    """DEST's weight files (.safetensors or .bin shards), not the symlinks to them."""
     out = []
     for d, _, files in os.walk(dest):
         for f in files:
             p = os.path.join(d, f)
-            if f.endswith(".safetensors") and not os.path.islink(p):
+            if f.endswith((".safetensors", ".bin")) and not os.path.islink(p):
                 out.append(os.path.relpath(p, dest))
-    assert out, f"no safetensors file under {dest}"
+    assert out, f"no weight file under {dest}"
     return sorted(out)
 
 
@@ -261,7 +271,7 @@ print(json.dumps({"errors": errors}))
 """
 
 
-def test_bin_central_directory_computes_each_chunk_once(run120, fzfs_module, mounter, tmp_path):
+def test_bin_central_directory_computes_each_chunk_once(run120, ref120bin, mounter, tmp_path):
     """A .bin view (--dtype bfloat16: 84 records of at most 4 MiB, ~56 MB against the
     48 MiB write queue) read as a loader reads it, cold, while another process holds the
     cache's writer: the central directory's CRC pass keeps every chunk it computes
@@ -269,7 +279,7 @@ def test_bin_central_directory_computes_each_chunk_once(run120, fzfs_module, mou
     record's CRC is computed once, and the bytes are materialize's."""
     import math
     import zipfile
-    dest = materialize(fzfs_module, run120, str(tmp_path / "dest"), "--dtype", "bfloat16")
+    dest = ref120bin
     rels = sorted(f for f in os.listdir(dest) if f.endswith(".bin"))
     assert rels, os.listdir(dest)
     # Fills expected: one per 4 MiB chunk of each computed record, one per record CRC.
@@ -279,7 +289,7 @@ def test_bin_central_directory_computes_each_chunk_once(run120, fzfs_module, mou
             if "/data/" in e.filename:
                 expected += math.ceil(e.file_size / (4 << 20)) + 1
     cache, mnt = str(tmp_path / "cache"), str(tmp_path / "mnt")
-    mounter.mount(run120, mnt, "--dtype", "bfloat16", "--workers", "2", cache=cache)
+    mounter.mount(run120, mnt, *BF16_BIN, *ON_READ, "--workers", "2", cache=cache)
     holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITER, cache], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     reader = None

@@ -2,9 +2,10 @@
 so that opens - in that mount, or a fresh one with the same cache - are read by the kernel
 from it (FUSE passthrough), with materialize's bytes (issue 9, item 4). A safetensors
 shard is computed whole at its first open, on the compute pool, straight into the cache
-directory (nothing of it in LMDB), and that first open already reads it by the kernel;
-with --compute-on-read (ON_READ) it is computed as read, and kept once the mount has
-answered every byte of it.
+directory (nothing of it in LMDB), and that first open already reads it by the kernel; a
+.bin shard too (its zip headers made from the CRCs its record data gave: BF16_BIN). With
+--compute-on-read (ON_READ) it is computed as read, and kept once the mount has answered
+every byte of it.
 
 Each test reads `fzfs status` and the daemon's log to see which path served the bytes,
 so a mount that silently never keeps, or keeps and never uses, fails. A kept file that
@@ -25,8 +26,9 @@ import pytest
 
 from conftest import builds
 from test_mount import BF16_ST, _fuse_available, child, diff_trees, mounter  # noqa: F401
-from test_mount_compute import fzfs_module, read_and_compare, ref120, run120  # noqa: F401
-from test_mount_compute import ON_READ, weight_files
+from test_mount_compute import (fzfs_module, read_and_compare, ref120, ref120bin,  # noqa: F401
+                                run120)
+from test_mount_compute import BF16_BIN, ON_READ, weight_files
 from test_mount_trust import fz  # noqa: F401
 from test_passthrough import poll, status_entry
 
@@ -287,20 +289,55 @@ def test_nothing_kept_without_passthrough(run120, ref120, fzfs, mounter, tmp_pat
     assert not re.search(r"INFO: kept |whole at its first open", log_of(mnt)), log_of(mnt)[-3000:]
 
 
+# torch.load of each weight file (safetensors' load_file for a .safetensors), and
+# from_pretrained of the whole model, through the mount and from DEST: every tensor equal.
+LOAD_BOTH = """
+    import os, sys, torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+    mnt, dest, rels = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+    n = 0
+    for rel in rels:
+        load = (load_file if rel.endswith(".safetensors")
+                else lambda p: torch.load(p, weights_only=True))
+        a, b = load(os.path.join(mnt, rel)), load(os.path.join(dest, rel))
+        assert sorted(a) == sorted(b), rel
+        for k in a:
+            assert a[k].dtype == torch.bfloat16 and torch.equal(a[k], b[k]), (rel, k)
+            n += 1
+    x = AutoModelForCausalLM.from_pretrained(mnt, dtype=torch.bfloat16).state_dict()
+    y = AutoModelForCausalLM.from_pretrained(dest, dtype=torch.bfloat16).state_dict()
+    assert sorted(x) == sorted(y)
+    for k in x:
+        assert torch.equal(x[k], y[k]), k
+    print(n)
+"""
+
+# The view options and the DEST fixture of each output format.
+FORMATS = {"safetensors": (BF16_ST, "ref120"), "bin": (BF16_BIN, "ref120bin")}
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
 @pytest.mark.parametrize("fz", builds("tsan"), indirect=True)
-def test_computed_whole_at_first_open(run120, ref120, fz, mounter, tmp_path):
-    """The default: the first open of a cast safetensors shard computes it whole into the
-    cache directory and is itself read by the kernel - the daemon answers no read, LMDB
-    holds nothing - and a fresh mount with the same cache finds it kept."""
-    rels = weight_files(ref120)
-    size = sum(os.path.getsize(os.path.join(ref120, r)) for r in rels)
+def test_computed_whole_at_first_open(fmt, run120, fz, mounter, tmp_path, request):
+    """The default: the first open of a cast shard computes it whole into the cache
+    directory and is itself read by the kernel - the daemon answers no read, LMDB holds
+    nothing - and a fresh mount with the same cache finds it kept. A .bin shard too: its
+    record data first, which gives every record's CRC, then its zip headers from those
+    CRCs, each byte once (not even a CRC in LMDB). torch.load and from_pretrained through
+    the mount get materialize's tensors."""
+    opts, ref = FORMATS[fmt][0], request.getfixturevalue(FORMATS[fmt][1])
+    rels = weight_files(ref)
+    assert rels and all(r.endswith("." + fmt) for r in rels), rels
+    size = sum(os.path.getsize(os.path.join(ref, r)) for r in rels)
     cache, mnt = str(tmp_path / "cache"), str(tmp_path / "mnt")
-    mounter.mount(run120, mnt, *BF16_ST, cache=cache)
+    mounter.mount(run120, mnt, *opts, cache=cache)
     if "FUSE passthrough on" not in log_of(mnt):
         pytest.fail("passthrough is off on this machine: " + log_of(mnt)[-2000:])
-    n, e = read_through(fz, mnt, ref120, rels)
+    n, e = read_through(fz, mnt, ref, rels)
     assert n == 0, e
     assert e["passthrough"]["kept_opens"] >= 2 * len(rels), e
+    assert child(LOAD_BOTH, mnt, ref, ",".join(rels), timeout=300) > 10
     assert sorted(computed_at_open(mnt)) == rels, log_of(mnt)[-3000:]  # once each
     wait_stored(cache, len(rels))
     s = json.loads(fz.run("cache", "stats", "--cache-dir", cache, "--json").stdout)
@@ -308,17 +345,23 @@ def test_computed_whole_at_first_open(run120, ref120, fz, mounter, tmp_path):
     assert s["entries"] == 0, s  # stored once: nothing of it in LMDB
     mounter.umount(mnt)
     mnt2 = str(tmp_path / "mnt2")
-    mounter.mount(run120, mnt2, *BF16_ST, cache=cache)
-    n, e = read_through(fz, mnt2, ref120, rels)
+    mounter.mount(run120, mnt2, *opts, cache=cache)
+    n, e = read_through(fz, mnt2, ref, rels)
     assert n == 0 and e["passthrough"]["kept_opens"] >= 2 * len(rels), e
     assert computed_at_open(mnt2) == [], log_of(mnt2)[-3000:]
-    diff_trees(mnt2, ref120)
+    diff_trees(mnt2, ref)
     mounter.umount(mnt2)
     v = fz.run("cache", "verify", "--cache-dir", cache)
     assert v.returncode == 0 and re.search(r"^bad: 0$", v.stdout, re.M), (v.stdout, v.stderr)
-    for f in data_files(cache):
-        with open(f, "rb") as a, open(os.path.join(ref120, rels[0]), "rb") as b:
-            assert a.read() == b.read()
+    want = set()
+    for r in rels:
+        with open(os.path.join(ref, r), "rb") as f:
+            want.add(f.read())
+    files = data_files(cache)
+    assert len(files) == len(rels), kept_files(cache)
+    for f in files:
+        with open(f, "rb") as a:
+            assert a.read() in want, f
 
 
 # Open one file from many threads at once (the first opens of a fresh mount): each

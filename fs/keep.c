@@ -56,6 +56,7 @@ struct fz_fs_keep {
     bool started;
     pthread_t th;
     _Atomic uint64_t stored;
+    _Atomic uint64_t computed; /* files computed whole at their open */
 };
 
 typedef struct {
@@ -310,6 +311,11 @@ uint64_t fz_keep_stored(const fz_fs_keep *k)
     return k ? atomic_load(&k->stored) : 0;
 }
 
+uint64_t fz_keep_computed(const fz_fs_keep *k)
+{
+    return k ? atomic_load(&k->computed) : 0;
+}
+
 bool fz_keep_eager(fz_fs_keep *k, uint32_t node)
 {
     return fz_keep_eligible(k, node) && !k->fs->compute_on_read && !atomic_load(&k->no_eager[node]);
@@ -437,6 +443,7 @@ int fz_keep_compute(fz_fs_keep *k, uint32_t node)
         fz_cache_file_abort(j.w);
         drop_fresh(k, node);
     }
+    atomic_fetch_add(&k->computed, 1);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     fz_info("computed %s/%s whole (%.1f MB in %.2f s): its reads are answered by the kernel",

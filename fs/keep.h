@@ -90,6 +90,9 @@ bool fz_keep_eager(fz_fs_keep *k, uint32_t node);
  * through the daemon meanwhile (fs/ops.c). */
 int fz_keep_compute(fz_fs_keep *k, uint32_t node);
 
+/* Files this mount computed whole at their open (fz_keep_compute). */
+uint64_t fz_keep_computed(const fz_fs_keep *k);
+
 /* Files this mount kept, and opens answered from kept files (status). */
 uint64_t fz_keep_stored(const fz_fs_keep *k);
 

@@ -372,15 +372,21 @@ done:
         fuse_remove_signal_handlers(se);
     fz_keep_stop(fs->keep); /* before the pool: a file being kept may use it */
     fz_fs_pool_stop(fs);
+    uint64_t whole = fz_keep_computed(fs->keep);
     fz_keep_free(fs->keep);
     fs->keep = NULL;
     if (mounted && fz_view_cache_dir(fs->v)) {
         uint64_t hits, misses, fills, dropped;
         fz_view_cache_counters(fs->v, &hits, &misses, &fills, &dropped);
+        char more[96] = "";
+        if (whole) /* (their chunks are misses, computed into the file, not fills) */
+            snprintf(more, sizeof more, "; %llu files computed whole at their first open",
+                     (unsigned long long)whole);
         fz_info("cache: %llu hits, %llu misses, %llu chunks computed (%llu ahead of their "
-                "reads), %llu not stored (write queue full)",
+                "reads), %llu not stored (write queue full)%s",
                 (unsigned long long)hits, (unsigned long long)misses, (unsigned long long)fills,
-                (unsigned long long)atomic_load(&fs->computed_ahead), (unsigned long long)dropped);
+                (unsigned long long)atomic_load(&fs->computed_ahead), (unsigned long long)dropped,
+                more);
     }
     if (cfg)
         fuse_loop_cfg_destroy(cfg);

@@ -344,6 +344,8 @@ def test_computed_whole_at_first_open(fmt, run120, fz, mounter, tmp_path, reques
     assert s["files"] == len(rels) and s["file_bytes"] == size, s
     assert s["entries"] == 0, s  # stored once: nothing of it in LMDB
     mounter.umount(mnt)
+    assert re.search(r"INFO: cache: .* not stored \(write queue full\); %d files computed whole "
+                     r"at their first open$" % len(rels), log_of(mnt), re.M), log_of(mnt)[-2000:]
     mnt2 = str(tmp_path / "mnt2")
     mounter.mount(run120, mnt2, *opts, cache=cache)
     n, e = read_through(fz, mnt2, ref, rels)

@@ -64,6 +64,14 @@ typedef struct {
     uint32_t node;
 } keep_read;
 
+/* Seconds on the monotonic clock. */
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 static int read_node(void *arg, uint64_t off, uint64_t len, uint8_t *buf)
 {
     keep_read *r = arg;
@@ -84,11 +92,9 @@ static void keep_node(fz_fs_keep *k, uint32_t node)
         return;
     }
     keep_read r = {fs, node};
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    double t0 = now_s();
     int rc = fz_cache_file_store(k->cache, &k->keys[node], n->size, read_node, &r, &k->stop);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    double secs = now_s() - t0;
     if (rc == 0) {
         atomic_fetch_add(&k->stored, 1);
         fz_info("kept %s/%s whole in the cache (%.1f MB in %.1f s): later opens are read by the "
@@ -334,7 +340,28 @@ typedef struct {
     pthread_mutex_t lock;
     int rc; /* the first failure, under lock, with its message */
     char msg[512];
+    /* Progress, under lock: bytes written, when it started and when a
+     * progress line was last logged (a large file on a slow disk takes a
+     * while, and its open waits: `tail -f` on the log shows why). */
+    uint64_t done;
+    double t0, logged;
 } eager_job;
+
+/* len more bytes of j's file are written: a progress line at most every
+ * fs->progress_s. */
+static void eager_progress(eager_job *j, uint64_t len)
+{
+    pthread_mutex_lock(&j->lock);
+    j->done += len;
+    double now = now_s();
+    if (now - j->logged >= j->k->fs->progress_s && j->done < j->size) {
+        j->logged = now;
+        fz_info("computing %s/%s whole ... %d%% (%.2f GB/s)", j->k->fs->mnt,
+                fz_view_node(j->k->fs->v, j->node)->path, (int)(j->done * 100 / j->size),
+                (double)j->done / (now - j->t0) / 1e9);
+    }
+    pthread_mutex_unlock(&j->lock);
+}
 
 static void eager_task(void *arg, size_t i)
 {
@@ -358,6 +385,8 @@ static void eager_task(void *arg, size_t i)
     if (rc == 0) /* (a whole block: checksummed from buf; others at commit) */
         rc = fz_cache_file_put(j->w, off, buf, len);
     free(buf);
+    if (rc == 0)
+        eager_progress(j, len);
     if (rc) {
         pthread_mutex_lock(&j->lock);
         if (j->rc == 0) {
@@ -404,9 +433,8 @@ int fz_keep_compute(fz_fs_keep *k, uint32_t node)
 {
     fz_fs *fs = k->fs;
     const fz_node *n = fz_view_node(fs->v, node);
-    eager_job j = {.k = k, .node = node, .size = n->size};
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    eager_job j = {.k = k, .node = node, .size = n->size, .t0 = now_s()};
+    j.logged = j.t0;
     int rc = fz_cache_file_begin(k->cache, &k->keys[node], n->size, &j.w);
     if (rc) {
         /* Stored meanwhile, or being stored by another process: the
@@ -444,8 +472,7 @@ int fz_keep_compute(fz_fs_keep *k, uint32_t node)
         drop_fresh(k, node);
     }
     atomic_fetch_add(&k->computed, 1);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    double secs = now_s() - j.t0;
     fz_info("computed %s/%s whole (%.1f MB in %.2f s): its reads are answered by the kernel",
             fs->mnt, n->path, (double)n->size / 1e6, secs);
     return fd;

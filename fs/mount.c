@@ -536,6 +536,25 @@ static const char *default_log_file(const char *mnt, char *out)
     return out;
 }
 
+/* Seconds between progress lines: FZFS_PROGRESS_SECONDS, or 3. */
+static int progress_interval(double *out)
+{
+    const char *e = getenv("FZFS_PROGRESS_SECONDS");
+    char *end = NULL;
+    *out = 3.0;
+    if (!e || !*e)
+        return 0;
+    errno = 0;
+    double s = strtod(e, &end);
+    if (errno || end == e || *end || !(s > 0 && s <= 3600))
+        return fz_error_set(FZ_EUSAGE,
+                            "FZFS_PROGRESS_SECONDS must be a number of seconds in (0, 3600] "
+                            "(the interval between progress lines in the mount's log), got '%s'",
+                            e);
+    *out = s;
+    return 0;
+}
+
 int fz_mount_serve(fz_view *v, const char *mnt_in, const fz_mount_opts *o_in)
 {
     char mnt[PATH_MAX], logpath[PATH_MAX], cachepath[PATH_MAX], srcpath[PATH_MAX], cwd[PATH_MAX];
@@ -545,7 +564,8 @@ int fz_mount_serve(fz_view *v, const char *mnt_in, const fz_mount_opts *o_in)
     if (!realpath(mnt_in, mnt))
         return fz_error_set(FZ_ENOTFOUND, "Mount point %s: %s", mnt_in, strerror(errno));
     /* What is mounted must pass `fzfs verify` (headers only: no tensor is computed). */
-    if ((rc = fz_verify_gate_view(v, mnt_in)))
+    double progress_s;
+    if ((rc = fz_verify_gate_view(v, mnt_in)) || (rc = progress_interval(&progress_s)))
         return rc;
     fz_mount_opts opts = *o_in, *o = &opts;
     const char *log_file = o->log_file || o->foreground ? absolute(o->log_file, logpath)
@@ -577,6 +597,7 @@ int fz_mount_serve(fz_view *v, const char *mnt_in, const fz_mount_opts *o_in)
         snprintf(fs->pt_why, sizeof fs->pt_why, "forced off by %s",
                  o->no_passthrough ? "--no-passthrough" : "FZFS_NO_PASSTHROUGH");
     }
+    fs->progress_s = progress_s;
     const char *on_read = getenv("FZFS_COMPUTE_ON_READ");
     fs->compute_on_read = o->compute_on_read || (on_read && *on_read && strcmp(on_read, "0") != 0);
     pthread_mutex_init(&fs->pt_lock, NULL);

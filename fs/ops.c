@@ -29,9 +29,8 @@
 #define FZ_FH_BACKING 1 /* holds its node's passthrough backing */
 #define FZ_FH_CACHED 2  /* through the daemon, of a node that could be kept */
 /* Progress lines for computed files of at least this size, at most one per
- * file every FZ_PROGRESS_MS (plus the first and the last). */
+ * file every fs->progress_s (plus the first and the last). */
 #define FZ_PROGRESS_MIN_SIZE (8u << 20)
-#define FZ_PROGRESS_MS 3000
 
 /* Prefetch jobs queued at most (those past it are not queued). */
 #define FZ_FS_AHEAD_QUEUED 64u
@@ -527,7 +526,7 @@ static int64_t now_ms(void)
 
 /* The daemon log's progress of a large file being computed, so a user
  * watching `tail -f` sees why the first load takes time: a line at the
- * first computed read, then at most one every FZ_PROGRESS_MS, then "done".
+ * first computed read, then at most one every fs->progress_s, then "done".
  * Counts bytes the pool answered (computed or from the cache); atomics
  * only, one compare-exchange deciding which thread logs. */
 static void note_progress(fz_fs *fs, uint32_t node, uint64_t len)
@@ -566,7 +565,7 @@ static void note_progress(fz_fs *fs, uint32_t node, uint64_t len)
         return;
     }
     int64_t last = atomic_load(&p->logged_ms);
-    if ((last == 0 || now - last >= FZ_PROGRESS_MS) &&
+    if ((last == 0 || (double)(now - last) >= fs->progress_s * 1000.0) &&
         atomic_compare_exchange_strong(&p->logged_ms, &last, now))
         fz_info("computing %s/%s ... %d%% (%.2f GB/s)", fs->mnt, n->path,
                 (int)(done * 100 / n->size), secs > 0 ? (double)done / secs / 1e9 : 0.0);

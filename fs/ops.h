@@ -93,6 +93,7 @@ typedef struct {
     pthread_cond_t pt_cond; /* a node's computing ended */
     fz_fs_backing *backing;
     bool compute_on_read;        /* computed files are computed as read, never whole at open */
+    double progress_s;           /* seconds between a file's progress lines in the log */
     _Atomic uint64_t pt_opens;   /* opens answered with passthrough (status) */
     _Atomic uint64_t kept_opens; /* of which from a computed file kept whole */
     fz_fs_keep *keep;            /* fs/keep.h, or NULL */

@@ -443,3 +443,34 @@ def test_changed_kept_file_is_computed_again_at_open(run120, ref120, fzfs, mount
     for f in data_files(cache):
         with open(f, "rb") as a, open(os.path.join(ref120, rels[0]), "rb") as b:
             assert a.read() == b.read()
+
+
+def test_progress_lines_while_computing_at_open(run120, ref120, fzfs, mounter, tmp_path):
+    """A file computed whole at its open logs its progress (at most every
+    FZFS_PROGRESS_SECONDS; 1 ms here, so nearly every block), so `tail -f` on the log shows
+    what an open is waiting for; a value that is not a number of seconds is refused before
+    anything is mounted."""
+    from conftest import Fzfs
+    from test_mount import is_mounted
+    rel = weight_files(ref120)[0]
+    cache, mnt = str(tmp_path / "cache"), str(tmp_path / "mnt")
+    plain = mounter.fzfs
+    mounter.fzfs = Fzfs(fzfs.binary, fzfs.home, {"FZFS_PROGRESS_SECONDS": "0.001"})
+    try:
+        mounter.mount(run120, mnt, *BF16_ST, cache=cache)
+    finally:
+        mounter.fzfs = plain
+    read_and_compare(mnt, ref120, ["seq1m"])
+    mounter.umount(mnt)
+    log = log_of(mnt)
+    pct = [int(p) for p in re.findall(r"INFO: computing \S+/" + re.escape(rel) +
+                                      r" whole \.\.\. (\d{1,2})% \(\d+\.\d\d GB/s\)$", log, re.M)]
+    assert len(pct) >= 2 and pct == sorted(pct), log[-3000:]
+    assert computed_at_open(mnt) == [rel], log[-3000:]
+    bad = Fzfs(fzfs.binary, fzfs.home, {"FZFS_PROGRESS_SECONDS": "soon"})
+    mnt2 = str(tmp_path / "mnt2")
+    os.makedirs(mnt2)
+    p = bad.run("mount", run120, mnt2, "--no-cache", "--log-file", mnt2 + ".log")
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert "FZFS_PROGRESS_SECONDS must be a number of seconds in (0, 3600]" in p.stderr, p.stderr
+    assert "got 'soon'" in p.stderr and not is_mounted(mnt2)

@@ -158,9 +158,9 @@ static int rename_in(int dfd, const char *from, const char *to, const char *dir)
 
 /* Empty the locked temporary fd (a stale one may hold anything) and make
  * it private. A new one is not truncated: on ext4 a truncation to 0 makes
- * every later close of the file write its pages out (auto_da_alloc), and
- * a file computed at its open is closed by every reader while it is still
- * being written back. */
+ * the next close of the file start writing all its pages out
+ * (auto_da_alloc), and the first close of a file computed at its open is a
+ * reader's (its passthrough backing), waiting for that. */
 static int fresh(int fd, const char *dir, const char *name)
 {
     struct stat st;

@@ -134,18 +134,27 @@ static void drop_fresh(fz_fs_keep *k, uint32_t node)
     pthread_mutex_unlock(&k->lock);
 }
 
+/* Whether the mount is ending: the thread was told to stop, or the session
+ * is exiting (a signal, the kernel's unmount). An open computing a file
+ * holds up the session loop's end, which fz_keep_stop waits for, so it must
+ * watch the session itself. */
+static bool stopping(const fz_fs_keep *k)
+{
+    return atomic_load(&k->stop) || (k->fs->se && fuse_session_exited(k->fs->se));
+}
+
 /* Commit node's file, computed whole at its open (fz_keep_compute). */
 static void commit_node(fz_fs_keep *k, uint32_t node, fz_cache_file_writer *w)
 {
     const fz_node *n = fz_view_node(k->fs->v, node);
-    int rc = fz_cache_file_commit(w, &k->stop);
+    /* Never canceled: every byte is written, what is left is an fsync and
+     * the checksums of blocks not written whole (a .bin's headers'). */
+    int rc = fz_cache_file_commit(w, NULL);
     drop_fresh(k, node); /* (committed: opens find it; else they compute again) */
     if (rc == 0) {
         atomic_fetch_add(&k->stored, 1);
         fz_debug("kept %s/%s in the cache: a later mount reads it by the kernel too", k->fs->mnt,
                  n->path);
-    } else if (rc == FZ_ECANCELED) {
-        fz_debug("keeping %s/%s: abandoned at unmount", k->fs->mnt, n->path);
     } else {
         fz_info("not keeping %s/%s in the cache for later mounts: %s", k->fs->mnt, n->path,
                 fz_error_msg());
@@ -378,10 +387,10 @@ static void eager_task(void *arg, size_t i)
                    : j->size - off < FZ_CACHE_FILE_BLOCK ? j->size - off
                                                          : FZ_CACHE_FILE_BLOCK;
     uint8_t *buf = malloc(len ? (size_t)len : 1);
-    int rc = !buf                       ? fz_error_set(FZ_ENOMEM, "out of memory")
-             : atomic_load(&j->k->stop) ? fz_error_set(FZ_ECANCELED, "the mount is being unmounted")
-             : e                        ? fz_view_read_extent_uncached(v, e, buf)
-                                        : fz_view_read_uncached(v, j->node, off, len, buf);
+    int rc = !buf             ? fz_error_set(FZ_ENOMEM, "out of memory")
+             : stopping(j->k) ? fz_error_set(FZ_ECANCELED, "the mount is being unmounted")
+             : e              ? fz_view_read_extent_uncached(v, e, buf)
+                              : fz_view_read_uncached(v, j->node, off, len, buf);
     if (rc == 0) /* (a whole block: checksummed from buf; others at commit) */
         rc = fz_cache_file_put(j->w, off, buf, len);
     free(buf);

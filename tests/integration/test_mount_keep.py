@@ -262,20 +262,24 @@ def test_open_through_the_daemon_holds_off_the_kept_copy(run120, ref120, fzfs, m
     mounter.umount(mnt)
 
 
-@pytest.mark.parametrize("mode", ["read", "open"])
-def test_unmount_while_keeping_leaves_no_temporary(mode, run120, ref120, fzfs, mounter,
-                                                   tmp_path):
+@pytest.mark.parametrize("mode", ["read", "open", "open-bin"])
+def test_unmount_while_keeping_leaves_no_temporary(mode, run120, fzfs, mounter, tmp_path,
+                                                   request):
     """An unmount right after the read that starts keeping: the daemon stops writing, and
     the cache holds either the whole kept file or nothing of it. A file computed whole at
-    its open is committed before the daemon exits."""
+    its open (a safetensors or a .bin shard, whose header blocks are checksummed at the
+    commit) is committed before the daemon exits."""
+    opts, ref = FORMATS["bin" if mode == "open-bin" else "safetensors"]
+    ref = request.getfixturevalue(ref)
     cache, mnt = str(tmp_path / "cache"), str(tmp_path / "mnt")
-    mounter.mount(run120, mnt, *BF16_ST, *(ON_READ if mode == "read" else []), cache=cache)
-    read_and_compare(mnt, ref120, ["seq1m"])
+    mounter.mount(run120, mnt, *opts, *(ON_READ if mode == "read" else []), cache=cache)
+    rels = weight_files(ref)
+    read_and_compare(mnt, ref, ["seq1m"])
     mounter.umount(mnt)
     names = kept_files(cache)
     assert all(re.fullmatch(r"[0-9a-f]{32}(\.meta)?", n) for n in names), names
-    if mode == "open":  # computed whole before the read returned: committed at unmount
-        assert len(data_files(cache)) == len(weight_files(ref120)), names
+    if mode != "read":  # computed whole before the read returned: committed at unmount
+        assert len(data_files(cache)) == len(rels), names
     v = fzfs.run("cache", "verify", "--cache-dir", cache)
     assert v.returncode == 0 and re.search(r"^bad: 0$", v.stdout, re.M), (v.stdout, v.stderr)
 

@@ -346,9 +346,8 @@ typedef struct {
     uint64_t size;
     const fz_extent *ext;
     fz_cache_file_writer *w;
+    fz_first_error err;
     pthread_mutex_t lock;
-    int rc; /* the first failure, under lock, with its message */
-    char msg[512];
     /* Progress, under lock: bytes written, when it started and when a
      * progress line was last logged (a large file on a slow disk takes a
      * while, and its open waits: `tail -f` on the log shows why). */
@@ -375,10 +374,7 @@ static void eager_progress(eager_job *j, uint64_t len)
 static void eager_task(void *arg, size_t i)
 {
     eager_job *j = arg;
-    pthread_mutex_lock(&j->lock);
-    bool failed = j->rc != 0;
-    pthread_mutex_unlock(&j->lock);
-    if (failed)
+    if (fz_first_error_code(&j->err))
         return;
     fz_view *v = j->k->fs->v;
     const fz_extent *e = j->ext ? &j->ext[i] : NULL;
@@ -396,24 +392,18 @@ static void eager_task(void *arg, size_t i)
     free(buf);
     if (rc == 0)
         eager_progress(j, len);
-    if (rc) {
-        pthread_mutex_lock(&j->lock);
-        if (j->rc == 0) {
-            j->rc = rc;
-            snprintf(j->msg, sizeof j->msg, "%s", fz_error_msg());
-        }
-        pthread_mutex_unlock(&j->lock);
-    }
+    fz_first_error_note(&j->err, rc);
 }
 
-/* Compute j's file into j->w on the compute pool: 0, or j->rc. */
+/* Compute j's file into j->w on the compute pool: 0, or the first failure
+ * (its message the calling thread's). */
 static int eager_run(eager_job *j)
 {
     fz_fs *fs = j->k->fs;
     if (!fz_view_node(fs->v, j->node)->zip) {
         fz_fs_run_tasks(fs, (size_t)((j->size + FZ_CACHE_FILE_BLOCK - 1) / FZ_CACHE_FILE_BLOCK),
                         eager_task, j);
-        return j->rc;
+        return fz_first_error_raise(&j->err);
     }
     /* Extents within one block each: a block that one record's data covers
      * is put whole (checksummed from the buffer); the others, shared with
@@ -421,10 +411,8 @@ static int eager_run(eager_job *j)
     fz_extent *ext = NULL;
     size_t n = 0, nfirst = 0;
     int rc = fz_view_node_extents(fs->v, j->node, FZ_CACHE_FILE_BLOCK, &ext, &n);
-    if (rc) {
-        snprintf(j->msg, sizeof j->msg, "%s", fz_error_msg());
-        return j->rc = rc;
-    }
+    if (rc)
+        return rc;
     while (nfirst < n && !ext[nfirst].late)
         nfirst++;
     /* The headers once every record's data is in (run_tasks returns when
@@ -432,10 +420,10 @@ static int eager_run(eager_job *j)
     j->ext = ext;
     fz_fs_run_tasks(fs, nfirst, eager_task, j);
     j->ext = ext + nfirst;
-    if (j->rc == 0)
+    if (!fz_first_error_code(&j->err))
         fz_fs_run_tasks(fs, n - nfirst, eager_task, j);
     free(ext);
-    return j->rc;
+    return fz_first_error_raise(&j->err);
 }
 
 int fz_keep_compute(fz_fs_keep *k, uint32_t node)
@@ -458,18 +446,18 @@ int fz_keep_compute(fz_fs_keep *k, uint32_t node)
     fz_info("computing %s/%s whole at its first open (%.1f MB), into the cache", fs->mnt, n->path,
             (double)n->size / 1e6);
     pthread_mutex_init(&j.lock, NULL);
+    fz_first_error_init(&j.err);
     int fd = eager_run(&j);
+    fz_first_error_destroy(&j.err);
     pthread_mutex_destroy(&j.lock);
     fd = fd ? fd : fz_cache_file_reopen(j.w);
-    if (fd < 0) {
-        if (j.rc == 0)
-            snprintf(j.msg, sizeof j.msg, "%s", fz_error_msg());
-        fz_cache_file_abort(j.w);
+    if (fd < 0) { /* (the failure's message is this thread's) */
         if (fd != FZ_ECANCELED) {
             atomic_store(&k->no_eager[node], true);
             fz_warn("computing %s/%s whole failed: %s; it is computed as it is read", fs->mnt,
-                    n->path, j.msg);
+                    n->path, fz_error_msg());
         }
+        fz_cache_file_abort(j.w);
         return -1;
     }
     int keep_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);

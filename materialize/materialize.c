@@ -30,9 +30,7 @@ typedef struct {
     atomic_size_t next;
     atomic_uint_fast64_t done_bytes;
     atomic_int failed;
-    pthread_mutex_t err_lock;
-    int err_code;
-    char err_msg[1024];
+    fz_first_error err;
     const char *tmp;
 } fz_pool;
 
@@ -44,12 +42,7 @@ static volatile sig_atomic_t *fz_stop = &no_stop;
 
 static void pool_fail(fz_pool *p, int rc)
 {
-    pthread_mutex_lock(&p->err_lock);
-    if (!p->err_code) {
-        p->err_code = rc;
-        snprintf(p->err_msg, sizeof p->err_msg, "%s", fz_error_msg());
-    }
-    pthread_mutex_unlock(&p->err_lock);
+    fz_first_error_note(&p->err, rc);
     atomic_store(&p->failed, 1);
 }
 
@@ -182,8 +175,9 @@ static int run_pool(fz_pool *p, int workers, bool progress, uint64_t total)
     free(th);
     if (progress)
         draw_progress(atomic_load(&p->done_bytes), total, true);
-    if (p->err_code)
-        return fz_error_set(p->err_code, "%s", p->err_msg);
+    int rc = fz_first_error_raise(&p->err);
+    if (rc)
+        return rc;
     if (fz_stop_signal)
         return fz_error_set(FZ_EINTR, "interrupted by signal %d; nothing was written",
                             (int)fz_stop_signal);
@@ -325,7 +319,7 @@ static int write_files(fz_view *v, const char *tmp, const fz_mat_opts *o)
     fz_pool p = {.v = v, .ext = ext, .njobs = next - nlate, .fds = fds, .tmp = tmp};
     atomic_init(&p.done_bytes, 0);
     atomic_init(&p.failed, 0);
-    pthread_mutex_init(&p.err_lock, NULL);
+    fz_first_error_init(&p.err);
     for (int pass = 0; pass < 2 && rc == 0; pass++) {
         if (pass == 1) {
             p.ext = ext + (next - nlate);
@@ -334,7 +328,7 @@ static int write_files(fz_view *v, const char *tmp, const fz_mat_opts *o)
         atomic_init(&p.next, 0);
         rc = run_pool(&p, workers, o && o->progress && pass == 0, fz_view_total_bytes(v));
     }
-    pthread_mutex_destroy(&p.err_lock);
+    fz_first_error_destroy(&p.err);
     for (uint32_t i = 0; i < n && rc == 0; i++)
         if (fds[i] >= 0 && fsync(fds[i]) != 0)
             rc = fz_error_set(FZ_EIO, "%s: fsync: %s", fz_view_node(v, i)->path, strerror(errno));

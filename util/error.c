@@ -180,3 +180,40 @@ int fz_error_errno(int code)
         return EIO;
     }
 }
+
+void fz_first_error_init(fz_first_error *e)
+{
+    pthread_mutex_init(&e->lock, NULL);
+    e->code = 0;
+    e->msg[0] = '\0';
+}
+
+void fz_first_error_destroy(fz_first_error *e)
+{
+    pthread_mutex_destroy(&e->lock);
+}
+
+int fz_first_error_note(fz_first_error *e, int code)
+{
+    pthread_mutex_lock(&e->lock);
+    if (code && !e->code) {
+        e->code = code;
+        snprintf(e->msg, sizeof e->msg, "%s", fz_error_msg());
+    }
+    pthread_mutex_unlock(&e->lock);
+    return code;
+}
+
+int fz_first_error_code(fz_first_error *e)
+{
+    pthread_mutex_lock(&e->lock);
+    int code = e->code;
+    pthread_mutex_unlock(&e->lock);
+    return code;
+}
+
+int fz_first_error_raise(fz_first_error *e)
+{
+    int code = fz_first_error_code(e);
+    return code ? fz_error_set(code, "%s", e->msg) : 0;
+}

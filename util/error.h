@@ -8,6 +8,7 @@
 #ifndef FZ_UTIL_ERROR_H
 #define FZ_UTIL_ERROR_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -63,5 +64,25 @@ const char *fz_error_name(int code);
 
 /* The errno a FUSE reply should carry for a code (EIO for most). */
 int fz_error_errno(int code);
+
+/* The first failure among threads sharing one piece of work (a pool's
+ * tasks): its code and the detail message of the thread that hit it, under
+ * a lock. Later failures are dropped; the work's owner raises the first one
+ * on its own thread once the others are done. */
+typedef struct {
+    pthread_mutex_t lock;
+    int code;
+    char msg[1024];
+} fz_first_error;
+void fz_first_error_init(fz_first_error *e);
+void fz_first_error_destroy(fz_first_error *e);
+/* Note code (non-zero) with the calling thread's message unless a failure
+ * was noted already; returns code. */
+int fz_first_error_note(fz_first_error *e, int code);
+/* The code noted so far, 0 for none (tasks check it to stop early). */
+int fz_first_error_code(fz_first_error *e);
+/* The noted code, its message made the calling thread's; 0 (the message
+ * untouched) when nothing was noted. */
+int fz_first_error_raise(fz_first_error *e);
 
 #endif

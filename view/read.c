@@ -754,26 +754,14 @@ typedef struct {
     uint32_t zi;
     read_store keep;
     uint32_t *crcs;
-    pthread_mutex_t lock;
-    int rc;
-    char msg[1024];
+    fz_first_error err;
 } fz_crc_tasks;
 
 static void crc_task(void *arg, size_t i)
 {
     fz_crc_tasks *t = arg;
-    pthread_mutex_lock(&t->lock);
-    bool failed = t->rc != 0;
-    pthread_mutex_unlock(&t->lock);
-    if (failed)
-        return;
-    int rc = record_crc(t->v, t->zi, i, t->keep, &t->crcs[i]);
-    pthread_mutex_lock(&t->lock);
-    if (rc && !t->rc) {
-        t->rc = rc;
-        snprintf(t->msg, sizeof t->msg, "%s", fz_error_msg());
-    }
-    pthread_mutex_unlock(&t->lock);
+    if (!fz_first_error_code(&t->err))
+        fz_first_error_note(&t->err, record_crc(t->v, t->zi, i, t->keep, &t->crcs[i]));
 }
 
 /* Every record's CRC, for a central directory: the whole shard computed
@@ -802,10 +790,11 @@ static int all_crcs(fz_view *v, uint32_t zi, read_store keep, uint32_t *crcs)
         return 0;
     }
     fz_crc_tasks t = {.v = v, .zi = zi, .keep = keep, .crcs = crcs};
-    pthread_mutex_init(&t.lock, NULL);
+    fz_first_error_init(&t.err);
     v->runner(v->runner_ctx, n, crc_task, &t);
-    pthread_mutex_destroy(&t.lock);
-    return t.rc ? fz_error_set(t.rc, "%s", t.msg) : 0;
+    int rc = fz_first_error_raise(&t.err);
+    fz_first_error_destroy(&t.err);
+    return rc;
 }
 
 /* Bytes of a deferred segment, generated whole and sliced; CRCs not yet
